@@ -1,0 +1,60 @@
+"""The edit rule, as small pure functions.
+
+For a tensor whose ``residual_axis`` indexes the residual stream, every slice along that axis is
+a vector ``v`` the component can write into the residual. Abliteration removes the part of each
+such vector along the unit direction ``r``:
+
+    v <- v - w (r . v) r
+
+which is ``W <- W - w r r^T W`` for an [H, in] weight and ``W <- W - w W r r^T`` for [in, H].
+At ``w = 1`` the component can no longer write anything along ``r``.
+
+The norm-preserving variant rescales each edited vector back to its original length, so the
+component keeps its output scale; at ``w = 1`` the result is still orthogonal to ``r``.
+
+All arithmetic is in float32; the result has the input's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-12
+
+
+def unit(vector: torch.Tensor) -> torch.Tensor:
+    """``vector`` scaled to length 1 along its last axis (float32)."""
+    vector = vector.float()
+    return vector / vector.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def ablate(
+    tensor: torch.Tensor,
+    direction: torch.Tensor,
+    weight: float,
+    residual_axis: int = 0,
+    norm_preserving: bool = False,
+) -> torch.Tensor:
+    """Return ``tensor`` with ``weight`` times its component along ``direction`` removed.
+
+    ``direction`` need not be unit length; it is normalised here.
+    """
+    r = unit(direction).to(tensor.device)
+    vectors = tensor.float().movedim(residual_axis, -1)
+    coefficients = vectors @ r
+    edited = vectors - weight * coefficients.unsqueeze(-1) * r
+    if norm_preserving:
+        before = vectors.norm(dim=-1, keepdim=True)
+        after = edited.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        edited = edited * (before / after)
+    return edited.movedim(-1, residual_axis).to(tensor.dtype)
+
+
+def post_norm_direction(direction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The direction to project out of a component whose output passes through a norm.
+
+    A norm after the projection (Gemma) maps the component output ``y`` to
+    ``scale * y / rms(y)``. That has no component along ``r`` exactly when ``y`` has none
+    along ``scale * r``, so the edit must project against ``unit(scale * r)`` instead of ``r``.
+    """
+    return unit(scale.float().to(direction.device) * direction.float())

@@ -1,0 +1,18 @@
+"""User-facing errors of the ablation engine.
+
+Every error a user can cause (bad path, unknown architecture, bad prompt file) is an
+``AblationError`` whose message is one line naming the problem and the fix. The CLI prints
+it as ``error: <message>`` and exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+
+class AblationError(Exception):
+    """A problem with the user's input, explained in one line."""
+
+
+class ModelLoadError(AblationError):
+    """The model could not be found or loaded."""
+
+
+class UnsupportedLayout(AblationError):
+    """Some part of the model writes into the residual stream in a way we cannot edit."""

@@ -1,0 +1,157 @@
+"""Load a model from a Hugging Face id, a local folder or a GGUF file.
+
+Models whose config has a vision tower load with their multimodal class (Qwen3.5, Gemma 3), so
+nothing is dropped and an export keeps the original architecture; the language model inside is
+what gets edited. ``trust_remote_code`` stays off unless asked for; safetensors are preferred.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from ablation.architectures import architecture_of
+from ablation.errors import ModelLoadError
+
+_GGUF_MAGIC = b"GGUF"
+DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer (and processor, for multimodal models) and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: object
+    source: str
+    processor: object | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def format_chat(self, prompts: Sequence[str], system: str | None = None, enable_thinking: bool | None = None) -> list[str]:
+        """Each prompt as a single user turn in the model's chat template, ready for generation.
+
+        ``enable_thinking=False`` turns thinking off for templates that support it (Qwen3/3.5).
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelLoadError(
+                f"{self.source} has no chat template; use an instruct model or one whose "
+                "tokenizer_config.json sets chat_template"
+            )
+        extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+        texts = []
+        for prompt in prompts:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}
+            ]
+            texts.append(self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True, **extra
+            ))
+        return texts
+
+
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    device_map: str | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``spec`` (hub id, local folder or .gguf file) for editing.
+
+    ``dtype="auto"`` means bfloat16 on a GPU and float32 on the CPU. ``device_map`` (for
+    example ``"auto"``) spreads a model over several GPUs and overrides ``device``.
+    """
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = DTYPES[dtype] or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    location, gguf_file = _resolve(spec)
+    common = dict(trust_remote_code=trust_remote_code)
+    if gguf_file:
+        common["gguf_file"] = gguf_file
+    try:
+        config = AutoConfig.from_pretrained(location, **common)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(_explain(spec, error)) from None
+    architecture_of(config)  # fail before reading gigabytes of weights
+    model_class = AutoModelForImageTextToText if _is_multimodal(config) else AutoModelForCausalLM
+    placement = {"device_map": device_map} if device_map else {}
+    try:
+        model = model_class.from_pretrained(location, dtype=torch_dtype, **placement, **common)
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(_explain(spec, error)) from None
+    if gguf_file:
+        model = _detach_from_gguf(model)
+    if not device_map:
+        model = model.to(device)
+    processor = _processor(location, common) if model_class is AutoModelForImageTextToText else None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model.eval(), tokenizer, spec, processor)
+
+
+def _resolve(spec: str) -> tuple[str, str | None]:
+    """(folder or hub id, gguf file name or None), or a one-line error for a bad path."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        with path.open("rb") as handle:
+            if handle.read(4) != _GGUF_MAGIC:
+                raise ModelLoadError(f"{spec} is a file but not a GGUF model (no GGUF header); pass a model folder, a .gguf file or a hub id")
+        return str(path.parent), path.name
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{spec} has no config.json; pass a Hugging Face model folder, a .gguf file or a hub id")
+        return str(path), None
+    if spec.startswith((".", "/", "~")) or not _is_hub_id(spec):
+        raise ModelLoadError(f"model path {spec} does not exist; pass a model folder, a .gguf file or a hub id like org/name")
+    return spec, None
+
+
+def _is_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _is_multimodal(config) -> bool:
+    return getattr(config, "vision_config", None) is not None
+
+
+def _processor(location, common):
+    try:
+        return AutoProcessor.from_pretrained(location, **common)
+    except (OSError, ValueError, TypeError):
+        return None  # a checkpoint without processor files still exports; the tokenizer is kept
+
+
+def _detach_from_gguf(model: PreTrainedModel) -> PreTrainedModel:
+    # A GGUF-loaded model is dequantized already; it only keeps a marker that makes
+    # save_pretrained refuse it. Rebuilding from the plain config gives an ordinary model.
+    return model  # replaced below once the marker is known
+
+
+def _explain(spec: str, error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "does not recognize this architecture" in str(error) or "model_type" in str(error):
+        return f"cannot load {spec}: unknown architecture ({text})"
+    if not Path(spec).exists():
+        return f"cannot load {spec}: not a local path and the hub could not provide it ({text}); pass a local folder or .gguf file when offline"
+    return f"cannot load {spec}: {text}"

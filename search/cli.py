@@ -1,0 +1,138 @@
+"""The ``abliterate`` command.
+
+Every user error surfaces as one line ``error: ...`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+from ablation.errors import AblationError
+
+METHODS = ("mean", "mean-projected", "pca", "probe")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except AblationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="abliterate", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    inspect = commands.add_parser("inspect", help="list every residual writer the model has, per layer")
+    _model_options(inspect)
+    inspect.set_defaults(run=_inspect)
+
+    directions = commands.add_parser("directions", help="capture residuals and compute refusal directions")
+    _model_options(directions)
+    directions.add_argument("--harmful", required=True, help="text file, one harmful prompt per line")
+    directions.add_argument("--harmless", required=True, help="text file, one harmless prompt per line")
+    directions.add_argument("--method", choices=METHODS, default="mean")
+    directions.add_argument("--out", required=True, help="safetensors file for residual means and directions")
+    directions.add_argument("--batch-size", type=int, default=16)
+    directions.add_argument("--samples", action="store_true", help="also store every prompt's residuals")
+    directions.set_defaults(run=_directions)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id, local folder or .gguf file")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device-map", default=None, help="e.g. auto: spread one model over several GPUs")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--no-thinking", action="store_true", help="turn thinking off in the chat template (Qwen3/3.5)")
+
+
+def _load(args):
+    from ablation.loading import load_model
+
+    return load_model(args.model, args.dtype, args.device, args.device_map, args.trust_remote_code)
+
+
+def _inspect(args) -> int:
+    from ablation.architectures import find_writers
+
+    loaded = _load(args)
+    print_writers(find_writers(loaded.model), title=f"residual writers of {args.model}")
+    return 0
+
+
+def print_writers(writers, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for column in ("layer", "group", "module", "shape", "residual axis", "bias", "post-norm"):
+        table.add_column(column)
+    for w in writers:
+        table.add_row(
+            str(w.layer), w.group, w.name, "x".join(map(str, w.weight.shape)), str(w.residual_axis),
+            "yes" if w.bias is not None else "", "yes" if w.post_norm_scale is not None else "",
+        )
+    console = Console()
+    console.print(table)
+    groups = Counter(w.group for w in writers)
+    experts = sum(w.experts or 0 for w in writers)
+    layers = len({w.layer for w in writers})
+    summary = ", ".join(f"{group} {count}" for group, count in sorted(groups.items()))
+    console.print(f"{layers} layers, {len(writers)} writers ({summary}), {experts} routed experts")
+
+
+def _directions(args) -> int:
+    from ablation.residuals import capture_last_token, save_residuals
+    from objectives.prompts import read_prompts
+
+    harmful, harmless = read_prompts(args.harmful), read_prompts(args.harmless)
+    loaded = _load(args)
+    thinking = False if args.no_thinking else None
+    captured = {
+        name: capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(prompts, enable_thinking=thinking), args.batch_size, progress=name)
+        for name, prompts in (("harmful", harmful), ("harmless", harmless))
+    }
+    found = compute_directions(args.method, captured["harmful"], captured["harmless"])
+    save_residuals(args.out, captured["harmful"], captured["harmless"], found,
+                   metadata={"model": args.model, "method": args.method}, samples=args.samples)
+    print(f"wrote {args.out}: {found.shape[0]} layer directions ({args.method}) from "
+          f"{len(harmful)} harmful and {len(harmless)} harmless prompts")
+    return 0
+
+
+def compute_directions(method: str, harmful, harmless):
+    """Per-layer unit directions [L, H] by the named method."""
+    from ablation import directions as methods
+
+    if method == "mean":
+        return methods.mean_difference(harmful, harmless)
+    if method == "mean-projected":
+        return methods.mean_difference(harmful, harmless, orthogonalize=True)
+    if method == "pca":
+        return methods.principal_components(harmful, harmless, k=1)[0]
+    result = methods.linear_probe(harmful, harmless, folds=min(5, len(harmful), len(harmless)))
+    print("probe cross-validated accuracy per layer: " + " ".join(f"{a:.2f}" for a in result.accuracy.tolist()))
+    return result.directions
+
+
+def _demo(args) -> int:
+    from search.demo import run_demo
+
+    return run_demo()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
