@@ -63,7 +63,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 # Children that never write into the residual stream, per block. Anything else is an error.
 _LAYER_CHILDREN = {
-    "self_attn", "linear_attn", "mlp", "block_sparse_moe",
+    "self_attn", "linear_attn", "mlp",
     "input_layernorm", "post_attention_layernorm",
     "pre_feedforward_layernorm", "post_feedforward_layernorm",
     "resid_attn_dropout", "resid_mlp_dropout", "dropout",
@@ -137,20 +137,21 @@ def _layer_writers(arch: Architecture, index: int, layer: nn.Module, path: str, 
         group: arch.norm_scale(getattr(layer, norm).weight.detach())
         for group, norm in arch.post_norms
     }
-    attn_name = next((n for n in ("self_attn", "linear_attn") if hasattr(layer, n)), None)
-    if attn_name is None:
-        _cannot_place(path, layer, "no self_attn or linear_attn block")
+    attention = [n for n in ("self_attn", "linear_attn") if hasattr(layer, n)]
+    if len(attention) != 1:
+        _cannot_place(path, layer, f"expected one self_attn or linear_attn block, found {attention or 'none'}")
+    attn_name = attention[0]
     attn = getattr(layer, attn_name)
+    # An attention block writes into the residual only through its output projection, so its
+    # other children (q/k/v, norms, convolutions, gates) need no placing.
     out_name = next((n for n in _ATTN_OUTPUTS if isinstance(getattr(attn, n, None), nn.Linear)), None)
     if out_name is None:
         _cannot_place(f"{path}.{attn_name}", attn, "no o_proj/out_proj output projection")
     yield _linear_writer(index, ATTN, f"{path}.{attn_name}.{out_name}", getattr(attn, out_name), hidden, scales.get(ATTN))
 
-    mlp_name = "mlp" if hasattr(layer, "mlp") else "block_sparse_moe"
-    mlp = getattr(layer, mlp_name, None)
-    if mlp is None:
+    if not hasattr(layer, "mlp"):
         _cannot_place(path, layer, "no mlp block")
-    yield from _mlp_writers(arch, index, mlp, f"{path}.{mlp_name}", hidden, scales.get(MLP))
+    yield from _mlp_writers(arch, index, layer.mlp, f"{path}.mlp", hidden, scales.get(MLP))
 
 
 def _mlp_writers(arch, index, mlp, path, hidden, scale):

@@ -40,14 +40,19 @@ def ablate(
     ``direction`` need not be unit length; it is normalised here.
     """
     r = unit(direction).to(tensor.device)
-    vectors = tensor.float().movedim(residual_axis, -1)
-    coefficients = vectors @ r
-    edited = vectors - weight * coefficients.unsqueeze(-1) * r
+    original = tensor.float()
+    # Broadcasting r along the residual axis keeps the weight's own memory layout, so the
+    # result copies back into the parameter contiguously (no transposed views).
+    shape = [1] * tensor.dim()
+    shape[residual_axis] = -1
+    r_along = r.view(shape)
+    coefficients = torch.tensordot(r, original, dims=([0], [residual_axis])).unsqueeze(residual_axis)
+    edited = torch.addcmul(original, r_along, coefficients, value=-weight)
     if norm_preserving:
-        before = vectors.norm(dim=-1, keepdim=True)
-        after = edited.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        edited = edited * (before / after)
-    return edited.movedim(-1, residual_axis).to(tensor.dtype)
+        before = original.norm(dim=residual_axis, keepdim=True)
+        after = edited.norm(dim=residual_axis, keepdim=True).clamp_min(_EPS)
+        edited.mul_(before / after)
+    return edited.to(tensor.dtype)
 
 
 def post_norm_direction(direction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

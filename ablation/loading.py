@@ -143,9 +143,23 @@ def _processor(location, common):
 
 
 def _detach_from_gguf(model: PreTrainedModel) -> PreTrainedModel:
-    # A GGUF-loaded model is dequantized already; it only keeps a marker that makes
-    # save_pretrained refuse it. Rebuilding from the plain config gives an ordinary model.
-    return model  # replaced below once the marker is known
+    """Turn a GGUF-loaded model into an ordinary one that edits and exports like any other.
+
+    transformers dequantizes these GGUF files into plain float tensors but keeps its quantizer
+    attached, which makes save_pretrained refuse and would write quant_method=gguf into the
+    exported config. Newer GGUF paths can keep packed weights; those are refused here.
+    """
+    packed = [name for name, p in model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        raise ModelLoadError(
+            f"this GGUF model keeps packed weights ({packed[0]}, ...); convert it to a Hugging Face "
+            "folder first (load it with transformers and save_pretrained)"
+        )
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.quantization_method = None
+    model.config.__dict__.pop("quantization_config", None)
+    return model
 
 
 def _explain(spec: str, error: Exception) -> str:

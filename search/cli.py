@@ -9,9 +9,9 @@ import argparse
 import sys
 from collections import Counter
 
+from ablation.directions import METHODS
 from ablation.errors import AblationError
 
-METHODS = ("mean", "mean-projected", "pca", "probe")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,28 +73,35 @@ def _inspect(args) -> int:
     return 0
 
 
-def print_writers(writers, title: str) -> None:
+def console():
+    """A rich console; piped output keeps one line per row so it can be grepped."""
     from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 240)
+
+
+def print_writers(writers, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
     for column in ("layer", "group", "module", "shape", "residual axis", "bias", "post-norm"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for w in writers:
         table.add_row(
             str(w.layer), w.group, w.name, "x".join(map(str, w.weight.shape)), str(w.residual_axis),
             "yes" if w.bias is not None else "", "yes" if w.post_norm_scale is not None else "",
         )
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     groups = Counter(w.group for w in writers)
     experts = sum(w.experts or 0 for w in writers)
     layers = len({w.layer for w in writers})
     summary = ", ".join(f"{group} {count}" for group, count in sorted(groups.items()))
-    console.print(f"{layers} layers, {len(writers)} writers ({summary}), {experts} routed experts")
+    out.print(f"{layers} layers, {len(writers)} writers ({summary}), {experts} routed experts")
 
 
 def _directions(args) -> int:
+    from ablation.directions import by_method
     from ablation.residuals import capture_last_token, save_residuals
     from objectives.prompts import read_prompts
 
@@ -105,27 +112,14 @@ def _directions(args) -> int:
         name: capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(prompts, enable_thinking=thinking), args.batch_size, progress=name)
         for name, prompts in (("harmful", harmful), ("harmless", harmless))
     }
-    found = compute_directions(args.method, captured["harmful"], captured["harmless"])
+    found, accuracy = by_method(args.method, captured["harmful"], captured["harmless"])
+    if accuracy is not None:
+        print("probe cross-validated accuracy per layer: " + " ".join(f"{a:.2f}" for a in accuracy.tolist()))
     save_residuals(args.out, captured["harmful"], captured["harmless"], found,
                    metadata={"model": args.model, "method": args.method}, samples=args.samples)
     print(f"wrote {args.out}: {found.shape[0]} layer directions ({args.method}) from "
           f"{len(harmful)} harmful and {len(harmless)} harmless prompts")
     return 0
-
-
-def compute_directions(method: str, harmful, harmless):
-    """Per-layer unit directions [L, H] by the named method."""
-    from ablation import directions as methods
-
-    if method == "mean":
-        return methods.mean_difference(harmful, harmless)
-    if method == "mean-projected":
-        return methods.mean_difference(harmful, harmless, orthogonalize=True)
-    if method == "pca":
-        return methods.principal_components(harmful, harmless, k=1)[0]
-    result = methods.linear_probe(harmful, harmless, folds=min(5, len(harmful), len(harmless)))
-    print("probe cross-validated accuracy per layer: " + " ".join(f"{a:.2f}" for a in result.accuracy.tolist()))
-    return result.directions
 
 
 def _demo(args) -> int:

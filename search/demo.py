@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from rich.console import Console
 
 from ablation import Baker, Kernel, Profile, export_checkpoint, find_writers, load_model
 from ablation.architectures import decoder_layers
@@ -19,11 +18,11 @@ from ablation.directions import mean_difference
 from ablation.residuals import capture_last_token
 from ablation.tiny import tiny_model
 from objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
-from search.cli import print_writers
+from search.cli import console as make_console, print_writers
 
 
 def run_demo(model_type: str = "qwen3") -> int:
-    console = Console()
+    console = make_console()
     with tempfile.TemporaryDirectory(prefix="abliterate-demo-") as scratch:
         base = Path(scratch) / "base"
         model, tokenizer = tiny_model(model_type)

@@ -145,3 +145,11 @@ def test_unknown_architecture():
 
     with pytest.raises(UnsupportedLayout, match="'gpt2' is not supported; supported model types: .*llama"):
         architecture_of(GPT2Config())
+
+
+def test_layer_with_two_attention_blocks_is_refused(tiny):
+    model, _ = tiny("qwen3_5_text")
+    layers = decoder_layers(model)
+    layers[0].self_attn = layers[3].self_attn  # layer 0 already has linear_attn
+    with pytest.raises(UnsupportedLayout, match=r"'model\.layers\.0'.*found \['self_attn', 'linear_attn'\]"):
+        find_writers(model)
