@@ -1,0 +1,62 @@
+"""Score an edited model against its base: KL drift, refusals, degenerate answers, over-refusal."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+from ablation.errors import AblationError
+from ablation.loading import LoadedModel
+from objectives.kl import kl_divergence, response_logprobs
+from objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The figures ``abliterate evaluate`` prints."""
+
+    kl: float
+    refusal: RefusalScore
+    base_refusal: RefusalScore
+    over_refusal: RefusalScore | None = None
+
+    def as_dict(self) -> dict:
+        def scored(score: RefusalScore | None):
+            if score is None:
+                return None
+            return {"value": score.value, "refusal_rate": score.rate("refusal"), "degenerate_rate": score.rate("degenerate"),
+                    **asdict(score)}
+
+        return {"kl": self.kl, "refusal": scored(self.refusal), "base_refusal": scored(self.base_refusal),
+                "over_refusal": scored(self.over_refusal)}
+
+
+def evaluate(
+    load_base: Callable[[], LoadedModel],
+    load_edited: Callable[[], LoadedModel],
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    proxy: RefusalProxy,
+    chat: ChatFormat = ChatFormat(),
+    edgy: Sequence[str] | None = None,
+    batch_size: int = 16,
+) -> Evaluation:
+    """Base figures first, then the edited model's; only one model is in memory at a time."""
+    base = load_base()
+    base_logprobs = response_logprobs(base.model, base.tokenizer, chat.apply(base, harmless), batch_size=batch_size)
+    proxy.prepare(base, harmful)
+    base_refusal = proxy.score(base, harmful)
+    vocabulary = len(base.tokenizer)
+    del base
+    gc.collect()
+
+    edited = load_edited()
+    if len(edited.tokenizer) != vocabulary:
+        raise AblationError(f"edited model has a vocabulary of {len(edited.tokenizer)}, the base {vocabulary}; compare a model with its own base")
+    edited_logprobs = response_logprobs(edited.model, edited.tokenizer, chat.apply(edited, harmless), batch_size=batch_size)
+    kl = float(kl_divergence(base_logprobs, edited_logprobs).mean())
+    refusal = proxy.score(edited, harmful)
+    # Over-refusal is a refusal rate on benign prompts, whatever proxy drives the search.
+    over_refusal = MarkerProxy(chat=chat, batch_size=batch_size).score(edited, edgy) if edgy else None
+    return Evaluation(kl, refusal, base_refusal, over_refusal)

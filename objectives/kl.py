@@ -1,0 +1,95 @@
+"""KL drift of an edited model from its base on harmless prompts.
+
+The base model's next-token log-probabilities at the first ``k`` response positions are computed
+once per worker (and can be saved); each trial then costs one batched forward pass. With ``k > 1``
+the positions are teacher-forced on the base model's own greedy answer, so both models are
+compared on the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ablation.errors import AblationError
+from objectives.generation import generate_greedy
+
+
+def kl_divergence(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(base || edited) per position: sum_v p_base(v) (log p_base(v) - log p_edited(v)).
+
+    Inputs are log-probabilities [..., V]; the result has shape [...].
+    """
+    return (base_logprobs.exp() * (base_logprobs - edited_logprobs)).sum(dim=-1)
+
+
+@torch.no_grad()
+def response_logprobs(model, tokenizer, texts: Sequence[str], continuations: Sequence[Sequence[int]] | None = None, batch_size: int = 16) -> torch.Tensor:
+    """Next-token log-probs at the first response positions: float32 [N, k, V] on CPU.
+
+    Position 0 predicts the first response token from the prompt; position j > 0 predicts token
+    j after the prompt plus ``continuations[i][:j]``. Without continuations, k = 1.
+    """
+    k = len(continuations[0]) + 1 if continuations else 1
+    device = next(model.parameters()).device
+    results = []
+    for start in range(0, len(texts), batch_size):
+        prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start:start + batch_size]]
+        forced = continuations[start:start + batch_size] if continuations else [[]] * len(prompts)
+        sequences = [p + list(c)[: k - 1] for p, c in zip(prompts, forced)]
+        width = max(map(len, sequences))
+        ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(sequences):  # right padding keeps every real position exact
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        positions = torch.stack([torch.arange(len(p) - 1, len(p) - 1 + k) for p in prompts])
+        picked = logits[torch.arange(len(prompts)).unsqueeze(1), positions.to(device)]
+        results.append(torch.log_softmax(picked.float(), dim=-1).cpu())
+    return torch.cat(results)
+
+
+class KLScorer:
+    """Mean KL(base || current model) over harmless prompts at the first ``k`` response tokens.
+
+    Build it on the unedited model; call :meth:`score` after each bake.
+    """
+
+    def __init__(self, model, tokenizer, texts: Sequence[str], k: int = 1, batch_size: int = 16, base: dict | None = None):
+        if not texts:
+            raise AblationError("KL needs at least one harmless prompt")
+        if k < 1:
+            raise AblationError(f"KL token count must be at least 1, got {k}")
+        self.model, self.tokenizer, self.texts, self.batch_size = model, tokenizer, list(texts), batch_size
+        if base is None:
+            continuations = None
+            if k > 1:
+                answers = generate_greedy(model, tokenizer, self.texts, k - 1, batch_size)
+                continuations = [_padded(ids, k - 1, tokenizer.eos_token_id) for ids in answers.token_ids]
+            base = {"logprobs": response_logprobs(model, tokenizer, self.texts, continuations, batch_size),
+                    "continuations": torch.tensor(continuations) if continuations else torch.zeros(len(self.texts), 0, dtype=torch.long)}
+        self.base_logprobs = base["logprobs"]
+        self.continuations = base["continuations"]
+        if self.base_logprobs.shape[:2] != (len(self.texts), k):
+            raise AblationError(f"cached base log-probs have shape {tuple(self.base_logprobs.shape[:2])}, expected {(len(self.texts), k)}; recompute the cache")
+
+    def score(self) -> float:
+        """Mean KL over prompts and positions for the model as it is now (e.g. baked)."""
+        continuations = self.continuations.tolist() if self.continuations.shape[1] else None
+        edited = response_logprobs(self.model, self.tokenizer, self.texts, continuations, self.batch_size)
+        return float(kl_divergence(self.base_logprobs, edited).mean())
+
+    def save(self, path) -> None:
+        save_file({"logprobs": self.base_logprobs.contiguous(), "continuations": self.continuations.contiguous()}, str(path))
+
+    @staticmethod
+    def load_base(path) -> dict:
+        return load_file(str(path))
+
+
+def _padded(ids: list[int], length: int, eos: int) -> list[int]:
+    # An answer that ended early is continued with end-of-text, which the base model predicts.
+    return (ids + [eos] * length)[:length]
