@@ -10,10 +10,10 @@ import sys
 from collections import Counter
 
 from ablation.directions import METHODS
+from ablation.errors import AblationError
+from storage.errors import StorageError
 
 PROXIES = ("markers", "first-token", "agent")
-from ablation.errors import AblationError
-
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args) or 0
-    except AblationError as error:
+    except (AblationError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

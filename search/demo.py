@@ -1,8 +1,9 @@
 """``abliterate demo``: the main job on the embedded default.
 
-Until the search service lands this runs the ablation engine end to end on a tiny model built
-offline (load, inspect, capture, directions, bake, check, restore, export, reload) and says
-plainly that the Optuna search is not there yet.
+Until the search service lands, this runs by hand what a study will automate. It loads the
+shipped refusing model, measures its refusals, takes a refusal direction from its residuals and
+tries it from each layer (plus a random direction as a control), scoring refusals and KL drift.
+Then it exports the best edit and checks that restoring the model is bit-exact.
 """
 
 from __future__ import annotations
@@ -11,57 +12,64 @@ import tempfile
 from pathlib import Path
 
 import torch
+from rich.table import Table
 
-from ablation import Baker, Kernel, Profile, export_checkpoint, find_writers, load_model
-from ablation.architectures import decoder_layers
+from ablation import Baker, Profile, export_checkpoint, find_writers, load_model
 from ablation.directions import mean_difference
 from ablation.residuals import capture_last_token
-from ablation.tiny import tiny_model
-from objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
-from search.cli import console as make_console, print_writers
+from objectives.kl import KLScorer
+from objectives.prompts import read_prompts
+from objectives.refusal import MarkerProxy
+from objectives.refuser import prompt_path, refuser_path
+from search.cli import console as make_console
 
 
-def run_demo(model_type: str = "qwen3") -> int:
+def run_demo() -> int:
     console = make_console()
-    with tempfile.TemporaryDirectory(prefix="abliterate-demo-") as scratch:
-        base = Path(scratch) / "base"
-        model, tokenizer = tiny_model(model_type)
-        model.save_pretrained(base)
-        tokenizer.save_pretrained(base)
-        console.print(f"[bold]1. load[/] a tiny random {model_type} model (the embedded default until the refusing demo model ships)")
-        loaded = load_model(str(base), dtype="fp32", device="cpu")
-        writers = find_writers(loaded.model)
-        print_writers(writers, title="2. residual writers")
+    loaded = load_model(str(refuser_path()), dtype="fp32", device="cpu")
+    writers = find_writers(loaded.model)
+    layers = max(w.layer for w in writers) + 1
+    console.print(f"[bold]model[/] the shipped refusing model ({type(loaded.model).__name__}, {layers} layers, "
+                  f"{sum(p.numel() for p in loaded.model.parameters()) / 1e6:.1f} M parameters, {len(writers)} residual writers)")
+    prompts = {(k, p): read_prompts(prompt_path(k, p)) for k in ("harmful", "harmless") for p in ("extraction", "evaluation")}
+    proxy = MarkerProxy(max_new_tokens=48)
+    harmful, harmless = prompts["harmful", "evaluation"], prompts["harmless", "evaluation"]
+    base = proxy.score(loaded, harmful)
+    console.print(f"[bold]baseline[/] refuses {base.rate('refusal'):.0%} of {len(harmful)} held-out harmful prompts, "
+                  f"{proxy.score(loaded, harmless).rate('refusal'):.0%} of {len(harmless)} harmless ones")
 
-        harmful, harmless = demo_prompts(DEMO_HARMFUL), demo_prompts(DEMO_HARMLESS)
-        console.print(f"[bold]3. capture[/] last-token residuals of {len(harmful)} harmful and {len(harmless)} harmless prompts")
-        residuals = [capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(p)) for p in (harmful, harmless)]
-        directions = mean_difference(*residuals)
+    residuals = [capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(prompts[k, "extraction"]))
+                 for k in ("harmful", "harmless")]
+    directions = mean_difference(*residuals)
+    kl = KLScorer(loaded.model, loaded.tokenizer, loaded.format_chat(harmless))
+    candidates = {f"layer {layer} direction": directions[layer] for layer in range(layers)}
+    candidates["random direction (control)"] = torch.randn(directions.shape[1], generator=torch.Generator().manual_seed(0))
 
-        layers = len(decoder_layers(loaded.model))
-        profile = Profile({g: Kernel("tent", peak=0.6 * (layers - 1), peak_weight=1.0, floor_weight=0.5, falloff=layers)
-                           for g in ("attn", "mlp")})
-        baker = Baker(writers)
-        before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
-        report = baker.bake(directions, profile)
-        console.print(f"[bold]4. bake[/] {report.tensors} tensors in layers {list(report.layers)}, "
-                      f"{report.saved_bytes / 1024:.0f} KiB kept to undo it")
-        edited = capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(harmful))
-        along = lambda r: (r * directions).sum(-1).mean(0)  # noqa: E731 - mean projection per layer
-        console.print("   mean harmful projection on the direction per layer, before -> after: "
-                      + ", ".join(f"{a:.2f}->{b:.2f}" for a, b in zip(along(residuals[0]).tolist(), along(edited).tolist())))
+    table = Table(title="one direction baked into every layer at weight 1")
+    for column in ("edit", "refusal", "degenerate", "KL"):
+        table.add_column(column)
+    baker = Baker(writers)
+    results = {}
+    for label, direction in candidates.items():
+        with baker.baked_into(direction, Profile.uniform(1.0)):
+            score, drift = proxy.score(loaded, harmful), kl.score()
+        results[label] = (score.value, drift)
+        table.add_row(label, f"{score.rate('refusal'):.0%}", f"{score.rate('degenerate'):.0%}", f"{drift:.3f}")
+    console.print(table)
 
-        out = Path(scratch) / "edited"
-        export_checkpoint(loaded, out)
+    best = min((label for label in results if "random" not in label), key=lambda label: results[label])
+    before = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
+    with tempfile.TemporaryDirectory(prefix="abliterate-demo-") as scratch, baker.baked_into(candidates[best], Profile.uniform(1.0)):
+        out = export_checkpoint(loaded, Path(scratch) / "edited")
         reloaded = load_model(str(out), dtype="fp32", device="cpu")
-        probe = loaded.tokenizer(loaded.format_chat(harmful[:2]), return_tensors="pt", padding=True)
-        same = torch.allclose(loaded.model(**probe).logits, reloaded.model(**probe).logits, atol=1e-5)
-        console.print(f"[bold]5. export[/] {sorted(p.name for p in out.iterdir())}; reloaded logits match: {same}")
-
-        baker.restore()
-        exact = all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
-        console.print(f"[bold]6. restore[/] bit-exact: {exact}")
-    console.print("\n[yellow]not yet:[/] the search service (shared Optuna study, parallel workers, "
-                  "KL and refusal objectives, dashboard) is still being built; this demo covered the "
-                  "ablation engine it stands on.")
-    return 0 if same and exact else 1
+        after = proxy.score(reloaded, harmful)
+        console.print(f"[bold]export[/] {best}: wrote {', '.join(sorted(p.name for p in out.iterdir()))}; "
+                      f"the reloaded checkpoint refuses {after.rate('refusal'):.0%}")
+        for prompt, response in after.samples[:2]:
+            console.print(f"  > {prompt}\n    {response.strip()[:160]}", markup=False, highlight=False)
+    exact = all(torch.equal(p, before[n]) for n, p in loaded.model.named_parameters())
+    console.print(f"[bold]restore[/] bit-exact: {exact}")
+    console.print("\n[yellow]not yet:[/] the search service (a shared Optuna study over layer ranges, weight "
+                  "profiles and direction methods, parallel workers, the dashboard) is still being built; "
+                  "this demo ran by hand what a study will automate.")
+    return 0 if exact else 1

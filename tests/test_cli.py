@@ -74,8 +74,55 @@ def test_empty_prompt_file(model_dir, tmp_path):
 def test_demo_runs_end_to_end():
     result = abliterate("demo")
     assert result.returncode == 0, result.stderr
-    assert "reloaded logits match: True" in result.stdout
+    assert "baseline" in result.stdout and "random direction (control)" in result.stdout
     assert "bit-exact: True" in result.stdout and "not yet" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def refuser_edit(tmp_path_factory):
+    """The shipped refuser and an abliterated checkpoint of it (direction of layer 2, all layers)."""
+    from ablation import Baker, Profile, export_checkpoint, find_writers, load_model
+    from ablation.directions import mean_difference
+    from ablation.residuals import capture_last_token
+    from objectives.prompts import read_prompts
+    from objectives.refuser import prompt_path, refuser_path
+
+    loaded = load_model(str(refuser_path()), dtype="fp32", device="cpu")
+    residuals = [capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(read_prompts(prompt_path(k, "extraction"))))
+                 for k in ("harmful", "harmless")]
+    direction = mean_difference(*residuals)[2]
+    out = tmp_path_factory.mktemp("edit") / "edited"
+    with Baker(find_writers(loaded.model)).baked_into(direction, Profile.uniform(1.0)):
+        export_checkpoint(loaded, out)
+    return refuser_path(), out
+
+
+@pytest.mark.parametrize("proxy", ["markers", "first-token"])
+def test_evaluate_json_shows_the_edit(refuser_edit, proxy):
+    import json
+
+    from objectives.refuser import prompt_path
+
+    base, edited = refuser_edit
+    result = abliterate("evaluate", "--model", edited, "--base", base, "--proxy", proxy, "--json",
+                        "--harmful", prompt_path("harmful", "evaluation"), "--harmless", prompt_path("harmless", "evaluation"),
+                        "--edgy", prompt_path("harmless", "confirmation"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["refusal"]["value"] < 0.5 * report["base_refusal"]["value"]
+    assert 0 < report["kl"] < 1.0
+    assert report["over_refusal"]["total"] > 0
+    if proxy == "markers":
+        assert report["refusal"]["samples"] and report["base_refusal"]["refusal_rate"] > 0.5
+
+
+def test_evaluate_text_and_vocabulary_mismatch(refuser_edit, model_dir):
+    base, edited = refuser_edit
+    result = abliterate("evaluate", "--model", edited, "--base", base)
+    assert result.returncode == 0, result.stderr
+    assert "KL (harmless, first token)" in result.stdout and "refusal rate" in result.stdout
+    mismatch = abliterate("evaluate", "--model", model_dir, "--base", base)
+    assert mismatch.returncode == 2 and "vocabulary" in mismatch.stderr
 
 
 def _prompt_file(folder, name):

@@ -1,0 +1,5 @@
+"""User-facing storage errors: one line naming the problem and the fix."""
+
+
+class StorageError(Exception):
+    """A bad storage URL, an unreachable database, or a study that does not exist."""

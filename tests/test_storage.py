@@ -1,0 +1,139 @@
+"""Storage URLs, schema and crash retry on SQLite and a real PostgreSQL (127.0.0.1:5432)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+import pytest
+import sqlalchemy
+from optuna.storages import fail_stale_trials
+from optuna.trial import TrialState
+
+from storage.errors import StorageError
+from storage.rdb import open_storage
+from storage.tables import SCHEMA_VERSION
+from storage.urls import DEFAULT_URL, normalize_url, redacted
+
+ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"abl_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        (None, DEFAULT_URL),
+        ("postgresql://u:secret@db:5432/studies", "postgresql+psycopg2://u:secret@db:5432/studies"),
+        ("postgresql+psycopg2://u@h/s", "postgresql+psycopg2://u@h/s"),
+        ("sqlite:////tmp/a.db", "sqlite:////tmp/a.db"),
+    ],
+)
+def test_normalize_url(url, expected):
+    assert normalize_url(url) == expected
+
+
+def test_bare_sqlite_path(tmp_path):
+    assert normalize_url(str(tmp_path / "s.db")) == f"sqlite:///{tmp_path / 's.db'}"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not a url", "bad storage URL 'not a url'"),
+        ("mysql://root@localhost/x", "unsupported storage 'mysql'"),
+        ("postgresql://u@host", "names no database"),
+    ],
+)
+def test_bad_urls(url, message):
+    with pytest.raises(StorageError, match=message):
+        normalize_url(url)
+
+
+def test_redacted_hides_password():
+    assert "secret" not in redacted("postgresql://u:secret@h/db")
+
+
+def test_sqlite_schema_created_once_and_versioned(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url)
+    tables = set(sqlalchemy.inspect(storage.engine).get_table_names())
+    assert {"abl_schema", "abl_artifact_cache", "studies", "trials"} <= tables
+    open_storage(url)  # second open: no error, nothing recreated
+    with storage.engine.begin() as connection:
+        assert connection.execute(sqlalchemy.text("select version from abl_schema")).scalar_one() == SCHEMA_VERSION
+        connection.execute(sqlalchemy.text("update abl_schema set version = 99"))
+    with pytest.raises(StorageError, match="newer abliterate"):
+        open_storage(url)
+
+
+def test_postgres_storage_runs_a_study(postgres_url):
+    storage = open_storage(postgres_url, heartbeat_interval=5, grace_period=20)
+    assert storage.get_heartbeat_interval() == 5 and storage.get_heartbeat_stale_trial_callback() is not None
+    study = optuna.create_study(storage=storage, study_name="s", directions=["minimize", "minimize"])
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=3)
+    assert len(optuna.load_study(study_name="s", storage=postgres_url).trials) == 3
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("postgresql+psycopg2://postgres@127.0.0.1:1/test", "cannot reach the database"),
+        ("postgresql+psycopg2://postgres@127.0.0.1:5432/abl_no_such_db", 'database "abl_no_such_db" does not exist'),
+    ],
+)
+def test_unreachable_database_is_one_line(url, message):
+    with pytest.raises(StorageError, match=message) as error:
+        open_storage(url)
+    assert "\n" not in str(error.value)
+
+
+WORKER = textwrap.dedent("""
+    import sys, time, optuna
+    from storage.rdb import open_storage
+    storage = open_storage(sys.argv[1], heartbeat_interval=1, grace_period=3)
+    study = optuna.load_study(study_name="crash", storage=storage)
+    def objective(trial):
+        trial.suggest_float("x", 0, 1)
+        print("started", flush=True)
+        time.sleep(600)
+    study.optimize(objective, n_trials=1)
+""")
+
+
+@pytest.mark.filterwarnings("ignore", category=ExperimentalWarning)
+def test_killed_worker_trial_fails_and_is_retried_with_same_params(postgres_url, tmp_path):
+    storage = open_storage(postgres_url, heartbeat_interval=1, grace_period=3)
+    study = optuna.create_study(storage=storage, study_name="crash")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    worker = subprocess.Popen([sys.executable, str(script), postgres_url], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert worker.stdout.readline().strip() == "started"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    running = study.get_trials(states=[TrialState.RUNNING])
+    assert len(running) == 1
+    time.sleep(4.5)  # past the grace period with no heartbeat
+    fail_stale_trials(study)
+    failed = study.get_trials(states=[TrialState.FAIL])
+    waiting = study.get_trials(states=[TrialState.WAITING])
+    assert [t.number for t in failed] == [running[0].number]
+    assert len(waiting) == 1 and waiting[0].params == running[0].params
+    assert waiting[0].system_attrs["failed_trial"] == running[0].number
