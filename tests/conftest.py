@@ -1,16 +1,10 @@
-import functools
+import uuid
 
 import pytest
+import sqlalchemy
 import transformers
 
 transformers.logging.set_verbosity_error()
-
-
-@functools.cache
-def _tiny(model_type: str):
-    from ablation.tiny import tiny_model
-
-    return tiny_model(model_type)
 
 
 @pytest.fixture
@@ -19,3 +13,19 @@ def tiny():
     from ablation.tiny import tiny_model
 
     return tiny_model
+
+
+ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    name = f"abl_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as connection:
+        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

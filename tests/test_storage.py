@@ -6,7 +6,6 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -19,22 +18,6 @@ from storage.errors import StorageError
 from storage.rdb import open_storage
 from storage.tables import SCHEMA_VERSION
 from storage.urls import DEFAULT_URL, normalize_url, redacted
-
-ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
-
-
-@pytest.fixture
-def postgres_url():
-    """A fresh PostgreSQL database for one test, dropped afterwards."""
-    name = f"abl_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as connection:
-        connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
-
 
 @pytest.mark.parametrize(
     "url, expected",
