@@ -1,0 +1,101 @@
+"""The search space: what one trial picks, and how its params become an edit.
+
+Positions are sampled as fractions of the layer stack so a study's space means the same thing
+on a 24-layer and a 64-layer model; :func:`candidate_from_params` turns a trial's params into
+layer indices. It is pure, so a stored trial can be re-baked exactly (export, promotion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ablation.directions import METHODS
+from ablation.profile import SHAPES, Kernel, Profile
+
+GROUPS = ("attn", "mlp")
+SCOPES = ("global", "per-layer")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Ranges for every sampled parameter; fractions are of the layer count minus one."""
+
+    methods: tuple[str, ...] = ("mean", "mean-projected")
+    scopes: tuple[str, ...] = SCOPES
+    direction_index: tuple[float, float] = (0.4, 0.9)
+    first_layer: tuple[float, float] = (0.0, 0.4)
+    last_layer: tuple[float, float] = (0.7, 1.0)
+    shapes: tuple[str, ...] = SHAPES
+    peak: tuple[float, float] = (0.5, 0.9)
+    peak_weight: tuple[float, float] = (0.8, 1.5)
+    floor_fraction: tuple[float, float] = (0.0, 1.0)
+    falloff: tuple[float, float] = (0.1, 0.6)
+    norm_preserving: tuple[bool, ...] = (False, True)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SearchSpace:
+        return cls(**{k: tuple(v) for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One edit: which direction, baked with which profile."""
+
+    method: str
+    scope: str
+    direction_index: float  # a fractional layer index, used when scope is global
+    profile: Profile = field(default_factory=Profile)
+    norm_preserving: bool = False
+
+
+def suggest(trial, space: SearchSpace) -> dict:
+    """Sample one point of ``space`` on an Optuna trial; returns ``trial.params``."""
+    trial.suggest_categorical("method", list(space.methods))
+    scope = trial.suggest_categorical("scope", list(space.scopes))
+    if scope == "global":
+        trial.suggest_float("direction_index", *space.direction_index)
+    trial.suggest_float("first_layer", *space.first_layer)
+    trial.suggest_float("last_layer", *space.last_layer)
+    for group in GROUPS:
+        trial.suggest_categorical(f"{group}_shape", list(space.shapes))
+        trial.suggest_float(f"{group}_peak", *space.peak)
+        trial.suggest_float(f"{group}_peak_weight", *space.peak_weight)
+        trial.suggest_float(f"{group}_floor_fraction", *space.floor_fraction)
+        trial.suggest_float(f"{group}_falloff", *space.falloff)
+    trial.suggest_categorical("norm_preserving", list(space.norm_preserving))
+    return dict(trial.params)
+
+
+def candidate_from_params(params: dict, num_layers: int) -> Candidate:
+    """The edit a trial's params describe, on a model with ``num_layers`` decoder layers."""
+    depth = num_layers - 1
+    kernels = {
+        group: Kernel(
+            shape=params[f"{group}_shape"],
+            peak=params[f"{group}_peak"] * depth,
+            peak_weight=params[f"{group}_peak_weight"],
+            floor_weight=params[f"{group}_floor_fraction"] * params[f"{group}_peak_weight"],
+            falloff=max(params[f"{group}_falloff"] * depth, 0.5),
+        )
+        for group in GROUPS
+    }
+    profile = Profile(kernels, first_layer=round(params["first_layer"] * depth), last_layer=round(params["last_layer"] * depth))
+    return Candidate(params["method"], params["scope"], params.get("direction_index", 0.0) * depth, profile,
+                     bool(params["norm_preserving"]))
+
+
+def classic_seed(space: SearchSpace) -> dict:
+    """The classic edit as a seed trial: mean difference from ~60% depth, weight 1 everywhere."""
+    seed = {
+        "method": "mean" if "mean" in space.methods else space.methods[0],
+        "scope": "global" if "global" in space.scopes else space.scopes[0],
+        "direction_index": 0.6, "first_layer": space.first_layer[0], "last_layer": space.last_layer[1],
+        "norm_preserving": False if False in space.norm_preserving else space.norm_preserving[0],
+    }
+    for group in GROUPS:
+        seed |= {f"{group}_shape": "tent", f"{group}_peak": space.peak[0], f"{group}_peak_weight": 1.0,
+                 f"{group}_floor_fraction": 1.0, f"{group}_falloff": space.falloff[1]}
+    return seed
