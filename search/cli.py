@@ -61,9 +61,62 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
 
+    search = commands.add_parser("search", help="the main job: create or resume a study and run local workers")
+    _model_options(search)
+    search.add_argument("--storage", default=None, help="sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://...")
+    search.add_argument("--study", default="abliterate", help="study name")
+    search.add_argument("--trials", type=int, default=100, help="finished trials to reach, counted across all workers")
+    search.add_argument("--workers", type=int, default=1, help="local worker processes")
+    search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
+    search.add_argument("--harmful", required=True, help="prompt source spec, cut into extraction/evaluation/confirmation")
+    search.add_argument("--harmless", required=True, help="prompt source spec, cut the same way")
+    search.add_argument("--split", default="64,100,100", help="prompts for extraction,evaluation,confirmation")
+    search.add_argument("--kl-cap", type=float, default=1.0)
+    search.add_argument("--proxy", choices=PROXIES, default="markers")
+    search.add_argument("--max-new-tokens", type=int, default=48)
+    search.add_argument("--batch-size", type=int, default=16)
+    search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
+    search.add_argument("--seed", type=int, default=None)
+    search.set_defaults(run=_search)
+
+    worker = commands.add_parser("worker", help="join a study from any machine")
+    _study_options(worker)
+    worker.add_argument("--device", default="auto")
+    worker.add_argument("--model", default=None, help="only to check it matches the study")
+    worker.set_defaults(run=_worker)
+
+    launch = commands.add_parser("launch", help="one worker process per device, restarted if it dies")
+    _study_options(launch)
+    launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
+    launch.set_defaults(run=_launch)
+
+    front = commands.add_parser("front", help="the feasible Pareto front as a table")
+    _study_options(front)
+    front.add_argument("--json", action="store_true")
+    front.set_defaults(run=_front)
+
+    export = commands.add_parser("export", help="re-bake a trial from its params and cached directions and write the checkpoint")
+    _study_options(export)
+    export.add_argument("--trial", type=int, required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--device", default="auto")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=_export)
+
+    dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the study storage")
+    dashboard.add_argument("--storage", default=None)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.set_defaults(run=_dashboard)
+
     demo = commands.add_parser("demo", help="the main job on the embedded default")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None, help="sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://...")
+    parser.add_argument("--study", default="abliterate")
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -178,6 +231,126 @@ def _evaluate(args) -> int:
         out.print(f"over-refusal on {result.over_refusal.total} edgy prompts: {result.over_refusal.rate('refusal'):.3f}")
     for prompt, response in refusal.samples:
         out.print(f"[bold]> {escape(prompt)}[/]\n  {escape(response.strip()[:300])}", highlight=False)
+    return 0
+
+
+def _search(args) -> int:
+    from search.launcher import supervise
+    from search.study import StudyConfig, create_or_resume
+    from search.worker import finished
+    from storage.rdb import open_storage
+    from storage.urls import normalize_url
+
+    try:
+        sizes = tuple(int(n) for n in args.split.split(","))
+        assert len(sizes) == 3 and min(sizes) > 0
+    except (ValueError, AssertionError):
+        raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
+    config = StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
+                               kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size, sampler=args.sampler, seed=args.seed,
+                               enable_thinking=False if args.no_thinking else None)
+    config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
+    storage_url = normalize_url(args.storage)
+    study, resumed = create_or_resume(open_storage(storage_url), args.study, config)
+    out = console()
+    out.print(f"{'resumed' if resumed else 'created'} study {args.study!r} in {storage_url}: {finished(study)}/{args.trials} finished")
+    devices = args.devices.split(",") if args.devices else [args.device] * args.workers
+
+    def progress():
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        out.print(f"  finished {states.count('COMPLETE')}/{args.trials}, running {states.count('RUNNING')}, "
+                  f"failed {states.count('FAIL')}", highlight=False)
+
+    status = supervise(storage_url, args.study, devices, tick=progress, poll=5.0) if finished(study) < args.trials else 0
+    _print_front(study, out)
+    out.print(f"browse it: abliterate dashboard --storage {storage_url}")
+    return status
+
+
+def _worker(args) -> int:
+    from search.study import check_local, load
+    from search.worker import run_worker
+    from storage.rdb import open_storage
+
+    if args.model:
+        check_local(load(open_storage(args.storage), args.study)[1], model=args.model)
+    run_worker(args.storage, args.study, args.device)
+    return 0
+
+
+def _launch(args) -> int:
+    from search.launcher import supervise
+    from storage.urls import normalize_url
+
+    devices = [d if not d.isdigit() else f"cuda:{d}" for d in args.devices.split(",")]
+    return supervise(normalize_url(args.storage), args.study, devices)
+
+
+def _front(args) -> int:
+    import json
+
+    from search.front import feasible_front
+    from search.study import load
+    from storage.rdb import open_storage
+
+    study, _ = load(open_storage(args.storage), args.study)
+    if args.json:
+        print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
+                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate")}}
+                          for t in feasible_front(study)], indent=2))
+        return 0
+    _print_front(study, console())
+    return 0
+
+
+def _print_front(study, out) -> None:
+    from rich.table import Table
+
+    from search.front import feasible_front
+
+    table = Table(title=f"feasible Pareto front of {study.study_name!r}")
+    for column in ("trial", "refusal", "KL", "refusal rate", "degenerate", "method", "scope"):
+        table.add_column(column)
+    for t in feasible_front(study):
+        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.4f}", f"{t.user_attrs.get('refusal_rate', 0):.2f}",
+                      f"{t.user_attrs.get('degenerate_rate', 0):.2f}", t.params.get("method", ""), t.params.get("scope", ""))
+    out.print(table)
+
+
+def _export(args) -> int:
+    from ablation import Baker, export_checkpoint, find_writers, load_model
+    from search.space import candidate_from_params
+    from search.study import load
+    from search.trial import direction_for, directions_from_bytes
+    from storage.cache import ArtifactCache
+    from storage.rdb import open_storage
+
+    storage = open_storage(args.storage)
+    study, config = load(storage, args.study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if args.trial not in trials or trials[args.trial].state.name != "COMPLETE":
+        raise AblationError(f"study {args.study!r} has no finished trial {args.trial}; see abliterate front")
+    payload = ArtifactCache(storage.engine, args.study, "export").get(f"directions:{','.join(sorted(config.space.methods))}")
+    if payload is None:
+        raise AblationError(f"study {args.study!r} has no cached directions yet; run a worker first")
+    directions = directions_from_bytes(payload)
+    loaded = load_model(config.model, config.dtype, args.device)
+    candidate = candidate_from_params(trials[args.trial].params, next(iter(directions.values())).shape[0])
+    Baker(find_writers(loaded.model)).bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving)
+    out = export_checkpoint(loaded, args.out, overwrite=args.overwrite)
+    print(f"wrote trial {args.trial} of {args.study!r} to {out}")
+    return 0
+
+
+def _dashboard(args) -> int:
+    from optuna_dashboard import run_server
+
+    from storage.rdb import open_storage
+
+    storage = open_storage(args.storage)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(storage, host=args.host, port=args.port)
     return 0
 
 

@@ -1,0 +1,147 @@
+"""A self-describing study: the model, prompts, space and objective settings live in the study.
+
+Everything a worker needs is in the study's user attrs under ``abliterate``, so
+``abliterate worker --storage URL --study NAME`` needs nothing else, and a worker whose local
+settings contradict the study refuses to join it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass, field, fields
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+
+from ablation.errors import AblationError
+from objectives.prompts import check_disjoint, load_prompts
+from search.space import SearchSpace
+from storage.errors import StorageError
+
+CONFIG_ATTR = "abliterate"
+PURPOSES = ("extraction", "evaluation", "confirmation")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What a study searches, on what, and how trials are scored.
+
+    ``harmful`` and ``harmless`` map each purpose (extraction, evaluation, confirmation) to a
+    prompt source spec; the sets must not overlap.
+    """
+
+    model: str
+    harmful: dict[str, str]
+    harmless: dict[str, str]
+    dtype: str = "auto"
+    n_trials: int = 100
+    space: SearchSpace = field(default_factory=SearchSpace)
+    kl_cap: float = 1.0
+    kl_tokens: int = 1
+    proxy: str = "markers"
+    max_new_tokens: int = 48
+    batch_size: int = 16
+    enable_thinking: bool | None = None
+    sampler: str = "tpe"
+    seed: int | None = None
+
+    def __post_init__(self):
+        for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
+            if set(specs) != set(PURPOSES):
+                raise AblationError(f"{side} prompts need exactly the sets {', '.join(PURPOSES)}, got {', '.join(specs) or 'none'}")
+        if self.sampler not in SAMPLERS:
+            raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+
+    @classmethod
+    def split(cls, model: str, harmful: str, harmless: str, sizes: tuple[int, int, int], **options) -> StudyConfig:
+        """One source per side cut into consecutive slices for the three purposes."""
+        def cut(spec):
+            bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
+            return {p: f"{spec}[{bounds[i]}:{bounds[i + 1]}]" for i, p in enumerate(PURPOSES)}
+        return cls(model=model, harmful=cut(harmful), harmless=cut(harmless), **options)
+
+    def prompts(self) -> dict[tuple[str, str], list[str]]:
+        """Every prompt set, loaded and checked to be pairwise disjoint."""
+        loaded = {(side, p): load_prompts(spec) for side, specs in (("harmful", self.harmful), ("harmless", self.harmless))
+                  for p, spec in specs.items()}
+        check_disjoint(**{f"{side} {purpose}": prompts for (side, purpose), prompts in loaded.items()})
+        return loaded
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> StudyConfig:
+        values = json.loads(text)
+        values["space"] = SearchSpace.from_dict(values["space"])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+    """The configured sampler; TPE is multivariate with a constant liar for parallel workers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if config.sampler == "tpe":
+            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
+                                              n_startup_trials=min(20, max(4, config.n_trials // 5)))
+        if config.sampler == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=config.seed)
+        if config.sampler == "gp":
+            return optuna.samplers.GPSampler(seed=config.seed)
+        return optuna.samplers.RandomSampler(seed=config.seed)
+
+
+def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.Study, bool]:
+    """The study ``name``: created with ``config``, or resumed when it exists with the same settings.
+
+    Only ``n_trials`` may change on resume (asking for more trials is how a study is extended).
+    """
+    existing = _config_of(storage, name)
+    if existing is None:
+        study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"],
+                                    sampler=make_sampler(config))
+        study.set_metric_names(["refusal", "kl"])
+        study.set_user_attr(CONFIG_ATTR, config.to_json())
+        return study, False
+    conflicts = _conflicts(existing, config, ignore={"n_trials"})
+    if conflicts:
+        raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))
+    if config.n_trials != existing.n_trials:
+        study.set_user_attr(CONFIG_ATTR, config.to_json())
+    return study, True
+
+
+def load(storage, name: str) -> tuple[optuna.Study, StudyConfig]:
+    """An existing abliterate study and its config; a one-line error when there is none."""
+    config = _config_of(storage, name)
+    if config is None:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise StorageError(f"no abliterate study named {name!r} in this storage (studies: {names}); start one with abliterate search")
+    return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config)), config
+
+
+def check_local(config: StudyConfig, **local) -> None:
+    """Refuse when settings given on a worker's command line contradict the study's."""
+    conflicts = [f"{k}: study has {getattr(config, k)!r}, you gave {v!r}" for k, v in local.items()
+                 if v is not None and getattr(config, k) != v]
+    if conflicts:
+        raise AblationError(f"these options contradict the study: {'; '.join(conflicts)}; drop them, the study knows its settings")
+
+
+def _config_of(storage, name: str) -> StudyConfig | None:
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return None
+    if CONFIG_ATTR not in study.user_attrs:
+        raise StorageError(f"study {name!r} was not made by abliterate (no {CONFIG_ATTR} settings); use another --study name")
+    return StudyConfig.from_json(study.user_attrs[CONFIG_ATTR])
+
+
+def _conflicts(old: StudyConfig, new: StudyConfig, ignore: set[str]) -> str:
+    before, after = asdict(old), asdict(new)
+    return "; ".join(f"{k}: {before[k]!r} vs {after[k]!r}" for k in before if k not in ignore and before[k] != after[k])

@@ -1,0 +1,93 @@
+"""One trial: bake a candidate, score KL drift and refusals, restore.
+
+A :class:`TrialRunner` is built once per worker (model loaded, directions and base log-probs at
+hand) and then runs any number of candidates. Above the KL cap the refusal pass is skipped and
+the trial is infeasible: that pass is the expensive one, and its answer would not matter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from ablation import Baker, find_writers
+from ablation.directions import by_method, interpolate
+from ablation.loading import LoadedModel
+from ablation.residuals import capture_last_token
+from objectives.kl import KLScorer
+from objectives.refusal import ChatFormat, RefusalProxy, RefusalScore
+from search.space import Candidate
+
+INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
+
+
+def compute_directions(loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], methods: Sequence[str],
+                       chat: ChatFormat = ChatFormat(), batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """Per-layer directions [L, H] for every method, from one residual capture."""
+    residuals = [capture_last_token(loaded.model, loaded.tokenizer, chat.apply(loaded, prompts), batch_size, progress=name)
+                 for name, prompts in (("harmful residuals", harmful), ("harmless residuals", harmless))]
+    return {method: by_method(method, *residuals)[0] for method in methods}
+
+
+def directions_to_bytes(directions: dict[str, torch.Tensor]) -> bytes:
+    return save_tensors({k: v.contiguous() for k, v in directions.items()})
+
+
+def directions_from_bytes(payload: bytes) -> dict[str, torch.Tensor]:
+    return load_tensors(payload)
+
+
+def direction_for(candidate: Candidate, directions: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The direction a candidate bakes: one interpolated direction [H] or one per layer [L, H]."""
+    per_layer = directions[candidate.method]
+    return interpolate(per_layer, candidate.direction_index) if candidate.scope == "global" else per_layer
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """Everything a trial measured. ``refusal`` is None when KL was over the cap."""
+
+    kl: float
+    feasible: bool
+    refusal: RefusalScore | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    edited_layers: tuple[int, ...] = ()
+
+    @property
+    def values(self) -> tuple[float, float]:
+        """The two objectives, both minimised: (refusal proxy, KL)."""
+        return (self.refusal.value if self.refusal else INFEASIBLE_REFUSAL, self.kl)
+
+
+class TrialRunner:
+    """Runs candidates on one loaded model; every bake is undone bit-exactly before returning."""
+
+    def __init__(self, loaded: LoadedModel, directions: dict[str, torch.Tensor], harmful: Sequence[str],
+                 harmless: Sequence[str], proxy: RefusalProxy, kl_cap: float, kl_tokens: int = 1,
+                 chat: ChatFormat = ChatFormat(), batch_size: int = 16):
+        self.loaded, self.directions, self.harmful = loaded, directions, list(harmful)
+        self.proxy, self.kl_cap = proxy, kl_cap
+        self.baker = Baker(find_writers(loaded.model))
+        self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), kl_tokens, batch_size)
+        proxy.prepare(loaded, self.harmful)
+
+    def run(self, candidate: Candidate) -> TrialOutcome:
+        seconds = {}
+        start = time.perf_counter()
+        with self.baker.baked_into(direction_for(candidate, self.directions), candidate.profile, candidate.norm_preserving) as report:
+            seconds["bake"] = time.perf_counter() - start
+            kl = self.kl.score()
+            seconds["kl"] = time.perf_counter() - start - seconds["bake"]
+            feasible = kl <= self.kl_cap
+            refusal = None
+            if feasible:
+                mark = time.perf_counter()
+                refusal = self.proxy.score(self.loaded, self.harmful)
+                seconds["refusal"] = time.perf_counter() - mark
+        seconds["total"] = time.perf_counter() - start
+        return TrialOutcome(kl, feasible, refusal, seconds, report.layers)

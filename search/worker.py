@@ -1,0 +1,102 @@
+"""A worker: joins a study with only a storage URL and a study name, and runs trials until the
+study has its number of finished trials (counted across all workers; failed and retried trials
+do not count twice)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from ablation.loading import load_model
+from objectives.refusal import AgentProxy, ChatFormat, FirstTokenProxy, MarkerProxy, RefusalProxy
+from search.space import candidate_from_params, suggest
+from search.study import StudyConfig, load
+from search.trial import TrialOutcome, TrialRunner, compute_directions, directions_from_bytes, directions_to_bytes
+from storage.cache import ArtifactCache
+from storage.rdb import open_storage
+
+
+def make_proxy(config: StudyConfig, chat: ChatFormat) -> RefusalProxy:
+    if config.proxy == "first-token":
+        return FirstTokenProxy(config.max_new_tokens, config.batch_size, chat=chat)
+    if config.proxy == "agent":
+        return AgentProxy(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, enable_thinking=config.enable_thinking)
+    return MarkerProxy(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, chat=chat)
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbeat_interval: int = 60,
+               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] = print) -> int:
+    """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
+    storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry)
+    study, config = load(storage, study_name)
+    if finished(study) >= config.n_trials:
+        log(f"study {study_name!r} already has {finished(study)} of {config.n_trials} finished trials")
+        return 0
+    prompts = config.prompts()
+    chat = ChatFormat(enable_thinking=config.enable_thinking)
+    loaded = load_model(config.model, config.dtype, device)
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
+    methods = sorted(config.space.methods)
+    payload = cache.get_or_compute(
+        f"directions:{','.join(methods)}",
+        lambda: directions_to_bytes(compute_directions(loaded, prompts["harmful", "extraction"],
+                                                       prompts["harmless", "extraction"], methods, chat, config.batch_size)),
+    )
+    directions = directions_from_bytes(payload)
+    num_layers = next(iter(directions.values())).shape[0]
+    runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
+                         make_proxy(config, chat), config.kl_cap, config.kl_tokens, chat, config.batch_size)
+    ran = 0
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        nonlocal ran
+        params = suggest(trial, config.space)
+        outcome = runner.run(candidate_from_params(params, num_layers))
+        record(trial, outcome, config.kl_cap, owner)
+        ran += 1
+        log(f"trial {trial.number}: refusal {outcome.values[0]:.3f}, KL {outcome.kl:.4f}"
+            f"{'' if outcome.feasible else ' (over the KL cap)'}, {outcome.seconds['total']:.1f} s")
+        return outcome.values
+
+    study.optimize(objective, callbacks=[MaxTrialsCallback(config.n_trials, states=(TrialState.COMPLETE,))],
+                   gc_after_trial=False)
+    return ran
+
+
+def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str) -> None:
+    """Constraint, user attrs (the dashboard does not read Optuna 5 constraints) and a note."""
+    trial.set_constraint("kl_over_cap", outcome.kl - kl_cap)
+    attrs = {"kl": outcome.kl, "feasible": outcome.feasible, "worker": owner, "edited_layers": list(outcome.edited_layers),
+             **{f"seconds_{k}": round(v, 3) for k, v in outcome.seconds.items()}}
+    if outcome.refusal:
+        attrs |= {"refusal": outcome.refusal.value, "refusal_rate": outcome.refusal.rate("refusal"),
+                  "degenerate_rate": outcome.refusal.rate("degenerate"), "counts": outcome.refusal.counts}
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    from optuna_dashboard import save_note
+
+    save_note(trial, note(outcome))
+
+
+def note(outcome: TrialOutcome) -> str:
+    """The trial's dashboard note: its figures and a few sample answers."""
+    lines = [f"**KL** {outcome.kl:.4f}  **feasible** {outcome.feasible}"]
+    if outcome.refusal is None:
+        lines.append("\nKL over the cap: refusal pass skipped.")
+        return "\n".join(lines)
+    score = outcome.refusal
+    lines.append(f"**refusal** {score.value:.3f} (refusal rate {score.rate('refusal'):.2f}, degenerate {score.rate('degenerate'):.2f})")
+    for prompt, response in score.samples:
+        lines += ["", f"> {prompt}", "", "```", response.strip()[:400], "```"]
+    return "\n".join(lines)
