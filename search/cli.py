@@ -77,17 +77,20 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--batch-size", type=int, default=16)
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None)
+    _heartbeat_options(search)
     search.set_defaults(run=_search)
 
     worker = commands.add_parser("worker", help="join a study from any machine")
     _study_options(worker)
     worker.add_argument("--device", default="auto")
     worker.add_argument("--model", default=None, help="only to check it matches the study")
+    _heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
     launch = commands.add_parser("launch", help="one worker process per device, restarted if it dies")
     _study_options(launch)
     launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
+    _heartbeat_options(launch)
     launch.set_defaults(run=_launch)
 
     front = commands.add_parser("front", help="the feasible Pareto front as a table")
@@ -117,6 +120,15 @@ def _parser() -> argparse.ArgumentParser:
 def _study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, help="sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://...")
     parser.add_argument("--study", default="abliterate")
+
+
+def _heartbeat_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
+    parser.add_argument("--grace", type=int, default=600, help="seconds without a heartbeat before a trial counts as crashed")
+
+
+def _heartbeat_args(args) -> list[str]:
+    return ["--heartbeat", str(args.heartbeat), "--grace", str(args.grace)]
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
@@ -262,7 +274,8 @@ def _search(args) -> int:
         out.print(f"  finished {states.count('COMPLETE')}/{args.trials}, running {states.count('RUNNING')}, "
                   f"failed {states.count('FAIL')}", highlight=False)
 
-    status = supervise(storage_url, args.study, devices, tick=progress, poll=5.0) if finished(study) < args.trials else 0
+    status = (supervise(storage_url, args.study, devices, tick=progress, poll=5.0, extra=_heartbeat_args(args))
+              if finished(study) < args.trials else 0)
     _print_front(study, out)
     out.print(f"browse it: abliterate dashboard --storage {storage_url}")
     return status
@@ -275,7 +288,7 @@ def _worker(args) -> int:
 
     if args.model:
         check_local(load(open_storage(args.storage), args.study)[1], model=args.model)
-    run_worker(args.storage, args.study, args.device)
+    run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
     return 0
 
 
@@ -284,7 +297,7 @@ def _launch(args) -> int:
     from storage.urls import normalize_url
 
     devices = [d if not d.isdigit() else f"cuda:{d}" for d in args.devices.split(",")]
-    return supervise(normalize_url(args.storage), args.study, devices)
+    return supervise(normalize_url(args.storage), args.study, devices, extra=_heartbeat_args(args))
 
 
 def _front(args) -> int:

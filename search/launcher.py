@@ -8,17 +8,17 @@ import time
 from collections.abc import Callable, Sequence
 
 
-def worker_command(storage: str, study: str, device: str) -> list[str]:
-    return [sys.executable, "-m", "search.cli", "worker", "--storage", storage, "--study", study, "--device", device]
+def worker_command(storage: str, study: str, device: str, extra: Sequence[str] = ()) -> list[str]:
+    return [sys.executable, "-m", "search.cli", "worker", "--storage", storage, "--study", study, "--device", device, *extra]
 
 
 def supervise(storage: str, study: str, devices: Sequence[str], max_restarts: int = 3,
-              tick: Callable[[], None] | None = None, poll: float = 2.0) -> int:
+              tick: Callable[[], None] | None = None, poll: float = 2.0, extra: Sequence[str] = ()) -> int:
     """Run a worker per device; restart one that exits non-zero (up to ``max_restarts`` each).
 
     Returns 0 when every worker finished cleanly, 1 when one kept failing.
     """
-    processes = {device: subprocess.Popen(worker_command(storage, study, device)) for device in devices}
+    processes = {device: subprocess.Popen(worker_command(storage, study, device, extra)) for device in devices}
     restarts = dict.fromkeys(devices, 0)
     status = 0
     try:
@@ -34,7 +34,7 @@ def supervise(storage: str, study: str, devices: Sequence[str], max_restarts: in
                 if code != 0 and restarts[device] < max_restarts:
                     restarts[device] += 1
                     print(f"worker on {device} exited with {code}; restarting ({restarts[device]}/{max_restarts})", file=sys.stderr)
-                    processes[device] = subprocess.Popen(worker_command(storage, study, device))
+                    processes[device] = subprocess.Popen(worker_command(storage, study, device, extra))
                 elif code != 0:
                     status = 1
     finally:

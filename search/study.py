@@ -103,7 +103,9 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
     if existing is None:
         study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"],
                                     sampler=make_sampler(config))
-        study.set_metric_names(["refusal", "kl"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
         study.set_user_attr(CONFIG_ATTR, config.to_json())
         return study, False
     conflicts = _conflicts(existing, config, ignore={"n_trials"})

@@ -48,11 +48,16 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     owner = f"{socket.gethostname()}:{os.getpid()}"
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
-    payload = cache.get_or_compute(
-        f"directions:{','.join(methods)}",
-        lambda: directions_to_bytes(compute_directions(loaded, prompts["harmful", "extraction"],
-                                                       prompts["harmless", "extraction"], methods, chat, config.batch_size)),
-    )
+    computed_here = False
+
+    def compute() -> bytes:
+        nonlocal computed_here
+        computed_here = True
+        return directions_to_bytes(compute_directions(loaded, prompts["harmful", "extraction"], prompts["harmless", "extraction"],
+                                                      methods, chat, config.batch_size))
+
+    payload = cache.get_or_compute(f"directions:{','.join(methods)}", compute)
+    log(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],

@@ -1,0 +1,131 @@
+"""The search service with real worker processes on a real PostgreSQL (127.0.0.1:5432)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search.study import StudyConfig, create_or_resume
+from storage.rdb import open_storage
+
+FAST = dict(n_trials=8, max_new_tokens=16, batch_size=8, seed=0)
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny):
+    model, tokenizer = tiny("qwen3")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return str(tmp_path / "model")
+
+
+def config(model_dir, **options):
+    return StudyConfig.split(model_dir, "demo-harmful", "demo-harmless", (4, 6, 6), **(FAST | options))
+
+
+def abliterate(*args, **popen):
+    return subprocess.Popen([sys.executable, "-m", "search.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **popen)
+
+
+def trials(url, name="s", states=(TrialState.COMPLETE,)):
+    return optuna.load_study(study_name=name, storage=url).get_trials(states=states)
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_two_workers_share_one_study(postgres_url, model_dir):
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=12))
+    workers = [abliterate("worker", "--storage", postgres_url, "--study", "s", "--device", "cpu") for _ in range(2)]
+    logs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    done = trials(postgres_url)
+    assert 12 <= len(done) <= 13  # a worker finishing its last trial may overshoot by one
+    assert len({t.user_attrs["worker"] for t in done}) == 2
+    assert not trials(postgres_url, states=(TrialState.FAIL, TrialState.RUNNING))
+    assert sum("computed here" in log for log in logs) == 1 and sum("from the study cache" in log for log in logs) == 1
+    assert all({"kl", "feasible", "seconds_total"} <= set(t.user_attrs) for t in done)
+
+
+def test_killed_worker_trial_is_retried_with_same_params(postgres_url, model_dir):
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=5, max_new_tokens=48))
+    heartbeat = ("--heartbeat", 1, "--grace", 3)
+    first = abliterate("worker", "--storage", postgres_url, "--study", "s", "--device", "cpu", *heartbeat)
+    wait_for(lambda: len(trials(postgres_url)) >= 1 and trials(postgres_url, states=(TrialState.RUNNING,)))
+    killed = trials(postgres_url, states=(TrialState.RUNNING,))[0]
+    done_before = {t.number for t in trials(postgres_url)}
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=30)
+    second = abliterate("worker", "--storage", postgres_url, "--study", "s", "--device", "cpu", *heartbeat)
+    log = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, log
+    everything = {t.number: t for t in optuna.load_study(study_name="s", storage=postgres_url).trials}
+    assert everything[killed.number].state == TrialState.FAIL
+    retries = [t for t in everything.values() if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == killed.params
+    assert done_before <= {t.number for t in trials(postgres_url)}  # nothing finished was lost
+    assert len(trials(postgres_url)) >= 5
+
+
+def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
+    args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
+            "--device", "cpu", "--heartbeat", 1, "--grace", 3]
+    first = abliterate(*args, "--trials", 12)
+    wait_for(lambda: len(trials(postgres_url)) >= 3 if _exists(postgres_url) else False)
+    first.send_signal(signal.SIGINT)
+    first.wait(timeout=60)
+    kept = {t.number for t in trials(postgres_url)}
+    assert 3 <= len(kept) < 12
+    second = abliterate(*args, "--trials", 12)
+    log = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, log
+    assert "resumed study 's'" in log and "feasible Pareto front" in log
+    done = trials(postgres_url)
+    assert 12 <= len(done) <= 13 and kept <= {t.number for t in done}
+
+
+def _exists(url):
+    try:
+        optuna.load_study(study_name="s", storage=url)
+        return True
+    except KeyError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["front", "--storage", "mysql://x@y/z"], "error: unsupported storage 'mysql'"),
+        (["front", "--storage", "postgresql+psycopg2://postgres@127.0.0.1:1/x"], "error: cannot reach the database"),
+        (["worker", "--storage", "STORAGE", "--study", "nope"], "error: no abliterate study named 'nope'"),
+        (["worker", "--storage", "STORAGE", "--study", "s", "--model", "other/model"], "error: these options contradict the study"),
+        (["export", "--storage", "STORAGE", "--study", "s", "--trial", "99", "--out", "x"], "error: study 's' has no finished trial 99"),
+    ],
+)
+def test_bad_input_is_one_line(postgres_url, model_dir, args, message):
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir))
+    process = abliterate(*[postgres_url if a == "STORAGE" else a for a in args])
+    output = process.communicate(timeout=120)[0].strip()
+    assert process.returncode == 2 and output.startswith(message) and len(output.splitlines()) == 1, output
+
+
+def test_conflicting_settings_on_resume(postgres_url, model_dir):
+    storage = open_storage(postgres_url)
+    create_or_resume(storage, "s", config(model_dir))
+    from ablation.errors import AblationError
+
+    with pytest.raises(AblationError, match="exists with other settings.*kl_cap"):
+        create_or_resume(storage, "s", config(model_dir, kl_cap=0.5))
+    study, resumed = create_or_resume(storage, "s", config(model_dir, n_trials=50))
+    assert resumed and study.user_attrs["abliterate"].count('"n_trials": 50') == 1
