@@ -6,6 +6,7 @@ Every user error surfaces as one line ``error: ...`` on stderr and exit status 2
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     _study_options(worker)
     worker.add_argument("--device", default="auto")
     worker.add_argument("--model", default=None, help="only to check it matches the study")
+    worker.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     _heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
@@ -112,7 +114,11 @@ def _parser() -> argparse.ArgumentParser:
     dashboard.add_argument("--port", type=int, default=8080)
     dashboard.set_defaults(run=_dashboard)
 
-    demo = commands.add_parser("demo", help="the main job on the embedded default")
+    demo = commands.add_parser("demo", help="the main job on the embedded default: a short study on the shipped refusing model")
+    demo.add_argument("--storage", default=None, help="default sqlite:///abliterate-demo.db in this folder")
+    demo.add_argument("--trials", type=int, default=40)
+    demo.add_argument("--workers", type=int, default=2)
+    _heartbeat_options(demo)
     demo.set_defaults(run=_demo)
     return parser
 
@@ -247,11 +253,7 @@ def _evaluate(args) -> int:
 
 
 def _search(args) -> int:
-    from search.launcher import supervise
-    from search.study import StudyConfig, create_or_resume
-    from search.worker import finished
-    from storage.rdb import open_storage
-    from storage.urls import normalize_url
+    from search.study import StudyConfig
 
     try:
         sizes = tuple(int(n) for n in args.split.split(","))
@@ -262,23 +264,51 @@ def _search(args) -> int:
                                kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, sampler=args.sampler, seed=args.seed,
                                enable_thinking=False if args.no_thinking else None)
-    config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
-    storage_url = normalize_url(args.storage)
-    study, resumed = create_or_resume(open_storage(storage_url), args.study, config)
-    out = console()
-    out.print(f"{'resumed' if resumed else 'created'} study {args.study!r} in {storage_url}: {finished(study)}/{args.trials} finished")
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
+    return _run_study(args.storage, args.study, config, devices, _heartbeat_args(args))
+
+
+def _run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
+    """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials."""
+    from search.launcher import supervise
+    from search.study import create_or_resume
+    from search.worker import finished
+    from storage.rdb import open_storage
+    from storage.urls import normalize_url
+
+    config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
+    storage_url = normalize_url(storage)
+    study, resumed = create_or_resume(open_storage(storage_url), name, config)
+    out = console()
+    out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {storage_url}: {finished(study)}/{config.n_trials} finished")
+
+    last = ""
 
     def progress():
+        nonlocal last
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        out.print(f"  finished {states.count('COMPLETE')}/{args.trials}, running {states.count('RUNNING')}, "
-                  f"failed {states.count('FAIL')}", highlight=False)
+        line = (f"  finished {states.count('COMPLETE')}/{config.n_trials}, running {states.count('RUNNING')}, "
+                f"failed {states.count('FAIL')}")
+        if line != last:
+            out.print(line, highlight=False)
+            last = line
 
-    status = (supervise(storage_url, args.study, devices, tick=progress, poll=5.0, extra=_heartbeat_args(args))
-              if finished(study) < args.trials else 0)
+    cpu_workers = sum(d == "cpu" or (d == "auto" and not _has_gpu()) for d in devices)
+    if cpu_workers:
+        # Workers sharing the CPU each get their share of the cores: oversubscribed torch
+        # threads wait on each other and made generation several times slower, not faster.
+        extra = [*extra, "--threads", str(max(1, (os.cpu_count() or 1) // cpu_workers))]
+    status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
+              if finished(study) < config.n_trials else 0)
     _print_front(study, out)
     out.print(f"browse it: abliterate dashboard --storage {storage_url}")
     return status
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _worker(args) -> int:
@@ -288,6 +318,10 @@ def _worker(args) -> int:
 
     if args.model:
         check_local(load(open_storage(args.storage), args.study)[1], model=args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
     return 0
 
@@ -368,9 +402,10 @@ def _dashboard(args) -> int:
 
 
 def _demo(args) -> int:
-    from search.demo import run_demo
+    from search.demo import DEMO_STORAGE, DEMO_STUDY, demo_config
 
-    return run_demo()
+    return _run_study(args.storage or DEMO_STORAGE, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers,
+                      _heartbeat_args(args))
 
 
 if __name__ == "__main__":

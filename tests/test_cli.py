@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 from objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
 
 
-def abliterate(*args, **env):
+def abliterate(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True,
-        timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd,
     )
 
 
@@ -71,11 +71,18 @@ def test_empty_prompt_file(model_dir, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_demo_runs_end_to_end():
-    result = abliterate("demo")
+def test_demo_runs_a_study_and_resumes(tmp_path):
+    import optuna
+
+    result = abliterate("demo", "--trials", "12", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "baseline" in result.stdout and "random direction (control)" in result.stdout
-    assert "bit-exact: True" in result.stdout and "not yet" in result.stdout
+    assert "created study 'demo'" in result.stdout and "feasible Pareto front of 'demo'" in result.stdout
+    assert "browse it: abliterate dashboard --storage sqlite:///abliterate-demo.db" in result.stdout
+    study = optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'abliterate-demo.db'}")
+    refusals = [t.values[0] for t in study.trials if t.state.name == "COMPLETE" and t.user_attrs["feasible"]]
+    assert len(study.trials) >= 12 and min(refusals) < 0.5  # the base refuses every harmful prompt
+    again = abliterate("demo", "--trials", "12", cwd=tmp_path)
+    assert "resumed study 'demo'" in again.stdout and len(optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'abliterate-demo.db'}").trials) == len(study.trials)
 
 
 @pytest.fixture(scope="module")
