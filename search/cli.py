@@ -11,6 +11,8 @@ import sys
 from collections import Counter
 
 from ablation.directions import METHODS
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
 from ablation.errors import AblationError
 from storage.errors import StorageError
 
@@ -286,7 +288,14 @@ def _run_study(storage: str | None, name: str, config, devices: list[str], extra
 
     def progress():
         nonlocal last
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        try:
+            states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        except SQLAlchemyError:
+            line = "  database unreachable; workers will be restarted and their trials retried"
+            if line != last:
+                out.print(line, highlight=False)
+                last = line
+            return
         line = (f"  finished {states.count('COMPLETE')}/{config.n_trials}, running {states.count('RUNNING')}, "
                 f"failed {states.count('FAIL')}")
         if line != last:
@@ -322,7 +331,12 @@ def _worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
+    try:
+        run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
+    except OperationalError as error:
+        first = str(error.orig or error).strip().splitlines()[0]
+        print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
+        return 3
     return 0
 
 

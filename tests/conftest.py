@@ -22,7 +22,7 @@ ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 def postgres_url():
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     name = f"abl_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = sqlalchemy.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
     yield f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"

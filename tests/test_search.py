@@ -129,3 +129,22 @@ def test_conflicting_settings_on_resume(postgres_url, model_dir):
         create_or_resume(storage, "s", config(model_dir, kl_cap=0.5))
     study, resumed = create_or_resume(storage, "s", config(model_dir, n_trials=50))
     assert resumed and study.user_attrs["abliterate"].count('"n_trials": 50') == 1
+
+
+def _restart_postgres():
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+
+
+@pytest.mark.disruptive
+def test_search_survives_a_postgres_restart(postgres_url, model_dir):
+    """Restarts the machine's PostgreSQL under a running search: run alone, with -m disruptive."""
+    args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 32, "--batch-size", 8, "--seed", 0,
+            "--device", "cpu", "--heartbeat", 1, "--grace", 3, "--trials", 10]
+    search = abliterate(*args)
+    wait_for(lambda: _exists(postgres_url) and len(trials(postgres_url)) >= 2)
+    _restart_postgres()
+    log = search.communicate(timeout=600)[0]
+    assert search.returncode == 0, log
+    assert len(trials(postgres_url)) >= 10
