@@ -233,3 +233,19 @@ class AgentProxy(RefusalProxy):
         failures = len(prompts) - counts["ok"]
         return RefusalScore(failures / len(prompts), len(prompts), dict(counts),
                             list(zip(prompts, generation.responses))[: self.samples], sum(generation.new_tokens))
+
+
+PROXIES = ("markers", "first-token", "agent")
+
+
+def make_proxy(name: str, max_new_tokens: int = 48, batch_size: int = 16, chat: ChatFormat = ChatFormat(),
+               judge: str | None = None, agent_template: str | None = None) -> RefusalProxy:
+    """A proxy by name; ``judge`` (module:attribute) and ``agent_template`` (a file) are optional."""
+    if name == "markers":
+        return MarkerProxy(load_judge(judge) if judge else None, max_new_tokens, batch_size, chat=chat)
+    if name == "first-token":
+        return FirstTokenProxy(max_new_tokens, batch_size, chat=chat)
+    if name == "agent":
+        options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, enable_thinking=chat.enable_thinking)
+        return AgentProxy.from_template_file(agent_template, **options) if agent_template else AgentProxy(**options)
+    raise AblationError(f"unknown refusal proxy {name!r}; use one of {', '.join(PROXIES)}")

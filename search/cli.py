@@ -14,9 +14,9 @@ from ablation.directions import METHODS
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ablation.errors import AblationError
+from objectives.refusal import PROXIES
 from storage.errors import StorageError
 
-PROXIES = ("markers", "first-token", "agent")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,19 +219,12 @@ def _evaluate(args) -> int:
     from ablation.loading import load_model
     from objectives.evaluate import evaluate
     from objectives.prompts import load_prompts
-    from objectives.refusal import AgentProxy, ChatFormat, FirstTokenProxy, MarkerProxy, load_judge
+    from objectives.refusal import ChatFormat, make_proxy
 
     harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
     edgy = load_prompts(args.edgy) if args.edgy else None
     chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
-    if args.proxy == "markers":
-        judge = load_judge(args.judge) if args.judge else None
-        proxy = MarkerProxy(judge, args.max_new_tokens, args.batch_size, chat=chat)
-    elif args.proxy == "first-token":
-        proxy = FirstTokenProxy(args.max_new_tokens, args.batch_size, chat=chat)
-    else:
-        options = dict(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, enable_thinking=chat.enable_thinking)
-        proxy = AgentProxy.from_template_file(args.agent_template, **options) if args.agent_template else AgentProxy(**options)
+    proxy = make_proxy(args.proxy, args.max_new_tokens, args.batch_size, chat, args.judge, args.agent_template)
 
     def loader(spec):
         return lambda: load_model(spec, args.dtype, args.device, args.device_map, args.trust_remote_code)

@@ -13,20 +13,12 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from ablation.loading import load_model
-from objectives.refusal import AgentProxy, ChatFormat, FirstTokenProxy, MarkerProxy, RefusalProxy
+from objectives.refusal import ChatFormat, make_proxy
 from search.space import candidate_from_params, suggest
 from search.study import StudyConfig, load
 from search.trial import TrialOutcome, TrialRunner, compute_directions, directions_from_bytes, directions_to_bytes
 from storage.cache import ArtifactCache
 from storage.rdb import open_storage
-
-
-def make_proxy(config: StudyConfig, chat: ChatFormat) -> RefusalProxy:
-    if config.proxy == "first-token":
-        return FirstTokenProxy(config.max_new_tokens, config.batch_size, chat=chat)
-    if config.proxy == "agent":
-        return AgentProxy(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, enable_thinking=config.enable_thinking)
-    return MarkerProxy(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, chat=chat)
 
 
 def finished(study: optuna.Study) -> int:
@@ -61,7 +53,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
-                         make_proxy(config, chat), config.kl_cap, config.kl_tokens, chat, config.batch_size)
+                         make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat), config.kl_cap, config.kl_tokens, chat, config.batch_size)
     ran = 0
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:

@@ -111,7 +111,7 @@ def test_evaluate_json_shows_the_edit(refuser_edit, proxy):
     from objectives.refuser import prompt_path
 
     base, edited = refuser_edit
-    result = abliterate("evaluate", "--model", edited, "--base", base, "--proxy", proxy, "--json",
+    result = abliterate("evaluate", "--model", edited, "--base", base, "--proxy", proxy, "--json", "--max-new-tokens", "12",
                         "--harmful", prompt_path("harmful", "evaluation"), "--harmless", prompt_path("harmless", "evaluation"),
                         "--edgy", prompt_path("harmless", "confirmation"))
     assert result.returncode == 0, result.stderr
@@ -125,7 +125,7 @@ def test_evaluate_json_shows_the_edit(refuser_edit, proxy):
 
 def test_evaluate_text_and_vocabulary_mismatch(refuser_edit, model_dir):
     base, edited = refuser_edit
-    result = abliterate("evaluate", "--model", edited, "--base", base)
+    result = abliterate("evaluate", "--model", edited, "--base", base, "--max-new-tokens", "12")
     assert result.returncode == 0, result.stderr
     assert "KL (harmless, first token)" in result.stdout and "refusal rate" in result.stdout
     mismatch = abliterate("evaluate", "--model", model_dir, "--base", base)
