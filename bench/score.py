@@ -69,7 +69,7 @@ def main() -> None:
             print(f"{label:>28}: {timings[early]:6.1f} s  (refusal {score.rate('refusal'):.2f}, degenerate "
                   f"{score.rate('degenerate'):.2f}, {score.generated_tokens} tokens generated)")
     if False in timings:
-        print(f"{'early stopping saves':>28}: {100 * (1 - timings[True] / timings[False]):5.1f}% of the refusal pass")
+        print(f"{'early stopping saves':>28}: {max(0.0, 100 * (1 - timings[True] / timings[False])):5.1f}% of the refusal pass")
     trial = kl_seconds + timings[True]
     print(f"{'trial over the KL cap':>28}: {kl_seconds:6.1f} s instead of {trial:.1f} s "
           f"({100 * timings[True] / trial:.0f}% saved by skipping the refusal pass)")

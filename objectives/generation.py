@@ -58,7 +58,12 @@ def generate_greedy(
         new = output[:, prompt_length:]
         finished = (new == tokenizer.pad_token_id) | (new == tokenizer.eos_token_id)
         for row in range(new.shape[0]):
-            stop = int(finished[row].nonzero()[0]) + 1 if finished[row].any() else new.shape[1]
+            if finished[row].any():
+                # An end-of-text token belongs to the answer; padding after an early stop does not.
+                end = int(finished[row].nonzero()[0])
+                stop = end + 1 if new[row, end] == tokenizer.eos_token_id else end
+            else:
+                stop = new.shape[1]
             token_ids.append(new[row, :stop].tolist())
         responses += tokenizer.batch_decode(new, skip_special_tokens=True)
     return Generation(responses, token_ids)

@@ -90,3 +90,18 @@ def test_agent_proxy_scores_counts(loaded, tmp_path):
     score = AgentProxy.from_template_file(template, max_new_tokens=8).score(loaded, PROMPTS)
     assert score.total == 3 and sum(score.counts.values()) == 3
     assert score.value == 1.0 and score.counts.get("parse_fail") == 3  # babble never parses
+
+
+def test_early_stopped_rows_do_not_count_padding(loaded):
+    from objectives.generation import generate_greedy
+
+    texts = loaded.format_chat(PROMPTS)
+    full = generate_greedy(loaded.model, loaded.tokenizer, texts, 12)
+    # stop only the row whose opening differs from the others; the rest run on and pad it
+    row = next(i for i, r in enumerate(full.responses) if sum(o.startswith(r[:3]) for o in full.responses) == 1)
+    opening = full.responses[row][:3]
+    stopped = generate_greedy(loaded.model, loaded.tokenizer, texts, 12, decided=lambda text: text.startswith(opening))
+    assert loaded.tokenizer.pad_token_id != loaded.tokenizer.eos_token_id
+    assert len(stopped.token_ids[row]) < 12 and max(stopped.new_tokens) == 12  # one row stopped, others ran on
+    for ids in stopped.token_ids:
+        assert ids and loaded.tokenizer.pad_token_id not in ids
