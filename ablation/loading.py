@@ -7,7 +7,6 @@ what gets edited. ``trust_remote_code`` stays off unless asked for; safetensors 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ablation.directions import METHODS
 from ablation.profile import SHAPES, Kernel, Profile
 
 GROUPS = ("attn", "mlp")

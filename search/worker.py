@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
 from search.space import candidate_from_params, suggest
-from search.study import StudyConfig, load
+from search.study import load
 from search.trial import TrialOutcome, TrialRunner, compute_directions, directions_from_bytes, directions_to_bytes
 from storage.cache import ArtifactCache
 from storage.rdb import open_storage
