@@ -11,9 +11,11 @@ Prints, side by side in one run and in the same process:
 
 * the KL pass with the output head at the picked positions only (``response_logprobs``) and with
   logits at every position (the previous code, kept here as ``_full_logits_logprobs``);
-* the refusal pass with the pruning greedy loop (``generate_greedy``) with and without early
-  stopping, and through ``model.generate`` with a stopping criterion (the previous code, kept
-  here as ``_generate_hf``), with wall and CPU seconds, forward rows computed, and whether the
+* the refusal pass with ``generate_greedy`` (continuous batching: finished rows leave, waiting
+  prompts join) with and without early stopping, with ``refill=False`` (finished rows leave, but
+  the next batch starts only when the whole batch has ended: the previous loop), and through
+  ``model.generate`` with a stopping criterion (the code before that, kept here as
+  ``_generate_hf``), with wall and CPU seconds, forward calls and rows computed, and whether the
   answers match;
 * what a trial over the KL cap costs when the refusal pass is skipped.
 
@@ -24,6 +26,7 @@ shown, so a load that comes and goes on a shared machine hits all variants alike
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -44,6 +47,8 @@ from objectives.kl import KLScorer, kl_divergence, response_logprobs
 from objectives.prompts import load_prompts
 from objectives.refusal import MarkerProxy
 
+REFERENCE = "continuous batching, early stop"
+
 
 @dataclass
 class Run:
@@ -51,6 +56,7 @@ class Run:
 
     wall: float
     cpu: float
+    prefills: int  # forward calls over whole prompts
     prefill_rows: int
     steps: int  # decoding forward calls (one new token each)
     step_rows: int  # their batch rows added up
@@ -62,7 +68,7 @@ class RowCounter:
     """Counts a model's forward calls and their batch rows: prompt passes and decoding steps."""
 
     def __init__(self, model):
-        self.prefill = self.steps = self.step_rows = 0
+        self.prefills = self.prefill_rows = self.steps = self.step_rows = 0
         self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module, args, kwargs) -> None:
@@ -71,7 +77,8 @@ class RowCounter:
             self.steps += 1
             self.step_rows += ids.shape[0]
         else:
-            self.prefill += ids.shape[0]
+            self.prefills += 1
+            self.prefill_rows += ids.shape[0]
 
     def close(self) -> None:
         self._handle.remove()
@@ -85,7 +92,7 @@ def timed(model, work: Callable[[], object]) -> Run:
         result = work()
     finally:
         counter.close()
-    return Run(time.perf_counter() - wall, time.process_time() - cpu, counter.prefill, counter.steps,
+    return Run(time.perf_counter() - wall, time.process_time() - cpu, counter.prefills, counter.prefill_rows, counter.steps,
                counter.step_rows, (load, os.getloadavg()[0]), result)
 
 
@@ -104,6 +111,8 @@ def main() -> None:
     parser.add_argument("--states", nargs="+", choices=("edited", "unedited"), default=["edited", "unedited"],
                         help="score the baked edit, the unedited model, or both")
     parser.add_argument("--skip-full", action="store_true", help="skip the refusal pass without early stopping")
+    parser.add_argument("--skip-no-refill", action="store_true",
+                        help="skip the refusal pass that runs batch after batch (no continuous batching)")
     parser.add_argument("--skip-hf", action="store_true", help="skip the previous model.generate refusal pass")
     args = parser.parse_args()
 
@@ -125,8 +134,10 @@ def main() -> None:
     kl = KLScorer(loaded.model, loaded.tokenizer, harmless_texts, batch_size=args.batch_size)
     print(f"base log-probs: {time.perf_counter() - start:.1f} s (once per worker)")
 
-    refusal_variants = [("pruning loop, early stop", generate_greedy, True)]
-    refusal_variants += [] if args.skip_full else [("pruning loop, full length", generate_greedy, False)]
+    refusal_variants = [(REFERENCE, generate_greedy, True)]
+    refusal_variants += [] if args.skip_full else [("continuous batching, full length", generate_greedy, False)]
+    refusal_variants += [] if args.skip_no_refill else [
+        ("batch after batch, early stop", functools.partial(generate_greedy, refill=False), True)]
     refusal_variants += [] if args.skip_hf else [("HF generate, early stop (old)", _generate_hf, True)]
     baker = Baker(find_writers(loaded.model))
     for state in args.states:
@@ -149,7 +160,7 @@ def main() -> None:
                     runs[label].append(timed(loaded.model, lambda g=generate, e=early: _refusal_pass(loaded, harmful, g, e, args)))
             kl_new = _report_kl(kl_runs)
             _report_refusal(runs)
-            early = statistics.median(r.wall for r in runs["pruning loop, early stop"])
+            early = statistics.median(r.wall for r in runs[REFERENCE])
             print(f"trial over the KL cap: {kl_new:.1f} s instead of {kl_new + early:.1f} s "
                   f"({100 * early / (kl_new + early):.0f}% saved by skipping the refusal pass)")
 
@@ -192,7 +203,7 @@ def _report_refusal(runs: dict[str, list[Run]]) -> None:
     for label, measured in runs.items():
         score, generation = measured[0].result
         print(f"refusal pass, {label:>29}: {_median(measured, 'wall'):6.1f} s wall, {_median(measured, 'cpu'):6.1f} s CPU, "
-              f"{measured[0].steps:4d} decoding steps ({measured[0].step_rows:5d} rows), {sum(generation.new_tokens):5d} tokens, refusal "
+              f"{measured[0].prefills:3d} prefills, {measured[0].steps:4d} decoding steps ({measured[0].step_rows:5d} rows), {sum(generation.new_tokens):5d} tokens, refusal "
               f"{score.rate('refusal'):.2f}, degenerate {score.rate('degenerate'):.2f}{_loads(measured)}")
     labels = list(runs)
     reference = runs[labels[0]]

@@ -15,13 +15,19 @@ PROMPTS = [
     "Tell me",
 ]
 TOKENS = 12
+# More prompts than a batch holds, so waiting prompts join running batches.
+MORE_PROMPTS = PROMPTS + [
+    "Why is the sky blue?",
+    "List three fruits",
+    "Explain, step by step and with one worked example, how compound interest grows savings over ten years",
+]
 # plain, sliding window, MoE, hybrid linear attention (text and multimodal), Gemma
 SAMPLE_TYPES = ("llama", "qwen3_moe", "gpt_oss", "qwen3_next", "qwen3_5", "gemma2")
 
 
-def _setup(tiny, model_type):
+def _setup(tiny, model_type, prompts=PROMPTS):
     model, tokenizer = tiny(model_type)
-    return model, tokenizer, LoadedModel(model, tokenizer, "tiny").format_chat(PROMPTS)
+    return model, tokenizer, LoadedModel(model, tokenizer, "tiny").format_chat(prompts)
 
 
 def _hf_generate(model, tokenizer, texts, max_new_tokens):
@@ -59,14 +65,48 @@ def _stopping_texts(tokenizer, answers, shortest=2, rows=2):
     return chosen
 
 
-def _batch_sizes(model):
-    """Records the batch size of every forward call of ``model``; returns (list, hook handle)."""
-    sizes = []
+def _recorded(model, tokenizer, texts, **options):
+    """generate_greedy(TOKENS) and its forward calls as (kind, rows, attention-mask width)."""
+    calls = []
 
     def record(module, args, kwargs):
-        sizes.append(kwargs["input_ids"].shape[0])
+        rows, columns = kwargs["input_ids"].shape
+        calls.append(("step" if columns == 1 else "prefill", rows, kwargs["attention_mask"].shape[1]))
 
-    return sizes, model.register_forward_pre_hook(record, with_kwargs=True)
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        return generate_greedy(model, tokenizer, texts, TOKENS, **options), calls
+    finally:
+        hook.remove()
+
+
+def _until_decided(tokenizer, answers, targets):
+    """Each answer cut after its first token at which its text is one of ``targets``."""
+    return [ids[: next((j for j in range(1, len(ids) + 1) if _text(tokenizer, ids[:j]) in targets), len(ids))]
+            for ids in answers]
+
+
+def _schedule(lengths, batch_size):
+    """The forward calls continuous batching makes for answers of ``lengths``, as (kind, rows).
+
+    The policy, restated: prompts join in order, when nothing runs or when at least a quarter of the
+    batch (or every waiting prompt) fits; a join is one prefill call, which also gives each joining
+    row its first token; otherwise one decoding step gives every running row its next token.
+    """
+    refill_at = max(1, batch_size // 4)
+    waiting, running, calls = list(range(len(lengths))), {}, []
+    while waiting or running:
+        free = batch_size - len(running)
+        if waiting and (not running or free >= min(refill_at, len(waiting))):
+            joining, waiting = waiting[:free], waiting[free:]
+            calls.append(("prefill", len(joining)))
+            running.update(dict.fromkeys(joining, 0))
+        else:
+            joining = list(running)
+            calls.append(("step", len(running)))
+        running.update({p: running[p] + 1 for p in joining})
+        running = {p: n for p, n in running.items() if n < lengths[p]}
+    return calls
 
 
 @pytest.mark.parametrize("model_type", TEXT_TYPES + MULTIMODAL_TYPES)
@@ -123,11 +163,8 @@ def test_finished_rows_leave_the_batch(tiny, model_type):
     model, tokenizer, texts = _setup(tiny, model_type)
     full = generate_greedy(model, tokenizer, texts, TOKENS)
     targets = set(_stopping_texts(tokenizer, full.token_ids).values())
-    sizes, hook = _batch_sizes(model)
-    try:
-        stopped = generate_greedy(model, tokenizer, texts, TOKENS, decided=lambda text: text in targets)
-    finally:
-        hook.remove()
+    stopped, calls = _recorded(model, tokenizer, texts, decided=lambda text: text in targets)
+    sizes = [rows for _, rows, _ in calls]
     # forward i produces token i + 1, so it runs exactly the rows whose answers are longer than i
     assert sizes == [sum(n > i for n in stopped.new_tokens) for i in range(TOKENS)]
     assert sizes[0] == 4 and sizes[-1] < 4
@@ -139,11 +176,8 @@ def test_unprunable_cache_keeps_rows_and_gives_the_same_answers(tiny, monkeypatc
     targets = set(_stopping_texts(tokenizer, full.token_ids, rows=1).values())
     pruned = generate_greedy(model, tokenizer, texts, TOKENS, decided=lambda text: text in targets)
     monkeypatch.setattr(generation, "_can_prune", lambda cache: False)
-    sizes, hook = _batch_sizes(model)
-    try:
-        kept = generate_greedy(model, tokenizer, texts, TOKENS, decided=lambda text: text in targets)
-    finally:
-        hook.remove()
+    kept, calls = _recorded(model, tokenizer, texts, decided=lambda text: text in targets)
+    sizes = [rows for _, rows, _ in calls]
     assert kept == pruned and sizes == [4] * TOKENS
 
 
@@ -161,3 +195,67 @@ def test_no_prompts_or_no_tokens(tiny):
     assert generate_greedy(model, tokenizer, [], TOKENS).token_ids == []
     none = generate_greedy(model, tokenizer, texts, 0)
     assert none.token_ids == [[]] * len(texts) and none.responses == [""] * len(texts)
+
+
+@pytest.mark.parametrize("model_type", TEXT_TYPES + MULTIMODAL_TYPES)
+def test_waiting_prompts_join_running_batches_and_answer_as_alone(tiny, model_type):
+    model, tokenizer, texts = _setup(tiny, model_type, MORE_PROMPTS)
+    alone = [_hf_generate(model, tokenizer, [text], TOKENS)[0] for text in texts]
+    targets = set(_stopping_texts(tokenizer, alone, rows=3).values())
+    expected = _until_decided(tokenizer, alone, targets)
+    ours, calls = _recorded(model, tokenizer, texts, batch_size=3, decided=lambda text: text in targets)
+    assert ours.token_ids == expected
+    assert ours.responses == tokenizer.batch_decode(expected, skip_special_tokens=True)
+    assert [(kind, rows) for kind, rows, _ in calls] == _schedule([len(ids) for ids in expected], 3)
+
+
+@pytest.mark.parametrize("model_type", ("llama", "gemma2", "qwen3_next"))
+def test_refill_off_runs_batch_after_batch(tiny, model_type):
+    model, tokenizer, texts = _setup(tiny, model_type, MORE_PROMPTS)
+    full = generate_greedy(model, tokenizer, texts, TOKENS, batch_size=3)
+    targets = set(_stopping_texts(tokenizer, full.token_ids, rows=3).values())
+    fixed, calls = _recorded(model, tokenizer, texts, batch_size=3, decided=lambda text: text in targets, refill=False)
+    expected = _until_decided(tokenizer, full.token_ids, targets)
+    assert fixed.token_ids == expected
+    # a batch of prompts ends before the next starts: one prefill and its longest answer's steps
+    prefills = [rows for kind, rows, _ in calls if kind == "prefill"]
+    steps = sum(kind == "step" for kind, _, _ in calls)
+    assert prefills == [3, 3, 1]
+    assert steps == sum(max(map(len, expected[i:i + 3])) - 1 for i in range(0, len(texts), 3))
+    assert steps > sum(kind == "step" for kind, _ in _schedule([len(ids) for ids in expected], 3))
+
+
+@pytest.mark.parametrize("model_type", ("llama", "gemma2", "qwen3_next"))
+def test_columns_no_row_attends_to_are_dropped(tiny, model_type):
+    # The longest prompt leaves first; the mask (and every full-attention cache layer) then
+    # narrows to the longest prompt still running.
+    model, tokenizer, texts = _setup(tiny, model_type)
+    order = sorted(range(len(texts)), key=lambda i: -len(tokenizer(texts[i], add_special_tokens=False)["input_ids"]))
+    texts = [texts[i] for i in order]
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts]
+    full = generate_greedy(model, tokenizer, texts, TOKENS).token_ids
+    chosen = _stopping_texts(tokenizer, full, shortest=2, rows=len(texts))
+    assert 0 in chosen, "the longest prompt's answer cannot be told apart"
+    target = chosen[0]
+    expected = _until_decided(tokenizer, full, {target})
+    stopped, calls = _recorded(model, tokenizer, texts, decided=lambda text: text == target)
+    assert stopped.token_ids == expected and len(expected[0]) < TOKENS
+    widths = [width for kind, _, width in calls if kind == "step"]
+    # decoding step i feeds token i + 1 of every row whose answer is longer than i + 1
+    assert widths == [max(lengths[p] for p in range(len(texts)) if len(expected[p]) > i + 1) + i + 1
+                      for i in range(len(widths))]
+    assert widths[len(expected[0]) - 1] < widths[len(expected[0]) - 2] + 1
+
+
+def test_joins_wait_for_a_quarter_of_the_batch(tiny):
+    # batch 8: prompts join two or more at a time while more than one waits
+    model, tokenizer, texts = _setup(tiny, "llama", MORE_PROMPTS * 2)
+    full = generate_greedy(model, tokenizer, texts, TOKENS, batch_size=8)
+    targets = set(_stopping_texts(tokenizer, full.token_ids[:7], rows=3).values())
+    expected = _until_decided(tokenizer, full.token_ids, targets)
+    ours, calls = _recorded(model, tokenizer, texts, batch_size=8, decided=lambda text: text in targets)
+    assert ours.token_ids == expected
+    kinds = [(kind, rows) for kind, rows, _ in calls]
+    assert kinds == _schedule([len(ids) for ids in expected], 8)
+    joins = [rows for kind, rows in kinds[1:] if kind == "prefill"]
+    assert joins and all(rows >= 2 for rows in joins[:-1])
