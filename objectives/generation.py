@@ -84,8 +84,8 @@ def generate_greedy(
         return Generation([""] * len(texts), answers)
     device = next(model.parameters()).device
     ends = _end_token_ids(model, tokenizer)
-    # A refill costs one extra forward call; waiting for a quarter of the batch to be free keeps
-    # that under one call per quarter batch of answers.
+    # Each join is one more forward call; joining only once a quarter of the batch is free keeps
+    # that to at most four calls per batch's worth of answers.
     refill_at = max(1, batch_size // 4)
     open_ = [True] * len(texts)  # by prompt; a row that cannot leave the batch stays, closed
     waiting = list(range(len(texts)))[::-1]  # a stack: the next prompt is last
@@ -121,7 +121,8 @@ def generate_greedy(
         if waiting and joinable:
             joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
             fresh = settle(_prefill(model, tokenizer, texts, joining, device))
-            running = fresh if running is None else running if fresh is None else _merge(running, fresh)
+            if fresh is not None:  # None: every joining prompt ended at its first token
+                running = fresh if running is None else _merge(running, fresh)
         else:
             _step(model, running)
             running = settle(running)
