@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     directions.add_argument("--harmless", required=True, help="prompt source spec: file, pkg:, hf: or preset")
     directions.add_argument("--method", choices=METHODS, default="mean")
     directions.add_argument("--out", required=True, help="safetensors file for residual means and directions")
-    directions.add_argument("--batch-size", type=int, default=16)
+    directions.add_argument("--batch-size", type=_positive, default=16)
     directions.add_argument("--samples", action="store_true", help="also store every prompt's residuals")
     directions.set_defaults(run=_directions)
 
@@ -63,10 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--harmless", default="demo-harmless", help="prompt source spec (default: demo-harmless)")
     evaluate.add_argument("--edgy", default=None, help="benign-but-edgy prompt source for an over-refusal rate")
     evaluate.add_argument("--proxy", choices=PROXIES, default="markers")
-    evaluate.add_argument("--max-new-tokens", type=int, default=48)
+    evaluate.add_argument("--max-new-tokens", type=_positive, default=48)
     evaluate.add_argument("--judge", default=None, help="module:attribute of a refusal judge (markers proxy)")
     evaluate.add_argument("--agent-template", default=None, help="text file with {task} (agent proxy)")
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--batch-size", type=_positive, default=16)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
 
@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(search)
     search.add_argument("--storage", default=None, help="sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://...")
     search.add_argument("--study", default="abliterate", help="study name")
-    search.add_argument("--trials", type=int, default=100, help="finished trials to reach, counted across all workers")
+    search.add_argument("--trials", type=_positive, default=100, help="finished trials to reach, counted across all workers")
     search.add_argument("--workers", type=int, default=1, help="local worker processes")
     search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
     search.add_argument("--harmful", required=True, help="prompt source spec, cut into extraction/evaluation/confirmation")
@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--split", default="64,100,100", help="prompts for extraction,evaluation,confirmation")
     search.add_argument("--kl-cap", type=float, default=1.0)
     search.add_argument("--proxy", choices=PROXIES, default="markers")
-    search.add_argument("--max-new-tokens", type=int, default=48)
-    search.add_argument("--batch-size", type=int, default=16)
+    search.add_argument("--max-new-tokens", type=_positive, default=48)
+    search.add_argument("--batch-size", type=_positive, default=16)
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None)
     _heartbeat_options(search)
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     _study_options(worker)
     worker.add_argument("--device", default="auto")
     worker.add_argument("--model", default=None, help="only to check it matches the study")
-    worker.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    worker.add_argument("--threads", type=_positive, default=None, help="CPU threads for torch (default: torch's choice)")
     _heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="confirm, export and agent-sweep front candidates; gate them against the base model")
     _study_options(promote)
     promote.add_argument("--runner", choices=("local", "command", "harbor"), default="local")
-    promote.add_argument("--attempts", type=int, default=5, help="attempts per task and arm")
+    promote.add_argument("--attempts", type=_positive, default=5, help="attempts per task and arm")
     promote.add_argument("--once", action="store_true", help="promote what the front holds now, then exit")
     promote.add_argument("--tasks", default=None, help="local: a folder of task .yaml files (default: the shipped suite); "
                          "command / harbor: a file with one task name per line")
@@ -127,16 +127,16 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--serve", default=None, help="harbor: model server template with {model} {name} {port} (default: vllm serve)")
     promote.add_argument("--dataset", default="terminal-bench@2.0", help="harbor dataset")
     promote.add_argument("--agent", default="terminus-2", help="harbor agent")
-    promote.add_argument("--port", type=int, default=8000, help="harbor: the model server's port")
-    promote.add_argument("--concurrency", type=int, default=4, help="harbor: trials run at once")
+    promote.add_argument("--port", type=_positive, default=8000, help="harbor: the model server's port")
+    promote.add_argument("--concurrency", type=_positive, default=4, help="harbor: trials run at once")
     promote.add_argument("--jobs-dir", default="harbor-jobs", help="harbor: where job folders go")
     promote.add_argument("--temperature", type=float, default=0.8, help="local: sampling temperature")
     promote.add_argument("--margin", type=float, default=0.1, help="confirmation: refusal must beat the base model's by this much")
-    promote.add_argument("--confirm-tokens", type=int, default=None, help="confirmation answer length (default: twice the study's)")
+    promote.add_argument("--confirm-tokens", type=_positive, default=None, help="confirmation answer length (default: twice the study's)")
     promote.add_argument("--rule", choices=RULES, default="any", help="any (raw p, the default criterion), holm, bh or cmh (pooled)")
     promote.add_argument("--test", choices=TESTS, default="fisher", help="per-task exact test")
     promote.add_argument("--alpha", type=float, default=0.10)
-    promote.add_argument("--min-attempts", type=int, default=3, help="valid attempts per arm for a task to count")
+    promote.add_argument("--min-attempts", type=_positive, default=3, help="valid attempts per arm for a task to count")
     promote.add_argument("--stop-at-first-lift", action="store_true", help="an accepted candidate stops the study and the promoter")
     promote.add_argument("--checkpoints", default="abliterate-checkpoints", help="folder for exported checkpoints and sweep logs")
     promote.add_argument("--device", default="auto")
@@ -152,17 +152,28 @@ def _parser() -> argparse.ArgumentParser:
     dashboard = commands.add_parser("dashboard", help="optuna-dashboard on the study storage")
     dashboard.add_argument("--storage", default=None)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--port", type=_positive, default=8080)
     dashboard.set_defaults(run=_dashboard)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default: a short study on the shipped refusing model")
     demo.add_argument("--storage", default=None, help="default sqlite:///abliterate-demo.db in this folder")
-    demo.add_argument("--trials", type=int, default=40)
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--trials", type=_positive, default=40)
+    demo.add_argument("--workers", type=_positive, default=2)
     demo.add_argument("--no-promote", action="store_true", help="stop after the search, without the promotion step")
     _heartbeat_options(demo)
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _positive(text: str) -> int:
+    """argparse type for counts, sizes and seconds: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; give 1 or more")
+    return value
 
 
 def _study_options(parser: argparse.ArgumentParser) -> None:
@@ -171,8 +182,8 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _heartbeat_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--heartbeat", type=int, default=60, help="seconds between a running trial's heartbeats")
-    parser.add_argument("--grace", type=int, default=600, help="seconds without a heartbeat before a trial counts as crashed")
+    parser.add_argument("--heartbeat", type=_positive, default=60, help="seconds between a running trial's heartbeats")
+    parser.add_argument("--grace", type=_positive, default=600, help="seconds without a heartbeat before a trial counts as crashed")
 
 
 def _heartbeat_args(args) -> list[str]:

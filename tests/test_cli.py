@@ -63,6 +63,22 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
     assert result.stderr.startswith(message), result.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--model", "m", "--base", "b", "--batch-size", "0"], "argument --batch-size: 0 is too small; give 1 or more"),
+        (["search", "--model", "m", "--max-new-tokens", "-3"], "argument --max-new-tokens: -3 is too small; give 1 or more"),
+        (["promote", "--storage", "sqlite:///x.db", "--study", "s", "--attempts", "two"],
+         "argument --attempts: 'two' is not a whole number"),
+    ],
+)
+def test_counts_below_one_are_refused_before_anything_runs(args, message, tmp_path):
+    result = abliterate(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(message), result.stderr
+    assert not list(tmp_path.iterdir())  # no database, no checkpoint
+
+
 def test_empty_prompt_file(model_dir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n")
