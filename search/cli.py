@@ -38,8 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="abliterate", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="abliterate", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     inspect = commands.add_parser("inspect", help="list every residual writer the model has, per layer")
@@ -172,7 +179,7 @@ def _positive(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small; give 1 or more")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -480,8 +487,6 @@ def _promote(args) -> int:
         rule = GateRule(args.rule, args.alpha, args.min_attempts, args.test)
     except ValueError as error:
         raise AblationError(str(error)) from None
-    if args.attempts < 1:
-        raise AblationError(f"--attempts must be at least 1, got {args.attempts}")
     settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
                                  lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device)
     promoter = Promoter(open_storage(args.storage), args.study, _make_runner(args), settings)

@@ -66,16 +66,17 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["evaluate", "--model", "m", "--base", "b", "--batch-size", "0"], "argument --batch-size: 0 is too small; give 1 or more"),
-        (["search", "--model", "m", "--max-new-tokens", "-3"], "argument --max-new-tokens: -3 is too small; give 1 or more"),
+        (["evaluate", "--model", "m", "--base", "b", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["search", "--model", "m", "--max-new-tokens", "-3"], "argument --max-new-tokens: must be at least 1, got -3"),
         (["promote", "--storage", "sqlite:///x.db", "--study", "s", "--attempts", "two"],
          "argument --attempts: 'two' is not a whole number"),
+        (["evaluate", "--model", "m"], "the following arguments are required: --base"),
     ],
 )
-def test_counts_below_one_are_refused_before_anything_runs(args, message, tmp_path):
+def test_bad_arguments_are_one_line_before_anything_runs(args, message, tmp_path):
     result = abliterate(*args, cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith(message), result.stderr
+    assert result.stderr.strip().splitlines() == [f"abliterate {args[0]}: error: {message} (see abliterate {args[0]} --help)"]
     assert not list(tmp_path.iterdir())  # no database, no checkpoint
 
 
