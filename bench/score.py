@@ -16,7 +16,7 @@ Prints, side by side in one run and in the same process:
   the next batch starts only when the whole batch has ended: the previous loop), and through
   ``model.generate`` with a stopping criterion (the code before that, kept here as
   ``_generate_hf``), with wall and CPU seconds, forward calls and rows computed, and whether the
-  answers match;
+  answers match; with ``--also-batch-sizes``, continuous batching at other batch sizes too;
 * what a trial over the KL cap costs when the refusal pass is skipped.
 
 With ``--repeats N`` every variant runs N times, interleaved round by round, and medians are
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--skip-no-refill", action="store_true",
                         help="skip the refusal pass that runs batch after batch (no continuous batching)")
     parser.add_argument("--skip-hf", action="store_true", help="skip the previous model.generate refusal pass")
+    parser.add_argument("--also-batch-sizes", type=int, nargs="*", default=[],
+                        help="also time the refusal pass (continuous batching, early stop) at these batch sizes")
     args = parser.parse_args()
 
     loaded = load_model(args.model, args.dtype, args.device)
@@ -139,6 +141,8 @@ def main() -> None:
     refusal_variants += [] if args.skip_no_refill else [
         ("batch after batch, early stop", functools.partial(generate_greedy, refill=False), True)]
     refusal_variants += [] if args.skip_hf else [("HF generate, early stop (old)", _generate_hf, True)]
+    refusal_variants += [(f"continuous batching, early stop, batch {size}", _at_batch_size(size), True)
+                         for size in args.also_batch_sizes]
     baker = Baker(find_writers(loaded.model))
     for state in args.states:
         with baker.baked_into(direction, Profile.uniform(1.0)) if state == "edited" else nullcontext():
@@ -173,6 +177,15 @@ def _warm_up(loaded, harmful: Sequence[str], harmless_texts: Sequence[str], batc
     texts = loaded.format_chat(harmful)
     generate_greedy(loaded.model, loaded.tokenizer, texts, 2, batch_size)
     _generate_hf(loaded.model, loaded.tokenizer, texts, 2, batch_size)
+
+
+def _at_batch_size(size: int):
+    """generate_greedy with its batch size fixed at ``size``, whatever the caller passes."""
+
+    def generate(model, tokenizer, texts, max_new_tokens, batch_size=16, decided=None):
+        return generate_greedy(model, tokenizer, texts, max_new_tokens, size, decided)
+
+    return generate
 
 
 def _refusal_pass(loaded, prompts: Sequence[str], generate, early: bool, args):
