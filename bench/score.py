@@ -9,14 +9,15 @@ the model still refuses, so the refusal pass is timed on the unedited model too 
 
 Prints, side by side in one run and in the same process:
 
-* the KL pass with the output head at the picked positions only (``response_logprobs``) and with
-  logits at every position (the previous code, kept here as ``_full_logits_logprobs``);
+* the KL pass with the output head at the picked positions only, in batches of prompts of similar
+  length (``response_logprobs``), and with logits at every position in batches in the given
+  order (the previous code, kept here as ``_full_logits_logprobs``);
 * the refusal pass with ``generate_greedy`` (continuous batching: finished rows leave, waiting
   prompts join) with and without early stopping, with ``refill=False`` (finished rows leave, but
   the next batch starts only when the whole batch has ended: the previous loop), and through
   ``model.generate`` with a stopping criterion (the code before that, kept here as
   ``_generate_hf``), with wall and CPU seconds, forward calls and rows computed, and whether the
-  answers match; with ``--also-batch-sizes``, continuous batching at other batch sizes too;
+  answers match; with ``--also-batch-sizes``, both passes at other batch sizes too;
 * what a trial over the KL cap costs when the refusal pass is skipped.
 
 With ``--repeats N`` every variant runs N times, interleaved round by round, and medians are
@@ -115,7 +116,7 @@ def main() -> None:
                         help="skip the refusal pass that runs batch after batch (no continuous batching)")
     parser.add_argument("--skip-hf", action="store_true", help="skip the previous model.generate refusal pass")
     parser.add_argument("--also-batch-sizes", type=int, nargs="*", default=[],
-                        help="also time the refusal pass (continuous batching, early stop) at these batch sizes")
+                        help="also time the KL pass and the refusal pass (continuous batching, early stop) at these batch sizes")
     args = parser.parse_args()
 
     loaded = load_model(args.model, args.dtype, args.device)
@@ -152,6 +153,9 @@ def main() -> None:
                 ("logits everywhere (old)", lambda: float(kl_divergence(kl.base_logprobs, _full_logits_logprobs(
                     loaded.model, loaded.tokenizer, harmless_texts, args.batch_size)).mean())),
             ]
+            kl_variants += [(f"head at picked, batch {size}", lambda size=size: float(kl_divergence(
+                kl.base_logprobs, response_logprobs(loaded.model, loaded.tokenizer, harmless_texts, batch_size=size)).mean()))
+                for size in args.also_batch_sizes]
             _warm_up(loaded, harmful[: args.batch_size], harmless_texts[: args.batch_size], args.batch_size)
             kl_runs = {label: [] for label, _ in kl_variants}
             runs = {label: [] for label, _, _ in refusal_variants}
@@ -203,7 +207,7 @@ def _refusal_pass(loaded, prompts: Sequence[str], generate, early: bool, args):
 
 
 def _report_kl(runs: dict[str, list[Run]]) -> float:
-    new, old = (runs[label] for label in runs)
+    new, old = (runs[label] for label in list(runs)[:2])
     for label, measured in runs.items():
         print(f"KL pass, {label:>26}: {_median(measured, 'wall'):6.1f} s wall, {_median(measured, 'cpu'):6.1f} s CPU, "
               f"KL {measured[0].result:.6f}{_loads(measured)}")

@@ -35,11 +35,15 @@ def response_logprobs(model, tokenizer, texts: Sequence[str], continuations: Seq
     """
     k = len(continuations[0]) + 1 if continuations else 1
     device = next(model.parameters()).device
+    every_prompt = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    every_forced = continuations or [[]] * len(texts)
+    # Batches of similar lengths pad little; the rows come back in the given order.
+    order = sorted(range(len(texts)), key=lambda i: len(every_prompt[i]))
     results = []
     for start in range(0, len(texts), batch_size):
-        prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[start:start + batch_size]]
-        forced = continuations[start:start + batch_size] if continuations else [[]] * len(prompts)
-        sequences = [p + list(c)[: k - 1] for p, c in zip(prompts, forced)]
+        chunk = order[start:start + batch_size]
+        prompts = [every_prompt[i] for i in chunk]
+        sequences = [every_prompt[i] + list(every_forced[i])[: k - 1] for i in chunk]
         width = max(map(len, sequences))
         ids = torch.full((len(sequences), width), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -55,7 +59,7 @@ def response_logprobs(model, tokenizer, texts: Sequence[str], continuations: Seq
             raise AblationError(f"{type(model).__name__} ignored per-row logits_to_keep (logits {tuple(logits.shape)}, "
                                 f"expected {tuple(positions.shape)} x vocabulary)")
         results.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-    return torch.cat(results)
+    return torch.cat(results)[torch.tensor(order).argsort()]
 
 
 class KLScorer:

@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+BATCH_HELP = "prompts per forward pass and answers decoded at once (default 64; lower it if memory runs out)"
+
+
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (the usage is one ``--help`` away), exit 2."""
 
@@ -73,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-new-tokens", type=_positive, default=48)
     evaluate.add_argument("--judge", default=None, help="module:attribute of a refusal judge (markers proxy)")
     evaluate.add_argument("--agent-template", default=None, help="text file with {task} (agent proxy)")
-    evaluate.add_argument("--batch-size", type=_positive, default=16)
+    evaluate.add_argument("--batch-size", type=_positive, default=64, help=BATCH_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
 
@@ -90,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--kl-cap", type=float, default=1.0)
     search.add_argument("--proxy", choices=PROXIES, default="markers")
     search.add_argument("--max-new-tokens", type=_positive, default=48)
-    search.add_argument("--batch-size", type=_positive, default=16)
+    search.add_argument("--batch-size", type=_positive, default=64, help=BATCH_HELP)
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None)
     _heartbeat_options(search)

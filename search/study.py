@@ -43,7 +43,7 @@ class StudyConfig:
     kl_tokens: int = 1
     proxy: str = "markers"
     max_new_tokens: int = 48
-    batch_size: int = 16
+    batch_size: int = 64
     enable_thinking: bool | None = None
     sampler: str = "tpe"
     seed: int | None = None
@@ -95,10 +95,15 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=config.seed)
 
 
+RESUMABLE_CHANGES = ("n_trials", "batch_size")
+
+
 def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.Study, bool]:
     """The study ``name``: created with ``config``, or resumed when it exists with the same settings.
 
-    Only ``n_trials`` may change on resume (asking for more trials is how a study is extended).
+    Only ``n_trials`` (asking for more trials is how a study is extended) and ``batch_size`` (a
+    throughput setting: answers do not depend on it) may change on resume; workers started
+    afterwards use the new values.
     """
     existing = _config_of(storage, name)
     if existing is None:
@@ -109,11 +114,11 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
             study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
         study.set_user_attr(CONFIG_ATTR, config.to_json())
         return study, False
-    conflicts = _conflicts(existing, config, ignore={"n_trials"})
+    conflicts = _conflicts(existing, config, ignore=set(RESUMABLE_CHANGES))
     if conflicts:
         raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))
-    if config.n_trials != existing.n_trials:
+    if any(getattr(config, name) != getattr(existing, name) for name in RESUMABLE_CHANGES):
         study.set_user_attr(CONFIG_ATTR, config.to_json())
     return study, True
 

@@ -58,6 +58,17 @@ def test_scorer_against_hand_computation_and_after_bake(loaded):
     assert scorer.score() == pytest.approx(0.0, abs=1e-6)  # restored
 
 
+def test_rows_come_back_in_the_given_order(loaded):
+    # Batches are formed from prompts sorted by length; every row must still land in its place,
+    # with its own continuation.
+    texts = loaded.format_chat(PROMPTS + ["Tell me a story about a dragon who learns to cook", "Why?"])
+    continuations = [[7 + row, 30 + row] for row in range(len(texts))]
+    alone = torch.cat([response_logprobs(loaded.model, loaded.tokenizer, [text], [forced])
+                       for text, forced in zip(texts, continuations)])
+    batched = response_logprobs(loaded.model, loaded.tokenizer, texts, continuations, batch_size=2)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
 def test_k_tokens_teacher_forced_on_base_greedy_answer(loaded, tmp_path):
     texts = loaded.format_chat(PROMPTS[:2])
     scorer = KLScorer(loaded.model, loaded.tokenizer, texts, k=3)

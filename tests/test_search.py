@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study import StudyConfig, create_or_resume
+from search.study import StudyConfig, create_or_resume, load
 from storage.rdb import open_storage
 
 FAST = dict(n_trials=8, max_new_tokens=16, batch_size=8, seed=0)
@@ -138,6 +138,11 @@ def test_conflicting_settings_on_resume(postgres_url, model_dir):
         create_or_resume(storage, "s", config(model_dir, kl_cap=0.5))
     study, resumed = create_or_resume(storage, "s", config(model_dir, n_trials=50))
     assert resumed and study.user_attrs["abliterate"].count('"n_trials": 50') == 1
+    # a throughput setting may change too (a study started with the old default batch of 16)
+    study, resumed = create_or_resume(storage, "s", config(model_dir, n_trials=50, batch_size=16))
+    assert resumed and load(storage, "s")[1].batch_size == 16
+    with pytest.raises(AblationError, match="exists with other settings.*kl_cap"):
+        create_or_resume(storage, "s", config(model_dir, kl_cap=0.5, batch_size=16))
 
 
 def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
