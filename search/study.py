@@ -102,8 +102,8 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
     """The study ``name``: created with ``config``, or resumed when it exists with the same settings.
 
     Only ``n_trials`` (asking for more trials is how a study is extended) and ``batch_size`` (a
-    throughput setting: answers do not depend on it) may change on resume; workers started
-    afterwards use the new values.
+    throughput setting; answers differ by floating-point noise at most) may change on resume;
+    workers started afterwards use the new values.
     """
     existing = _config_of(storage, name)
     if existing is None:
@@ -118,7 +118,7 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
     if conflicts:
         raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))
-    if any(getattr(config, name) != getattr(existing, name) for name in RESUMABLE_CHANGES):
+    if any(getattr(config, setting) != getattr(existing, setting) for setting in RESUMABLE_CHANGES):
         study.set_user_attr(CONFIG_ATTR, config.to_json())
     return study, True
 
