@@ -117,8 +117,9 @@ def generate_greedy(
 
     while waiting or running is not None:
         free = batch_size - (len(running.prompts) if running else 0)
-        joinable = running is None or (refill and free >= min(refill_at, len(waiting)) and _can_merge(running.cache))
-        if waiting and joinable:
+        # waiting first: once the queue is empty, no step pays for the cache check
+        if waiting and (running is None or (refill and free >= min(refill_at, len(waiting))
+                                            and _can_merge(running.cache))):
             joining = [waiting.pop() for _ in range(min(free, len(waiting)))]
             fresh = settle(_prefill(model, tokenizer, texts, joining, device))
             if fresh is not None:  # None: every joining prompt ended at its first token
