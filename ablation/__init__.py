@@ -1,18 +1,24 @@
 """What is done to the model: load it, find its residual writers, capture residuals, compute
 refusal directions, bake an edit in place, restore it bit-exactly, export a checkpoint.
 
-Knows nothing of Optuna or databases.
+Knows nothing of Optuna or databases. The names below are imported on first use, so that
+``ablation.errors`` (or the CLI's ``--help``) does not pull in torch and transformers.
 """
 
-from ablation.architectures import ATTN, MLP, Writer, find_writers
-from ablation.bake import Baker, BakeReport
-from ablation.errors import AblationError, ModelLoadError, UnsupportedLayout
-from ablation.export import export_checkpoint
-from ablation.loading import LoadedModel, load_model
-from ablation.profile import Kernel, Profile
+import importlib
 
-__all__ = [
-    "ATTN", "MLP", "AblationError", "BakeReport", "Baker", "Kernel", "LoadedModel",
-    "ModelLoadError", "Profile", "UnsupportedLayout", "Writer", "export_checkpoint",
-    "find_writers", "load_model",
-]
+_EXPORTS = {
+    "ATTN": "architectures", "MLP": "architectures", "Writer": "architectures", "find_writers": "architectures",
+    "Baker": "bake", "BakeReport": "bake",
+    "AblationError": "errors", "ModelLoadError": "errors", "UnsupportedLayout": "errors",
+    "export_checkpoint": "export",
+    "LoadedModel": "loading", "load_model": "loading",
+    "Kernel": "profile", "Profile": "profile",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ablation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ablation.{_EXPORTS[name]}"), name)

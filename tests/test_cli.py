@@ -157,3 +157,24 @@ def _prompt_file(folder, name):
     path = folder / name
     path.write_text("\n".join(demo_prompts(name)))
     return path
+
+
+def test_help_is_quick_and_imports_nothing_heavy():
+    probe = ("import sys, contextlib, io\n"
+             "from search.cli import main\n"
+             "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
+             "    main(['search', '--help'])\n"
+             "assert '(default: 100)' in out.getvalue(), out.getvalue()\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'sqlalchemy', 'optuna') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+def test_cli_choices_are_the_library_names():
+    from ablation.directions import METHODS
+    from objectives import gate, refusal
+    from search.cli import common
+
+    assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES
+    assert common.RULES == gate.RULES and common.TESTS == gate.TESTS

@@ -1,0 +1,43 @@
+"""abliterate: search for the edit that removes a model's refusals with the least damage.
+
+Every user error surfaces as one line ``error: ...`` on stderr and exit status 2; a database
+that cannot be reached (or is lost mid-run) gives exit status 3, which the launcher treats as
+worth retrying after a pause. Commands live in one module per group (model, study, promotion)
+and import torch, transformers and the database layers only when they run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from search.cli import model, promotion, study
+from search.cli.common import Parser
+from search.launcher import DATABASE_UNREACHABLE
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from ablation.errors import AblationError
+    from storage.errors import DatabaseUnreachable, StorageError
+
+    try:
+        return args.run(args) or 0
+    except DatabaseUnreachable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return DATABASE_UNREACHABLE
+    except (AblationError, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def parser() -> argparse.ArgumentParser:
+    top = Parser(prog="abliterate", description=__doc__.split("\n\n")[0],
+                 epilog="Run 'abliterate COMMAND --help' for a command's options and their defaults.")
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+    for group in (study, model, promotion):
+        group.register(commands)
+    return top

@@ -1,0 +1,87 @@
+"""What every command group shares: the one-line-error parser, argument types, option sets and
+the console. Imports nothing heavy: ``abliterate --help`` must not load torch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+# The names the library accepts. Kept here so that building the parser imports no torch or scipy;
+# tests/test_cli.py checks that they match the library's own tuples.
+METHODS = ("mean", "mean-projected", "pca", "probe")
+PROXIES = ("markers", "first-token", "agent")
+RULES = ("any", "holm", "bh", "cmh")
+TESTS = ("fisher", "boschloo")
+
+BATCH_HELP = "prompts per forward pass and answers decoded at once (lower it if memory runs out)"
+STORAGE_HELP = "sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://..."
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage is one ``--help`` away), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every meaningful default (not None, not an off switch)."""
+
+    def _get_help_string(self, action):
+        help = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help and action.option_strings:
+            help += " (default: %(default)s)"
+        return help
+
+
+def add_command(commands, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` shows its description and every option's default."""
+    return commands.add_parser(name, help=help, description=description or help, formatter_class=Formatter)
+
+
+def positive(text: str) -> int:
+    """argparse type for counts, sizes and seconds: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def study_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--storage", default=None, help=STORAGE_HELP)
+    parser.add_argument("--study", default="abliterate", help="study name")
+
+
+def heartbeat_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--heartbeat", type=positive, default=60, help="seconds between a running trial's heartbeats")
+    parser.add_argument("--grace", type=positive, default=600, help="seconds without a heartbeat before a trial counts as crashed")
+
+
+def heartbeat_args(args) -> list[str]:
+    return ["--heartbeat", str(args.heartbeat), "--grace", str(args.grace)]
+
+
+def model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="hub id, local folder or .gguf file")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--device-map", default=None, help="e.g. auto: spread one model over several GPUs")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--no-thinking", action="store_true", help="turn thinking off in the chat template (Qwen3/3.5)")
+
+
+def load(args):
+    """The model named by :func:`model_options`."""
+    from ablation.loading import load_model
+
+    return load_model(args.model, args.dtype, args.device, args.device_map, args.trust_remote_code)
+
+
+def console():
+    """A rich console; piped output keeps one line per row so it can be grepped."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 240)

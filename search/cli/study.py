@@ -1,0 +1,272 @@
+"""Commands on a study: ``search``, ``worker``, ``launch``, ``front``, ``export``, ``dashboard``, ``demo``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from search.cli.common import (
+    BATCH_HELP,
+    PROXIES,
+    STORAGE_HELP,
+    add_command,
+    console,
+    heartbeat_args,
+    heartbeat_options,
+    model_options,
+    positive,
+    study_options,
+)
+
+
+def register(commands) -> None:
+    search = add_command(commands, "search", "the main job: create or resume a study and run local workers")
+    model_options(search)
+    search.add_argument("--storage", default=None, help=STORAGE_HELP)
+    search.add_argument("--study", default="abliterate", help="study name")
+    search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
+    search.add_argument("--workers", type=int, default=1, help="local worker processes")
+    search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
+    search.add_argument("--harmful", required=True, help="prompt source spec, cut into extraction/evaluation/confirmation")
+    search.add_argument("--harmless", required=True, help="prompt source spec, cut the same way")
+    search.add_argument("--split", default="64,100,100", help="prompts for extraction,evaluation,confirmation")
+    search.add_argument("--kl-cap", type=float, default=1.0, help="trials with a larger KL are infeasible (their refusal pass is skipped)")
+    search.add_argument("--proxy", choices=PROXIES, default="markers", help="refusal measure")
+    search.add_argument("--max-new-tokens", type=positive, default=48, help="answer length of the refusal pass")
+    search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
+    search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
+    search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    heartbeat_options(search)
+    search.set_defaults(run=_search)
+
+    worker = add_command(commands, "worker", "join a study from any machine")
+    study_options(worker)
+    worker.add_argument("--device", default="auto")
+    worker.add_argument("--model", default=None, help="only to check it matches the study")
+    worker.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: torch's choice)")
+    heartbeat_options(worker)
+    worker.set_defaults(run=_worker)
+
+    launch = add_command(commands, "launch", "one worker process per device, restarted if it dies")
+    study_options(launch)
+    launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
+    heartbeat_options(launch)
+    launch.set_defaults(run=_launch)
+
+    front = add_command(commands, "front", "the feasible Pareto front as a table")
+    study_options(front)
+    front.add_argument("--json", action="store_true")
+    front.set_defaults(run=_front)
+
+    export = add_command(commands, "export", "re-bake a trial from its params and cached directions and write the checkpoint")
+    study_options(export)
+    export.add_argument("--trial", type=int, required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--device", default="auto")
+    export.add_argument("--overwrite", action="store_true")
+    export.set_defaults(run=_export)
+
+    dashboard = add_command(commands, "dashboard", "optuna-dashboard on the study storage")
+    dashboard.add_argument("--storage", default=None, help=STORAGE_HELP)
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=positive, default=8080)
+    dashboard.set_defaults(run=_dashboard)
+
+    demo = add_command(commands, "demo", "the main job on the embedded default: a short study on the shipped refusing model")
+    demo.add_argument("--storage", default=None, help="default sqlite:///abliterate-demo.db in this folder")
+    demo.add_argument("--trials", type=positive, default=40)
+    demo.add_argument("--workers", type=positive, default=2)
+    demo.add_argument("--no-promote", action="store_true", help="stop after the search, without the promotion step")
+    heartbeat_options(demo)
+    demo.set_defaults(run=_demo)
+
+
+def _search(args) -> int:
+    from ablation.errors import AblationError
+    from search.study import StudyConfig
+
+    try:
+        sizes = tuple(int(n) for n in args.split.split(","))
+        assert len(sizes) == 3 and min(sizes) > 0
+    except (ValueError, AssertionError):
+        raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
+    config = StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
+                               kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
+                               batch_size=args.batch_size, sampler=args.sampler, seed=args.seed,
+                               enable_thinking=False if args.no_thinking else None)
+    devices = args.devices.split(",") if args.devices else [args.device] * args.workers
+    return run_study(args.storage, args.study, config, devices, heartbeat_args(args))
+
+
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
+    """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from search.launcher import supervise
+    from search.study import create_or_resume
+    from search.worker import finished
+    from storage.rdb import open_storage
+    from storage.urls import normalize_url
+
+    config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
+    storage_url = normalize_url(storage)
+    study, resumed = create_or_resume(open_storage(storage_url), name, config)
+    out = console()
+    out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {storage_url}: {finished(study)}/{config.n_trials} finished")
+
+    last = ""
+
+    def progress():
+        nonlocal last
+        try:
+            states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        except SQLAlchemyError:
+            line = "  database unreachable; workers will be restarted and their trials retried"
+            if line != last:
+                out.print(line, highlight=False)
+                last = line
+            return
+        line = (f"  finished {states.count('COMPLETE')}/{config.n_trials}, running {states.count('RUNNING')}, "
+                f"failed {states.count('FAIL')}")
+        if line != last:
+            out.print(line, highlight=False)
+            last = line
+
+    cpu_workers = sum(d == "cpu" or (d == "auto" and not _has_gpu()) for d in devices)
+    if cpu_workers:
+        # Workers sharing the CPU each get their share of the cores: oversubscribed torch
+        # threads wait on each other and made generation several times slower, not faster.
+        extra = [*extra, "--threads", str(max(1, (os.cpu_count() or 1) // cpu_workers))]
+    status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
+              if finished(study) < config.n_trials else 0)
+    print_front(study, out)
+    out.print(f"browse it: abliterate dashboard --storage {storage_url}")
+    return status
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _worker(args) -> int:
+    from sqlalchemy.exc import OperationalError
+
+    from search.launcher import DATABASE_UNREACHABLE
+    from search.study import check_local, load
+    from search.worker import run_worker
+    from storage.rdb import open_storage
+
+    if args.model:
+        check_local(load(open_storage(args.storage), args.study)[1], model=args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
+    except OperationalError as error:
+        first = str(error.orig or error).strip().splitlines()[0]
+        print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
+        return DATABASE_UNREACHABLE
+    return 0
+
+
+def _launch(args) -> int:
+    from search.launcher import supervise
+    from storage.urls import normalize_url
+
+    devices = [d if not d.isdigit() else f"cuda:{d}" for d in args.devices.split(",")]
+    return supervise(normalize_url(args.storage), args.study, devices, extra=heartbeat_args(args))
+
+
+def _front(args) -> int:
+    import json
+
+    from search.front import feasible_front
+    from search.study import load
+    from storage.rdb import open_storage
+
+    study, _ = load(open_storage(args.storage), args.study)
+    if args.json:
+        print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
+                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate")}}
+                          for t in feasible_front(study)], indent=2))
+        return 0
+    print_front(study, console())
+    return 0
+
+
+def print_front(study, out) -> None:
+    from rich.table import Table
+
+    from search.front import feasible_front
+
+    table = Table(title=f"feasible Pareto front of {study.study_name!r}")
+    for column in ("trial", "refusal", "KL", "refusal rate", "degenerate", "method", "scope"):
+        table.add_column(column)
+    for t in feasible_front(study):
+        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.4f}", f"{t.user_attrs.get('refusal_rate', 0):.2f}",
+                      f"{t.user_attrs.get('degenerate_rate', 0):.2f}", t.params.get("method", ""), t.params.get("scope", ""))
+    out.print(table)
+
+
+def _export(args) -> int:
+    from ablation import Baker, export_checkpoint, find_writers, load_model
+    from ablation.errors import AblationError
+    from search.space import candidate_from_params
+    from search.study import load
+    from search.trial import direction_for, directions_from_bytes, directions_key
+    from storage.cache import ArtifactCache
+    from storage.rdb import open_storage
+
+    storage = open_storage(args.storage)
+    study, config = load(storage, args.study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if args.trial not in trials or trials[args.trial].state.name != "COMPLETE":
+        raise AblationError(f"study {args.study!r} has no finished trial {args.trial}; see abliterate front")
+    payload = ArtifactCache(storage.engine, args.study, "export").get(directions_key(config.space.methods))
+    if payload is None:
+        raise AblationError(f"study {args.study!r} has no cached directions yet; run a worker first")
+    directions = directions_from_bytes(payload)
+    loaded = load_model(config.model, config.dtype, args.device)
+    candidate = candidate_from_params(trials[args.trial].params, next(iter(directions.values())).shape[0])
+    Baker(find_writers(loaded.model)).bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving)
+    out = export_checkpoint(loaded, args.out, overwrite=args.overwrite)
+    print(f"wrote trial {args.trial} of {args.study!r} to {out}")
+    return 0
+
+
+def _dashboard(args) -> int:
+    from optuna_dashboard import run_server
+
+    from storage.rdb import open_storage
+
+    storage = open_storage(args.storage)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def _demo(args) -> int:
+    from objectives.sweep.local import LocalRunner
+    from search.cli.promotion import print_report
+    from search.demo import DEMO_CHECKPOINTS, DEMO_STORAGE, DEMO_STUDY, demo_config
+    from search.promoter import Promoter, PromotionSettings, report
+    from storage.rdb import open_storage
+    from storage.urls import normalize_url
+
+    storage = args.storage or DEMO_STORAGE
+    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args))
+    if status != 0 or args.no_promote:
+        return status
+    out = console()
+    out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
+    promoter = Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"),
+                        PromotionSettings(attempts=5, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
+    promoter.run_once()
+    print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
+    out.print(f"per-task tables: abliterate report --storage {storage} --study {DEMO_STUDY}")
+    out.print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
+    return 0
