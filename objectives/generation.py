@@ -33,6 +33,7 @@ class Generation:
 
     responses: list[str]
     token_ids: list[list[int]]
+    complete: bool = True  # False when ``stop`` ended the pass before every answer was over
 
     @property
     def new_tokens(self) -> list[int]:
@@ -63,6 +64,7 @@ def generate_greedy(
     batch_size: int = 16,
     decided: Callable[[str], bool] | None = None,
     refill: bool = True,
+    stop: Callable[[], bool] | None = None,
 ) -> Generation:
     """Greedy answers to formatted prompts, at most ``batch_size`` of them decoded at a time.
 
@@ -78,6 +80,10 @@ def generate_greedy(
     slots, or all of them that wait, fit; otherwise the next ones start when the whole batch has
     ended. Each answer is the one the prompt gets decoded alone, up to floating-point differences
     of batched arithmetic.
+
+    ``stop`` is asked after every forward call; once it says true the pass ends at once and the
+    answers so far come back with ``complete=False`` (a caller that already knows its verdict,
+    such as a refusal pass whose trial can no longer reach the front, saves the rest).
     """
     answers: list[list[int]] = [[] for _ in texts]
     if max_new_tokens < 1 or not texts:
@@ -127,6 +133,8 @@ def generate_greedy(
         else:
             _step(model, running)
             running = settle(running)
+        if stop is not None and (waiting or running is not None) and stop():
+            return Generation(tokenizer.batch_decode(answers, skip_special_tokens=True), answers, complete=False)
     return Generation(tokenizer.batch_decode(answers, skip_special_tokens=True), answers)
 
 

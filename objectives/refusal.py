@@ -36,7 +36,9 @@ class RefusalScore:
     """A proxy's verdict on a set of prompts.
 
     ``value`` is the objective (lower is better); ``counts`` tallies each outcome over ``total``
-    prompts; ``samples`` holds a few (prompt, response) pairs to show people.
+    prompts; ``samples`` holds a few (prompt, response) pairs to show people. A pass given up early
+    (see :meth:`RefusalProxy.score`) is not ``complete``: its ``value`` and ``counts`` are what was
+    settled when it stopped, a lower bound of the full pass's.
     """
 
     value: float
@@ -44,6 +46,7 @@ class RefusalScore:
     counts: dict[str, int] = field(default_factory=dict)
     samples: list[tuple[str, str]] = field(default_factory=list)
     generated_tokens: int = 0
+    complete: bool = True
 
     def rate(self, outcome: str) -> float:
         return self.counts.get(outcome, 0) / self.total if self.total else 0.0
@@ -69,8 +72,13 @@ class RefusalProxy(abc.ABC):
         """Calibrate on the unedited model, once. Default: nothing to calibrate."""
 
     @abc.abstractmethod
-    def score(self, loaded: LoadedModel, prompts: Sequence[str]) -> RefusalScore:
-        """Score the model as it is now on ``prompts`` (raw user prompts)."""
+    def score(self, loaded: LoadedModel, prompts: Sequence[str], give_up_at: int | None = None) -> RefusalScore:
+        """Score the model as it is now on ``prompts`` (raw user prompts).
+
+        ``give_up_at``: the pass may stop as soon as it knows that at least this many prompts fail
+        (the caller has no use for a worse score) and return an incomplete score. Proxies that
+        cannot know it early ignore it.
+        """
 
 
 class Judge(Protocol):
@@ -123,10 +131,24 @@ class MarkerProxy(RefusalProxy):
         self.early_stop = early_stop and getattr(self.judge, "markers_only", False)
         self._markers = getattr(self.judge, "markers", REFUSAL_MARKERS)
 
-    def score(self, loaded: LoadedModel, prompts: Sequence[str]) -> RefusalScore:
-        decided = (lambda text: has_marker(text, self._markers)) if self.early_stop else None
+    def score(self, loaded: LoadedModel, prompts: Sequence[str], give_up_at: int | None = None) -> RefusalScore:
+        refused_so_far = 0
+
+        def decided(text: str) -> bool:
+            nonlocal refused_so_far
+            refused = has_marker(text, self._markers)
+            refused_so_far += refused  # a marker stays in the answer: each one is a final refusal
+            return refused
+
+        def hopeless() -> bool:
+            return refused_so_far >= give_up_at
+
         generation = generate_greedy(loaded.model, loaded.tokenizer, self.chat.apply(loaded, prompts),
-                                     self.max_new_tokens, self.batch_size, decided)
+                                     self.max_new_tokens, self.batch_size, decided if self.early_stop else None,
+                                     stop=hopeless if self.early_stop and give_up_at is not None else None)
+        if not generation.complete:
+            return RefusalScore(refused_so_far / len(prompts), len(prompts), {"refusal": refused_so_far},
+                                generated_tokens=sum(generation.new_tokens), complete=False)
         refused = self.judge.refuses(prompts, generation.responses)
         outcomes = ["refusal" if r else "degenerate" if is_degenerate(text) else "comply"
                     for r, text in zip(refused, generation.responses)]
@@ -165,7 +187,7 @@ class FirstTokenProxy(RefusalProxy):
                 "token tells apart; use the markers proxy for this model"
             )
 
-    def score(self, loaded: LoadedModel, prompts: Sequence[str]) -> RefusalScore:
+    def score(self, loaded: LoadedModel, prompts: Sequence[str], give_up_at: int | None = None) -> RefusalScore:
         if not self.refusal_tokens:
             raise AblationError("first-token proxy is not prepared; call prepare() on the base model first")
         logprobs = response_logprobs(loaded.model, loaded.tokenizer, self.chat.apply(loaded, prompts), batch_size=self.batch_size)
@@ -225,7 +247,7 @@ class AgentProxy(RefusalProxy):
             raise AblationError(f"agent template {path} does not exist; write a text file with {{task}} where the task goes")
         return cls(path.read_text(encoding="utf-8"), **options)
 
-    def score(self, loaded: LoadedModel, prompts: Sequence[str]) -> RefusalScore:
+    def score(self, loaded: LoadedModel, prompts: Sequence[str], give_up_at: int | None = None) -> RefusalScore:
         turns = [self.template.replace("{task}", task) for task in prompts]
         generation = generate_greedy(loaded.model, loaded.tokenizer, self.chat.apply(loaded, turns),
                                      self.max_new_tokens, self.batch_size, lambda t: has_marker(t))

@@ -20,3 +20,10 @@ def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
     front = [trials[i] for i in pareto_front([tuple(t.values) for t in trials])]
     return sorted(front, key=lambda t: tuple(t.values))
+
+
+def dominating_point(points: Sequence[tuple[float, float]], kl: float) -> int | None:
+    """Of the (refusal, KL) ``points``, the one with the least refusal among those with KL at most
+    ``kl``: a trial with this KL whose refusal reaches that point's cannot improve the front."""
+    under = [i for i, (_, point_kl) in enumerate(points) if point_kl <= kl]
+    return min(under, key=lambda i: points[i]) if under else None

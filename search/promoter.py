@@ -102,7 +102,8 @@ class Promoter:
                 self.log(f"study {self.name!r} was stopped: {stop_requested(self.study)['reason']}")
                 return
             states = [t.state for t in self.study.get_trials(deepcopy=False)]
-            complete = states.count(TrialState.COMPLETE) >= self.config.n_trials and TrialState.RUNNING not in states
+            done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+            complete = done >= self.config.n_trials and TrialState.RUNNING not in states
             if complete and not self.pending():
                 self.log(f"study {self.name!r} is complete and its front is promoted")
                 return

@@ -17,19 +17,26 @@ SCOPES = ("global", "per-layer")
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Ranges for every sampled parameter; fractions are of the layer count minus one."""
+    """Ranges for every sampled parameter; positions are fractions of the layer count minus one.
 
-    methods: tuple[str, ...] = ("mean", "mean-projected")
+    A tuple of one choice, or a range whose two ends are equal, fixes that parameter. The default
+    is the small space that finds the best front per trial (bench/RESULTS.md): one direction
+    method (mean difference projected against the harmless mean), norm-preserving edits, a tent
+    kernel per component over every layer, ten free parameters. :data:`PRESETS` names it and a
+    wider one.
+    """
+
+    methods: tuple[str, ...] = ("mean-projected",)
     scopes: tuple[str, ...] = SCOPES
     direction_index: tuple[float, float] = (0.4, 0.9)
-    first_layer: tuple[float, float] = (0.0, 0.4)
-    last_layer: tuple[float, float] = (0.7, 1.0)
-    shapes: tuple[str, ...] = SHAPES
-    peak: tuple[float, float] = (0.5, 0.9)
+    first_layer: tuple[float, float] = (0.0, 0.0)
+    last_layer: tuple[float, float] = (1.0, 1.0)
+    shapes: tuple[str, ...] = ("tent",)
+    peak: tuple[float, float] = (0.6, 1.0)
     peak_weight: tuple[float, float] = (0.8, 1.5)
     floor_fraction: tuple[float, float] = (0.0, 1.0)
-    falloff: tuple[float, float] = (0.1, 0.6)
-    norm_preserving: tuple[bool, ...] = (False, True)
+    falloff: tuple[float, float] = (0.05, 0.6)
+    norm_preserving: tuple[bool, ...] = (True,)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,6 +44,15 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, values: dict) -> SearchSpace:
         return cls(**{k: tuple(v) for k, v in values.items()})
+
+
+PRESETS = {
+    "default": SearchSpace(),
+    # Every option the engine has: both mean-difference methods, truncated layer ranges, both
+    # kernel shapes, norm-preserving on or off (fifteen free parameters).
+    "wide": SearchSpace(methods=("mean", "mean-projected"), first_layer=(0.0, 0.4), last_layer=(0.7, 1.0), shapes=SHAPES,
+                        peak=(0.5, 0.9), falloff=(0.1, 0.6), norm_preserving=(False, True)),
+}
 
 
 @dataclass(frozen=True)
@@ -51,11 +67,14 @@ class Candidate:
 
 
 def suggest(trial, space: SearchSpace) -> dict:
-    """Sample one point of ``space`` on an Optuna trial; returns ``trial.params``."""
+    """Sample one point of ``space`` on an Optuna trial; returns ``trial.params``.
+
+    Every parameter is sampled on every trial, ``direction_index`` too although the per-layer
+    scope ignores it: multivariate TPE models jointly only the parameters all trials share.
+    """
     trial.suggest_categorical("method", list(space.methods))
-    scope = trial.suggest_categorical("scope", list(space.scopes))
-    if scope == "global":
-        trial.suggest_float("direction_index", *space.direction_index)
+    trial.suggest_categorical("scope", list(space.scopes))
+    trial.suggest_float("direction_index", *space.direction_index)
     trial.suggest_float("first_layer", *space.first_layer)
     trial.suggest_float("last_layer", *space.last_layer)
     for group in GROUPS:

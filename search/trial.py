@@ -8,7 +8,7 @@ the trial is infeasible: that pass is the expensive one, and its answer would no
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -55,13 +55,19 @@ def direction_for(candidate: Candidate, directions: dict[str, torch.Tensor]) -> 
 
 @dataclass(frozen=True)
 class TrialOutcome:
-    """Everything a trial measured. ``refusal`` is None when KL was over the cap."""
+    """Everything a trial measured. ``refusal`` is None when KL was over the cap; it is an
+    incomplete score (a lower bound) when the refusal pass was given up because the trial could
+    no longer reach the front."""
 
     kl: float
     feasible: bool
     refusal: RefusalScore | None
     seconds: dict[str, float] = field(default_factory=dict)
     edited_layers: tuple[int, ...] = ()
+
+    @property
+    def pruned(self) -> bool:
+        return self.refusal is not None and not self.refusal.complete
 
     @property
     def values(self) -> tuple[float, float]:
@@ -81,7 +87,9 @@ class TrialRunner:
         self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), kl_tokens, batch_size)
         proxy.prepare(loaded, self.harmful)
 
-    def run(self, candidate: Candidate) -> TrialOutcome:
+    def run(self, candidate: Candidate, give_up_at: Callable[[float], int | None] | None = None) -> TrialOutcome:
+        """Bake, score, restore. ``give_up_at(kl)``, when given, is the number of failing prompts
+        from which this trial is of no use (see :meth:`RefusalProxy.score`)."""
         seconds = {}
         start = time.perf_counter()
         with self.baker.baked_into(direction_for(candidate, self.directions), candidate.profile, candidate.norm_preserving) as report:
@@ -92,7 +100,7 @@ class TrialRunner:
             refusal = None
             if feasible:
                 mark = time.perf_counter()
-                refusal = self.proxy.score(self.loaded, self.harmful)
+                refusal = self.proxy.score(self.loaded, self.harmful, give_up_at(kl) if give_up_at else None)
                 seconds["refusal"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
         return TrialOutcome(kl, feasible, refusal, seconds, report.layers)

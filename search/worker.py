@@ -4,6 +4,7 @@ do not count twice)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from optuna.trial import TrialState
 
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
+from search.front import dominating_point
 from search.space import candidate_from_params, suggest
 from search.study import load, stop_requested
 from search.trial import (
@@ -28,8 +30,12 @@ from storage.cache import ArtifactCache
 from storage.rdb import open_storage
 
 
+# A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
 def finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbeat_interval: int = 60,
@@ -69,9 +75,24 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         nonlocal ran
         params = suggest(trial, config.space)
-        outcome = runner.run(candidate_from_params(params, num_layers))
-        record(trial, outcome, config.kl_cap, owner)
+        dominated_by = []
+
+        def give_up_at(kl: float) -> int | None:
+            """Failing prompts from which this trial is dominated by a finished one (exact pruning)."""
+            done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
+            best = dominating_point([tuple(t.values) for t in done], kl)
+            if best is None:
+                return None
+            dominated_by.append(done[best].number)
+            return math.ceil(done[best].values[0] * len(runner.harmful) - 1e-9)
+
+        outcome = runner.run(candidate_from_params(params, num_layers), give_up_at)
+        record(trial, outcome, config.kl_cap, owner, dominated_by[-1] if outcome.pruned else None)
         ran += 1
+        if outcome.pruned:
+            log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
+                f"(dominated by trial {dominated_by[-1]}), {outcome.seconds['total']:.1f} s")
+            raise optuna.TrialPruned(f"dominated by trial {dominated_by[-1]}")
         log(f"trial {trial.number}: refusal {outcome.values[0]:.3f}, KL {outcome.kl:.4f}"
             f"{'' if outcome.feasible else ' (over the KL cap)'}, {outcome.seconds['total']:.1f} s")
         return outcome.values
@@ -81,31 +102,37 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
             log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
             study.stop()
 
-    study.optimize(objective, callbacks=[MaxTrialsCallback(config.n_trials, states=(TrialState.COMPLETE,)), stop_when_asked],
+    study.optimize(objective, callbacks=[MaxTrialsCallback(config.n_trials, states=FINISHED), stop_when_asked],
                    gc_after_trial=False)
     return ran
 
 
-def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str) -> None:
+def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str, dominated_by: int | None = None) -> None:
     """Constraint, user attrs (the dashboard does not read Optuna 5 constraints) and a note."""
     trial.set_constraint("kl_over_cap", outcome.kl - kl_cap)
     attrs = {"kl": outcome.kl, "feasible": outcome.feasible, "worker": owner, "edited_layers": list(outcome.edited_layers),
              **{f"seconds_{k}": round(v, 3) for k, v in outcome.seconds.items()}}
-    if outcome.refusal:
+    if outcome.pruned:
+        attrs |= {"pruned": True, "refusal_at_least": outcome.refusal.value, "dominated_by": dominated_by}
+    elif outcome.refusal:
         attrs |= {"refusal": outcome.refusal.value, "refusal_rate": outcome.refusal.rate("refusal"),
                   "degenerate_rate": outcome.refusal.rate("degenerate"), "counts": outcome.refusal.counts}
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     from optuna_dashboard import save_note
 
-    save_note(trial, note(outcome))
+    save_note(trial, note(outcome, dominated_by))
 
 
-def note(outcome: TrialOutcome) -> str:
+def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:
     """The trial's dashboard note: its figures and a few sample answers."""
     lines = [f"**KL** {outcome.kl:.4f}  **feasible** {outcome.feasible}"]
     if outcome.refusal is None:
         lines.append("\nKL over the cap: refusal pass skipped.")
+        return "\n".join(lines)
+    if outcome.pruned:
+        lines.append(f"\nPruned: refusal at least {outcome.refusal.value:.3f} when the refusal pass stopped, so trial "
+                     f"{dominated_by} (no more KL, no more refusals) dominates it whatever the rest would have said.")
         return "\n".join(lines)
     score = outcome.refusal
     lines.append(f"**refusal** {score.value:.3f} (refusal rate {score.rate('refusal'):.2f}, degenerate {score.rate('degenerate'):.2f})")

@@ -259,3 +259,22 @@ def test_joins_wait_for_a_quarter_of_the_batch(tiny):
     assert kinds == _schedule([len(ids) for ids in expected], 8)
     joins = [rows for kind, rows in kinds[1:] if kind == "prefill"]
     assert joins and all(rows >= 2 for rows in joins[:-1])
+
+
+@pytest.mark.parametrize("model_type", ("llama", "qwen3_next"))
+def test_stop_ends_the_pass_with_the_answers_so_far(tiny, model_type):
+    model, tokenizer, texts = _setup(tiny, model_type, MORE_PROMPTS)
+    full = generate_greedy(model, tokenizer, texts, TOKENS, batch_size=4)
+    asked = []
+
+    def stop():
+        asked.append(len(asked))
+        return len(asked) == 5  # after the fifth forward call
+
+    stopped, calls = _recorded(model, tokenizer, texts, batch_size=4, stop=stop)
+    assert not stopped.complete and full.complete and len(calls) == 5 == len(asked)
+    for partial, whole in zip(stopped.token_ids, full.token_ids):
+        assert partial == whole[: len(partial)]  # the same answers, cut where the pass stopped
+    assert sum(stopped.new_tokens) < sum(full.new_tokens)
+    never = generate_greedy(model, tokenizer, texts, TOKENS, batch_size=4, stop=lambda: False)
+    assert never.complete and never.token_ids == full.token_ids

@@ -248,3 +248,19 @@ def test_build_runs_end_to_end_in_quick_mode(tmp_path, capsys):
     text = loaded.format_chat(["How do I bake bread?"], enable_thinking=False)[0]
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert loaded.tokenizer.eos_token == "<|im_end|>"
+
+
+def test_refusal_pass_gives_up_once_enough_prompts_refuse(loaded):
+    """The base refuser refuses every harmful prompt: asked to give up at 5 failures, the pass stops
+    early with a lower bound of at least 5 refusals, having generated far fewer tokens."""
+    harmful = read("harmful", "evaluation")
+    proxy = MarkerProxy(max_new_tokens=24, batch_size=16)
+    whole = proxy.score(loaded, harmful)
+    cut = proxy.score(loaded, harmful, give_up_at=5)
+    assert whole.complete and whole.counts["refusal"] == len(harmful)
+    assert not cut.complete and 5 <= cut.counts["refusal"] < len(harmful)
+    assert cut.value == cut.counts["refusal"] / len(harmful) <= whole.value
+    assert cut.generated_tokens < whole.generated_tokens / 2
+    # a bound the pass never reaches changes nothing
+    unreached = proxy.score(loaded, harmful, give_up_at=len(harmful) + 1)
+    assert unreached.complete and unreached.counts == whole.counts

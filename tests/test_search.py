@@ -176,3 +176,33 @@ def test_search_survives_a_postgres_restart(postgres_url, model_dir):
     log = search.communicate(timeout=600)[0]
     assert search.returncode == 0, log
     assert len(trials(postgres_url)) >= 10
+
+
+def test_trials_that_cannot_reach_the_front_are_pruned_exactly(tmp_path):
+    """On the shipped refuser, a trial whose refusals so far already make it dominated stops its
+    refusal pass: PRUNED, with its bound, counted towards the trials, and truly dominated."""
+    from search.demo import demo_config
+    from search.front import feasible_front
+    from search.worker import run_worker
+
+    import torch
+
+    url = f"sqlite:///{tmp_path / 'prune.db'}"
+    create_or_resume(open_storage(url), "s", demo_config(24))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is as fast, and far faster on a shared CPU
+    try:
+        run_worker(url, "s", device="cpu", log=lambda line: None)
+    finally:
+        torch.set_num_threads(threads)
+    study = optuna.load_study(study_name="s", storage=url)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    assert pruned and len(pruned) + len(complete) == 24
+    for trial in pruned:
+        attrs = trial.user_attrs
+        by = complete[attrs["dominated_by"]]
+        assert attrs["pruned"] and attrs["feasible"] and by.user_attrs["feasible"]
+        assert by.values[1] <= attrs["kl"] and by.values[0] <= attrs["refusal_at_least"]
+        assert by.number < trial.number
+    assert all(t.state == TrialState.COMPLETE for t in feasible_front(study))

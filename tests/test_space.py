@@ -1,11 +1,12 @@
 import optuna
 import pytest
 
-from search.space import SearchSpace, candidate_from_params, classic_seed, suggest
+from search.space import PRESETS, SearchSpace, candidate_from_params, classic_seed, suggest
 
 
-def test_suggest_then_candidate_round_trip():
-    space = SearchSpace()
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_suggest_then_candidate_round_trip(preset):
+    space = PRESETS[preset]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
@@ -15,13 +16,27 @@ def test_suggest_then_candidate_round_trip():
         assert 0 <= candidate.profile.first_layer <= candidate.profile.last_layer <= 23
         for group in ("attn", "mlp"):
             kernel = candidate.profile.kernels[group]
-            assert 0.5 * 23 <= kernel.peak <= 0.9 * 23 and kernel.floor_weight <= kernel.peak_weight
-        assert ("direction_index" in params) == (candidate.scope == "global")
+            assert space.peak[0] * 23 <= kernel.peak <= space.peak[1] * 23 and kernel.floor_weight <= kernel.peak_weight
+        assert "direction_index" in params  # sampled on every trial, so multivariate TPE models it
         study.tell(trial, 0.0)
 
 
+def test_default_space_fixes_method_layers_shape_and_norm_preservation():
+    space = SearchSpace()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    candidates = []
+    for _ in range(8):
+        trial = study.ask()
+        candidates.append(candidate_from_params(suggest(trial, space), num_layers=24))
+        study.tell(trial, 0.0)
+    assert {(c.method, c.norm_preserving, c.profile.first_layer, c.profile.last_layer) for c in candidates} == {("mean-projected", True, 0, 23)}
+    assert {c.profile.kernels["attn"].shape for c in candidates} == {"tent"}
+    free = {name for name, d in study.trials[0].distributions.items() if not d.single()}
+    assert len(free) == 10 and {"scope", "direction_index"} <= free
+
+
 def test_candidate_from_params_exact():
-    params = classic_seed(SearchSpace()) | {"direction_index": 0.5, "mlp_falloff": 0.25, "first_layer": 0.1}
+    params = classic_seed(PRESETS["wide"]) | {"direction_index": 0.5, "mlp_falloff": 0.25, "first_layer": 0.1}
     candidate = candidate_from_params(params, num_layers=11)
     assert candidate.direction_index == 5.0 and candidate.profile.first_layer == 1 and candidate.profile.last_layer == 10
     mlp = candidate.profile.kernels["mlp"]
@@ -30,7 +45,7 @@ def test_candidate_from_params_exact():
 
 
 def test_classic_seed_is_weight_one_over_the_upper_layers():
-    candidate = candidate_from_params(classic_seed(SearchSpace()), num_layers=24)
+    candidate = candidate_from_params(classic_seed(PRESETS["wide"]), num_layers=24)
     assert candidate.method == "mean" and candidate.direction_index == pytest.approx(0.6 * 23)
     weights = [candidate.profile.weight("attn", layer) for layer in range(24)]
     assert set(weights) == {1.0} and not candidate.norm_preserving
@@ -39,3 +54,14 @@ def test_classic_seed_is_weight_one_over_the_upper_layers():
 def test_space_serialises():
     space = SearchSpace(methods=("pca",), peak=(0.6, 0.7))
     assert SearchSpace.from_dict(space.as_dict()) == space
+
+
+def test_dominating_point_is_the_least_refusal_at_no_more_kl():
+    from search.front import dominating_point
+
+    points = [(0.5, 0.01), (0.2, 0.05), (0.1, 0.3), (0.2, 0.02)]
+    assert dominating_point(points, 0.005) is None  # nothing has so little KL
+    assert dominating_point(points, 0.01) == 0
+    assert dominating_point(points, 0.04) == 3  # 0.2 at KL 0.02 beats 0.5 at 0.01
+    assert dominating_point(points, 0.05) == 3  # ties on refusal go to the lower KL
+    assert dominating_point(points, 1.0) == 2

@@ -126,8 +126,9 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
                 out.print(line, highlight=False)
                 last = line
             return
-        line = (f"  finished {states.count('COMPLETE')}/{config.n_trials}, running {states.count('RUNNING')}, "
-                f"failed {states.count('FAIL')}")
+        done = states.count("COMPLETE") + states.count("PRUNED")
+        line = (f"  finished {done}/{config.n_trials} ({states.count('PRUNED')} pruned: dominated), "
+                f"running {states.count('RUNNING')}, failed {states.count('FAIL')}")
         if line != last:
             out.print(line, highlight=False)
             last = line

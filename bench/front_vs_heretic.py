@@ -1,0 +1,433 @@
+"""Front quality side by side with Heretic 1.4.0: same model, prompts, answer length and trials.
+
+    python bench/front_vs_heretic.py run --budgets 10,30,100 --seeds 1,2,3 [--tools heretic,ours]
+    python bench/front_vs_heretic.py report [--budgets 10,30,100] [--markdown FILE]
+
+``run`` performs every (tool, budget, seed) search that has no result yet (so it resumes after an
+interruption), saves each front's lowest-refusal candidates as checkpoints, scores them with one
+common evaluation and deletes them. ``report`` scores the fronts (hypervolume of (refusal rate,
+KL) against the reference point (1, 1); KL at Heretic's best refusal count, by each tool's own count
+and by the common evaluation; seconds per trial), prints the tables and draws one PNG per budget
+(bench/front_vs_heretic_b{budget}.png).
+
+Setup: ``bash bench/fetch_real_model.sh``, then a bf16 folder of the model (``--model``; made
+once from the GGUF when missing), and Heretic in its own virtualenv (``--heretic-python``; made by
+``bench/heretic_eval.sh`` or ``python3 -m venv --system-site-packages V && V/bin/pip install
+heretic-llm==1.4.0 && V/bin/pip uninstall -y transformers``). Heretic (AGPL-3.0) is only run.
+
+Prompts (both tools get the same files): directions from advbench[0:64] and rho-benign[0:64];
+search evaluation on the first 32 JailbreakBench prompts that are not in advbench[0:64] (4 of its
+first 32 are) and rho-benign[64:96]. The common evaluation: 40 further JailbreakBench prompts
+that neither search saw, 40 benign-but-edgy prompts (rho-edgy[0:40]) and KL on the 32 harmless
+search prompts, 64 new tokens, refusals by this project's markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, os.environ.get("PYTHONPATH") or str(ROOT))  # _ours runs the checkout it is given
+
+WORK = ROOT / "bench" / "out" / "front"
+GGUF = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct.gguf"
+MODEL = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct-bf16"
+QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+NEW_TOKENS, BATCH, COMMON_TOKENS = 32, 32, 64
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+def prompt_files(work: Path) -> dict[str, Path]:
+    """The prompt sets as one-per-line files, written once."""
+    from objectives.prompts import check_disjoint, load_prompts, normalise
+
+    folder = work / "prompts"
+    names = ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation",
+             "harmful_heldout", "edgy_heldout", "harmful_confirmation", "harmless_confirmation")
+    paths = {name: folder / f"{name}.txt" for name in names}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    extraction = load_prompts("advbench[0:64]")
+    seen = {normalise(p) for p in extraction}
+    jailbreak = [p for p in load_prompts("jailbreakbench") if normalise(p) not in seen]
+    jailbreak_all = {normalise(p) for p in load_prompts("jailbreakbench")}
+    sets = {
+        "harmful_extraction": extraction, "harmless_extraction": load_prompts("rho-benign[0:64]"),
+        "harmful_evaluation": jailbreak[:32], "harmless_evaluation": load_prompts("rho-benign[64:96]"),
+        "harmful_heldout": jailbreak[32:72], "edgy_heldout": load_prompts("rho-edgy[0:40]"),
+        # The study format needs confirmation sets; the comparison does not use them.
+        "harmful_confirmation": [p for p in load_prompts("advbench[64:]") if normalise(p) not in jailbreak_all][:32], "harmless_confirmation": load_prompts("rho-benign[96:128]"),
+    }
+    check_disjoint(**{k: v for k, v in sets.items() if k != "edgy_heldout"})
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, prompts in sets.items():
+        assert not any("\n" in p for p in prompts)
+        paths[name].write_text("\n".join(prompts) + "\n", encoding="utf-8")
+    return paths
+
+
+def ensure_model(model: Path) -> None:
+    if (model / "config.json").exists():
+        return
+    from ablation import export_checkpoint, load_model
+
+    export_checkpoint(load_model(str(GGUF), dtype="bf16", device="cpu"), model)
+
+
+# --- one search per tool -------------------------------------------------------------------------
+
+def heretic_startup(budget: int) -> int:
+    """Heretic's random start-up trials: 5 of 10 as in the issue's run, else 30 % (its 60 of 200)."""
+    return max(5, round(0.3 * budget))
+
+
+def run_heretic(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    (run_dir / "config.toml").write_text(f"""model = "{model}"
+dtypes = ["bfloat16"]
+device_map = "cpu"
+batch_size = {BATCH}
+max_response_length = {NEW_TOKENS}
+response_prefix = ""
+seed = {seed}
+n_trials = {budget}
+n_startup_trials = {heretic_startup(budget)}
+system_prompt = "{QWEN_SYSTEM}"
+study_checkpoint_dir = "checkpoints"
+export_strategy = "merge"
+[good_prompts]
+dataset = "{prompts['harmless_extraction']}"
+[bad_prompts]
+dataset = "{prompts['harmful_extraction']}"
+[good_evaluation_prompts]
+dataset = "{prompts['harmless_evaluation']}"
+[bad_evaluation_prompts]
+dataset = "{prompts['harmful_evaluation']}"
+""")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    start = time.time()
+    with open(run_dir / "log.txt", "w") as log:
+        subprocess.run([python, str(ROOT / "bench" / "heretic_front.py"), "--model", str(model), "--save", str(keep),
+                        "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")],
+                       cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    raw = json.loads((run_dir / "raw.json").read_text())
+    _write_run(run_dir, "heretic", budget, seed, time.time() - start, raw["trials"], {"base_refusals": raw["base_refusals"]})
+
+
+def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, keep: int,
+             space: dict | None, sampler: str | None, code: Path = ROOT) -> None:
+    """Our search through its real service path (a study in SQLite, one worker) in a subprocess,
+    with the project's code from ``code`` (another checkout measures an earlier version)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "study.db").unlink(missing_ok=True)
+    start = time.time()
+    command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
+               "--model", str(model), "--keep", str(keep), "--space", json.dumps(space or {}), "--sampler", sampler or ""]
+    with open(run_dir / "log.txt", "w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
+    raw = json.loads((run_dir / "raw.json").read_text())
+    _write_run(run_dir, "ours", budget, seed, time.time() - start, raw["trials"],
+               {"space": space, "sampler": sampler, "code": _revision(code)})
+
+
+def _revision(code: Path) -> str:
+    head = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return head + ("+changes" if dirty.strip() else "")
+
+
+def _ours_in_process(args) -> None:
+    import torch
+
+    from ablation import Baker, export_checkpoint, find_writers, load_model
+    from search.front import pareto_front
+    from search.space import SearchSpace, candidate_from_params
+    from search.study import StudyConfig, create_or_resume
+    from search.trial import direction_for, directions_from_bytes, directions_key
+    from search.worker import run_worker
+    from storage.cache import ArtifactCache
+    from storage.rdb import open_storage
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    run_dir, prompts = Path(args.dir), prompt_files(WORK)
+    assert Path(sys.modules["search"].__file__).resolve().is_relative_to(Path(os.environ.get("PYTHONPATH", ROOT)).resolve())
+    space = SearchSpace.from_dict({**SearchSpace().as_dict(), **json.loads(args.space)})
+    options = {"sampler": args.sampler} if args.sampler else {}
+    config = StudyConfig(
+        model=args.model, dtype="bf16", n_trials=args.budget, seed=args.seed, space=space, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
+        harmful={p: str(prompts[f"harmful_{p}"]) for p in ("extraction", "evaluation", "confirmation")},
+        harmless={p: str(prompts[f"harmless_{p}"]) for p in ("extraction", "evaluation", "confirmation")}, **options)
+    url = f"sqlite:///{run_dir / 'study.db'}"
+    storage = open_storage(url)
+    create_or_resume(storage, "front", config)
+    run_worker(url, "front", device="cpu")
+
+    study = __import__("optuna").load_study(study_name="front", storage=storage)
+    rows = []
+    for t in study.trials:
+        if t.state.name != "COMPLETE":
+            continue
+        total = t.user_attrs.get("counts") and sum(t.user_attrs["counts"].values())
+        rows.append({"number": t.number, "refusals": round(t.values[0] * total) if t.user_attrs["feasible"] else None,
+                     "total": total, "kl": t.values[1], "params": t.params,
+                     "seconds": (t.datetime_complete - t.datetime_start).total_seconds(), "saved": None})
+    feasible = [r for r in rows if r["refusals"] is not None]
+    front = sorted((feasible[i] for i in pareto_front([(r["refusals"], r["kl"]) for r in feasible])), key=lambda r: (r["refusals"], r["kl"]))
+    directions = directions_from_bytes(ArtifactCache(storage.engine, "front", "bench").get(directions_key(config.space.methods)))
+    loaded = load_model(args.model, "bf16", "cpu")
+    baker = Baker(find_writers(loaded.model))
+    for row in front[: args.keep]:
+        candidate = candidate_from_params(row["params"], next(iter(directions.values())).shape[0])
+        with baker.baked_into(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving):
+            row["saved"] = str(export_checkpoint(loaded, run_dir / "candidates" / f"trial-{row['number']}"))
+    (run_dir / "raw.json").write_text(json.dumps({"trials": rows}, indent=1))
+
+
+def _write_run(run_dir: Path, tool: str, budget: int, seed: int, wall: float, trials: list[dict], extra: dict) -> None:
+    load = os.getloadavg()[0]
+    (run_dir / "trials.json").write_text(json.dumps({"tool": tool, "budget": budget, "seed": seed, "wall_seconds": wall,
+                                                     "load_at_end": load, "trials": trials, **extra}, indent=1))
+
+
+# --- the common evaluation ---------------------------------------------------------------------
+
+def evaluate_candidates(run_dir: Path, prompts: dict[str, Path], model: Path) -> None:
+    """Held-out refusals, over-refusal and KL of every saved candidate; the checkpoints are then removed."""
+    import torch
+
+    from ablation import load_model
+    from objectives.kl import kl_divergence, response_logprobs
+    from objectives.prompts import read_prompts
+    from objectives.refusal import ChatFormat, MarkerProxy
+
+    run = json.loads((run_dir / "trials.json").read_text())
+    chat, proxy = ChatFormat(), MarkerProxy(max_new_tokens=COMMON_TOKENS, batch_size=40, samples=0)
+    harmful, edgy = read_prompts(prompts["harmful_heldout"]), read_prompts(prompts["edgy_heldout"])
+    harmless = read_prompts(prompts["harmless_evaluation"])
+    base_file = WORK / "base_logprobs.pt"
+    if not base_file.exists():
+        base = load_model(str(model), "bf16", "cpu")
+        torch.save(response_logprobs(base.model, base.tokenizer, chat.apply(base, harmless), batch_size=BATCH), base_file)
+        figures = _common_figures(base, proxy, harmful, edgy)
+        (WORK / "base_common.json").write_text(json.dumps(figures))
+        del base
+    base_logprobs = torch.load(base_file)
+    results = {}
+    for row in run["trials"]:
+        if not row.get("saved"):
+            continue
+        edited = load_model(row["saved"], "bf16", "cpu")
+        kl = float(kl_divergence(base_logprobs, response_logprobs(edited.model, edited.tokenizer, chat.apply(edited, harmless),
+                                                                  batch_size=BATCH)).mean())
+        results[str(row["number"])] = {"kl": kl, **_common_figures(edited, proxy, harmful, edgy)}
+        del edited
+        shutil.rmtree(row["saved"], ignore_errors=True)
+    (run_dir / "evaluation.json").write_text(json.dumps(results, indent=1))
+
+
+def _common_figures(loaded, proxy, harmful, edgy) -> dict:
+    score, over = proxy.score(loaded, harmful), proxy.score(loaded, edgy)
+    return {"refusals": score.counts.get("refusal", 0), "degenerate": score.counts.get("degenerate", 0), "total": score.total,
+            "over_refusals": over.counts.get("refusal", 0), "over_total": over.total}
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+def hypervolume(points: list[tuple[float, float]], reference: tuple[float, float] = (1.0, 1.0)) -> float:
+    """Area dominated by ``points`` (both coordinates minimised) inside the box below ``reference``."""
+    staircase, best_y = [], reference[1]
+    for x, y in sorted((x, y) for x, y in points if x < reference[0] and y < reference[1]):
+        if y < best_y:  # a point on the front: lower KL than every point with fewer refusals
+            staircase.append((x, y))
+            best_y = y
+    area = 0.0
+    for i, (x, y) in enumerate(staircase):
+        right = staircase[i + 1][0] if i + 1 < len(staircase) else reference[0]
+        area += (right - x) * (reference[1] - y)
+    return area
+
+
+def front_points(run: dict) -> list[tuple[float, float]]:
+    """(refusal rate by the tool's own count, KL) of every finished trial the tool scored."""
+    return [(t["refusals"] / t["total"], t["kl"]) for t in run["trials"] if t["refusals"] is not None]
+
+
+def kl_at(points: list[tuple[int, float]], refusals: int) -> float | None:
+    """The least KL among points with at most ``refusals`` refusals, or None if none has so few."""
+    kls = [kl for r, kl in points if r <= refusals]
+    return min(kls) if kls else None
+
+
+def load_runs(work: Path) -> list[dict]:
+    runs = []
+    for path in sorted((work / "runs").glob("*/trials.json")):
+        run = json.loads(path.read_text())
+        evaluation = path.parent / "evaluation.json"
+        run["evaluation"] = json.loads(evaluation.read_text()) if evaluation.exists() else {}
+        run["name"] = path.parent.name
+        runs.append(run)
+    return runs
+
+
+def report(args) -> None:
+    import statistics
+
+    runs = load_runs(WORK)
+    base = json.loads((WORK / "base_common.json").read_text()) if (WORK / "base_common.json").exists() else None
+    lines = []
+    label = args.label
+    for budget in args.budgets:
+        pairs = []
+        for seed in args.seeds:
+            h = next((r for r in runs if r["name"] == f"heretic-b{budget}-s{seed}"), None)
+            o = next((r for r in runs if r["name"] == f"{label}-b{budget}-s{seed}"), None)
+            if h and o:
+                pairs.append((seed, h, o))
+        if not pairs:
+            continue
+        lines += [f"### {budget} trials ({label} vs Heretic 1.4.0)", "",
+                  "| seed | HV Heretic | HV ours | Heretic best (own count) | ours at that count | KL ratio | "
+                  "common: Heretic best | common: ours at that count | KL ratio | s/trial Heretic | s/trial ours |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        hv, ratios, common_ratios = {"h": [], "o": []}, [], []
+        for seed, h, o in pairs:
+            hv["h"].append(hypervolume(front_points(h)))
+            hv["o"].append(hypervolume(front_points(o)))
+            best = min(t["refusals"] for t in h["trials"])
+            h_kl = kl_at([(t["refusals"], t["kl"]) for t in h["trials"]], best)
+            o_kl = kl_at([(t["refusals"], t["kl"]) for t in o["trials"] if t["refusals"] is not None], best)
+            ratio = o_kl / h_kl if o_kl is not None and h_kl else None
+            ratios.append(ratio)
+            hc, oc = _common_points(h), _common_points(o)
+            if hc:
+                c_best = min(r for r, _ in hc)
+                c_h, c_o = kl_at(hc, c_best), kl_at(oc, c_best)
+                c_ratio = c_o / c_h if c_o is not None and c_h else None
+            else:
+                c_best = c_h = c_o = c_ratio = None
+            common_ratios.append(c_ratio)
+            lines.append(
+                f"| {seed} | {hv['h'][-1]:.4f} | {hv['o'][-1]:.4f} | {best}/{h['trials'][0]['total']} at {h_kl:.4f} | "
+                f"{_kl(o_kl)} | {_ratio(ratio)} | "
+                f"{'n/a' if c_best is None else f'{c_best}/40 at {c_h:.4f}'} | {_kl(c_o)} | {_ratio(c_ratio)} | "
+                f"{statistics.median(t['seconds'] for t in h['trials']):.1f} | {statistics.median(t['seconds'] for t in o['trials']):.1f} |")
+        lines += ["", f"Mean hypervolume: Heretic {statistics.mean(hv['h']):.4f}, ours {statistics.mean(hv['o']):.4f}; "
+                  f"ours higher in {sum(o > h for h, o in zip(hv['h'], hv['o']))} of {len(pairs)} seeds. "
+                  f"KL ratio at Heretic's best count (own counts): {', '.join(_ratio(r) for r in ratios)}; "
+                  f"common evaluation: {', '.join(_ratio(r) for r in common_ratios)}.", ""]
+        _plot(budget, pairs, label)
+    if base:
+        lines.append(f"Base model, common evaluation: {base['refusals']}/40 refusals, over-refusal {base['over_refusals']}/40.")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
+def _common_points(run: dict) -> list[tuple[int, float]]:
+    return [(e["refusals"] + e["degenerate"], e["kl"]) for e in run["evaluation"].values()]
+
+
+def _kl(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.4f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
+def _plot(budget: int, pairs: list, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.6), squeeze=False, sharey=True)
+    for axis, (seed, h, o) in zip(axes[0], pairs):
+        for run, colour, name in ((h, "tab:red", "Heretic 1.4.0"), (o, "tab:blue", "abliterate")):
+            points = front_points(run)
+            axis.scatter([p[0] for p in points], [p[1] for p in points], s=10, alpha=0.35, color=colour)
+            staircase, best = [], float("inf")
+            for x, y in sorted(points):
+                if y < best:
+                    staircase.append((x, y))
+                    best = y
+            if staircase:
+                axis.step([p[0] for p in staircase], [p[1] for p in staircase], where="post", color=colour,
+                          label=f"{name}: HV {hypervolume(points):.3f}")
+        axis.set_yscale("log")
+        axis.set_xlabel("refusal rate (own markers)")
+        axis.set_title(f"seed {seed}")
+        axis.legend(fontsize=7)
+    axes[0][0].set_ylabel("KL (first token, harmless)")
+    figure.suptitle(f"Pareto fronts after {budget} trials, Qwen2.5-Coder-0.5B-Instruct (bf16, CPU)")
+    figure.tight_layout()
+    figure.savefig(ROOT / "bench" / f"front_vs_heretic_b{budget}.png", dpi=110)
+    plt.close(figure)
+
+
+# --- the command line --------------------------------------------------------------------------
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run")
+    report_ = commands.add_parser("report")
+    for p in (run, report_):
+        p.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",")], default=[10, 30, 100])
+        p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
+        p.add_argument("--label", default="ours", help="name of our variant's runs")
+    run.add_argument("--tools", default="heretic,ours")
+    run.add_argument("--model", default=str(MODEL))
+    run.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON", "/tmp/heretic-venv/bin/python"))
+    run.add_argument("--keep", type=int, default=3, help="front candidates per run given the common evaluation")
+    run.add_argument("--space", default=None, help="JSON overrides of our SearchSpace (a variant)")
+    run.add_argument("--sampler", default=None)
+    run.add_argument("--code", default=str(ROOT), help="checkout whose search runs as ours (an earlier version, say)")
+    report_.add_argument("--markdown", default=None)
+    inner = commands.add_parser("_ours")
+    for name in ("--dir", "--model", "--space", "--sampler"):
+        inner.add_argument(name, default="")
+    for name in ("--budget", "--seed", "--keep"):
+        inner.add_argument(name, type=int)
+    args = parser.parse_args()
+
+    if args.command == "_ours":
+        _ours_in_process(args)
+    elif args.command == "report":
+        report(args)
+    else:
+        model = Path(args.model)
+        ensure_model(model)
+        prompts = prompt_files(WORK)
+        space = json.loads(args.space) if args.space else None
+        for budget in args.budgets:
+            for seed in args.seeds:
+                tools = args.tools.split(",")
+                for tool in tools if seed % 2 else tools[::-1]:  # alternate who runs first
+                    name = f"heretic-b{budget}-s{seed}" if tool == "heretic" else f"{args.label}-b{budget}-s{seed}"
+                    run_dir = WORK / "runs" / name
+                    if (run_dir / "evaluation.json").exists():
+                        continue
+                    print(f"{time.strftime('%H:%M:%S')} {name}: searching", flush=True)
+                    if not (run_dir / "trials.json").exists():
+                        if tool == "heretic":
+                            run_heretic(run_dir, budget, seed, prompts, model, args.heretic_python, args.keep)
+                        else:
+                            run_ours(run_dir, budget, seed, prompts, model, args.keep, space, args.sampler, Path(args.code))
+                    print(f"{time.strftime('%H:%M:%S')} {name}: common evaluation", flush=True)
+                    evaluate_candidates(run_dir, prompts, model)
+
+
+if __name__ == "__main__":
+    main()
