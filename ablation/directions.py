@@ -82,6 +82,18 @@ def mean_difference(
     return unit(difference)
 
 
+def separation(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
+    """Per layer, how far apart the class means are relative to the residual's size, shape [L]:
+    ``|mean(harmful) - mean(harmless)| / mean(|harmless|)``.
+
+    Linear separability saturates early (a probe tells harmful from harmless at almost every
+    layer), but this ratio peaks where the refusal feature is strongest compared with what else the
+    stream carries: the usual place to take a direction from.
+    """
+    harmful, harmless = _checked(harmful, harmless)
+    return _raw_mean_difference(harmful, harmless).norm(dim=-1) / harmless.norm(dim=-1).mean(dim=0).clamp_min(_DEGENERATE)
+
+
 def principal_components(harmful: torch.Tensor, harmless: torch.Tensor, k: int = 1) -> torch.Tensor:
     """The top-``k`` principal directions of paired differences per layer, shape [k, L, H].
 

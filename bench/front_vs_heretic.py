@@ -124,20 +124,20 @@ dataset = "{prompts['harmful_evaluation']}"
 
 
 def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, keep: int,
-             space: dict | None, sampler: str | None, code: Path = ROOT) -> None:
+             overrides: dict | None, sampler: str | None, code: Path = ROOT) -> None:
     """Our search through its real service path (a study in SQLite, one worker) in a subprocess,
     with the project's code from ``code`` (another checkout measures an earlier version)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)
     start = time.time()
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
-               "--model", str(model), "--keep", str(keep), "--space", json.dumps(space or {}), "--sampler", sampler or ""]
+               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or ""]
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
     raw = json.loads((run_dir / "raw.json").read_text())
     _write_run(run_dir, "ours", budget, seed, time.time() - start, raw["trials"],
-               {"space": space, "sampler": sampler, "code": _revision(code)})
+               {"config": overrides, "sampler": sampler, "code": _revision(code)})
 
 
 def _revision(code: Path) -> str:
@@ -161,8 +161,9 @@ def _ours_in_process(args) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     run_dir, prompts = Path(args.dir), prompt_files(WORK)
     assert Path(sys.modules["search"].__file__).resolve().is_relative_to(Path(os.environ.get("PYTHONPATH", ROOT)).resolve())
-    space = SearchSpace.from_dict({**SearchSpace().as_dict(), **json.loads(args.space)})
-    options = {"sampler": args.sampler} if args.sampler else {}
+    overrides = json.loads(args.config)  # StudyConfig fields; "space" holds SearchSpace fields
+    space = SearchSpace.from_dict({**SearchSpace().as_dict(), **overrides.pop("space", {})})
+    options = overrides | ({"sampler": args.sampler} if args.sampler else {})
     config = StudyConfig(
         model=args.model, dtype="bf16", n_trials=args.budget, seed=args.seed, space=space, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
         harmful={p: str(prompts[f"harmful_{p}"]) for p in ("extraction", "evaluation", "confirmation")},
@@ -391,13 +392,14 @@ def main() -> None:
     run.add_argument("--model", default=str(MODEL))
     run.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON", "/tmp/heretic-venv/bin/python"))
     run.add_argument("--keep", type=int, default=3, help="front candidates per run given the common evaluation")
-    run.add_argument("--space", default=None, help="JSON overrides of our SearchSpace (a variant)")
+    run.add_argument("--config", default=None, help='JSON overrides of our StudyConfig (a variant), e.g. {"space": {"peak": [0.5, 0.9]}}')
     run.add_argument("--sampler", default=None)
     run.add_argument("--code", default=str(ROOT), help="checkout whose search runs as ours (an earlier version, say)")
     report_.add_argument("--markdown", default=None)
     inner = commands.add_parser("_ours")
-    for name in ("--dir", "--model", "--space", "--sampler"):
+    for name in ("--dir", "--model", "--sampler"):
         inner.add_argument(name, default="")
+    inner.add_argument("--config", "--space", dest="config", default="{}")
     for name in ("--budget", "--seed", "--keep"):
         inner.add_argument(name, type=int)
     args = parser.parse_args()
@@ -410,7 +412,7 @@ def main() -> None:
         model = Path(args.model)
         ensure_model(model)
         prompts = prompt_files(WORK)
-        space = json.loads(args.space) if args.space else None
+        overrides = json.loads(args.config) if args.config else None
         for budget in args.budgets:
             for seed in args.seeds:
                 tools = args.tools.split(",")
@@ -424,7 +426,7 @@ def main() -> None:
                         if tool == "heretic":
                             run_heretic(run_dir, budget, seed, prompts, model, args.heretic_python, args.keep)
                         else:
-                            run_ours(run_dir, budget, seed, prompts, model, args.keep, space, args.sampler, Path(args.code))
+                            run_ours(run_dir, budget, seed, prompts, model, args.keep, overrides, args.sampler, Path(args.code))
                     print(f"{time.strftime('%H:%M:%S')} {name}: common evaluation", flush=True)
                     evaluate_candidates(run_dir, prompts, model)
 

@@ -105,15 +105,46 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
                      bool(params["norm_preserving"]))
 
 
+# The starting points' kernels, (peak, peak weight, floor fraction, falloff), in the order they
+# are used: a broad edit at weight 1 (the classic one, every layer), a focused stronger one around
+# the peak range's lower end, a broad weaker one (the low-KL end of a front).
+_BROAD, _FOCUSED, _WEAK = (0.6, 1.0, 1.0, 0.6), (0.6, 1.3, 0.25, 0.35), (0.6, 0.8, 0.5, 0.6)
+_STARTS = (("global", 0.0, _BROAD), ("per-layer", 0.0, _BROAD), ("global", 0.0, _FOCUSED), ("global", 0.0, _WEAK),
+           ("per-layer", 0.0, _FOCUSED), ("global", -0.15, _BROAD))
+
+
+def starting_points(space: SearchSpace, strongest: float, count: int) -> list[dict]:
+    """The first ``count`` trials (at most six): designed, not random.
+
+    A search of a few dozen trials is mostly spent finding where to take the direction and how
+    hard to remove it. These points take it where the refusal feature is strongest (``strongest``,
+    a fraction of depth, e.g. the peak of :func:`ablation.directions.separation`) and remove it
+    broadly at weight one, per layer, focused and stronger, broadly and weaker; every value is held
+    inside ``space``. Fixed choices of ``space`` are kept as they are.
+    """
+    return [_point(space, scope, strongest + shift, kernel) for scope, shift, kernel in _STARTS[:count]]
+
+
 def classic_seed(space: SearchSpace) -> dict:
-    """The classic edit as a seed trial: mean difference from ~60% depth, weight 1 everywhere."""
-    seed = {
-        "method": "mean" if "mean" in space.methods else space.methods[0],
-        "scope": "global" if "global" in space.scopes else space.scopes[0],
-        "direction_index": 0.6, "first_layer": space.first_layer[0], "last_layer": space.last_layer[1],
-        "norm_preserving": False if False in space.norm_preserving else space.norm_preserving[0],
-    }
+    """The classic edit: mean difference from ~60% depth, weight 1 everywhere."""
+    return _point(space, "global", 0.6, _BROAD, method="mean", norm_preserving=False)
+
+
+def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple[float, float, float, float],
+           method: str | None = None, norm_preserving: bool | None = None) -> dict:
+    def pick(choices, wanted):
+        return wanted if wanted in choices else choices[0]
+
+    def clip(bounds, value):
+        return min(max(value, bounds[0]), bounds[1])
+
+    peak, weight, floor, falloff = kernel
+    point = {"method": pick(space.methods, method or space.methods[0]), "scope": pick(space.scopes, scope),
+             "direction_index": clip(space.direction_index, direction_index),
+             "first_layer": space.first_layer[0], "last_layer": space.last_layer[1],
+             "norm_preserving": pick(space.norm_preserving, True if norm_preserving is None else norm_preserving)}
     for group in GROUPS:
-        seed |= {f"{group}_shape": "tent", f"{group}_peak": space.peak[0], f"{group}_peak_weight": 1.0,
-                 f"{group}_floor_fraction": 1.0, f"{group}_falloff": space.falloff[1]}
-    return seed
+        point |= {f"{group}_shape": pick(space.shapes, "tent"), f"{group}_peak": clip(space.peak, peak),
+                  f"{group}_peak_weight": clip(space.peak_weight, weight),
+                  f"{group}_floor_fraction": clip(space.floor_fraction, floor), f"{group}_falloff": clip(space.falloff, falloff)}
+    return point

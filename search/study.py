@@ -47,6 +47,7 @@ class StudyConfig:
     enable_thinking: bool | None = None
     sampler: str = "tpe"
     seed: int | None = None
+    starting_points: int = 4  # designed first trials (search.space.starting_points), before the sampler's own
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -86,8 +87,9 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         if config.sampler == "tpe":
-            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed,
-                                              n_startup_trials=min(20, max(4, config.n_trials // 5)))
+            # The designed starting points take the place of as many random start-up trials.
+            startup = max(config.starting_points, min(20, config.n_trials // 5))
+            return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=config.seed, n_startup_trials=startup)
         if config.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=config.seed)
         if config.sampler == "gp":

@@ -16,7 +16,7 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ablation import Baker, find_writers
-from ablation.directions import by_method, interpolate
+from ablation.directions import by_method, interpolate, separation
 from ablation.loading import LoadedModel
 from ablation.residuals import capture_last_token
 from objectives.kl import KLScorer
@@ -26,12 +26,26 @@ from search.space import Candidate
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
 
 
+def capture_extraction(loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], chat: ChatFormat = ChatFormat(),
+                       batch_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residuals [N, L, H] of the harmful and of the harmless extraction prompts."""
+    harmful_residuals, harmless_residuals = (
+        capture_last_token(loaded.model, loaded.tokenizer, chat.apply(loaded, prompts), batch_size, progress=name)
+        for name, prompts in (("harmful residuals", harmful), ("harmless residuals", harmless)))
+    return harmful_residuals, harmless_residuals
+
+
 def compute_directions(loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], methods: Sequence[str],
                        chat: ChatFormat = ChatFormat(), batch_size: int = 16) -> dict[str, torch.Tensor]:
     """Per-layer directions [L, H] for every method, from one residual capture."""
-    residuals = [capture_last_token(loaded.model, loaded.tokenizer, chat.apply(loaded, prompts), batch_size, progress=name)
-                 for name, prompts in (("harmful residuals", harmful), ("harmless residuals", harmless))]
+    residuals = capture_extraction(loaded, harmful, harmless, chat, batch_size)
     return {method: by_method(method, *residuals)[0] for method in methods}
+
+
+def strongest_layer(harmful_residuals: torch.Tensor, harmless_residuals: torch.Tensor) -> float:
+    """Where the refusal feature is strongest, as a fraction of depth (see ablation.directions.separation)."""
+    ratio = separation(harmful_residuals, harmless_residuals)
+    return int(ratio.argmax()) / max(len(ratio) - 1, 1)
 
 
 def directions_key(methods) -> str:

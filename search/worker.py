@@ -13,18 +13,20 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from ablation.directions import by_method
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
 from search.front import dominating_point
-from search.space import candidate_from_params, suggest
+from search.space import candidate_from_params, starting_points, suggest
 from search.study import load, stop_requested
 from search.trial import (
     TrialOutcome,
     TrialRunner,
-    compute_directions,
+    capture_extraction,
     directions_from_bytes,
     directions_key,
     directions_to_bytes,
+    strongest_layer,
 )
 from storage.cache import ArtifactCache
 from storage.rdb import open_storage
@@ -61,8 +63,12 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     def compute() -> bytes:
         nonlocal computed_here
         computed_here = True
-        return directions_to_bytes(compute_directions(loaded, prompts["harmful", "extraction"], prompts["harmless", "extraction"],
-                                                      methods, chat, config.batch_size))
+        residuals = capture_extraction(loaded, prompts["harmful", "extraction"], prompts["harmless", "extraction"], chat, config.batch_size)
+        # Once per study, with the directions: the designed first trials (a retried computation
+        # enqueues nothing twice).
+        for point in starting_points(config.space, strongest_layer(*residuals), config.starting_points):
+            study.enqueue_trial(point, user_attrs={"starting_point": True}, skip_if_exists=True)
+        return directions_to_bytes({method: by_method(method, *residuals)[0] for method in methods})
 
     payload = cache.get_or_compute(directions_key(methods), compute)
     log(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")

@@ -206,3 +206,5 @@ def test_trials_that_cannot_reach_the_front_are_pruned_exactly(tmp_path):
         assert by.values[1] <= attrs["kl"] and by.values[0] <= attrs["refusal_at_least"]
         assert by.number < trial.number
     assert all(t.state == TrialState.COMPLETE for t in feasible_front(study))
+    # the designed starting points ran first, once each
+    assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * 4 + [False] * 20

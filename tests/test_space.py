@@ -40,8 +40,8 @@ def test_candidate_from_params_exact():
     candidate = candidate_from_params(params, num_layers=11)
     assert candidate.direction_index == 5.0 and candidate.profile.first_layer == 1 and candidate.profile.last_layer == 10
     mlp = candidate.profile.kernels["mlp"]
-    assert (mlp.peak, mlp.peak_weight, mlp.floor_weight, mlp.falloff) == (5.0, 1.0, 1.0, 2.5)
-    assert [candidate.profile.weight("mlp", layer) for layer in range(11)] == [0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0]
+    assert (mlp.peak, mlp.peak_weight, mlp.floor_weight, mlp.falloff) == (6.0, 1.0, 1.0, 2.5)
+    assert [candidate.profile.weight("mlp", layer) for layer in range(11)] == [0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 0]
 
 
 def test_classic_seed_is_weight_one_over_the_upper_layers():
@@ -65,3 +65,21 @@ def test_dominating_point_is_the_least_refusal_at_no_more_kl():
     assert dominating_point(points, 0.04) == 3  # 0.2 at KL 0.02 beats 0.5 at 0.01
     assert dominating_point(points, 0.05) == 3  # ties on refusal go to the lower KL
     assert dominating_point(points, 1.0) == 2
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_starting_points_lie_in_the_space_and_differ(preset):
+    from search.space import starting_points
+
+    space = PRESETS[preset]
+    points = starting_points(space, strongest=0.95, count=6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for point in points:
+        study.enqueue_trial(point)
+        trial = study.ask()
+        assert suggest(trial, space) == point  # every value is one the space can sample
+        study.tell(trial, 0.0)
+    assert len({tuple(sorted(p.items())) for p in points}) == 6
+    assert points[0]["scope"] == "global" and points[0]["direction_index"] == 0.9  # held inside the range
+    assert points[1]["scope"] == "per-layer"
+    assert starting_points(space, 0.7, 3)[0]["direction_index"] == pytest.approx(0.7)
