@@ -113,6 +113,9 @@ _STARTS = (("global", 0.0, _BROAD), ("per-layer", 0.0, _BROAD), ("global", 0.0, 
            ("per-layer", 0.0, _FOCUSED), ("global", -0.15, _BROAD))
 
 
+MAX_STARTING_POINTS = len(_STARTS)
+
+
 def starting_points(space: SearchSpace, strongest: float, count: int) -> list[dict]:
     """The first ``count`` trials (at most six): designed, not random.
 

@@ -16,7 +16,7 @@ from optuna.exceptions import ExperimentalWarning
 
 from ablation.errors import AblationError
 from objectives.prompts import check_disjoint, load_prompts
-from search.space import SearchSpace
+from search.space import MAX_STARTING_POINTS, SearchSpace
 from storage.errors import StorageError
 
 CONFIG_ATTR = "abliterate"
@@ -53,6 +53,8 @@ class StudyConfig:
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
             if set(specs) != set(PURPOSES):
                 raise AblationError(f"{side} prompts need exactly the sets {', '.join(PURPOSES)}, got {', '.join(specs) or 'none'}")
+        if not 0 <= self.starting_points <= MAX_STARTING_POINTS:
+            raise AblationError(f"starting points must be 0 to {MAX_STARTING_POINTS}, got {self.starting_points} (--starting-points)")
         if self.sampler not in SAMPLERS:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
 

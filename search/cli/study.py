@@ -34,6 +34,9 @@ def register(commands) -> None:
     search.add_argument("--proxy", choices=PROXIES, default="markers", help="refusal measure")
     search.add_argument("--max-new-tokens", type=positive, default=48, help="answer length of the refusal pass")
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
+    search.add_argument("--space", default="default", choices=("default", "wide"),
+                        help="search space preset: default (ten parameters) or wide (fifteen: methods, layer range, kernel shapes, norm-preserving)")
+    search.add_argument("--starting-points", type=int, default=4, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
     heartbeat_options(search)
@@ -83,6 +86,7 @@ def register(commands) -> None:
 
 def _search(args) -> int:
     from ablation.errors import AblationError
+    from search.space import PRESETS
     from search.study import StudyConfig
 
     try:
@@ -92,7 +96,8 @@ def _search(args) -> int:
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
     config = StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
                                kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, sampler=args.sampler, seed=args.seed,
+                               batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
+                               starting_points=args.starting_points,
                                enable_thinking=False if args.no_thinking else None)
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
     return run_study(args.storage, args.study, config, devices, heartbeat_args(args))
