@@ -95,7 +95,8 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         if config.sampler == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=config.seed)
         if config.sampler == "gp":
-            return optuna.samplers.GPSampler(seed=config.seed)
+            startup = max(config.starting_points, min(10, config.n_trials // 5))
+            return optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup)
         return optuna.samplers.RandomSampler(seed=config.seed)
 
 
