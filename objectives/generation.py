@@ -17,14 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import cache_utils
 from transformers.cache_utils import (
     BaseQuantizedLayer,
     Cache,
-    DummyLayer,
     DynamicLayer,
     DynamicSlidingWindowLayer,
     LinearAttentionLayer,
 )
+
+# Caches hold placeholder layers only from transformers 5.23 on; before, no layer is one.
+DummyLayer = getattr(cache_utils, "DummyLayer", type("DummyLayer", (), {}))
 
 
 @dataclass(frozen=True)
