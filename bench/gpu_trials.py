@@ -2,8 +2,8 @@
 
 Directions are computed once; at each batch size the real :class:`~search.trial.TrialRunner` is
 built (base log-probs) and runs the same candidates: the classic full-depth edit, then random
-points of the default space. The KL cap is out of reach so that every trial runs its refusal
-pass. Seconds are split by timing the runner's own bake, KL, refusal and restore calls, waiting
+points of the default space. The KL cap is out of reach and no trial is pruned, so that every
+trial runs its whole refusal pass. Seconds are split by timing the runner's own bake, KL, refusal and restore calls, waiting
 for the device before and after each, so work queued on a GPU is counted where it was asked for.
 """
 
@@ -14,14 +14,13 @@ import math
 import statistics
 import time
 
-METHODS = ("mean", "mean-projected")
-
 
 def trial_loop(bench, deadline: float) -> dict:
     """Directions once, then at each batch size the base log-probs and N timed trials."""
     import torch
 
     from objectives.refusal import MarkerProxy
+    from search.space import SearchSpace
     from search.trial import TrialRunner, compute_directions
 
     plan, loaded = bench.plan, bench.loaded
@@ -29,8 +28,8 @@ def trial_loop(bench, deadline: float) -> dict:
     evaluation = slice(plan.extraction, plan.extraction + plan.evaluation)
     out: dict = {"new_tokens": plan.new_tokens, "batch_sizes": {}}
     start = time.perf_counter()
-    directions = compute_directions(loaded, harmful[:plan.extraction], harmless[:plan.extraction], METHODS, bench.chat,
-                                    plan.batch_sizes[0])
+    directions = compute_directions(loaded, harmful[:plan.extraction], harmless[:plan.extraction], SearchSpace().methods,
+                                    bench.chat, plan.batch_sizes[0])
     bench.sync()
     out["directions_s"] = round(time.perf_counter() - start, 2)
     candidates = sample_candidates(plan.trials, next(iter(directions.values())).shape[0])
