@@ -194,6 +194,7 @@ def setup(args, plan: Plan, workdir: Path, result: dict) -> Bench:
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it runs: a 4B model built on the CPU would take minutes
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    model.to(device)  # a no-op unless some buffer was made elsewhere
     loaded = LoadedModel(model, tokenizer, str(CONFIGS / plan.config))
     chat = ChatFormat(enable_thinking=False)
     prompts = _prompts(args.bundle, plan)

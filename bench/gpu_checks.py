@@ -40,7 +40,7 @@ def run_checks(bench, deadline: float) -> dict:
         if model is not loaded.model:
             row["bake_restore"] = bake_restore_exact(model)
         out["generation"].append(row)
-    del models
+    del models, model
     if bench.device.startswith("cuda"):
         torch.cuda.empty_cache()
     return out
