@@ -27,8 +27,8 @@ def _env():
 
 def test_tiny_run_measures_every_part(tmp_path):
     out = tmp_path / "gpu.json"
-    # A budget no loaded CI machine exhausts: this test checks what is measured, not how fast.
-    run = subprocess.run([sys.executable, "bench/gpu.py", "--tiny", "--device", "cpu", "--budget", "1200", "--out", str(out)],
+    # A budget no machine exhausts: this test checks what is measured, never how fast.
+    run = subprocess.run([sys.executable, "bench/gpu.py", "--tiny", "--device", "cpu", "--budget", "100000", "--out", str(out)],
                          cwd=REPO, env=_env(), capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
