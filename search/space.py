@@ -28,11 +28,11 @@ class SearchSpace:
 
     methods: tuple[str, ...] = ("mean-projected",)
     scopes: tuple[str, ...] = SCOPES
-    direction_index: tuple[float, float] = (0.4, 0.9)
+    direction_index: tuple[float, float] = (0.4, 1.0)
     first_layer: tuple[float, float] = (0.0, 0.0)
     last_layer: tuple[float, float] = (1.0, 1.0)
     shapes: tuple[str, ...] = ("tent",)
-    peak: tuple[float, float] = (0.6, 1.0)
+    peak: tuple[float, float] = (0.4, 1.0)
     peak_weight: tuple[float, float] = (0.8, 1.5)
     floor_fraction: tuple[float, float] = (0.0, 1.0)
     falloff: tuple[float, float] = (0.05, 0.6)
@@ -50,8 +50,8 @@ PRESETS = {
     "default": SearchSpace(),
     # Every option the engine has: both mean-difference methods, truncated layer ranges, both
     # kernel shapes, norm-preserving on or off (fifteen free parameters).
-    "wide": SearchSpace(methods=("mean", "mean-projected"), first_layer=(0.0, 0.4), last_layer=(0.7, 1.0), shapes=SHAPES,
-                        peak=(0.5, 0.9), falloff=(0.1, 0.6), norm_preserving=(False, True)),
+    "wide": SearchSpace(methods=("mean", "mean-projected"), direction_index=(0.4, 0.9), first_layer=(0.0, 0.4),
+                        last_layer=(0.7, 1.0), shapes=SHAPES, peak=(0.5, 0.9), falloff=(0.1, 0.6), norm_preserving=(False, True)),
 }
 
 
@@ -105,12 +105,14 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
                      bool(params["norm_preserving"]))
 
 
-# The starting points' kernels, (peak, peak weight, floor fraction, falloff), in the order they
-# are used: a broad edit at weight 1 (the classic one, every layer), a focused stronger one around
-# the peak range's lower end, a broad weaker one (the low-KL end of a front).
-_BROAD, _FOCUSED, _WEAK = (0.6, 1.0, 1.0, 0.6), (0.6, 1.3, 0.25, 0.35), (0.6, 0.8, 0.5, 0.6)
-_STARTS = (("global", 0.0, _BROAD), ("per-layer", 0.0, _BROAD), ("global", 0.0, _FOCUSED), ("global", 0.0, _WEAK),
-           ("per-layer", 0.0, _FOCUSED), ("global", -0.15, _BROAD))
+# The starting points' kernels, (peak, peak weight, floor fraction, falloff). Removing a direction
+# from every layer at weight one (the classic edit) removes refusals but costs the most KL; the
+# fronts measured so far are made of edits focused on the middle of the stack (bench/RESULTS.md).
+_FOCUSED, _WEAKER, _LATER = (0.6, 1.3, 0.4, 0.4), (0.6, 1.0, 0.2, 0.3), (0.75, 1.3, 0.4, 0.4)
+_EVERYWHERE = (0.6, 1.0, 1.0, 0.6)
+# (scope, shift of the direction from the strongest layer, kernel) in the order they are used.
+_STARTS = (("global", 0.0, _FOCUSED), ("per-layer", 0.0, _FOCUSED), ("global", 0.0, _WEAKER), ("global", 0.1, _FOCUSED),
+           ("global", 0.0, _LATER), ("global", 0.0, _EVERYWHERE))
 
 
 MAX_STARTING_POINTS = len(_STARTS)
@@ -122,15 +124,16 @@ def starting_points(space: SearchSpace, strongest: float, count: int) -> list[di
     A search of a few dozen trials is mostly spent finding where to take the direction and how
     hard to remove it. These points take it where the refusal feature is strongest (``strongest``,
     a fraction of depth, e.g. the peak of :func:`ablation.directions.separation`) and remove it
-    broadly at weight one, per layer, focused and stronger, broadly and weaker; every value is held
-    inside ``space``. Fixed choices of ``space`` are kept as they are.
+    from the middle of the stack: a tent at 60 % depth, then the same per layer, weaker, with the
+    direction taken deeper, peaking later, and last the classic edit (every layer at weight one).
+    Every value is held inside ``space``; fixed choices of ``space`` are kept as they are.
     """
     return [_point(space, scope, strongest + shift, kernel) for scope, shift, kernel in _STARTS[:count]]
 
 
 def classic_seed(space: SearchSpace) -> dict:
     """The classic edit: mean difference from ~60% depth, weight 1 everywhere."""
-    return _point(space, "global", 0.6, _BROAD, method="mean", norm_preserving=False)
+    return _point(space, "global", 0.6, _EVERYWHERE, method="mean", norm_preserving=False)
 
 
 def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple[float, float, float, float],

@@ -80,6 +80,8 @@ def test_starting_points_lie_in_the_space_and_differ(preset):
         assert suggest(trial, space) == point  # every value is one the space can sample
         study.tell(trial, 0.0)
     assert len({tuple(sorted(p.items())) for p in points}) == 6
-    assert points[0]["scope"] == "global" and points[0]["direction_index"] == 0.9  # held inside the range
+    top = space.direction_index[1]
+    assert points[0]["scope"] == "global" and points[0]["direction_index"] == min(0.95, top)  # held inside the range
+    assert points[3]["direction_index"] == top  # taken deeper, and still inside
     assert points[1]["scope"] == "per-layer"
     assert starting_points(space, 0.7, 3)[0]["direction_index"] == pytest.approx(0.7)
