@@ -72,7 +72,7 @@ def test_starting_points_lie_in_the_space_and_differ(preset):
     from search.space import starting_points
 
     space = PRESETS[preset]
-    points = starting_points(space, strongest=0.95, count=6)
+    points = starting_points(space, strongest=0.7, count=6)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for point in points:
         study.enqueue_trial(point)
@@ -80,8 +80,9 @@ def test_starting_points_lie_in_the_space_and_differ(preset):
         assert suggest(trial, space) == point  # every value is one the space can sample
         study.tell(trial, 0.0)
     assert len({tuple(sorted(p.items())) for p in points}) == 6
+    deep = starting_points(space, strongest=0.95, count=6)
     top = space.direction_index[1]
-    assert points[0]["scope"] == "global" and points[0]["direction_index"] == min(0.95, top)  # held inside the range
-    assert points[3]["direction_index"] == top  # taken deeper, and still inside
+    assert deep[0]["scope"] == "global" and deep[0]["direction_index"] == min(0.95, top)  # held inside the range
+    assert deep[3]["direction_index"] == top  # taken deeper, and still inside
     assert points[1]["scope"] == "per-layer"
     assert starting_points(space, 0.7, 3)[0]["direction_index"] == pytest.approx(0.7)
