@@ -74,6 +74,10 @@ def prompt_files(work: Path) -> dict[str, Path]:
     return paths
 
 
+def prompts_of(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
 def ensure_model(model: Path) -> None:
     if (model / "config.json").exists():
         return
@@ -174,13 +178,14 @@ def _ours_in_process(args) -> None:
     run_worker(url, "front", device="cpu")
 
     study = __import__("optuna").load_study(study_name="front", storage=storage)
-    rows = []
+    rows, total = [], len(prompts_of(prompts["harmful_evaluation"]))
     for t in study.trials:
-        if t.state.name != "COMPLETE":
+        if t.state.name not in ("COMPLETE", "PRUNED"):
             continue
-        total = t.user_attrs.get("counts") and sum(t.user_attrs["counts"].values())
-        rows.append({"number": t.number, "refusals": round(t.values[0] * total) if t.user_attrs["feasible"] else None,
-                     "total": total, "kl": t.values[1], "params": t.params,
+        scored = t.state.name == "COMPLETE" and t.user_attrs["feasible"]
+        # a pruned trial is dominated: it has no front point, but its time counts
+        rows.append({"number": t.number, "refusals": round(t.values[0] * total) if scored else None, "total": total,
+                     "kl": t.user_attrs["kl"], "params": t.params, "pruned": t.state.name == "PRUNED",
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds(), "saved": None})
     feasible = [r for r in rows if r["refusals"] is not None]
     front = sorted((feasible[i] for i in pareto_front([(r["refusals"], r["kl"]) for r in feasible])), key=lambda r: (r["refusals"], r["kl"]))
