@@ -162,7 +162,8 @@ def _ours_in_process(args) -> None:
     from storage.cache import ArtifactCache
     from storage.rdb import open_storage
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    # OMP_NUM_THREADS, when set, gives each tool its own cores for a side-by-side run
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     run_dir, prompts = Path(args.dir), prompt_files(WORK)
     assert Path(sys.modules["search"].__file__).resolve().is_relative_to(Path(os.environ.get("PYTHONPATH", ROOT)).resolve())
     overrides = json.loads(args.config)  # StudyConfig fields; "space" holds SearchSpace fields
