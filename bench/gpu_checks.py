@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 import torch
@@ -67,14 +68,17 @@ def generation_agreement(model, tokenizer, texts: list[str], max_new_tokens: int
 
     Rows must leave and join mid-answer, and random weights never end an answer, so answers
     are stopped the way a refusal verdict stops them: ``decided`` ends a row once its text reaches
-    half the median length of the lone answers, which rows reach after different numbers of tokens.
+    about half the median length of the lone answers. A random model often answers every prompt
+    with one repeated character, so rows would reach one fixed length in step and never let a
+    waiting prompt join alone: the length each row needs also depends on its first character.
     """
     ends = _end_tokens(model, tokenizer)
     alone = [_alone(model, tokenizer, text, max_new_tokens, ends) for text in texts]
     length = max(1, int(statistics.median(len(tokenizer.decode(ids, skip_special_tokens=True)) for ids, _ in alone)) // 2)
+    spread = max(2, length // 2)
 
     def decided(text: str) -> bool:
-        return len(text) >= length
+        return bool(text) and len(text) >= length + zlib.crc32(text[0].encode()) % spread
 
     expected = [_stopped(tokenizer, ids, decided) for ids, _ in alone]
     calls = []
