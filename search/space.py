@@ -107,12 +107,13 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
 
 # The starting points' kernels, (peak, peak weight, floor fraction, falloff). Removing a direction
 # from every layer at weight one (the classic edit) removes refusals but costs the most KL; the
-# fronts measured so far are made of edits focused on the middle of the stack (bench/RESULTS.md).
-_FOCUSED, _WEAKER, _LATER = (0.6, 1.3, 0.4, 0.4), (0.6, 1.0, 0.2, 0.3), (0.75, 1.3, 0.4, 0.4)
+# fronts measured so far are made of edits focused on the middle of the stack, with directions read
+# after the separation peak, and per-layer directions cost several times the KL (bench/RESULTS.md).
+_STRONG, _WEAKER, _MILD, _MEDIUM = (0.6, 1.3, 0.4, 0.4), (0.6, 1.0, 0.2, 0.3), (0.6, 0.8, 0.1, 0.25), (0.6, 1.15, 0.3, 0.35)
 _EVERYWHERE = (0.6, 1.0, 1.0, 0.6)
 # (scope, shift of the direction from the strongest layer, kernel) in the order they are used.
-_STARTS = (("global", 0.0, _FOCUSED), ("per-layer", 0.0, _FOCUSED), ("global", 0.0, _WEAKER), ("global", 0.1, _FOCUSED),
-           ("global", 0.0, _LATER), ("global", 0.0, _EVERYWHERE))
+_STARTS = (("global", 0.1, _STRONG), ("global", 0.1, _WEAKER), ("global", 0.2, _STRONG), ("global", 0.1, _MILD),
+           ("global", 0.1, _MEDIUM), ("global", 0.0, _STRONG))
 
 
 MAX_STARTING_POINTS = len(_STARTS)
@@ -122,10 +123,12 @@ def starting_points(space: SearchSpace, strongest: float, count: int) -> list[di
     """The first ``count`` trials (at most six): designed, not random.
 
     A search of a few dozen trials is mostly spent finding where to take the direction and how
-    hard to remove it. These points take it where the refusal feature is strongest (``strongest``,
-    a fraction of depth, e.g. the peak of :func:`ablation.directions.separation`) and remove it
-    from the middle of the stack: a tent at 60 % depth, then the same per layer, weaker, with the
-    direction taken deeper, peaking later, and last the classic edit (every layer at weight one).
+    hard to remove it. These points take the direction a tenth of the depth after the layer where
+    the refusal feature separates best (``strongest``, a fraction of depth, e.g. the peak of
+    :func:`ablation.directions.separation`) and remove it from the middle of the stack (a tent at
+    60 % depth) at a ladder of doses: strong, weaker, from a fifth deeper, mild, medium, and last
+    strong at the separation peak itself. The doses lay out a front from few refusals to little
+    KL before the sampler starts, so that even a short search has one to refine.
     Every value is held inside ``space``; fixed choices of ``space`` are kept as they are.
     """
     return [_point(space, scope, strongest + shift, kernel) for scope, shift, kernel in _STARTS[:count]]

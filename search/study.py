@@ -47,7 +47,7 @@ class StudyConfig:
     enable_thinking: bool | None = None
     sampler: str = "tpe"
     seed: int | None = None
-    starting_points: int = 4  # designed first trials (search.space.starting_points), before the sampler's own
+    starting_points: int = 5  # designed first trials (search.space.starting_points), before the sampler's own
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):

@@ -188,7 +188,8 @@ def test_trials_that_cannot_reach_the_front_are_pruned_exactly(tmp_path):
     import torch
 
     url = f"sqlite:///{tmp_path / 'prune.db'}"
-    create_or_resume(open_storage(url), "s", demo_config(24))
+    config = demo_config(24)
+    create_or_resume(open_storage(url), "s", config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is as fast, and far faster on a shared CPU
     try:
@@ -207,4 +208,4 @@ def test_trials_that_cannot_reach_the_front_are_pruned_exactly(tmp_path):
         assert by.number < trial.number
     assert all(t.state == TrialState.COMPLETE for t in feasible_front(study))
     # the designed starting points ran first, once each
-    assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * 4 + [False] * 20
+    assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * config.starting_points + [False] * (24 - config.starting_points)

@@ -80,9 +80,11 @@ def test_starting_points_lie_in_the_space_and_differ(preset):
         assert suggest(trial, space) == point  # every value is one the space can sample
         study.tell(trial, 0.0)
     assert len({tuple(sorted(p.items())) for p in points}) == 6
-    deep = starting_points(space, strongest=0.95, count=6)
     top = space.direction_index[1]
-    assert deep[0]["scope"] == "global" and deep[0]["direction_index"] == min(0.95, top)  # held inside the range
-    assert deep[3]["direction_index"] == top  # taken deeper, and still inside
-    assert points[1]["scope"] == "per-layer"
-    assert starting_points(space, 0.7, 3)[0]["direction_index"] == pytest.approx(0.7)
+    assert [p["direction_index"] for p in points] == pytest.approx([min(d, top) for d in (0.8, 0.8, 0.9, 0.8, 0.8, 0.7)])
+    weights = [p["attn_peak_weight"] for p in points]
+    assert weights[3] < weights[1] < weights[4] < weights[0] == weights[2]  # a ladder of doses
+    deep = starting_points(space, strongest=0.95, count=6)
+    assert deep[0]["scope"] == "global" and deep[0]["direction_index"] == top  # held inside the range
+    assert deep[5]["direction_index"] == pytest.approx(min(0.95, top))
+    assert len(starting_points(space, 0.7, 3)) == 3

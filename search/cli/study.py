@@ -36,7 +36,7 @@ def register(commands) -> None:
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     search.add_argument("--space", default="default", choices=("default", "wide"),
                         help="search space preset: default (ten parameters) or wide (fifteen: methods, layer range, kernel shapes, norm-preserving)")
-    search.add_argument("--starting-points", type=int, default=4, help="designed first trials (0 to 6) before the sampler's own")
+    search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
     heartbeat_options(search)
