@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -118,13 +119,14 @@ dataset = "{prompts['harmless_evaluation']}"
 dataset = "{prompts['harmful_evaluation']}"
 """)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    start = time.time()
+    start, cpu = time.time(), _children_cpu()
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run([python, str(ROOT / "bench" / "heretic_front.py"), "--model", str(model), "--save", str(keep),
                         "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")],
                        cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     raw = json.loads((run_dir / "raw.json").read_text())
-    _write_run(run_dir, "heretic", budget, seed, time.time() - start, raw["trials"], {"base_refusals": raw["base_refusals"]})
+    _write_run(run_dir, "heretic", budget, seed, time.time() - start, raw["trials"],
+               {"base_refusals": raw["base_refusals"], "cpu_seconds": _children_cpu() - cpu})
 
 
 def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, keep: int,
@@ -133,7 +135,7 @@ def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], mo
     with the project's code from ``code`` (another checkout measures an earlier version)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)
-    start = time.time()
+    start, cpu = time.time(), _children_cpu()
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
                "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or ""]
     with open(run_dir / "log.txt", "w") as log:
@@ -141,7 +143,13 @@ def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], mo
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
     raw = json.loads((run_dir / "raw.json").read_text())
     _write_run(run_dir, "ours", budget, seed, time.time() - start, raw["trials"],
-               {"config": overrides, "sampler": sampler, "code": _revision(code)})
+               {"config": overrides, "sampler": sampler, "code": _revision(code), "cpu_seconds": _children_cpu() - cpu})
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished child processes: comparable between runs on a loaded machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _revision(code: Path) -> str:
