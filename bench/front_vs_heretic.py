@@ -312,8 +312,9 @@ def report(args) -> None:
             continue
         lines += [f"### {budget} trials ({label} vs Heretic 1.4.0)", "",
                   "| seed | HV Heretic | HV ours | Heretic best (own count) | ours at that count | KL ratio | "
-                  "common: Heretic best | common: ours at that count | KL ratio | s/trial Heretic | s/trial ours |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "common: Heretic best | common: ours at that count | KL ratio | s/trial Heretic | s/trial ours | "
+                  "CPU s/trial Heretic | CPU s/trial ours |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         hv, ratios, common_ratios = {"h": [], "o": []}, [], []
         for seed, h, o in pairs:
             hv["h"].append(hypervolume(front_points(h)))
@@ -335,7 +336,8 @@ def report(args) -> None:
                 f"| {seed} | {hv['h'][-1]:.4f} | {hv['o'][-1]:.4f} | {best}/{h['trials'][0]['total']} at {h_kl:.4f} | "
                 f"{_kl(o_kl)} | {_ratio(ratio)} | "
                 f"{'n/a' if c_best is None else f'{c_best}/40 at {c_h:.4f}'} | {_kl(c_o)} | {_ratio(c_ratio)} | "
-                f"{statistics.median(t['seconds'] for t in h['trials']):.1f} | {statistics.median(t['seconds'] for t in o['trials']):.1f} |")
+                f"{statistics.median(t['seconds'] for t in h['trials']):.1f} | {statistics.median(t['seconds'] for t in o['trials']):.1f} | "
+                f"{_cpu_per_trial(h)} | {_cpu_per_trial(o)} |")
         lines += ["", f"Mean hypervolume: Heretic {statistics.mean(hv['h']):.4f}, ours {statistics.mean(hv['o']):.4f}; "
                   f"ours higher in {sum(o > h for h, o in zip(hv['h'], hv['o']))} of {len(pairs)} seeds. "
                   f"KL ratio at Heretic's best count (own counts): {', '.join(_ratio(r) for r in ratios)}; "
@@ -351,6 +353,11 @@ def report(args) -> None:
 
 def _common_points(run: dict) -> list[tuple[int, float]]:
     return [(e["refusals"] + e["degenerate"], e["kl"]) for e in run["evaluation"].values()]
+
+
+def _cpu_per_trial(run: dict) -> str:
+    """The whole search's CPU seconds (model load and directions included) over its trials."""
+    return f"{run['cpu_seconds'] / len(run['trials']):.1f}" if run.get("cpu_seconds") else "n/a"
 
 
 def _kl(value: float | None) -> str:
