@@ -178,3 +178,15 @@ def test_cli_choices_are_the_library_names():
 
     assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES
     assert common.RULES == gate.RULES and common.TESTS == gate.TESTS
+
+
+def test_search_needs_only_a_model(no_registry_packages):
+    from objectives.prompts import DEFAULT_HARMFUL, DEFAULT_HARMLESS
+    from search.cli import parser
+    from search.cli.study import search_config
+
+    config = search_config(parser().parse_args(["search", "--model", "some/model"]))
+    assert config.harmful["evaluation"] == f"{DEFAULT_HARMFUL}[64:164]" and config.harmless["evaluation"] == f"{DEFAULT_HARMLESS}[64:164]"
+    sizes = {key: len(prompts) for key, prompts in config.prompts().items()}  # loads and checks them disjoint
+    assert sizes == {(side, purpose): n for side in ("harmful", "harmless")
+                     for purpose, n in (("extraction", 64), ("evaluation", 100), ("confirmation", 100))}

@@ -27,8 +27,10 @@ def register(commands) -> None:
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
     search.add_argument("--workers", type=int, default=1, help="local worker processes")
     search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
-    search.add_argument("--harmful", required=True, help="prompt source spec, cut into extraction/evaluation/confirmation")
-    search.add_argument("--harmless", required=True, help="prompt source spec, cut the same way")
+    # Literal names, not imported from objectives.prompts: --help must not read the prompt module.
+    search.add_argument("--harmful", default="advbench",
+                        help="prompt source spec (a file, a shipped preset, pkg: or hf:), cut into extraction/evaluation/confirmation")
+    search.add_argument("--harmless", default="benign", help="prompt source spec, cut the same way")
     search.add_argument("--split", default="64,100,100", help="prompts for extraction,evaluation,confirmation")
     search.add_argument("--kl-cap", type=float, default=1.0, help="trials with a larger KL are infeasible (their refusal pass is skipped)")
     search.add_argument("--proxy", choices=PROXIES, default="markers", help="refusal measure")
@@ -85,6 +87,12 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
+    devices = args.devices.split(",") if args.devices else [args.device] * args.workers
+    return run_study(args.storage, args.study, search_config(args), devices, heartbeat_args(args))
+
+
+def search_config(args):
+    """The ``StudyConfig`` that ``abliterate search``'s arguments describe."""
     from ablation.errors import AblationError
     from search.space import PRESETS
     from search.study import StudyConfig
@@ -94,13 +102,11 @@ def _search(args) -> int:
         assert len(sizes) == 3 and min(sizes) > 0
     except (ValueError, AssertionError):
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
-    config = StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
-                               kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
-                               starting_points=args.starting_points,
-                               enable_thinking=False if args.no_thinking else None)
-    devices = args.devices.split(",") if args.devices else [args.device] * args.workers
-    return run_study(args.storage, args.study, config, devices, heartbeat_args(args))
+    return StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
+                             kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
+                             starting_points=args.starting_points,
+                             enable_thinking=False if args.no_thinking else None)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
