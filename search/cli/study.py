@@ -264,7 +264,7 @@ def _dashboard(args) -> int:
 def _demo(args) -> int:
     from objectives.sweep.local import LocalRunner
     from search.cli.promotion import print_report
-    from search.demo import DEMO_CHECKPOINTS, DEMO_STORAGE, DEMO_STUDY, demo_config
+    from search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
     from search.promoter import Promoter, PromotionSettings, report
     from storage.rdb import open_storage
     from storage.urls import normalize_url
@@ -276,7 +276,7 @@ def _demo(args) -> int:
     out = console()
     out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
     promoter = Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"),
-                        PromotionSettings(attempts=5, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
+                        PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
     promoter.run_once()
     print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
     out.print(f"per-task tables: abliterate report --storage {storage} --study {DEMO_STUDY}")
