@@ -109,8 +109,12 @@ def search_config(args):
                              enable_thinking=False if args.no_thinking else None)
 
 
-def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
-    """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials."""
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
+    """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials.
+
+    Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
+    prints it once, after its promotions)."""
+    import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     from search.launcher import supervise
@@ -119,6 +123,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     from storage.rdb import open_storage
     from storage.urls import normalize_url
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line repeats ours
     config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
@@ -152,7 +157,8 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
               if finished(study) < config.n_trials else 0)
     print_front(study, out)
-    out.print(f"browse it: abliterate dashboard --storage {storage_url}")
+    if closing:
+        out.print(f"browse it: abliterate dashboard --storage {storage_url}")
     return status
 
 
@@ -211,17 +217,23 @@ def _front(args) -> int:
 
 
 def print_front(study, out) -> None:
-    from rich.table import Table
-
     from search.front import feasible_front
 
-    table = Table(title=f"feasible Pareto front of {study.study_name!r}")
-    for column in ("trial", "refusal", "KL", "refusal rate", "degenerate", "method", "scope"):
-        table.add_column(column)
-    for t in feasible_front(study):
-        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.4f}", f"{t.user_attrs.get('refusal_rate', 0):.2f}",
-                      f"{t.user_attrs.get('degenerate_rate', 0):.2f}", t.params.get("method", ""), t.params.get("scope", ""))
-    out.print(table)
+    out.print(front_table(study.study_name, feasible_front(study)))
+
+
+def front_table(study_name: str, trials):
+    """The front as a table that fits 80 columns: one row per trial, fewest refusals first."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"feasible Pareto front of {study_name!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for column in ("trial", "refusal", "KL", "refused", "degenerate", "method", "scope"):
+        table.add_column(column, no_wrap=True, justify="left" if column in ("method", "scope") else "right")
+    for t in sorted(trials, key=lambda t: (t.values[0], t.values[1])):
+        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", f"{t.user_attrs.get('refusal_rate', 0):.0%}",
+                      f"{t.user_attrs.get('degenerate_rate', 0):.0%}", t.params.get("method", ""), t.params.get("scope", ""))
+    return table
 
 
 def _export(args) -> int:
@@ -270,8 +282,10 @@ def _demo(args) -> int:
     from storage.urls import normalize_url
 
     storage = args.storage or DEMO_STORAGE
-    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args))
+    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args),
+                       closing=False)
     if status != 0 or args.no_promote:
+        console().print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
         return status
     out = console()
     out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
