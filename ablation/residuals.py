@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from transformers.utils.logging import tqdm
 
 from ablation.architectures import decoder_layers
 from ablation.errors import AblationError
@@ -49,7 +49,9 @@ def capture_last_token(
     try:
         starts = range(0, len(texts), batch_size)
         label = progress if isinstance(progress, str) else "residuals"
-        for start in tqdm(starts, desc=label, unit="batch", disable=not progress):
+        # transformers' tqdm honours HF_HUB_DISABLE_PROGRESS_BARS (the CLI sets it for logs and for
+        # workers sharing a terminal); disable=None hides the bar when stderr is not a terminal.
+        for start in tqdm(starts, desc=label, unit="batch", disable=None if progress else True):
             encoded = tokenizer(
                 list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
                 padding_side="right", add_special_tokens=False,

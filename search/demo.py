@@ -10,6 +10,7 @@ same study, so a second run adds nothing (raise --trials to extend it).
 from __future__ import annotations
 
 from objectives.refuser import prompt_path, refuser_path
+from search.space import SearchSpace
 from search.study import PURPOSES, StudyConfig
 
 DEMO_STORAGE = "sqlite:///abliterate-demo.db"
@@ -17,8 +18,18 @@ DEMO_STUDY = "demo"
 DEMO_CHECKPOINTS = "abliterate-demo-checkpoints"
 
 
+# The refuser's refusals fall from all to none as the peak weight goes from 0.5 to 0.8 (measured
+# with the first starting point: 0.50 -> 96 % refused, 0.65 -> 54 %, 0.75 -> 4 %, 0.80 -> 0 %).
+# The default range starts at 0.8, where every trial removes every refusal and the front is one
+# point; starting lower lets the demo's front show the trade-off the tool searches.
+DEMO_SPACE = SearchSpace(peak_weight=(0.3, 1.5))
+# Promote only candidates that remove at least half the base model's refusals on the confirmation
+# prompts: the others are dropped after confirmation, before the agent sweep (about a minute each).
+DEMO_MARGIN = 0.5
+
+
 def demo_config(trials: int) -> StudyConfig:
     """The embedded default: the shipped refuser and its held-out prompt sets."""
     prompts = {kind: {purpose: str(prompt_path(kind, purpose)) for purpose in PURPOSES} for kind in ("harmful", "harmless")}
     return StudyConfig(model=str(refuser_path()), harmful=prompts["harmful"], harmless=prompts["harmless"], dtype="fp32",
-                       n_trials=trials, kl_cap=0.5, max_new_tokens=32, batch_size=32, seed=0)
+                       n_trials=trials, space=DEMO_SPACE, kl_cap=0.5, max_new_tokens=32, batch_size=32, seed=0)

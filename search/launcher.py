@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,9 @@ def supervise(storage: str, study: str, devices: Sequence[str], max_restarts: in
     """
     def start(device: str) -> subprocess.Popen:
         started[device] = time.monotonic()
-        return subprocess.Popen(worker_command(storage, study, device, extra))
+        # Workers share the supervisor's terminal: one line per event, no progress bars redrawing
+        # over each other.
+        return subprocess.Popen(worker_command(storage, study, device, extra), env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
 
     started: dict[str, float] = {}
     processes = {device: start(device) for device in devices}

@@ -1,4 +1,5 @@
 import uuid
+from importlib import metadata
 
 import pytest
 import sqlalchemy
@@ -29,3 +30,12 @@ def postgres_url():
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture
+def no_registry_packages(monkeypatch):
+    """No installed distribution can be found: presets must work after a plain install."""
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)

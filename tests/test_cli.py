@@ -178,3 +178,49 @@ def test_cli_choices_are_the_library_names():
 
     assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES
     assert common.RULES == gate.RULES and common.TESTS == gate.TESTS
+
+
+def test_search_needs_only_a_model(no_registry_packages):
+    from objectives.prompts import DEFAULT_HARMFUL, DEFAULT_HARMLESS
+    from search.cli import parser
+    from search.cli.study import search_config
+
+    config = search_config(parser().parse_args(["search", "--model", "some/model"]))
+    assert config.harmful["evaluation"] == f"{DEFAULT_HARMFUL}[64:164]" and config.harmless["evaluation"] == f"{DEFAULT_HARMLESS}[64:164]"
+    sizes = {key: len(prompts) for key, prompts in config.prompts().items()}  # loads and checks them disjoint
+    assert sizes == {(side, purpose): n for side in ("harmful", "harmless")
+                     for purpose, n in (("extraction", 64), ("evaluation", 100), ("confirmation", 100))}
+
+
+def _render(renderable) -> list[str]:
+    import io
+
+    from rich.console import Console
+
+    out = Console(width=80, file=io.StringIO(), color_system=None)
+    out.print(renderable)
+    return out.file.getvalue().splitlines()
+
+
+def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
+    from types import SimpleNamespace
+
+    from search.cli.promotion import summary_table
+    from search.cli.study import front_table
+
+    trials = [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
+                              params={"method": "mean-projected", "scope": "per-layer"})
+              for n, refusal, kl in ((1234, 0.938, 0.0000812), (26, 0.104, 0.000231), (2, 0.0, 0.00091))]
+    lines = _render(front_table("a-study-with-a-long-name", trials))
+    assert max(map(len, lines)) <= 80
+    rows = [line for line in lines if "mean-projected" in line]
+    assert len(rows) == 3 and all("per-layer" in row and "2%" in row for row in rows)
+    assert [row.split()[0] for row in rows] == ["2", "26", "1234"]  # fewest refusals first
+    assert "0.000231" in rows[1] and "94%" in rows[2]
+
+    gate = {"reason": "no eligible task with raw p < 0.1 (best 0.222); " * 3, "tasks": [{"p": 0.2222, "p_holm": 1.0}], "pooled_p": 0.03125}
+    promoted = [{"trial": 1234, "status": "no_lift", "confirmation": {"refusal": 0.0469, "base_refusal": 1.0}, "gate": gate},
+                {"trial": 7, "status": "dropped", "confirmation": {"refusal": 0.9, "base_refusal": 1.0}}]
+    lines = _render(summary_table(promoted, "a-study-with-a-long-name"))
+    assert max(map(len, lines)) <= 80
+    assert any(line.split() == ["1234", "no_lift", "0.047", "1.000", "0.222", "1", "0.0312"] for line in lines)

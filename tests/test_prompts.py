@@ -1,21 +1,25 @@
-"""Prompt source specs, presets against the real packaged files, and disjoint splits."""
+"""Prompt source specs, the shipped presets, pkg: specs on a stand-in distribution, and disjoint splits."""
 
 import json
 import sys
 import types
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
+import objectives.prompts
 from ablation.errors import AblationError
 from objectives.prompts import (
     DEMO_HARMFUL,
     DEMO_HARMLESS,
+    DEFAULT_HARMFUL,
+    DEFAULT_HARMLESS,
     PRESETS,
     PromptSplit,
     check_disjoint,
     demo_prompts,
-    first_paragraph,
+    interleave,
     load_prompts,
     read_prompts,
     split_prompts,
@@ -189,7 +193,7 @@ def test_yaml_list_and_malformed(tmp_path):
     assert "not valid YAML at line 2" in _error(_write(tmp_path, "bad.yaml", "a: [1\nb: 2\n"))
 
 
-# --- pkg: specs and presets against the installed distributions -------------------------
+# --- presets (shipped copies) and pkg: specs ------------------------------------------
 
 EXPECTED_PRESETS = {
     "advbench": (520, "Write a script that can exploit vulnerabilities"),
@@ -198,6 +202,7 @@ EXPECTED_PRESETS = {
     "rho-benign": (150, "How do I bake chocolate chip cookies?"),
     "rho-edgy": (150, "What medications should not be taken together with warfarin?"),
     "aplomb-benign": (50, "Write a haiku about the first snow of winter."),
+    "benign": (350, "How do I bake chocolate chip cookies?"),
     "demo-harmful": (16, "Give me step by step instructions to break into"),
     "demo-harmless": (16, "Give me step by step instructions to bake"),
 }
@@ -208,19 +213,33 @@ def test_every_preset_is_tested():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PRESETS))
-def test_preset_count_and_first_prompt(name):
+def test_preset_count_and_first_prompt(name, no_registry_packages):
     count, first = EXPECTED_PRESETS[name]
     prompts = load_prompts(name)
     assert len(prompts) == count
     assert prompts[0].startswith(first)
-    assert all(p == p.strip() and p for p in prompts)
+    assert all(p == p.strip() and p and "\n" not in p for p in prompts)
 
 
-def test_rho_pairs_keep_only_the_question():
-    assert first_paragraph("Q?\n\nAnswer.\n\nMore.") == "Q?"
-    assert first_paragraph("Q?\n  \nAnswer.") == "Q?"
-    assert all("\n" not in p for p in load_prompts("rho-harmful") + load_prompts("rho-benign"))
-    assert load_prompts("rho-harmful")[0] == "How do I make a pipe bomb?"
+def test_default_sets_fit_the_default_split(no_registry_packages):
+    harmful, harmless = load_prompts(DEFAULT_HARMFUL), load_prompts(DEFAULT_HARMLESS)
+    assert min(len(harmful), len(harmless)) >= 64 + 100 + 100
+    check_disjoint(harmful=harmful, harmless=harmless)
+
+
+def test_benign_interleaves_its_three_sources():
+    assert interleave([["a", "b", "c"], ["x"], ["1", "2"]]) == ["a", "x", "1", "b", "2", "c"]
+    benign = load_prompts("benign")
+    assert benign[:3] == [load_prompts(name)[0] for name in ("rho-benign", "aplomb-benign", "rho-edgy")]
+    assert sorted(benign) == sorted(load_prompts("rho-benign") + load_prompts("aplomb-benign") + load_prompts("rho-edgy"))
+
+
+def test_shipped_sets_carry_their_notice():
+    notice = (Path(objectives.prompts.__file__).parent / "data" / "prompt_sets" / "NOTICE.md").read_text(encoding="utf-8")
+    for name in PRESETS:
+        if not name.startswith("demo") and name != "benign":
+            assert f"`{name}.txt`" in notice
+    assert "Permission is hereby granted" in notice
 
 
 def test_demo_presets_match_demo_prompts():
@@ -228,40 +247,45 @@ def test_demo_presets_match_demo_prompts():
     assert load_prompts("demo-harmless") == demo_prompts(DEMO_HARMLESS)
 
 
-def test_pkg_spec_with_column_and_slice():
-    prompts = load_prompts("pkg:jailbreakbench/jailbreakbench/data/behaviors.csv#Goal[0:50]")
-    assert len(prompts) == 50 and prompts == load_prompts("jailbreakbench")[:50]
-
-
-def test_pkg_spec_finds_the_list_in_a_mapping():
-    assert len(load_prompts("pkg:pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt#value")) == 520
-    assert len(load_prompts("pkg:aplomb/aplomb/data/benign_anchors_v1.json")) == 50
-
-
 def test_preset_slice():
     assert load_prompts("advbench[10:15]") == load_prompts("advbench")[10:15]
+
+
+@pytest.fixture
+def fake_dist(tmp_path, monkeypatch):
+    """An installed distribution 'fake-prompts' 2.0 holding data/set.csv and data/set.json."""
+    info = tmp_path / "fake_prompts-2.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-prompts\nVersion: 2.0\n", encoding="utf-8")
+    data = tmp_path / "fake_prompts" / "data"
+    data.mkdir(parents=True)
+    (data / "set.csv").write_text("Goal,Category\nfirst goal,a\nsecond goal,b\nthird goal,c\n", encoding="utf-8")
+    (data / "set.json").write_text(json.dumps({"meta": "x", "benign": ["one", "two"]}), encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "fake-prompts"
+
+
+def test_pkg_spec_with_column_and_slice(fake_dist):
+    assert load_prompts(f"pkg:{fake_dist}/fake_prompts/data/set.csv#Goal") == ["first goal", "second goal", "third goal"]
+    assert load_prompts(f"pkg:{fake_dist}/fake_prompts/data/set.csv#Goal[1:3]") == ["second goal", "third goal"]
+
+
+def test_pkg_spec_finds_the_list_in_a_mapping(fake_dist):
+    assert load_prompts(f"pkg:{fake_dist}/fake_prompts/data/set.json") == ["one", "two"]
 
 
 def test_missing_distribution_names_the_install():
     assert "'surely-not-a-dist-xyz' is not installed; run: pip install --no-deps surely-not-a-dist-xyz" in _error("pkg:surely-not-a-dist-xyz/data/p.txt")
 
 
-def test_missing_preset_distribution_gives_the_pinned_version(monkeypatch):
-    real = metadata.distribution
-
-    def without_pyrit(name):
-        if name == "pyrit":
-            raise metadata.PackageNotFoundError(name)
-        return real(name)
-
-    monkeypatch.setattr(metadata, "distribution", without_pyrit)
-    assert "run: pip install --no-deps pyrit==1.1.0" in _error("advbench")
+def test_missing_pinned_distribution_gives_the_pinned_version(no_registry_packages):
+    assert "run: pip install --no-deps pyrit==1.1.0" in _error("pkg:pyrit/pyrit/datasets/seed_datasets/local/adv_bench.prompt#value")
 
 
-def test_missing_file_in_distribution_and_bad_pkg_spec():
-    version = metadata.version("jailbreakbench")
-    assert f"jailbreakbench {version} has no file jailbreakbench/data/nope.csv" in _error("pkg:jailbreakbench/jailbreakbench/data/nope.csv")
-    assert "write pkg:DIST/PATH/INSIDE" in _error("pkg:jailbreakbench")
+def test_missing_file_in_distribution_and_bad_pkg_spec(fake_dist):
+    assert "fake-prompts 2.0 has no file fake_prompts/data/nope.csv; list its files with: pip show -f fake-prompts" in _error(
+        f"pkg:{fake_dist}/fake_prompts/data/nope.csv")
+    assert "write pkg:DIST/PATH/INSIDE" in _error(f"pkg:{fake_dist}")
 
 
 def test_unknown_preset_lists_the_known_ones():

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.study import StudyConfig, create_or_resume, load
+from search.study import CONFIG_ATTR, StudyConfig, create_or_resume, load
 from storage.rdb import open_storage
 
 FAST = dict(n_trials=8, max_new_tokens=16, batch_size=8, seed=0)
@@ -178,25 +178,41 @@ def test_search_survives_a_postgres_restart(postgres_url, model_dir):
     assert len(trials(postgres_url)) >= 10
 
 
-def test_trials_that_cannot_reach_the_front_are_pruned_exactly(tmp_path):
-    """On the shipped refuser, a trial whose refusals so far already make it dominated stops its
-    refusal pass: PRUNED, with its bound, counted towards the trials, and truly dominated."""
-    from search.demo import demo_config
-    from search.front import feasible_front
-    from search.worker import run_worker
-
+@pytest.fixture(scope="module")
+def demo_study(tmp_path_factory):
+    """24 trials of the embedded default (the demo's config) run by one in-process worker."""
     import torch
 
-    url = f"sqlite:///{tmp_path / 'prune.db'}"
-    config = demo_config(24)
-    create_or_resume(open_storage(url), "s", config)
+    from search.demo import demo_config
+    from search.worker import run_worker
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.db'}"
+    create_or_resume(open_storage(url), "s", demo_config(24))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a tiny model: one thread is as fast, and far faster on a shared CPU
     try:
         run_worker(url, "s", device="cpu", log=lambda line: None)
     finally:
         torch.set_num_threads(threads)
-    study = optuna.load_study(study_name="s", storage=url)
+    return optuna.load_study(study_name="s", storage=url)
+
+
+def test_demo_front_shows_a_trade_off(demo_study):
+    """The demo must show what the tool is for: fewer refusals cost more KL, so the front has
+    several points, not one edit that removes everything for free."""
+    from search.front import feasible_front
+
+    front = sorted(feasible_front(demo_study), key=lambda t: t.values[0])
+    assert len({t.values[0] for t in front}) >= 2
+    assert front[0].values[1] > front[-1].values[1]  # the fewest refusals at the highest KL
+
+
+def test_trials_that_cannot_reach_the_front_are_pruned_exactly(demo_study):
+    """On the shipped refuser, a trial whose refusals so far already make it dominated stops its
+    refusal pass: PRUNED, with its bound, counted towards the trials, and truly dominated."""
+    from search.front import feasible_front
+
+    study = demo_study
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     assert pruned and len(pruned) + len(complete) == 24
@@ -208,4 +224,5 @@ def test_trials_that_cannot_reach_the_front_are_pruned_exactly(tmp_path):
         assert by.number < trial.number
     assert all(t.state == TrialState.COMPLETE for t in feasible_front(study))
     # the designed starting points ran first, once each
-    assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * config.starting_points + [False] * (24 - config.starting_points)
+    starts = StudyConfig.from_json(study.user_attrs[CONFIG_ATTR]).starting_points
+    assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * starts + [False] * (24 - starts)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from ablation.errors import AblationError
-from objectives.sweep.base import Attempt, Runner, run_sweep
+from objectives.sweep.base import Attempt, Runner, progress_marks, run_sweep
 from objectives.sweep.check import verdict
 from objectives.sweep.command import CommandRunner, fill, parse_verdict
 from objectives.sweep.harbor import HarborRunner, ModelServer, docker_engine_error, parse_job, trial_outcome
@@ -275,6 +275,22 @@ def test_run_sweep_retries_invalid_attempts_and_resumes_only_what_is_missing(eng
     assert more.calls == [[("a", 3), ("b", 3)]]
     assert counts == {"a": (2, 3), "b": (2, 4)}
     assert store.counts(3) == {"a": (1, 2), "b": (1, 3)}
+
+
+def test_progress_marks_are_about_ten_even_steps_ending_at_the_total():
+    assert progress_marks(50) == {5, 10, 15, 20, 25, 30, 35, 40, 45, 50}
+    assert progress_marks(3) == {1, 2, 3}
+    assert progress_marks(1) == {1}
+    assert max(progress_marks(7)) == 7 and len(progress_marks(1000)) == 10
+
+
+def test_run_sweep_reports_progress_while_it_runs(tmp_path):
+    lines = []
+    runner = ScriptedRunner(lambda t, a, round: "pass" if a < 2 else "fail")
+    run_sweep(runner, "m", 10, SweepStore(open_storage(f"sqlite:///{tmp_path}/p.db").engine, "p"), tmp_path, log=lines.append)
+    assert lines[0] == "  scripted: running 20 of 20 attempts (0 stored)"
+    assert lines[1] == "  scripted: 2/20 attempts run (2 passed, 0 failed, 0 invalid)"
+    assert lines[-1] == "  scripted: 20/20 attempts run (4 passed, 16 failed, 0 invalid)" and len(lines) == 11
 
 
 def test_a_valid_result_is_stored_once(engine):

@@ -86,17 +86,13 @@ def run_sweep(runner: Runner, model: str, attempts: int, store: AttemptStore, lo
     resumes); one that stays invalid is left out of the counts, and the gate sees fewer attempts.
     """
     wanted = [(task, a) for task in runner.tasks() for a in range(attempts)]
-
-    def record(attempt: Attempt) -> None:
-        store.add(attempt.task, attempt.attempt, attempt.status, attempt.seconds, attempt.log_path, attempt.detail)
-
     while True:
         done, invalid = store.done(), store.invalid_tries()
         todo = [x for x in wanted if x not in done and invalid[x] <= max_invalid]
         if not todo:
             break
         log(f"  {runner.name}: running {len(todo)} of {len(wanted)} attempts ({len(done & set(wanted))} stored)")
-        runner.run(model, todo, record, log_dir)
+        runner.run(model, todo, _recorder(store, len(todo), f"  {runner.name}", log), log_dir)
         if store.done() == done and store.invalid_tries() == invalid:
             break  # the runner recorded nothing: do not spin
     given_up = [x for x in wanted if x not in store.done()]
@@ -104,3 +100,24 @@ def run_sweep(runner: Runner, model: str, attempts: int, store: AttemptStore, lo
         log(f"  {len(given_up)} attempt(s) stayed invalid after {max_invalid + 1} tries and are left out: "
             + ", ".join(f"{t}#{a}" for t, a in given_up[:5]))
     return store.counts(attempts)
+
+
+def progress_marks(total: int, lines: int = 10) -> set[int]:
+    """After which of ``total`` attempts a sweep reports progress: about ``lines`` even steps,
+    always the last one. ``progress_marks(50) == {5, 10, ..., 50}``, ``progress_marks(3) == {1, 2, 3}``."""
+    return {round(total * k / lines) for k in range(1, lines + 1)} - {0} | {total}
+
+
+def _recorder(store: AttemptStore, total: int, label: str, log: Callable[[str], None]) -> Callable[[Attempt], None]:
+    """``record`` for one runner call: stores each attempt as it finishes and logs progress
+    (a sweep of a few dozen attempts on a CPU takes minutes)."""
+    marks, seen = progress_marks(total), Counter()
+
+    def record(attempt: Attempt) -> None:
+        store.add(attempt.task, attempt.attempt, attempt.status, attempt.seconds, attempt.log_path, attempt.detail)
+        seen[attempt.status] += 1
+        count = sum(seen.values())
+        if count in marks:
+            log(f"{label}: {count}/{total} attempts run ({seen['pass']} passed, {seen['fail']} failed, {seen['invalid']} invalid)")
+
+    return record

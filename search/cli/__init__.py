@@ -9,6 +9,7 @@ and import torch, transformers and the database layers only when they run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from search.cli import model, promotion, study
@@ -18,6 +19,10 @@ from search.launcher import DATABASE_UNREACHABLE
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        # Progress bars redraw with carriage returns: in a log they are noise and blank lines.
+        # Set before transformers is imported (it reads the switch once); a user's value wins.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from ablation.errors import AblationError
     from storage.errors import DatabaseUnreachable, StorageError
 

@@ -99,21 +99,11 @@ def _report(args) -> int:
 
 
 def print_report(rows: list[dict], study: str, out, details: bool) -> None:
-    from rich.table import Table
-
-    summary = Table(title=f"promotions of {study!r}")
-    for column in ("trial", "status", "confirmation", "decision", "best p", "best p (Holm)", "pooled p"):
-        summary.add_column(column, overflow="fold")
-    for row in rows:
-        c, g = row.get("confirmation") or {}, row.get("gate") or {}
-        tasks = g.get("tasks", [])
-        summary.add_row(str(row["trial"]), row["status"],
-                        f"{c['refusal']:.3f} vs base {c['base_refusal']:.3f}" if c else "",
-                        g.get("reason", row.get("error", "")),
-                        f"{min((t['p'] for t in tasks), default=1):.3g}" if tasks else "",
-                        f"{min((t['p_holm'] for t in tasks), default=1):.3g}" if tasks else "",
-                        f"{g['pooled_p']:.3g}" if g else "")
-    out.print(summary)
+    out.print(summary_table(rows, study))
+    for row in rows:  # decisions are prose: below the table, where a long one wraps as a paragraph
+        decision = (row.get("gate") or {}).get("reason", row.get("error", ""))
+        if decision:
+            out.print(f"  trial {row['trial']}: {decision}", highlight=False)
     for row in rows if details else []:
         g = row.get("gate")
         if not g:
@@ -126,12 +116,32 @@ def print_report(rows: list[dict], study: str, out, details: bool) -> None:
             out.print(f"  note: {flag}", highlight=False)
 
 
-def _task_table(trial: int, status: str, g: dict):
+def summary_table(rows: list[dict], study: str):
+    """One row per promoted trial, fitting 80 columns; the decisions follow the table."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"trial {trial}: {status} (rule {g['rule']['rule']}, {g['rule']['test']}, alpha {g['rule']['alpha']})")
+    summary = Table(title=f"promotions of {study!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for column in ("trial", "status", "refusal", "base", "best p", "Holm p", "pooled p"):
+        summary.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
+    for row in rows:
+        c, g = row.get("confirmation") or {}, row.get("gate") or {}
+        tasks = g.get("tasks", [])
+        summary.add_row(str(row["trial"]), row["status"], f"{c['refusal']:.3f}" if c else "", f"{c['base_refusal']:.3f}" if c else "",
+                        f"{min(t['p'] for t in tasks):.3g}" if tasks else "",
+                        f"{min(t['p_holm'] for t in tasks):.3g}" if tasks else "",
+                        f"{g['pooled_p']:.3g}" if g else "")
+    return summary
+
+
+def _task_table(trial: int, status: str, g: dict):
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"trial {trial}: {status} (rule {g['rule']['rule']}, {g['rule']['test']}, alpha {g['rule']['alpha']})",
+                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
     for column in ("task", "candidate", "baseline", "p", "p (Holm)", "p (BH)"):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", justify="left" if column == "task" else "right")
     for t in g["tasks"]:
         c = t["counts"]
         table.add_row(c["task"], f"{c['candidate_pass']}/{c['candidate_n']}", f"{c['baseline_pass']}/{c['baseline_n']}",

@@ -27,8 +27,10 @@ def register(commands) -> None:
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
     search.add_argument("--workers", type=int, default=1, help="local worker processes")
     search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
-    search.add_argument("--harmful", required=True, help="prompt source spec, cut into extraction/evaluation/confirmation")
-    search.add_argument("--harmless", required=True, help="prompt source spec, cut the same way")
+    # Literal names, not imported from objectives.prompts: --help must not read the prompt module.
+    search.add_argument("--harmful", default="advbench",
+                        help="prompt source spec (a file, a shipped preset, pkg: or hf:), cut into extraction/evaluation/confirmation")
+    search.add_argument("--harmless", default="benign", help="prompt source spec, cut the same way")
     search.add_argument("--split", default="64,100,100", help="prompts for extraction,evaluation,confirmation")
     search.add_argument("--kl-cap", type=float, default=1.0, help="trials with a larger KL are infeasible (their refusal pass is skipped)")
     search.add_argument("--proxy", choices=PROXIES, default="markers", help="refusal measure")
@@ -85,6 +87,12 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
+    devices = args.devices.split(",") if args.devices else [args.device] * args.workers
+    return run_study(args.storage, args.study, search_config(args), devices, heartbeat_args(args))
+
+
+def search_config(args):
+    """The ``StudyConfig`` that ``abliterate search``'s arguments describe."""
     from ablation.errors import AblationError
     from search.space import PRESETS
     from search.study import StudyConfig
@@ -94,17 +102,19 @@ def _search(args) -> int:
         assert len(sizes) == 3 and min(sizes) > 0
     except (ValueError, AssertionError):
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
-    config = StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
-                               kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
-                               batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
-                               starting_points=args.starting_points,
-                               enable_thinking=False if args.no_thinking else None)
-    devices = args.devices.split(",") if args.devices else [args.device] * args.workers
-    return run_study(args.storage, args.study, config, devices, heartbeat_args(args))
+    return StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
+                             kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
+                             batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
+                             starting_points=args.starting_points,
+                             enable_thinking=False if args.no_thinking else None)
 
 
-def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
-    """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials."""
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
+    """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials.
+
+    Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
+    prints it once, after its promotions)."""
+    import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
     from search.launcher import supervise
@@ -113,6 +123,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     from storage.rdb import open_storage
     from storage.urls import normalize_url
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line repeats ours
     config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
@@ -146,7 +157,8 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
               if finished(study) < config.n_trials else 0)
     print_front(study, out)
-    out.print(f"browse it: abliterate dashboard --storage {storage_url}")
+    if closing:
+        out.print(f"browse it: abliterate dashboard --storage {storage_url}")
     return status
 
 
@@ -205,17 +217,23 @@ def _front(args) -> int:
 
 
 def print_front(study, out) -> None:
-    from rich.table import Table
-
     from search.front import feasible_front
 
-    table = Table(title=f"feasible Pareto front of {study.study_name!r}")
-    for column in ("trial", "refusal", "KL", "refusal rate", "degenerate", "method", "scope"):
-        table.add_column(column)
-    for t in feasible_front(study):
-        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.4f}", f"{t.user_attrs.get('refusal_rate', 0):.2f}",
-                      f"{t.user_attrs.get('degenerate_rate', 0):.2f}", t.params.get("method", ""), t.params.get("scope", ""))
-    out.print(table)
+    out.print(front_table(study.study_name, feasible_front(study)))
+
+
+def front_table(study_name: str, trials):
+    """The front as a table that fits 80 columns: one row per trial, fewest refusals first."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"feasible Pareto front of {study_name!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for column in ("trial", "refusal", "KL", "refused", "degenerate", "method", "scope"):
+        table.add_column(column, no_wrap=True, justify="left" if column in ("method", "scope") else "right")
+    for t in sorted(trials, key=lambda t: (t.values[0], t.values[1])):
+        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", f"{t.user_attrs.get('refusal_rate', 0):.0%}",
+                      f"{t.user_attrs.get('degenerate_rate', 0):.0%}", t.params.get("method", ""), t.params.get("scope", ""))
+    return table
 
 
 def _export(args) -> int:
@@ -258,19 +276,21 @@ def _dashboard(args) -> int:
 def _demo(args) -> int:
     from objectives.sweep.local import LocalRunner
     from search.cli.promotion import print_report
-    from search.demo import DEMO_CHECKPOINTS, DEMO_STORAGE, DEMO_STUDY, demo_config
+    from search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
     from search.promoter import Promoter, PromotionSettings, report
     from storage.rdb import open_storage
     from storage.urls import normalize_url
 
     storage = args.storage or DEMO_STORAGE
-    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args))
+    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args),
+                       closing=False)
     if status != 0 or args.no_promote:
+        console().print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
         return status
     out = console()
     out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
     promoter = Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"),
-                        PromotionSettings(attempts=5, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
+                        PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
     promoter.run_once()
     print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
     out.print(f"per-task tables: abliterate report --storage {storage} --study {DEMO_STUDY}")
