@@ -16,6 +16,7 @@ import yaml
 CARD_FILE = "README.md"
 TAGS = ("abliterated", "abliteration", "abliterate")
 LICENSE_KEYS = ("license", "license_name", "license_link")
+FINAL = ("dropped", "accepted", "no_lift")  # the promoter's final statuses (search.promoter.FINAL)
 _SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -155,7 +156,10 @@ def promotion_text(promotion: dict | None) -> list[str]:
     if not promotion:
         return ["Not promoted: no confirmation or agent sweep has judged this trial."]
     details = promotion.get("details") or {}
-    lines = [f"Verdict: **{promotion['status']}**"]
+    if promotion["status"] in FINAL:
+        lines = [f"Verdict: **{promotion['status']}**"]
+    else:
+        lines = [f"Promotion in progress ({promotion['status']}): no verdict yet."]
     confirmation = details.get("confirmation")
     if confirmation:
         lines += ["", f"Held-out confirmation: refusal {confirmation['refusal']:.3f} against the base model's "

@@ -57,8 +57,15 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
         raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
     directions = directions_from_bytes(payload)
     promotion = PromotionStore(storage.engine, study_name).get(trial_number)
-    prompts = prompt_records(config)
     loaded = load_model(config.model, config.dtype, device)
+    return export_loaded(loaded, directions, study_name, config, trial, promotion, out, overwrite, base_model_id)
+
+
+def export_loaded(loaded, directions: dict, study_name: str, config, trial, promotion: tuple[str, dict] | None, out,
+                  overwrite: bool = False, base_model_id: str | None = None) -> Path:
+    """Write ``trial`` (a finished Optuna trial of ``study_name``) baked into ``loaded`` to ``out``,
+    with its card and record; ``promotion`` is its (status, details) when it has one."""
+    prompts = prompt_records(config)
     card, base_config = base_files(config.model)
 
     def record_for(layers, weights: dict[str, str]) -> dict:
@@ -67,7 +74,7 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
         base = {"model": config.model, "hub_id": base_model_id or hub_id(config.model),
                 "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.device.type}
         record = reproduction(
-            study=study_name, trial=trial_number, config=json.loads(config.to_json()), params=dict(trial.params),
+            study=study_name, trial=trial.number, config=json.loads(config.to_json()), params=dict(trial.params),
             edit=edit_summary(trial.params, num_layers, layers),
             directions={"method": trial.params["method"], "file": DIRECTIONS_FILE, "shape": list(used.shape),
                         "dtype": str(used.dtype).removeprefix("torch."), "sha256": tensor_sha256(used)},
@@ -77,6 +84,20 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
         return record | {"card": card_header(base["hub_id"], front_matter(card), base_config)}
 
     return write_checkpoint(loaded, directions, trial.params, out, overwrite, record_for)
+
+
+def restate_promotion(folder: str | Path, status: str, details: dict) -> None:
+    """Put a promotion's new status and findings into an exported checkpoint's record and card
+    (the weights are not touched); each file is replaced whole."""
+    from ablation.export import current_umask, published_modes
+
+    folder = Path(folder)
+    record = read_reproduction(folder / REPRO_FILE) | {"promotion": {"status": status, "details": details}}
+    for name, text in ((REPRO_FILE, to_text(record)), (CARD_FILE, model_card(record["card"], record))):
+        partial = folder / f".{name}.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.chmod(published_modes(current_umask())[1])
+        partial.replace(folder / name)
 
 
 def rebuild(path: str, model: str, out: str, device: str | None = None, overwrite: bool = False,

@@ -145,7 +145,8 @@ def test_model_card_states_the_edit_and_the_verdict():
                  "| wash-dishes | 3/3 | 0/3 | 0.05 | 0.05 | 0.05 |",
                  "python 3.11.9, abliterate 0.1.0, torch 2.13.0; sampler seed 3."):
         assert line in card.splitlines(), line
-    assert "Not promoted" in model_card({}, record | {"promotion": None})
+    assert "Not promoted: no confirmation or agent sweep has judged this trial." in model_card({}, record | {"promotion": None})
+    assert "Promotion in progress (sweeping): no verdict yet." in model_card({}, record | {"promotion": {"status": "sweeping"}})
 
 
 # ---- export and rebuild on a tiny real model ------------------------------------------------
