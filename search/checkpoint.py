@@ -190,6 +190,9 @@ def _recompute(record: dict, loaded):
     for entry in record["prompts"]:
         if entry["purpose"] != "extraction":
             continue
+        if entry["sha256"] is None:
+            raise AblationError(f"prompt source {entry['source']!r} could not be read at export, so the directions cannot be "
+                                f"computed again: copy the checkpoint's directions/ folder beside the record")
         prompts = load_prompts(entry["source"])
         if prompts_sha256(prompts) != entry["sha256"]:
             raise AblationError(f"prompt source {entry['source']!r} has changed since the export (its sha256 differs); "

@@ -14,7 +14,7 @@ import torch
 
 from ablation import export_checkpoint
 from ablation.errors import AblationError
-from ablation.export import published_modes
+from ablation.export import current_umask, published_modes
 from ablation.loading import LoadedModel
 from search.card import card_header, front_matter, hub_id, layers_text, model_card
 from search.reproduce import differing_files, parse_reproduction, prompts_sha256, tensor_sha256
@@ -58,8 +58,10 @@ def tree(folder):
 
 
 @pytest.mark.parametrize("mask, expected", [(0o022, (0o755, 0o644)), (0o002, (0o775, 0o664)), (0o077, (0o700, 0o600))])
-def test_published_modes_follow_the_umask(mask, expected):
+def test_published_modes_follow_the_umask(mask, expected, umask):
     assert published_modes(mask) == expected
+    umask(mask)
+    assert current_umask() == mask and os.umask(mask) == mask  # read, and left as it was
 
 
 def test_front_matter_of_a_card():
@@ -207,6 +209,7 @@ def study(tmp_path_factory):
     directions = compute_directions(LoadedModel(model, tokenizer, config.model), prompts["harmful", "extraction"],
                                     prompts["harmless", "extraction"], config.space.methods, batch_size=config.batch_size)
     ArtifactCache(storage.engine, "s", "test").get_or_compute(directions_key(config.space.methods), lambda: directions_to_bytes(directions))
+    created = optuna.load_study(study_name="s", storage=url)  # ask/tell without the workers' heartbeat
     created.enqueue_trial(starting_points(config.space, 0.5, 1)[0])
     trial = created.ask()
     suggest(trial, config.space)
@@ -326,3 +329,18 @@ def test_bad_export_arguments_are_one_line(args, message, tmp_path, capsys):
     status, out, err = run(capsys, "export", *args, "--out", tmp_path / "out")
     assert status == 2 and err.startswith(message) and err.count("\n") == 1, err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    (None, "could not be read at export"),
+    ("0" * 64, "has changed since the export"),
+])
+def test_directions_are_not_recomputed_from_prompts_other_than_the_recorded(exported, tmp_path, change, message):
+    from search.checkpoint import recorded_directions
+
+    record = json.loads((exported / "reproduce.json").read_text())
+    for entry in record["prompts"]:
+        if entry["purpose"] == "extraction" and entry["side"] == "harmless":
+            entry["sha256"] = change
+    with pytest.raises(AblationError, match=message):
+        recorded_directions(record, tmp_path, loaded=None, log=lambda line: None)  # no directions/ folder in tmp_path
