@@ -1,24 +1,78 @@
-"""Export an (edited) model as a complete Hugging Face folder, atomically.
+"""Export an (edited) model as a complete Hugging Face folder, atomically and readable by others.
 
 Everything is written into a hidden sibling folder, which is renamed onto the target only when
 complete: an interrupted export never leaves a half-written checkpoint where the user looks.
+The staging folder is private while it is written (``mkdtemp`` makes it 0700); before it is put
+in place every folder and file gets the modes an ordinary ``mkdir``/``open`` would give under
+the user's umask (0755/0644 under the usual 022), so a model server running as another user
+(vLLM or SGLang in a container, a shared GPU box) can read it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from ablation.errors import AblationError
 from ablation.loading import LoadedModel
 
+WEIGHTS_SUFFIX = ".safetensors"
 
-def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bool = False, max_shard_size: str = "4GB") -> Path:
+
+def published_modes(umask: int) -> tuple[int, int]:
+    """(folder mode, file mode) a checkpoint gets under ``umask``: 0o777 and 0o666 less the umask."""
+    return 0o777 & ~umask, 0o666 & ~umask
+
+
+def current_umask() -> int:
+    """The process umask: from /proc on Linux, else by setting it and putting it back at once
+    (a moment in which another thread's new files would get 022)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+def publish(folder: Path, umask: int | None = None) -> None:
+    """Give ``folder`` and everything under it the modes of :func:`published_modes`."""
+    folder_mode, file_mode = published_modes(current_umask() if umask is None else umask)
+    for root, folders, files in os.walk(folder):
+        os.chmod(root, folder_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_hashes(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every safetensors weight file at the top of ``folder`` (what a server loads), by name."""
+    folder = Path(folder)
+    return {path.name: file_sha256(path) for path in sorted(folder.glob(f"*{WEIGHTS_SUFFIX}"))}
+
+
+def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bool = False, max_shard_size: str = "4GB",
+                      finish: Callable[[Path], None] | None = None) -> Path:
     """Write config, tokenizer (and processor) and safetensors shards of ``loaded`` to ``out``.
 
     The architecture class is the loaded one (a multimodal model stays multimodal).
+    ``finish(staging)``, when given, runs once the model files are in the staging folder and
+    may add files (a model card) or raise to abandon the export: then nothing is written.
     """
     target = Path(out).expanduser().resolve()
     if target.exists() and not overwrite:
@@ -27,14 +81,31 @@ def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bo
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         loaded.model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
+        _forget_last_call(loaded.tokenizer)
         loaded.tokenizer.save_pretrained(staging)
         if loaded.processor is not None:
             loaded.processor.save_pretrained(staging)
+        if finish is not None:
+            finish(staging)
+        publish(staging)
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _forget_last_call(tokenizer) -> None:
+    """Clear the padding and truncation a fast tokenizer keeps from its last batched call.
+
+    The backend saves them into tokenizer.json, so a checkpoint exported after scoring (padded
+    batches) would differ from one exported straight after loading; transformers sets them again
+    on every call, as an unpadded call would clear them.
+    """
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and hasattr(backend, "no_padding"):
+        backend.no_padding()
+        backend.no_truncation()
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:

@@ -138,6 +138,7 @@ class Promoter:
                       self.settings.rule)
         status = "accepted" if result.accepted else "no_lift"
         self.promotions.update(n, status, gate=result.as_dict(), runner=self.runner.name, attempts=self.settings.attempts)
+        self._restate(checkpoint, status, self.promotions.get(n)[1])
         confirmation = self.promotions.get(n)[1]["confirmation"]
         self._record(trial, status, {"promotion_reason": result.reason, "promotion_confirmation": confirmation}, result)
         self.log(f"trial {n}: {status} ({result.reason})")
@@ -157,17 +158,16 @@ class Promoter:
                 "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
 
     def export(self, trial: FrozenTrial) -> Path:
-        """The candidate's checkpoint folder, written atomically (an existing one is complete)."""
-        from ablation.export import export_checkpoint
-        from search.trial import direction_for
+        """The candidate's checkpoint folder with its model card and reproduction record, written
+        atomically (an existing one is complete)."""
+        from search.checkpoint import export_loaded
 
         target = self.root / f"trial-{trial.number}"
         if (target / "config.json").exists():
             return target
         bench = self._load()
-        candidate = self._candidate(trial)
-        with bench["baker"].baked_into(direction_for(candidate, bench["directions"]), candidate.profile, candidate.norm_preserving):
-            export_checkpoint(bench["loaded"], target, overwrite=True)
+        export_loaded(bench["loaded"], bench["directions"], self.name, self.config, trial, self.promotions.get(trial.number),
+                      target, overwrite=True)
         self.log(f"trial {trial.number}: checkpoint {target}")
         return target
 
@@ -225,6 +225,15 @@ class Promoter:
             self._bench = {"loaded": loaded, "directions": directions, "scorer": scorer, "baker": scorer.baker,
                            "base_refusal": base_refusal, "num_layers": next(iter(directions.values())).shape[0]}
         return self._bench
+
+    def _restate(self, checkpoint: Path, status: str, details: dict) -> None:
+        """The verdict in the checkpoint's model card and record too (checkpoints exported by an
+        older version have no record and are left as they are)."""
+        from search.checkpoint import restate_promotion
+        from search.reproduce import REPRO_FILE
+
+        if (checkpoint / REPRO_FILE).is_file():
+            restate_promotion(checkpoint, status, details)
 
     def _record(self, trial: FrozenTrial, status: str, attrs: dict, result: GateResult | None = None) -> None:
         """The verdict on the trial itself: user attrs and a dashboard note section."""

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from objectives.sweep.base import run_sweep
 from objectives.sweep.local import LocalRunner
+from search.checkpoint import rebuild
 from search.demo import demo_config
 from search.promoter import Promoter, PromotionSettings
 from search.study import create_or_resume, stop_requested
@@ -107,6 +108,14 @@ def test_accepted_lift_stops_the_study_and_its_workers(tmp_path):
     promoter.run_once()
     statuses = [s for s, _ in promoter.promotions.all().values()]
     assert statuses.count("accepted") == 1, statuses  # the first lift stopped the promoter
+    # The checkpoint states the verdict, and rebuilds bit for bit from its record alone.
+    number, (_, details) = next((n, p) for n, p in promoter.promotions.all().items() if p[0] == "accepted")
+    checkpoint = tmp_path / "ck" / "s" / f"trial-{number}"
+    assert "Verdict: **accepted**" in (checkpoint / "README.md").read_text()
+    assert json.loads((checkpoint / "reproduce.json").read_text())["promotion"] == {"status": "accepted", "details": details}
+    rebuilt = rebuild(str(checkpoint / "reproduce.json"), demo_config(1).model, str(tmp_path / "rebuilt"), log=lambda s: None)
+    assert {f.name: f.read_bytes() for f in rebuilt.iterdir() if f.is_file()} == \
+        {f.name: f.read_bytes() for f in checkpoint.iterdir() if f.is_file()}
     study = optuna.load_study(study_name="s", storage=url)
     assert "accepted" in stop_requested(study)["reason"]
     create_or_resume(open_storage(url), "s", demo_config(12))  # more trials asked for ...

@@ -1,4 +1,4 @@
-"""Commands on a study: ``search``, ``worker``, ``launch``, ``front``, ``export``, ``dashboard``, ``demo``."""
+"""Commands on a study: ``search``, ``worker``, ``launch``, ``front``, ``dashboard``, ``demo``."""
 
 from __future__ import annotations
 
@@ -62,14 +62,6 @@ def register(commands) -> None:
     study_options(front)
     front.add_argument("--json", action="store_true")
     front.set_defaults(run=_front)
-
-    export = add_command(commands, "export", "re-bake a trial from its params and cached directions and write the checkpoint")
-    study_options(export)
-    export.add_argument("--trial", type=int, required=True)
-    export.add_argument("--out", required=True)
-    export.add_argument("--device", default="auto")
-    export.add_argument("--overwrite", action="store_true")
-    export.set_defaults(run=_export)
 
     dashboard = add_command(commands, "dashboard", "optuna-dashboard on the study storage")
     dashboard.add_argument("--storage", default=None, help=STORAGE_HELP)
@@ -234,32 +226,6 @@ def front_table(study_name: str, trials):
         table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", f"{t.user_attrs.get('refusal_rate', 0):.0%}",
                       f"{t.user_attrs.get('degenerate_rate', 0):.0%}", t.params.get("method", ""), t.params.get("scope", ""))
     return table
-
-
-def _export(args) -> int:
-    from ablation import Baker, export_checkpoint, find_writers, load_model
-    from ablation.errors import AblationError
-    from search.space import candidate_from_params
-    from search.study import load
-    from search.trial import direction_for, directions_from_bytes, directions_key
-    from storage.cache import ArtifactCache
-    from storage.rdb import open_storage
-
-    storage = open_storage(args.storage)
-    study, config = load(storage, args.study)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if args.trial not in trials or trials[args.trial].state.name != "COMPLETE":
-        raise AblationError(f"study {args.study!r} has no finished trial {args.trial}; see abliterate front")
-    payload = ArtifactCache(storage.engine, args.study, "export").get(directions_key(config.space.methods))
-    if payload is None:
-        raise AblationError(f"study {args.study!r} has no cached directions yet; run a worker first")
-    directions = directions_from_bytes(payload)
-    loaded = load_model(config.model, config.dtype, args.device)
-    candidate = candidate_from_params(trials[args.trial].params, next(iter(directions.values())).shape[0])
-    Baker(find_writers(loaded.model)).bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving)
-    out = export_checkpoint(loaded, args.out, overwrite=args.overwrite)
-    print(f"wrote trial {args.trial} of {args.study!r} to {out}")
-    return 0
 
 
 def _dashboard(args) -> int:

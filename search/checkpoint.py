@@ -1,0 +1,275 @@
+"""Checkpoints that explain and reproduce themselves.
+
+:func:`export_trial` re-bakes a finished trial from its params and the study's cached directions
+and writes the Hugging Face folder with its model card (``README.md``), its reproduction record
+(``reproduce.json``) and the directions it used. :func:`rebuild` writes the same folder from that
+record and the base model alone, without the study's database, and refuses (writing nothing)
+when the weights it baked are not bit for bit the recorded ones. :func:`check_hub` and
+:func:`push` put a checkpoint on the Hugging Face Hub.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ablation.errors import AblationError
+from search.card import CARD_FILE, card_header, front_matter, hub_id, model_card
+from search.reproduce import (
+    DIRECTIONS_FILE,
+    REPRO_FILE,
+    differing_files,
+    edit_summary,
+    package_versions,
+    prompts_sha256,
+    read_reproduction,
+    reproduction,
+    tensor_sha256,
+    to_text,
+)
+
+
+def trial_figures(values, user_attrs: dict) -> dict:
+    """What the study measured for a trial, as the card and the record show it."""
+    return {"kl": user_attrs.get("kl", values[1] if values else None), "refusal": values[0] if values else None,
+            **{key: user_attrs.get(key) for key in ("refusal_rate", "degenerate_rate", "feasible")}}
+
+
+def export_trial(storage_url: str | None, study_name: str, trial_number: int, out: str, device: str = "auto",
+                 overwrite: bool = False, base_model_id: str | None = None) -> Path:
+    """Write trial ``trial_number`` of ``study_name`` to ``out`` with its card and record."""
+    from ablation.loading import load_model
+    from search.study import load
+    from search.trial import directions_from_bytes, directions_key
+    from storage.cache import ArtifactCache
+    from storage.promotions import PromotionStore
+    from storage.rdb import open_storage
+
+    storage = open_storage(storage_url)
+    study, config = load(storage, study_name)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if trial_number not in trials or trials[trial_number].state.name != "COMPLETE":
+        raise AblationError(f"study {study_name!r} has no finished trial {trial_number}; see abliterate front")
+    trial = trials[trial_number]
+    payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space.methods))
+    if payload is None:
+        raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
+    directions = directions_from_bytes(payload)
+    promotion = PromotionStore(storage.engine, study_name).get(trial_number)
+    loaded = load_model(config.model, config.dtype, device)
+    return export_loaded(loaded, directions, study_name, config, trial, promotion, out, overwrite, base_model_id)
+
+
+def export_loaded(loaded, directions: dict, study_name: str, config, trial, promotion: tuple[str, dict] | None, out,
+                  overwrite: bool = False, base_model_id: str | None = None) -> Path:
+    """Write ``trial`` (a finished Optuna trial of ``study_name``) baked into ``loaded`` to ``out``,
+    with its card and record; ``promotion`` is its (status, details) when it has one."""
+    prompts = prompt_records(config)
+    card, base_config = base_files(config.model)
+
+    def record_for(layers, weights: dict[str, str]) -> dict:
+        num_layers = next(iter(directions.values())).shape[0]
+        used = directions[trial.params["method"]]
+        base = {"model": config.model, "hub_id": base_model_id or hub_id(config.model),
+                "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.device.type}
+        record = reproduction(
+            study=study_name, trial=trial.number, config=json.loads(config.to_json()), params=dict(trial.params),
+            edit=edit_summary(trial.params, num_layers, layers),
+            directions={"method": trial.params["method"], "file": DIRECTIONS_FILE, "shape": list(used.shape),
+                        "dtype": str(used.dtype).removeprefix("torch."), "sha256": tensor_sha256(used)},
+            prompts=prompts, figures=trial_figures(trial.values, trial.user_attrs),
+            promotion=None if promotion is None else {"status": promotion[0], "details": promotion[1]},
+            base=base, packages=package_versions(), weights=weights)
+        return record | {"card": card_header(base["hub_id"], front_matter(card), base_config)}
+
+    return write_checkpoint(loaded, directions, trial.params, out, overwrite, record_for)
+
+
+def restate_promotion(folder: str | Path, status: str, details: dict) -> None:
+    """Put a promotion's new status and findings into an exported checkpoint's record and card
+    (the weights are not touched); each file is replaced whole."""
+    from ablation.export import current_umask, published_modes
+
+    folder = Path(folder)
+    record = read_reproduction(folder / REPRO_FILE) | {"promotion": {"status": status, "details": details}}
+    for name, text in ((REPRO_FILE, to_text(record)), (CARD_FILE, model_card(record["card"], record))):
+        partial = folder / f".{name}.partial"
+        partial.write_text(text, encoding="utf-8")
+        partial.chmod(published_modes(current_umask())[1])
+        partial.replace(folder / name)
+
+
+def rebuild(path: str, model: str, out: str, device: str | None = None, overwrite: bool = False,
+            log: Callable[[str], None] = print) -> Path:
+    """The checkpoint a reproduction record describes, rebuilt from ``model`` bit for bit.
+
+    The directions are read from beside the record; when they are not there, they are computed
+    again from the recorded prompt sources (whose contents must not have changed). Either way
+    their sha256 must be the recorded one, and so must every weight file's, or nothing is written.
+    """
+    from ablation.loading import load_model
+
+    record = read_reproduction(path)
+    base = record["base"]
+    loaded = load_model(model, base["dtype"], device or base["device"])
+    directions = recorded_directions(record, Path(path).expanduser().parent, loaded, log)
+
+    def record_for(layers, weights: dict[str, str]) -> dict:
+        wrong = differing_files(record["weights"], weights)
+        if wrong:
+            raise AblationError(
+                f"the rebuilt weights differ from the recorded ones ({', '.join(wrong)}); rebuild from the same base model in "
+                f"{base['dtype']} on {base['device']} (recorded packages: {_versions(record)}); nothing written")
+        return record
+
+    return write_checkpoint(loaded, directions, record["params"], out, overwrite, record_for)
+
+
+def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite: bool,
+                     record_for: Callable[[tuple[int, ...], dict[str, str]], dict]) -> Path:
+    """Bake ``params`` into ``loaded``, export it with the directions used, the record
+    ``record_for(layers touched, weight sha256s)`` and its card, and restore the model."""
+    from safetensors.torch import save_file
+
+    from ablation import Baker, find_writers
+    from ablation.export import export_checkpoint, weight_hashes
+    from search.space import candidate_from_params
+    from search.trial import direction_for
+
+    candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
+    baker = Baker(find_writers(loaded.model))
+    report = baker.bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving)
+
+    def finish(staging: Path) -> None:
+        weights = weight_hashes(staging)  # before anything else: only the model's own weight files
+        (staging / DIRECTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
+        save_file({candidate.method: directions[candidate.method].contiguous()}, staging / DIRECTIONS_FILE)
+        record = record_for(report.layers, weights)
+        (staging / REPRO_FILE).write_text(to_text(record), encoding="utf-8")
+        (staging / CARD_FILE).write_text(model_card(record["card"], record), encoding="utf-8")
+
+    try:
+        return export_checkpoint(loaded, out, overwrite=overwrite, finish=finish)
+    finally:
+        baker.restore()
+
+
+def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str], None]) -> dict:
+    """{method: [L, H] directions} as recorded: from the file beside the record, or computed again."""
+    from safetensors.torch import load_file
+
+    wanted = record["directions"]
+    method = wanted["method"]
+    stored = folder / wanted["file"]
+    if stored.is_file():
+        directions = load_file(stored)
+        if method not in directions:
+            raise AblationError(f"{stored} holds no {method!r} directions; it does not belong to this record")
+        where = str(stored)
+    else:
+        log(f"{stored} is missing: computing the {method} directions again from the recorded prompt sources")
+        directions = {method: _recompute(record, loaded)}
+        where = "the recomputed directions"
+    found = tensor_sha256(directions[method])
+    if found != wanted["sha256"]:
+        raise AblationError(f"{where} differ from the recorded ones (sha256 {found[:12]} instead of {wanted['sha256'][:12]}); "
+                            f"copy the checkpoint's {Path(wanted['file']).parent}/ folder beside the record, or compute on "
+                            f"{record['base']['device']} in {record['base']['dtype']}")
+    return {method: directions[method]}
+
+
+def _recompute(record: dict, loaded):
+    from objectives.prompts import load_prompts
+    from objectives.refusal import ChatFormat
+    from search.study import StudyConfig
+    from search.trial import compute_directions
+
+    config = StudyConfig.from_json(json.dumps(record["study"]["config"]))
+    sets = {}
+    for entry in record["prompts"]:
+        if entry["purpose"] != "extraction":
+            continue
+        if entry["sha256"] is None:
+            raise AblationError(f"prompt source {entry['source']!r} could not be read at export, so the directions cannot be "
+                                f"computed again: copy the checkpoint's directions/ folder beside the record")
+        prompts = load_prompts(entry["source"])
+        if prompts_sha256(prompts) != entry["sha256"]:
+            raise AblationError(f"prompt source {entry['source']!r} has changed since the export (its sha256 differs); "
+                                f"the directions cannot be computed again: copy the checkpoint's directions/ folder beside the record")
+        sets[entry["side"]] = prompts
+    return compute_directions(loaded, sets["harmful"], sets["harmless"], [record["directions"]["method"]],
+                              ChatFormat(enable_thinking=config.enable_thinking), config.batch_size)[record["directions"]["method"]]
+
+
+def prompt_records(config) -> list[dict]:
+    """Every prompt source of the study with the sha256 and count of its prompts (None and the
+    reason when a source cannot be read here)."""
+    from objectives.prompts import load_prompts
+
+    records = []
+    for side, specs in (("harmful", config.harmful), ("harmless", config.harmless)):
+        for purpose, spec in specs.items():
+            try:
+                prompts = load_prompts(spec)
+                records.append({"side": side, "purpose": purpose, "source": spec, "count": len(prompts), "sha256": prompts_sha256(prompts)})
+            except AblationError as error:
+                records.append({"side": side, "purpose": purpose, "source": spec, "count": None, "sha256": None, "error": str(error)})
+    return records
+
+
+def base_files(spec: str) -> tuple[str | None, dict]:
+    """The base model's card text (None without one) and its config, from its folder or the hub cache."""
+    card, config = _base_file(spec, "README.md"), _base_file(spec, "config.json")
+    try:
+        return card, json.loads(config) if config else {}
+    except json.JSONDecodeError:
+        return card, {}
+
+
+def _base_file(spec: str, name: str) -> str | None:
+    path = Path(spec).expanduser()
+    folder = path.parent if path.is_file() else path
+    if folder.is_dir():
+        return (folder / name).read_text(encoding="utf-8", errors="replace") if (folder / name).is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(spec, name)).read_text(encoding="utf-8", errors="replace")
+    except Exception:  # offline, gated or missing: the card goes without what the base's file would add
+        return None
+
+
+def _versions(record: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (record.get("packages") or {}).items() if k in ("torch", "transformers") and v)
+
+
+def check_hub(repo: str) -> None:
+    """Refuse early, in one line, when ``repo`` cannot be pushed to from here."""
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise AblationError(f"cannot push to {repo}: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1); "
+                            "export without --push-to-hub and upload the folder where the hub is reachable (hf upload REPO DIR)")
+    try:
+        HfApi().whoami()
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise AblationError(f"cannot push to {repo}: the Hugging Face Hub did not answer or refused the token ({first}); "
+                            "check the network and `hf auth login`, or export without --push-to-hub") from None
+
+
+def push(folder: Path, repo: str) -> str:
+    """Upload ``folder`` to the model repository ``repo`` (created private when missing); its URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type="model", private=True, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
+                                 commit_message="abliterate export")
+    except Exception as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise AblationError(f"the checkpoint is in {folder} but pushing it to {repo} failed ({first}); "
+                            f"upload it later with: hf upload {repo} {folder}") from None
+    return str(getattr(info, "commit_url", info))

@@ -1,0 +1,58 @@
+"""``export``: a trial's checkpoint with its model card and reproduction record, from the study
+or, without the study's database, from a checkpoint's ``reproduce.json``."""
+
+from __future__ import annotations
+
+from search.cli.common import add_command, study_options
+
+DESCRIPTION = """\
+Re-bake a trial and write its checkpoint: the Hugging Face folder (readable by a server running as
+another user), README.md (a model card stating the edit, its figures and promotion), reproduce.json
+and the directions used.
+
+  abliterate export --storage URL --study NAME --trial N --out DIR
+  abliterate export --from-file DIR/reproduce.json --model BASE --out DIR2   # same weights, bit for bit, no database
+"""
+
+
+def register(commands) -> None:
+    export = add_command(commands, "export", "re-bake a trial and write its checkpoint, model card and reproduction record",
+                         DESCRIPTION)
+    study_options(export)
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trial", type=int, help="the study's finished trial to export")
+    source.add_argument("--from-file", metavar="FILE", help="a checkpoint's reproduce.json: rebuild its weights without the study")
+    export.add_argument("--model", metavar="BASE", help="with --from-file: the base model (hub id, folder or .gguf file)")
+    export.add_argument("--out", required=True)
+    export.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto; with --from-file, the recorded device)")
+    export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--base-model-id", metavar="ORG/NAME", default=None,
+                        help="the base model's hub repository, for the card (default: the study's model when it names one)")
+    export.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the checkpoint to this Hugging Face model repository")
+    export.set_defaults(run=_export)
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from ablation.errors import AblationError
+
+    if args.from_file and not args.model:
+        raise AblationError("--from-file needs --model BASE: the base model the record was exported from")
+    if args.trial is not None and args.model:
+        raise AblationError("--model goes with --from-file; a study knows its model (use --trial alone)")
+    if Path(args.out).expanduser().exists() and not args.overwrite:
+        raise AblationError(f"{Path(args.out).expanduser().resolve()} already exists; choose another --out or pass --overwrite")
+    from search.checkpoint import check_hub, export_trial, push, rebuild
+
+    if args.push_to_hub:
+        check_hub(args.push_to_hub)
+    if args.from_file:
+        out = rebuild(args.from_file, args.model, args.out, args.device, args.overwrite)
+        print(f"rebuilt {out} from {args.from_file}: every weight file matches the recorded sha256")
+    else:
+        out = export_trial(args.storage, args.study, args.trial, args.out, args.device or "auto", args.overwrite, args.base_model_id)
+        print(f"wrote trial {args.trial} of {args.study!r} to {out} (model card README.md, reproduce.json)")
+    if args.push_to_hub:
+        print(f"pushed to {push(out, args.push_to_hub)}")
+    return 0

@@ -1,0 +1,346 @@
+"""Exported checkpoints: readable by other users, with a model card and a reproduction record from
+which the same weights are rebuilt bit for bit without the study's database."""
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ablation import export_checkpoint
+from ablation.errors import AblationError
+from ablation.export import current_umask, published_modes
+from ablation.loading import LoadedModel
+from search.card import card_header, front_matter, hub_id, layers_text, model_card
+from search.reproduce import differing_files, parse_reproduction, prompts_sha256, tensor_sha256
+
+BASE_CARD = "---\nlicense: other\nlicense_name: tiny-licence\nlicense_link: LICENSE\npipeline_tag: text-generation\n---\n# Tiny\n"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def umask():
+    """umask(value) for the rest of the test."""
+    old = os.umask(0o022)
+    yield os.umask
+    os.umask(old)
+
+
+def modes(folder):
+    """relative path -> permission bits, for the folder and everything in it."""
+    found = {".": stat.S_IMODE(os.stat(folder).st_mode)}
+    for root, folders, files in os.walk(folder):
+        for name in folders + files:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = stat.S_IMODE(os.stat(path).st_mode)
+    return found
+
+
+def tree(folder):
+    """relative path -> bytes of every file under ``folder``."""
+    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+            for root, _, files in os.walk(folder) for name in files}
+
+
+# ---- pure functions -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask, expected", [(0o022, (0o755, 0o644)), (0o002, (0o775, 0o664)), (0o077, (0o700, 0o600))])
+def test_published_modes_follow_the_umask(mask, expected, umask):
+    assert published_modes(mask) == expected
+    umask(mask)
+    assert current_umask() == mask and os.umask(mask) == mask  # read, and left as it was
+
+
+def test_front_matter_of_a_card():
+    assert front_matter(BASE_CARD) == {"license": "other", "license_name": "tiny-licence", "license_link": "LICENSE",
+                                       "pipeline_tag": "text-generation"}
+    assert front_matter("# no header\n") == {} and front_matter(None) == {}
+    assert front_matter("---\n- a list\n---\n") == {} and front_matter("---\nkey: [unclosed\n---\n") == {}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("Qwen/Qwen3-4B", "Qwen/Qwen3-4B"),
+    ("/root/.cache/huggingface/hub/models--Qwen--Qwen3-4B/snapshots/abc123", "Qwen/Qwen3-4B"),
+    ("/models/qwen3", None), ("./Qwen/Qwen3-4B", None), ("model.gguf", None), ("a/b/c", None),
+])
+def test_hub_id_of_a_base_model_spec(spec, expected):
+    assert hub_id(spec) == expected
+
+
+def test_card_header_takes_the_licence_from_the_card_then_the_config():
+    assert card_header("org/base", front_matter(BASE_CARD), {"license": "mit"}) == {
+        "base_model": "org/base", "base_model_relation": "finetune", "license": "other", "license_name": "tiny-licence",
+        "license_link": "LICENSE", "library_name": "transformers", "pipeline_tag": "text-generation",
+        "tags": ["abliterated", "abliteration", "abliterate"]}
+    assert card_header(None, {}, {"license": "mit"}) == {"license": "mit", "library_name": "transformers",
+                                                          "tags": ["abliterated", "abliteration", "abliterate"]}
+
+
+def test_layers_as_ranges():
+    assert layers_text([7, 2, 3, 4, 5], 24) == "2-5, 7 (5 of 24)"
+    assert layers_text([0], 4) == "0 (1 of 4)" and layers_text([], 4) == "none (0 of 4)"
+
+
+def test_hashes_are_of_exact_contents():
+    assert prompts_sha256(["a", "b\nc"]) == hashlib.sha256('["a","b\\nc"]'.encode()).hexdigest()
+    t = torch.tensor([1.0, -2.0], dtype=torch.bfloat16)
+    assert tensor_sha256(t) == hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
+    assert tensor_sha256(t) != tensor_sha256(torch.nextafter(t, torch.full_like(t, 9.0)))
+
+
+def test_differing_files_names_changed_missing_and_extra():
+    assert differing_files({"a": "1", "b": "2", "c": "3"}, {"a": "1", "b": "9", "d": "4"}) == ["b", "c", "d"]
+    assert differing_files({"a": "1"}, {"a": "1"}) == []
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "is not JSON"),
+    ('{"format": "other/1"}', "is not an abliterate reproduction record (format 'other/1'"),
+    ('{"format": "abliterate-reproduction/1", "study": {}}', "lacks base, params, directions, prompts, weights, card"),
+])
+def test_a_bad_record_is_one_line(text, message):
+    with pytest.raises(AblationError, match=message.replace("(", r"\(")) as error:
+        parse_reproduction(text, "f.json")
+    assert "\n" not in str(error.value)
+
+
+def test_model_card_states_the_edit_and_the_verdict():
+    record = {
+        "abliterate": "0.1.0",
+        "study": {"name": "s", "trial": 7, "seed": 3, "config": {"proxy": "markers", "kl_cap": 0.5}},
+        "base": {"model": "/models/tiny", "dtype": "float32", "device": "cpu"},
+        "edit": {"intervention": "ablate", "method": "mean-projected", "scope": "global", "direction_layer": 1.5,
+                 "norm_preserving": True, "first_layer": 0, "last_layer": 3, "num_layers": 4, "layers_touched": [1, 2, 3],
+                 "kernels": {"attn": {"shape": "tent", "peak": 1.8, "peak_weight": 1.3, "floor_weight": 0.52, "falloff": 1.2}}},
+        "figures": {"kl": 0.01234, "refusal": 0.25, "refusal_rate": 0.25, "degenerate_rate": 0.0, "feasible": True},
+        "promotion": {"status": "accepted", "details": {
+            "confirmation": {"refusal": 0.2, "base_refusal": 0.9, "margin": 0.1, "kl": 0.015, "passed": True},
+            "runner": "local", "attempts": 3,
+            "gate": {"reason": "wash-dishes: raw p = 0.05 < 0.1", "pooled_p": 0.04, "pooled_odds_ratio": None, "flags": [],
+                     "tasks": [{"counts": {"task": "wash-dishes", "candidate_pass": 3, "candidate_n": 3, "baseline_pass": 0,
+                                           "baseline_n": 3}, "p": 0.05, "p_holm": 0.05, "p_bh": 0.05}]}}},
+        "packages": {"python": "3.11.9", "abliterate": "0.1.0", "torch": "2.13.0", "optuna": None},
+    }
+    card = model_card({"license": "mit", "tags": ["abliterated"]}, record)
+    assert card.startswith("---\nlicense: mit\ntags:\n- abliterated\n---\n\n# tiny, abliterated (study s, trial 7)\n")
+    for line in ("| direction method | mean-projected, one direction interpolated at layer 1.50 |",
+                 "| intervention | ablate (W ← W − w·r·rᵀ·W on every matrix that writes into the residual stream), norm-preserving |",
+                 "| profile | attn: tent kernel, weight 1.300 at layer 1.80 falling to 0.520 over 1.20 layers; within layers 0-3 |",
+                 "| layers touched | 1-3 (3 of 4) |",
+                 "| KL drift from the base model (harmless evaluation prompts, first answer token) | 0.0123 |",
+                 "| refusal objective (markers proxy, harmful evaluation prompts) | 0.250 |",
+                 "Verdict: **accepted**",
+                 "Held-out confirmation: refusal 0.200 against the base model's 0.900 (margin 0.1), KL 0.0150: passed.",
+                 "| wash-dishes | 3/3 | 0/3 | 0.05 | 0.05 | 0.05 |",
+                 "python 3.11.9, abliterate 0.1.0, torch 2.13.0; sampler seed 3."):
+        assert line in card.splitlines(), line
+    assert "Not promoted: no confirmation or agent sweep has judged this trial." in model_card({}, record | {"promotion": None})
+    assert "Promotion in progress (sweeping): no verdict yet." in model_card({}, record | {"promotion": {"status": "sweeping"}})
+
+
+# ---- export and rebuild on a tiny real model ------------------------------------------------
+
+
+def test_export_is_readable_by_other_users_unless_the_umask_says_otherwise(tiny, tmp_path, umask):
+    model, tokenizer = tiny("llama")
+    loaded = LoadedModel(model, tokenizer, "tiny")
+
+    def add_subfolder(staging):
+        (staging / "extra").mkdir()
+        (staging / "extra" / "notes.txt").write_text("x")
+
+    umask(0o022)
+    found = modes(export_checkpoint(loaded, tmp_path / "shared", finish=add_subfolder))
+    assert found["."] == found["extra"] == 0o755
+    assert {mode for path, mode in found.items() if path not in (".", "extra")} == {0o644}
+    umask(0o077)
+    found = modes(export_checkpoint(loaded, tmp_path / "private"))
+    assert found["."] == 0o700 and {mode for path, mode in found.items() if path != "."} == {0o600}
+
+
+def test_a_failing_finish_writes_nothing(tiny, tmp_path):
+    model, tokenizer = tiny("llama")
+
+    def refuse(staging):
+        raise AblationError("no")
+
+    with pytest.raises(AblationError):
+        export_checkpoint(LoadedModel(model, tokenizer, "tiny"), tmp_path / "out", finish=refuse)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A SQLite study of a tiny qwen3 (whose folder has a card) with one finished, promoted trial."""
+    import optuna
+
+    from ablation.tiny import tiny_model
+    from objectives.gate import GateRule, TaskCounts, gate
+    from search.space import starting_points, suggest
+    from search.study import StudyConfig, create_or_resume
+    from search.trial import compute_directions, directions_key, directions_to_bytes
+    from storage.cache import ArtifactCache
+    from storage.promotions import PromotionStore
+    from storage.rdb import open_storage
+
+    folder = tmp_path_factory.mktemp("study")
+    model, tokenizer = tiny_model("qwen3")
+    model.save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    (folder / "model" / "README.md").write_text(BASE_CARD)
+    config = StudyConfig.split(str(folder / "model"), "demo-harmful", "demo-harmless", (4, 6, 6), n_trials=4, batch_size=8, seed=5)
+    url = f"sqlite:///{folder / 'study.db'}"
+    storage = open_storage(url)
+    created, _ = create_or_resume(storage, "s", config)
+    prompts = config.prompts()
+    directions = compute_directions(LoadedModel(model, tokenizer, config.model), prompts["harmful", "extraction"],
+                                    prompts["harmless", "extraction"], config.space.methods, batch_size=config.batch_size)
+    ArtifactCache(storage.engine, "s", "test").get_or_compute(directions_key(config.space.methods), lambda: directions_to_bytes(directions))
+    created = optuna.load_study(study_name="s", storage=url)  # ask/tell without the workers' heartbeat
+    created.enqueue_trial(starting_points(config.space, 0.5, 1)[0])
+    trial = created.ask()
+    suggest(trial, config.space)
+    for key, value in {"kl": 0.0123, "feasible": True, "refusal_rate": 0.25, "degenerate_rate": 0.0}.items():
+        trial.set_user_attr(key, value)
+    created.tell(trial, [0.25, 0.0123])
+    result = gate([TaskCounts("wash-dishes", 3, 3, 0, 3)], GateRule())
+    PromotionStore(storage.engine, "s").update(trial.number, "accepted", runner="local", attempts=3, gate=result.as_dict(),
+                                               confirmation={"refusal": 0.2, "base_refusal": 0.9, "margin": 0.1, "kl": 0.02, "passed": True})
+    assert optuna.load_study(study_name="s", storage=url).trials[0].state.name == "COMPLETE"
+    return {"url": url, "db": folder / "study.db", "model": folder / "model", "config": config, "trial": trial.number}
+
+
+def run(capsys, *args):
+    from search.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture(scope="module")
+def exported(study, tmp_path_factory):
+    from search.cli import main
+
+    out = tmp_path_factory.mktemp("export") / "trial-0"
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--storage", study["url"], "--study", "s", "--trial", str(study["trial"]), "--out", str(out),
+                     "--device", "cpu"]) == 0
+    finally:
+        os.umask(old)
+    return out
+
+
+def test_export_writes_card_record_and_directions_readable_by_all(exported, study):
+    found = modes(exported)
+    assert {"README.md", "reproduce.json", "directions/directions.safetensors", "config.json", "model.safetensors"} <= set(found)
+    assert {mode for path, mode in found.items() if os.path.isdir(exported / path)} == {0o755}
+    assert {mode for path, mode in found.items() if not os.path.isdir(exported / path)} == {0o644}
+
+    card = (exported / "README.md").read_text()
+    assert front_matter(card) == {"license": "other", "license_name": "tiny-licence", "license_link": "LICENSE",
+                                  "library_name": "transformers", "pipeline_tag": "text-generation",
+                                  "tags": ["abliterated", "abliteration", "abliterate"]}
+    for line in ("| study | `s` |", "| trial | 0 |", "Verdict: **accepted**", "| wash-dishes | 3/3 | 0/3 | 0.05 | 0.05 | 0.05 |"):
+        assert line in card.splitlines(), line
+
+    record = json.loads((exported / "reproduce.json").read_text())
+    assert record["params"]["method"] == "mean-projected" and record["study"]["seed"] == 5 and record["study"]["trial"] == 0
+    assert record["figures"] == {"kl": 0.0123, "refusal": 0.25, "refusal_rate": 0.25, "degenerate_rate": 0.0, "feasible": True}
+    assert record["base"] == {"model": str(study["model"]), "hub_id": None, "dtype": "float32", "device": "cpu"}
+    assert record["edit"]["layers_touched"] and record["packages"]["torch"] == torch.__version__
+    extraction = {(p["side"], p["purpose"]): p for p in record["prompts"]}
+    assert len(extraction) == 6 and extraction["harmful", "extraction"]["count"] == 4
+    from objectives.prompts import load_prompts
+
+    assert extraction["harmless", "evaluation"]["sha256"] == prompts_sha256(load_prompts("demo-harmless[4:10]"))
+    assert record["weights"] == {"model.safetensors": hashlib.sha256((exported / "model.safetensors").read_bytes()).hexdigest()}
+
+
+def test_rebuild_from_the_record_alone_is_bit_identical(exported, study, tmp_path, capsys):
+    moved = tmp_path / "db-gone"
+    shutil.move(study["db"], moved)  # no study database from here on
+    try:
+        status, out, err = run(capsys, "export", "--from-file", exported / "reproduce.json", "--model", study["model"],
+                               "--out", tmp_path / "rebuilt")
+        assert status == 0, err
+        assert tree(tmp_path / "rebuilt") == tree(exported)
+
+        # Only the record, without the directions beside it: they are computed again from the prompts.
+        (tmp_path / "alone").mkdir()
+        shutil.copy(exported / "reproduce.json", tmp_path / "alone")
+        status, out, err = run(capsys, "export", "--from-file", tmp_path / "alone" / "reproduce.json", "--model", study["model"],
+                               "--out", tmp_path / "recomputed")
+        assert status == 0, err
+        assert "computing the mean-projected directions again" in out
+        assert tree(tmp_path / "recomputed") == tree(exported)
+    finally:
+        shutil.move(moved, study["db"])
+
+
+def test_a_record_that_does_not_rebuild_its_weights_writes_nothing(exported, study, tmp_path, capsys):
+    record = json.loads((exported / "reproduce.json").read_text())
+    record["params"]["attn_peak_weight"] += 0.01
+    (tmp_path / "tampered").mkdir()
+    (tmp_path / "tampered" / "reproduce.json").write_text(json.dumps(record))
+    shutil.copytree(exported / "directions", tmp_path / "tampered" / "directions")
+    status, out, err = run(capsys, "export", "--from-file", tmp_path / "tampered" / "reproduce.json", "--model", study["model"],
+                           "--out", tmp_path / "out")
+    assert status == 2
+    errors = [line for line in err.splitlines() if line.startswith("error")]  # (transformers draws a progress bar before)
+    assert len(errors) == 1 and errors[0].startswith("error: the rebuilt weights differ from the recorded ones (model.safetensors)")
+    assert sorted(os.listdir(tmp_path)) == ["tampered"]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"HF_HUB_OFFLINE": "1"}, "error: cannot push to me/tiny: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1)"),
+    ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_token"},
+     "error: cannot push to me/tiny: the Hugging Face Hub did not answer or refused the token"),
+])
+def test_push_to_hub_fails_in_one_line_before_anything_is_written(study, tmp_path, env, message):
+    result = subprocess.run([sys.executable, "-m", "search.cli", "export", "--storage", study["url"], "--study", "s", "--trial", "0",
+                             "--out", tmp_path / "out", "--push-to-hub", "me/tiny"],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and result.stderr.count("\n") == 1, result.stderr
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--from-file", "r.json"], "error: --from-file needs --model BASE"),
+    (["--trial", "0", "--model", "m"], "error: --model goes with --from-file"),
+    (["--from-file", "/no/reproduce.json", "--model", "m"], "error: reproduction file /no/reproduce.json does not exist"),
+])
+def test_bad_export_arguments_are_one_line(args, message, tmp_path, capsys):
+    status, out, err = run(capsys, "export", *args, "--out", tmp_path / "out")
+    assert status == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("change, message", [
+    (None, "could not be read at export"),
+    ("0" * 64, "has changed since the export"),
+])
+def test_directions_are_not_recomputed_from_prompts_other_than_the_recorded(exported, tmp_path, change, message):
+    from search.checkpoint import recorded_directions
+
+    record = json.loads((exported / "reproduce.json").read_text())
+    for entry in record["prompts"]:
+        if entry["purpose"] == "extraction" and entry["side"] == "harmless":
+            entry["sha256"] = change
+    with pytest.raises(AblationError, match=message):
+        recorded_directions(record, tmp_path, loaded=None, log=lambda line: None)  # no directions/ folder in tmp_path
