@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from objectives.gate import RULES, GateRule, simulate_null, underpowered
+from objectives.gate import RULES, GateRule, underpowered
+from objectives.plan import simulate_null
 
 
 def main() -> None:
