@@ -1,6 +1,9 @@
 """The planning figures against the gate itself and against exact enumeration of small designs."""
 
 import itertools
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,3 +95,27 @@ def test_plan_of_the_users_criterion_reports_exact_figures():
     per, over = figures["false_acceptance_per_candidate"]["value"], figures["false_acceptance_all_candidates"]["value"]
     assert 0 < per < over < 1 - (1 - per) ** 5 + 1e-12
     assert "simulated" in summary(plan(Design(GateRule("cmh"), tasks=5, attempts=3), studies=2000))
+
+
+def abliterate(*args):
+    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
+
+
+def test_plan_command_prints_the_users_criterion_and_json_with_every_figure():
+    line = abliterate("plan", "--tasks", 5, "--attempts", 3)
+    assert line.returncode == 0, line.stderr
+    assert "rule any" in line.stdout and "per candidate" in line.stdout and "80% power" in line.stdout
+    result = abliterate("plan", "--tasks", 89, "--attempts", 5, "--rule", "holm", "--json")
+    figures = json.loads(result.stdout)
+    assert figures["can_pass"] is False and figures["smallest_passing_n"] == 6
+    assert {"false_acceptance_per_candidate", "false_acceptance_all_candidates", "power", "smallest_n_for_power"} <= figures.keys()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--base-rate", "2"], "--base-rate must be between 0 and 1"),
+    (["--alpha", "0"], "alpha must be between 0 and 1"),
+    (["--on", "some"], "invalid choice"),
+])
+def test_plan_bad_input_is_one_line(args, message):
+    result = abliterate("plan", *args)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

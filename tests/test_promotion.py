@@ -133,6 +133,9 @@ def test_a_candidate_that_no_longer_beats_the_base_is_dropped(tmp_path):
     (["--runner", "local", "--tasks", "/nonexistent"], "does not exist"),
     (["--alpha", "2"], "alpha must be between 0 and 1"),
     (["--attempts", "0"], "at least 1"),
+    (["--attempts", "2"], "no task can be eligible with 2 attempts per arm and --min-attempts 3; use --attempts 3 or more"),
+    (["--attempts", "5", "--min-attempts", "10"], "use --attempts 10 or more"),
+    (["--attempts", "3", "--rule", "holm"], "rule holm and fisher's test can never reach p < 0.1"),
 ])
 def test_bad_promote_options_are_one_line(tmp_path, args, message):
     tasks = tmp_path / "tasks.txt"
