@@ -65,11 +65,15 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     valid = [(sweep, task, attempt) for _, sweep, task, attempt, status in after if status in ("pass", "fail")]
     assert len(valid) == len(set(valid))  # no attempt ran twice
     assert f"({len({(s, t, a) for _, s, t, a, _ in before if s.startswith('baseline')})} stored)" in log
+    assert "design: rule any, fisher, alpha 0.1, 10 task(s), N = 3" in log  # the plan line, before any sweep
 
     report = cli("report", "--storage", postgres_url, "--study", "s", "--json")
     rows = json.loads(report.communicate(timeout=120)[0])
     decided = [r for r in rows if r["status"] in ("accepted", "no_lift")]
     assert decided, rows
+    # Every decision counts the candidates gated before it in the study, one look each.
+    assert sorted(r["gate"]["look"] for r in decided) == list(range(1, len(decided) + 1))
+    assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner().tasks()) for r in decided)
     row = decided[0]
     assert row["confirmation"]["passed"] and row["attempts"] == ATTEMPTS
     tasks = row["gate"]["tasks"]

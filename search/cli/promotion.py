@@ -125,7 +125,7 @@ def print_report(rows: list[dict], study: str, out, details: bool) -> None:
     from rich.table import Table
 
     summary = Table(title=f"promotions of {study!r}")
-    for column in ("trial", "status", "confirmation", "decision", "best p", "best p (Holm)", "pooled p"):
+    for column in ("trial", "status", "confirmation", "decision", "best p", "best p (Holm)", "pooled p", "candidate (task tests so far)"):
         summary.add_column(column, overflow="fold")
     for row in rows:
         c, g = row.get("confirmation") or {}, row.get("gate") or {}
@@ -135,7 +135,8 @@ def print_report(rows: list[dict], study: str, out, details: bool) -> None:
                         g.get("reason", row.get("error", "")),
                         f"{min((t['p'] for t in tasks), default=1):.3g}" if tasks else "",
                         f"{min((t['p_holm'] for t in tasks), default=1):.3g}" if tasks else "",
-                        f"{g['pooled_p']:.3g}" if g else "")
+                        f"{g['pooled_p']:.3g}" if g else "",
+                        f"{g.get('look', 1)} ({g.get('tested', len(tasks))})" if g else "")
     out.print(summary)
     for row in rows if details else []:
         g = row.get("gate")
