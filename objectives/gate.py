@@ -12,9 +12,23 @@ Decision rules (``GateRule.rule``):
   ``min_attempts`` attempts per arm has raw p < alpha. Uncorrected: with many tasks its false
   positive rate per candidate is well above alpha, and the result says so.
 * ``holm`` / ``bh``: accept when some task's adjusted p < alpha (these hold alpha under the null).
-* ``cmh``: accept when the pooled test's p < alpha (most power for a small uniform lift). It is
-  a normal approximation: with only a few informative tasks it can exceed alpha (one task at
-  N = 10: 14 % at alpha 0.10, ``bench/gate_null.py``), and the result flags that.
+* ``cmh``: accept when the pooled test's p < alpha (most power for a small uniform lift), pooling
+  only the eligible tasks. It is a normal approximation: with only a few informative tasks it
+  can exceed alpha (one task at N = 10: about 12 % at alpha 0.10, ``bench/gate_null.py``), and
+  the result flags that.
+* ``study``: holds alpha over the whole study, not per candidate: each of the ``candidates``
+  planned candidates is tested at alpha / candidates with Holm over its tasks (a union bound, so
+  it holds whatever the candidates share, the baseline sweep included); after that many, no
+  candidate can be accepted. The other rules are per candidate and uncorrected across
+  candidates; from the second candidate on the result says how many have been tested.
+
+The rule is p < alpha, strictly, and float rounding never decides it. Fisher's p-values are
+computed exactly as fractions (``exact_p``), adjusted exactly (Holm multiplies, BH divides by a
+rank) and compared with alpha read as the decimal it was typed as (0.10 is 1/10, not the binary
+float just above it): 3/8 against 0/8 gives exactly 1/10 and is not accepted at alpha 0.10.
+Boschloo's p and the pooled p are not rational (a numerical maximum, a normal tail); they must
+be below alpha by more than a relative ``TOLERANCE`` (1e-9), so a value that equals alpha up to
+rounding is never accepted.
 """
 
 from __future__ import annotations
@@ -22,14 +36,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 
 import numpy as np
-from scipy.stats import boschloo_exact, false_discovery_control, fisher_exact, norm
+from scipy.stats import boschloo_exact, norm
 from statsmodels.stats.contingency_tables import StratifiedTable
 
 TESTS = ("fisher", "boschloo")
-RULES = ("any", "holm", "bh", "cmh")
+RULES = ("any", "holm", "bh", "cmh", "study")
 FEW_TASKS = 5  # below this many informative tasks the pooled test is flagged as approximate
+TOLERANCE = 1e-9  # relative margin below alpha that an irrational (float) p-value must clear
 
 
 @dataclass(frozen=True)
@@ -47,17 +63,38 @@ class TaskCounts:
                 [self.candidate_n - self.candidate_pass, self.baseline_n - self.baseline_pass]]
 
 
+def fisher_p(counts: TaskCounts) -> Fraction:
+    """Fisher's one-sided p as an exact fraction: P(X >= candidate_pass) for X hypergeometric
+    (candidate_n draws from candidate_n + baseline_n attempts holding all the passes)."""
+    total, passes, drawn = counts.candidate_n + counts.baseline_n, counts.candidate_pass + counts.baseline_pass, counts.candidate_n
+    tail = sum(math.comb(passes, k) * math.comb(total - passes, drawn - k)
+               for k in range(counts.candidate_pass, min(passes, drawn) + 1))
+    return Fraction(tail, math.comb(total, drawn))
+
+
+def exact_p(counts: TaskCounts, test: str = "fisher") -> Fraction | float:
+    """The p-value the decision uses: an exact fraction for Fisher, scipy's float for Boschloo."""
+    if counts.candidate_n == 0 or counts.baseline_n == 0:
+        return Fraction(1)  # an arm with no valid attempt carries no evidence
+    if test == "fisher":
+        return fisher_p(counts)
+    if test == "boschloo":
+        p = boschloo_exact(counts.table(), alternative="greater").pvalue
+        return 1.0 if math.isnan(p) else min(1.0, float(p))
+    raise ValueError(f"unknown test {test!r}; use one of {', '.join(TESTS)}")
+
+
 def lift_p(counts: TaskCounts, test: str = "fisher") -> float:
     """One-sided p-value for "the candidate passes this task more often than the baseline"."""
-    if counts.candidate_n == 0 or counts.baseline_n == 0:
-        return 1.0  # an arm with no valid attempt carries no evidence
-    if test == "fisher":
-        p = fisher_exact(counts.table(), alternative="greater").pvalue
-    elif test == "boschloo":
-        p = boschloo_exact(counts.table(), alternative="greater").pvalue
-    else:
-        raise ValueError(f"unknown test {test!r}; use one of {', '.join(TESTS)}")
-    return 1.0 if math.isnan(p) else min(1.0, float(p))
+    return float(exact_p(counts, test))
+
+
+def below(p: Fraction | float, alpha: float) -> bool:
+    """The rule p < alpha, decided exactly for a fraction (alpha read as the decimal typed) and
+    with a relative margin of ``TOLERANCE`` for a float."""
+    if isinstance(p, Fraction):
+        return p < Fraction(repr(float(alpha)))
+    return p < alpha * (1 - TOLERANCE)
 
 
 def smallest_p(candidate_n: int, baseline_n: int, test: str = "fisher") -> float:
@@ -68,34 +105,29 @@ def smallest_p(candidate_n: int, baseline_n: int, test: str = "fisher") -> float
     return lift_p(TaskCounts("", candidate_n, candidate_n, 0, baseline_n), test)
 
 
-def underpowered(attempts: int, alpha: float, test: str = "fisher") -> str | None:
-    """A warning when no outcome at ``attempts`` per arm can reach ``alpha``; None when one can."""
-    best = smallest_p(attempts, attempts, test)
-    if best < alpha:
-        return None
-    return (f"{attempts} attempts per arm can never reach p < {alpha:g} with {test}'s test (the best possible "
-            f"p is {best:.3g}); use more attempts")
-
-
-def adjust(pvalues: Sequence[float], method: str) -> list[float]:
+def adjust(pvalues: Sequence, method: str) -> list:
     """Holm (``holm``) or Benjamini-Hochberg (``bh``) adjusted p-values, in the same order.
 
-    Same values as statsmodels' ``multipletests`` (the tests check), which is not used here
-    because it runs a full garbage collection on every call: 45 ms each, too slow for the
-    null simulation.
+    Plain arithmetic on the values given, so fractions stay exact and floats give the same
+    values as statsmodels' ``multipletests`` (the tests check).
     """
-    if not pvalues:
-        return []
-    values = np.asarray(pvalues, dtype=float)
-    if method == "bh":
-        return false_discovery_control(values, method="bh").tolist()
-    if method != "holm":
+    if method not in ("holm", "bh"):
         raise ValueError(f"unknown adjustment {method!r}; use holm or bh")
-    order = np.argsort(values, kind="stable")
-    scaled = values[order] * (len(values) - np.arange(len(values)))
-    adjusted = np.empty_like(values)
-    adjusted[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
-    return adjusted.tolist()
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [None] * m
+    if method == "holm":  # step down: m, m - 1, ... times the sorted values, running maximum
+        running = 0
+        for rank, i in enumerate(order):
+            running = max(running, pvalues[i] * (m - rank))
+            adjusted[i] = min(running, 1)
+    else:  # step up: m / rank times the sorted values, running minimum from the largest
+        running = 1
+        for rank in range(m, 0, -1):
+            i = order[rank - 1]
+            running = min(running, pvalues[i] * m / rank)
+            adjusted[i] = running
+    return adjusted
 
 
 def pooled_lift(counts: Sequence[TaskCounts]) -> tuple[float, float | None]:
@@ -120,12 +152,17 @@ def pooled_lift(counts: Sequence[TaskCounts]) -> tuple[float, float | None]:
 
 @dataclass(frozen=True)
 class GateRule:
-    """How a candidate is accepted; the defaults reproduce the users' criterion."""
+    """How a candidate is accepted; the defaults reproduce the users' criterion.
+
+    ``candidates`` is the study's planned number of gated candidates; only the ``study`` rule
+    uses it (each candidate gets alpha / candidates, Holm over its tasks).
+    """
 
     rule: str = "any"
     alpha: float = 0.10
     min_attempts: int = 3
     test: str = "fisher"
+    candidates: int = 5
 
     def __post_init__(self):
         if self.rule not in RULES:
@@ -134,6 +171,15 @@ class GateRule:
             raise ValueError(f"unknown test {self.test!r}; use one of {', '.join(TESTS)}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
+        if self.min_attempts < 1 or self.candidates < 1:
+            raise ValueError(f"min_attempts and candidates must be at least 1, got {self.min_attempts} and {self.candidates}")
+
+    def level(self, look: int = 1) -> float:
+        """The alpha one candidate is tested at: all of it for the per-candidate rules; for
+        ``study``, alpha / candidates for each of the first ``candidates`` looks and 0 after."""
+        if self.rule != "study":
+            return self.alpha
+        return self.alpha / self.candidates if look <= self.candidates else 0.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +193,10 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class GateResult:
-    """Everything the gate computed, and its decision."""
+    """Everything the gate computed, and its decision.
+
+    ``look`` is this candidate's place among the study's gated candidates and ``tested`` the
+    (candidate, task) pairs tested in the study so far, this candidate's included."""
 
     rule: GateRule
     tasks: list[TaskResult]
@@ -156,65 +205,91 @@ class GateResult:
     accepted: bool
     reason: str
     flags: list[str] = field(default_factory=list)
+    look: int = 1
+    tested: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def gate(counts: Sequence[TaskCounts], rule: GateRule = GateRule()) -> GateResult:
-    """Test every task and decide by ``rule``."""
-    raw = [lift_p(c, rule.test) for c in counts]
+def gate(counts: Sequence[TaskCounts], rule: GateRule = GateRule(), look: int = 1, tested_before: int = 0) -> GateResult:
+    """Test every task and decide by ``rule``; ``look`` counts this candidate among the study's
+    gated ones (1 = the first) and ``tested_before`` the task tests of the earlier ones."""
+    exact = [exact_p(c, rule.test) for c in counts]
     eligible = [min(c.candidate_n, c.baseline_n) >= rule.min_attempts for c in counts]
-    holm, bh = adjust(raw, "holm"), adjust(raw, "bh")
-    tasks = [TaskResult(c, p, ph, pb, e) for c, p, ph, pb, e in zip(counts, raw, holm, bh, eligible)]
-    pooled_p, ratio = pooled_lift(counts)
+    holm, bh = adjust(exact, "holm"), adjust(exact, "bh")
+    tasks = [TaskResult(c, float(p), float(ph), float(pb), e) for c, p, ph, pb, e in zip(counts, exact, holm, bh, eligible)]
+    pooled = [c for c, e in zip(counts, eligible) if e]  # the pooled test sees only what the gate counts
+    pooled_p, ratio = pooled_lift(pooled)
     flags = []
     short = [c.task for c, e in zip(counts, eligible) if not e]
     if short:
         flags.append(f"{len(short)} task(s) below {rule.min_attempts} valid attempts per arm are not eligible: {', '.join(short[:5])}")
+    level = rule.level(look)
     if rule.rule == "cmh":
-        informative = sum(0 < c.candidate_pass + c.baseline_pass < c.candidate_n + c.baseline_n for c in counts)
+        informative = sum(0 < c.candidate_pass + c.baseline_pass < c.candidate_n + c.baseline_n for c in pooled)
         if informative < FEW_TASKS:
-            flags.append(f"only {informative} task(s) with both passes and fails: the pooled test's normal approximation is loose; prefer the per-task tests")
-        accepted = pooled_p < rule.alpha
-        reason = f"pooled CMH p = {pooled_p:.3g} {'<' if accepted else '>='} {rule.alpha:g}"
+            flags.append(f"only {informative} eligible task(s) with both passes and fails: the pooled test's normal approximation is loose; prefer the per-task tests")
+        accepted = below(pooled_p, level)
+        reason = f"pooled CMH p = {pooled_p:.3g} {'<' if accepted else '>='} {level:g} over {len(pooled)} eligible task(s)"
     else:
-        key = {"any": "p", "holm": "p_holm", "bh": "p_bh"}[rule.rule]
-        label = {"any": "raw", "holm": "Holm-adjusted", "bh": "BH-adjusted"}[rule.rule]
-        hits = sorted((getattr(t, key), t.counts.task) for t in tasks if t.eligible and getattr(t, key) < rule.alpha)
+        values = {"any": exact, "holm": holm, "bh": bh, "study": holm}[rule.rule]
+        label = {"any": "raw", "holm": "Holm-adjusted", "bh": "BH-adjusted", "study": "Holm-adjusted"}[rule.rule]
+        hits = sorted((v, t.counts.task) for v, t in zip(values, tasks) if t.eligible and below(v, level))
         accepted = bool(hits)
         if accepted:
-            reason = f"{len(hits)} task(s) with {label} p < {rule.alpha:g}; best {hits[0][1]} (p = {hits[0][0]:.3g})"
+            reason = f"{len(hits)} task(s) with {label} p < {level:g}; best {hits[0][1]} (p = {float(hits[0][0]):.3g})"
         else:
-            best = min((getattr(t, key) for t in tasks if t.eligible), default=1.0)
-            reason = f"no eligible task with {label} p < {rule.alpha:g} (best {best:.3g})"
+            best = min((float(v) for v, t in zip(values, tasks) if t.eligible), default=1.0)
+            reason = f"no eligible task with {label} p < {level:g} (best {best:.3g})"
         if rule.rule == "any" and len(tasks) > 1:
             flags.append(f"uncorrected: {len(tasks)} tasks tested at alpha {rule.alpha:g} each; see the Holm/BH columns and the pooled test")
-    return GateResult(rule, tasks, pooled_p, ratio, accepted, reason, flags)
+    if rule.rule == "study":
+        reason += f" (study-wide: candidate {look} of {rule.candidates}, alpha {rule.alpha:g} / {rule.candidates})"
+        if look > rule.candidates:
+            flags.append(f"the study's alpha is spent: {rule.candidates} candidates were planned and this is candidate {look}")
+    elif look > 1:
+        flags.append(f"uncorrected across candidates: candidate {look} of the study, {tested_before + len(counts)} task tests so far; "
+                     "use --rule study to hold alpha over the whole study")
+    return GateResult(rule, tasks, pooled_p, ratio, accepted, reason, flags, look, tested_before + len(counts))
 
 
-def simulate_null(rule: GateRule, tasks: int, attempts: int, candidates: int = 2000, seed: int = 0,
-                  rates: Sequence[float] | None = None) -> float:
-    """Share of candidates the rule accepts when the candidate is exactly as good as the baseline.
+# ---- what a design can show at all ------------------------------------------------------------
 
-    Task pass rates are drawn uniformly in [0.1, 0.9] unless given; both arms share them.
-    """
-    rng = np.random.default_rng(seed)
-    accepted = 0
-    cache: dict[tuple[int, int], float] = {}
-    for _ in range(candidates):
-        task_rates = rates if rates is not None else rng.uniform(0.1, 0.9, size=tasks)
-        counts = [TaskCounts(f"t{i}", int(rng.binomial(attempts, r)), attempts, int(rng.binomial(attempts, r)), attempts)
-                  for i, r in enumerate(task_rates)]
-        if rule.rule == "cmh":
-            accepted += pooled_lift(counts)[0] < rule.alpha
-            continue
-        raw = []
-        for c in counts:  # exact p-values depend only on the two pass counts here
-            key = (c.candidate_pass, c.baseline_pass)
-            if key not in cache:
-                cache[key] = lift_p(c, rule.test)
-            raw.append(cache[key])
-        values = raw if rule.rule == "any" else adjust(raw, rule.rule)
-        accepted += min(values) < rule.alpha
-    return accepted / candidates
+def best_p(rule: GateRule, attempts: int, tasks: int) -> Fraction | float | None:
+    """The smallest decision value any outcome can give with ``attempts`` per arm on ``tasks``
+    tasks: every candidate attempt passes and every baseline one fails. None when no task is
+    eligible (``attempts`` below ``min_attempts``). Compared with ``rule.level()``."""
+    if attempts < rule.min_attempts or tasks < 1:
+        return None
+    if rule.rule == "cmh":  # each such task adds N/2 to the excess and N^2 / (4 (2N - 1)) to its variance
+        return float(norm.sf(math.sqrt(tasks * (2 * attempts - 1))))
+    single = exact_p(TaskCounts("", attempts, attempts, 0, attempts), rule.test)
+    return single * tasks if rule.rule in ("holm", "study") else single  # BH: all tasks at the best value
+
+
+def can_pass(rule: GateRule, attempts: int, tasks: int) -> bool:
+    """Whether some outcome of the design is accepted (by the first candidate, for ``study``)."""
+    best = best_p(rule, attempts, tasks)
+    return best is not None and below(best, rule.level(1))
+
+
+def smallest_passing_n(rule: GateRule, tasks: int, limit: int = 200) -> int | None:
+    """The fewest attempts per arm at which some outcome can be accepted; None above ``limit``."""
+    return next((n for n in range(rule.min_attempts, limit + 1) if can_pass(rule, n, tasks)), None)
+
+
+def underpowered(rule: GateRule, attempts: int, tasks: int) -> str | None:
+    """Why no outcome of the design can ever be accepted, naming the smallest N that can; None
+    when some outcome can."""
+    if can_pass(rule, attempts, tasks):
+        return None
+    smallest = smallest_passing_n(rule, tasks)
+    fix = f"use --attempts {smallest} or more" if smallest else "no N up to 200 can; change the rule or alpha"
+    if attempts < rule.min_attempts:
+        why = f"no task can be eligible with {attempts} attempts per arm and --min-attempts {rule.min_attempts}"
+    else:
+        best = best_p(rule, attempts, tasks)
+        why = (f"with {attempts} attempts per arm on {tasks} task(s), rule {rule.rule} and {rule.test}'s test can never reach "
+               f"p < {rule.level(1):g} (the best possible value is {float(best):.3g})")
+    return f"{why}; {fix}"

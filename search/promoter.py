@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import AblationError
 from objectives.gate import GateResult, GateRule, TaskCounts, gate, underpowered
+from objectives.plan import Design, plan, summary
 from objectives.sweep.base import Runner, run_sweep
 from search.front import feasible_front
 from search.study import STOP_ATTR, load, stop_requested
@@ -66,9 +67,11 @@ class Promoter:
         self.promotions = PromotionStore(storage.engine, study_name)
         self.root = Path(settings.checkpoints).expanduser().resolve() / study_name
         self._bench = None  # model, directions and confirmation scorer, loaded on first need
-        warning = underpowered(settings.attempts, settings.rule.alpha, settings.rule.test)
-        if warning:
-            self.log(f"warning: {warning}")
+        tasks = len(runner.tasks())
+        warning = underpowered(settings.rule, settings.attempts, tasks)
+        if warning:  # refused before any sweep: a week of agent runs that can never pass is worth one line now
+            raise AblationError(f"this design can never accept a candidate: {warning}")
+        self.log(summary(plan(Design(settings.rule, tasks, settings.attempts), settings.rule.candidates, studies=4000)))
 
     # ---- what to promote -------------------------------------------------------------------
 
@@ -134,8 +137,9 @@ class Promoter:
         except AblationError as error:
             self.promotions.update(n, self.promotions.get(n)[0], error=str(error))
             raise
+        look, tested_before = self.looks(n)
         result = gate([TaskCounts(task, *candidate.get(task, (0, 0)), *baseline.get(task, (0, 0))) for task in self.runner.tasks()],
-                      self.settings.rule)
+                      self.settings.rule, look, tested_before)
         status = "accepted" if result.accepted else "no_lift"
         self.promotions.update(n, status, gate=result.as_dict(), runner=self.runner.name, attempts=self.settings.attempts)
         self._restate(checkpoint, status, self.promotions.get(n)[1])
@@ -146,6 +150,13 @@ class Promoter:
             self.study.set_user_attr(STOP_ATTR, {"trial": n, "reason": f"trial {n} accepted: {result.reason}"})
             self.log(f"stopping study {self.name!r}: workers finish their trial and exit")
         return status
+
+    def looks(self, trial_number: int) -> tuple[int, int]:
+        """(this candidate's place among the study's gated candidates, task tests before it): every
+        earlier gate decision counts, so the study-wide rule spends alpha once per candidate."""
+        earlier = [details["gate"] for number, (_, details) in self.promotions.all().items()
+                   if number != trial_number and "gate" in details]
+        return len(earlier) + 1, sum(len(g["tasks"]) for g in earlier)
 
     def confirm(self, trial: FrozenTrial) -> dict:
         """Re-score on the held-out confirmation prompts with longer answers, against the base model."""

@@ -66,11 +66,15 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     valid = [(sweep, task, attempt) for _, sweep, task, attempt, status in after if status in ("pass", "fail")]
     assert len(valid) == len(set(valid))  # no attempt ran twice
     assert f"({len({(s, t, a) for _, s, t, a, _ in before if s.startswith('baseline')})} stored)" in log
+    assert "design: rule any, fisher, alpha 0.1, 10 task(s), N = 3" in log  # the plan line, before any sweep
 
     report = cli("report", "--storage", postgres_url, "--study", "s", "--json")
     rows = json.loads(report.communicate(timeout=120)[0])
     decided = [r for r in rows if r["status"] in ("accepted", "no_lift")]
     assert decided, rows
+    # Every decision counts the candidates gated before it in the study, one look each.
+    assert sorted(r["gate"]["look"] for r in decided) == list(range(1, len(decided) + 1))
+    assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner().tasks()) for r in decided)
     row = decided[0]
     assert row["confirmation"]["passed"] and row["attempts"] == ATTEMPTS
     tasks = row["gate"]["tasks"]
@@ -142,6 +146,9 @@ def test_a_candidate_that_no_longer_beats_the_base_is_dropped(tmp_path):
     (["--runner", "local", "--tasks", "/nonexistent"], "does not exist"),
     (["--alpha", "2"], "alpha must be between 0 and 1"),
     (["--attempts", "0"], "at least 1"),
+    (["--attempts", "2"], "no task can be eligible with 2 attempts per arm and --min-attempts 3; use --attempts 3 or more"),
+    (["--attempts", "5", "--min-attempts", "10"], "use --attempts 10 or more"),
+    (["--attempts", "3", "--rule", "holm"], "rule holm and fisher's test can never reach p < 0.1"),
 ])
 def test_bad_promote_options_are_one_line(tmp_path, args, message):
     tasks = tmp_path / "tasks.txt"

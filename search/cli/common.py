@@ -10,7 +10,7 @@ import sys
 # tests/test_cli.py checks that they match the library's own tuples.
 METHODS = ("mean", "mean-projected", "pca", "probe")
 PROXIES = ("markers", "first-token", "agent")
-RULES = ("any", "holm", "bh", "cmh")
+RULES = ("any", "holm", "bh", "cmh", "study")
 TESTS = ("fisher", "boschloo")
 
 BATCH_HELP = "prompts per forward pass and answers decoded at once (lower it if memory runs out)"
@@ -48,6 +48,28 @@ def positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def gate_options(parser: argparse.ArgumentParser) -> None:
+    """The gate's rule, shared by ``promote`` and ``plan``."""
+    parser.add_argument("--rule", choices=RULES, default="any",
+                        help="any (raw p, the default criterion; uncorrected), holm, bh, cmh (pooled) or study (alpha held over all candidates)")
+    parser.add_argument("--test", choices=TESTS, default="fisher", help="per-task exact test")
+    parser.add_argument("--alpha", type=float, default=0.10)
+    parser.add_argument("--min-attempts", type=positive, default=3, help="valid attempts per arm for a task to count")
+    parser.add_argument("--candidates", type=positive, default=5,
+                        help="candidates the study will gate: --rule study tests each at alpha / candidates")
+
+
+def gate_rule(args):
+    """The GateRule of :func:`gate_options`, or a one-line error."""
+    from ablation.errors import AblationError
+    from objectives.gate import GateRule
+
+    try:
+        return GateRule(args.rule, args.alpha, args.min_attempts, args.test, args.candidates)
+    except ValueError as error:
+        raise AblationError(str(error)) from None
 
 
 def study_options(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import RULES, TESTS, add_command, console, positive, study_options
+from search.cli.common import add_command, console, gate_options, gate_rule, positive, study_options
 
 
 def register(commands) -> None:
@@ -23,16 +23,29 @@ def register(commands) -> None:
     promote.add_argument("--temperature", type=float, default=0.8, help="local: sampling temperature")
     promote.add_argument("--margin", type=float, default=0.1, help="confirmation: refusal must beat the base model's by this much")
     promote.add_argument("--confirm-tokens", type=positive, default=None, help="confirmation answer length (default: twice the study's)")
-    promote.add_argument("--rule", choices=RULES, default="any", help="any (raw p, the default criterion), holm, bh or cmh (pooled)")
-    promote.add_argument("--test", choices=TESTS, default="fisher", help="per-task exact test")
-    promote.add_argument("--alpha", type=float, default=0.10)
-    promote.add_argument("--min-attempts", type=positive, default=3, help="valid attempts per arm for a task to count")
+    gate_options(promote)
     promote.add_argument("--stop-at-first-lift", action="store_true", help="an accepted candidate stops the study and the promoter")
     promote.add_argument("--checkpoints", default="abliterate-checkpoints", help="folder for exported checkpoints and sweep logs")
     promote.add_argument("--device", default="auto")
     promote.add_argument("--lease", type=float, default=600.0, help="seconds a crashed promoter's claim lasts")
     promote.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the front")
     promote.set_defaults(run=_promote)
+
+    planner = add_command(commands, "plan", "what a promotion design can show: false acceptance, power, smallest N",
+                          "For a design (tasks, attempts per task and arm, gate rule and test, candidates), print the "
+                          "share of no-better candidates accepted (per candidate and over all candidates sharing one "
+                          "baseline), the power to find a given lift, the smallest N with 80 % power, and whether any "
+                          "outcome can pass at all. Exact for the rules any, holm and study; simulated for bh and cmh "
+                          "(with the standard error).")
+    planner.add_argument("--tasks", type=positive, default=5, help="tasks in the sweep")
+    planner.add_argument("--attempts", type=positive, default=3, help="attempts per task and arm")
+    gate_options(planner)
+    planner.add_argument("--lift", type=float, default=0.3, help="pass-rate lift the candidate should be found with")
+    planner.add_argument("--on", choices=("one", "all"), default="one", help="the lift is on one task or on every task")
+    planner.add_argument("--base-rate", type=float, default=0.4, help="the baseline's pass rate on every task")
+    planner.add_argument("--studies", type=positive, default=20000, help="simulated studies where a figure is simulated")
+    planner.add_argument("--json", action="store_true", help="one JSON object with every figure")
+    planner.set_defaults(run=_plan)
 
     report = add_command(commands, "report", "promoted candidates: per-task counts, p-values, pooled test, decision")
     study_options(report)
@@ -65,15 +78,10 @@ def _make_runner(args):
 
 
 def _promote(args) -> int:
-    from ablation.errors import AblationError
-    from objectives.gate import GateRule
     from search.promoter import Promoter, PromotionSettings
     from storage.rdb import open_storage
 
-    try:
-        rule = GateRule(args.rule, args.alpha, args.min_attempts, args.test)
-    except ValueError as error:
-        raise AblationError(str(error)) from None
+    rule = gate_rule(args)
     settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
                                  lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device)
     promoter = Promoter(open_storage(args.storage), args.study, _make_runner(args), settings)
@@ -81,6 +89,21 @@ def _promote(args) -> int:
         promoter.run_once()
     else:
         promoter.watch(args.poll)
+    return 0
+
+
+def _plan(args) -> int:
+    import json
+
+    from ablation.errors import AblationError
+    from objectives.plan import Design, plan, summary
+
+    rule = gate_rule(args)
+    for name, value in (("--base-rate", args.base_rate), ("--lift", args.lift)):
+        if not 0 <= value <= 1:
+            raise AblationError(f"{name} must be between 0 and 1, got {value}")
+    figures = plan(Design(rule, args.tasks, args.attempts, args.base_rate, args.lift, args.on), args.candidates, args.studies)
+    print(json.dumps(figures, indent=2) if args.json else summary(figures))
     return 0
 
 
@@ -122,7 +145,8 @@ def summary_table(rows: list[dict], study: str):
     from rich.table import Table
 
     summary = Table(title=f"promotions of {study!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for column in ("trial", "status", "refusal", "base", "best p", "Holm p", "pooled p"):
+    # "look": which candidate of the study this decision is (its task tests so far in brackets)
+    for column in ("trial", "status", "refusal", "base", "best p", "Holm p", "pooled p", "look"):
         summary.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
     for row in rows:
         c, g = row.get("confirmation") or {}, row.get("gate") or {}
@@ -130,7 +154,7 @@ def summary_table(rows: list[dict], study: str):
         summary.add_row(str(row["trial"]), row["status"], f"{c['refusal']:.3f}" if c else "", f"{c['base_refusal']:.3f}" if c else "",
                         f"{min(t['p'] for t in tasks):.3g}" if tasks else "",
                         f"{min(t['p_holm'] for t in tasks):.3g}" if tasks else "",
-                        f"{g['pooled_p']:.3g}" if g else "")
+                        f"{g['pooled_p']:.3g}" if g else "", f"{g.get('look', 1)} ({g.get('tested', len(tasks))})" if g else "")
     return summary
 
 
