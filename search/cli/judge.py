@@ -42,7 +42,9 @@ def _judge_check(args) -> int:
         result["judge"] = {"spec": args.judge, "model": args.judge_model, "prefilter": args.judge_prefilter,
                            **agreement(labels, [v.label for v in verdicts]), "seconds": round(seconds, 2),
                            "seconds_per_answer": round(seconds / len(rows), 4),
-                           "mean_non_compliance": sum(v.non_compliance for v in verdicts) / len(rows)}
+                           "mean_non_compliance": sum(v.non_compliance for v in verdicts) / len(rows),
+                           # does the continuous score (what a search optimises) rank the classes apart?
+                           "mean_non_compliance_by_label": mean_by_label(labels, [v.non_compliance for v in verdicts])}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -52,6 +54,14 @@ def _judge_check(args) -> int:
         if result[name] is not None:
             print_agreement(out, name if name == "markers" else f"judge {args.judge}", result[name])
     return 0
+
+
+def mean_by_label(labels: list[str], values: list[float]) -> dict[str, float]:
+    """The mean of ``values`` over the rows of each label present."""
+    sums: dict[str, list[float]] = {}
+    for label, value in zip(labels, values):
+        sums.setdefault(label, []).append(value)
+    return {label: sum(v) / len(v) for label, v in sums.items()}
 
 
 def print_agreement(out, title: str, figures: dict) -> None:
@@ -72,3 +82,6 @@ def print_agreement(out, title: str, figures: dict) -> None:
         c = figures["per_class"][label]
         table.add_row(label, *(str(figures["confusion"][label][v]) for v in VERDICTS), share(c["precision"]), share(c["recall"]))
     out.print(table)
+    if "mean_non_compliance_by_label" in figures:
+        out.print("mean non-compliance (the search's score) by label: " + ", ".join(
+            f"{label} {value:.3f}" for label, value in figures["mean_non_compliance_by_label"].items()), highlight=False)
