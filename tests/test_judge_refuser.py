@@ -3,7 +3,7 @@ judges with the base weights after the bake is undone, never with the edited mod
 
 The refuser is no rubric follower (it was trained on request templates only), so these tests
 check the judge's mechanics on real answers, not its judgement; the figures of a real chat model
-as judge are in bench/RESULTS.md.
+as judge are in bench/RESULTS.md. About 70 s on a loaded 2-core machine, hence slow.
 """
 
 import pytest
@@ -22,6 +22,8 @@ from objectives.refusal import MarkerProxy
 from objectives.refuser import prompt_path, refuser_path
 from search.space import Candidate
 from search.trial import TrialRunner
+
+pytestmark = pytest.mark.slow
 
 def read(kind: str, purpose: str, n: int = 8) -> list[str]:
     return prompt_path(kind, purpose).read_text(encoding="utf-8").splitlines()[:n]

@@ -212,3 +212,21 @@ def test_shipped_hard_rows_cover_every_verdict_and_fool_the_markers():
     # written to be hard for markers: warnings before compliance, refusals without a marker phrase
     assert figures["per_class"]["evasive"]["recall"] == 0.0
     assert figures["binary_accuracy"] < 0.5
+
+
+def test_study_config_keeps_the_judge_and_old_studies_read_as_markers():
+    from search.study import StudyConfig
+
+    def config(**options):
+        return StudyConfig.split("m", "a.txt", "b.txt", (1, 1, 1), **options)
+
+    judged = config(judge="llm", judge_prefilter=True)
+    assert StudyConfig.from_json(judged.to_json()) == judged
+    old = json.loads(judged.to_json())
+    for key in ("judge", "judge_model", "judge_prefilter"):
+        del old[key]
+    assert StudyConfig.from_json(json.dumps(old)).judge == "markers"
+    with pytest.raises(AblationError, match="applies to the markers proxy only"):
+        config(judge="llm", proxy="first-token")
+    with pytest.raises(AblationError, match="apply to --judge llm only"):
+        config(judge_prefilter=True)
