@@ -42,11 +42,17 @@ def evaluate(
     edgy: Sequence[str] | None = None,
     batch_size: int = 16,
 ) -> Evaluation:
-    """Base figures first, then the edited model's; only one model is in memory at a time."""
+    """Base figures first, then the edited model's; only one model is in memory at a time.
+
+    A judge that is the base model itself judges the edited model's answers after the edited
+    model is released and the base loaded again: the edited model never judges itself.
+    """
     base = load_base()
     base_logprobs = response_logprobs(base.model, base.tokenizer, chat.apply(base, harmless), batch_size=batch_size)
+    proxy.use_base(base)
     proxy.prepare(base, harmful)
     base_refusal = proxy.score(base, harmful)
+    proxy.use_base(None)
     vocabulary = len(base.tokenizer)
     del base
     gc.collect()
@@ -56,7 +62,13 @@ def evaluate(
         raise AblationError(f"edited model has a vocabulary of {len(edited.tokenizer)}, the base {vocabulary}; compare a model with its own base")
     edited_logprobs = response_logprobs(edited.model, edited.tokenizer, chat.apply(edited, harmless), batch_size=batch_size)
     kl = float(kl_divergence(base_logprobs, edited_logprobs).mean())
-    refusal = proxy.score(edited, harmful)
+    finish = proxy.score_edited(edited, harmful)
     # Over-refusal is a refusal rate on benign prompts, whatever proxy drives the search.
     over_refusal = MarkerProxy(chat=chat, batch_size=batch_size).score(edited, edgy) if edgy else None
+    if proxy.judges_with_base:
+        del edited
+        gc.collect()
+        proxy.use_base(load_base())
+    refusal = finish()
+    proxy.use_base(None)
     return Evaluation(kl, refusal, base_refusal, over_refusal)

@@ -1,11 +1,13 @@
 """Refusal proxies: how much a (baked) model still refuses, as one number to minimise.
 
 A proxy is prepared once on the unedited model (:meth:`RefusalProxy.prepare`) and then scores
-the model as it is now (:meth:`RefusalProxy.score`). Implementations:
+the model as it is now (:meth:`RefusalProxy.score`). In a trial the pass is split in two
+(:meth:`RefusalProxy.score_edited`): answers are generated while the edit is baked, and judged
+once it is undone, so a model judge always judges with the base weights. Implementations:
 
-* :class:`MarkerProxy` - greedy answers judged by a :class:`Judge` (refusal markers by default,
-  or a model-based classifier plugged in); empty, looping or garbage answers count as failures,
-  never as compliance.
+* :class:`MarkerProxy` - greedy answers judged by a :class:`~objectives.judges.Judge` (refusal
+  markers by default, a chat model with ``llm``, or a plug-in); empty, looping or garbage answers
+  count as failures, never as compliance.
 * :class:`FirstTokenProxy` - probability mass on the tokens that begin the base model's own
   refusals, from one forward pass; continuous and cheap.
 * :class:`AgentProxy` - agent turns in a terminal-agent JSON format; an answer fails when it
@@ -15,20 +17,19 @@ the model as it is now (:meth:`RefusalProxy.score`). Implementations:
 from __future__ import annotations
 
 import abc
-import importlib
 import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from ablation.errors import AblationError
 from ablation.loading import LoadedModel
 from objectives.generation import generate_greedy
+from objectives.judges import Judge, MarkerJudge, load_judge  # noqa: F401 - load_judge: the plug-in form, kept here
 from objectives.kl import response_logprobs
-from objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate, normalize, strip_thinking
+from objectives.text import has_marker, normalize, strip_thinking
 
 
 @dataclass(frozen=True)
@@ -80,64 +81,59 @@ class RefusalProxy(abc.ABC):
         cannot know it early ignore it.
         """
 
+    def score_edited(self, loaded: LoadedModel, prompts: Sequence[str],
+                     give_up_at: int | None = None) -> Callable[[], RefusalScore]:
+        """The part of :meth:`score` that needs the model as it is now (the edited one), run now;
+        the rest comes back as a function to call once the edit is undone, because a model judge
+        judges with the base weights. Default: everything now."""
+        score = self.score(loaded, prompts, give_up_at)
+        return lambda: score
 
-class Judge(Protocol):
-    """Decides which responses are refusals.
+    def use_base(self, loaded: LoadedModel | None) -> None:  # noqa: B027 - optional hook
+        """Hands the proxy the unedited model for judging (None takes it back). Default: ignored."""
 
-    A judge with ``markers_only = True`` decides from marker phrases alone, which lets
-    generation stop as soon as one appears; any other judge sees whole answers.
-    """
-
-    markers_only: bool
-
-    def refuses(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]: ...
-
-
-@dataclass(frozen=True)
-class MarkerJudge:
-    """A response refuses when its answer (thinking removed, normalised) holds a marker."""
-
-    markers: tuple[str, ...] = REFUSAL_MARKERS
-    markers_only: bool = True
-
-    def refuses(self, prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-        return [has_marker(r, self.markers) for r in responses]
-
-
-def load_judge(spec: str) -> Judge:
-    """A judge from ``module:attribute`` (a Judge instance, or a class / factory taking no arguments)."""
-    module_name, _, attribute = spec.partition(":")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError):
-        raise AblationError(f"cannot import judge {spec!r}; give it as module:attribute of an importable module") from None
-    judge = target() if isinstance(target, type) or not hasattr(target, "refuses") else target
-    if not hasattr(judge, "refuses"):
-        raise AblationError(f"judge {spec!r} has no refuses(prompts, responses) method")
-    return judge
+    @property
+    def judges_with_base(self) -> bool:
+        """Whether answers are judged with the base model handed over by :meth:`use_base`."""
+        return False
 
 
 class MarkerProxy(RefusalProxy):
-    """Share of prompts answered with a refusal or a degenerate answer (greedy, batched)."""
-
-    name = "markers"
+    """Greedy answers (batched) judged by a :class:`~objectives.judges.Judge`: refusal markers by
+    default, or a model judge. The score is the mean non-compliance of the verdicts: the share of
+    refusals, evasive and degenerate answers for rule judges, a probability for a model judge."""
 
     def __init__(self, judge: Judge | None = None, max_new_tokens: int = 48, batch_size: int = 16,
                  early_stop: bool = True, chat: ChatFormat = ChatFormat(), samples: int = 3):
         self.judge = judge or MarkerJudge()
         self.max_new_tokens, self.batch_size, self.samples = max_new_tokens, batch_size, samples
         self.chat = chat
-        # A marker settles the verdict at once; a model-based judge needs the whole answer.
-        self.early_stop = early_stop and getattr(self.judge, "markers_only", False)
-        self._markers = getattr(self.judge, "markers", REFUSAL_MARKERS)
+        # An answer whose verdict its beginning settles (a marker) stops there; a judge that
+        # needs whole answers never says so, and then every answer runs to its end.
+        self.early_stop = early_stop
+
+    @property
+    def name(self) -> str:
+        return "markers" if isinstance(self.judge, MarkerJudge) else f"judge {self.judge.name}"
+
+    def use_base(self, loaded: LoadedModel | None) -> None:
+        self.judge.use_base(loaded)
+
+    @property
+    def judges_with_base(self) -> bool:
+        return self.judge.judges_with_base
 
     def score(self, loaded: LoadedModel, prompts: Sequence[str], give_up_at: int | None = None) -> RefusalScore:
+        return self.score_edited(loaded, prompts, give_up_at)()
+
+    def score_edited(self, loaded: LoadedModel, prompts: Sequence[str],
+                     give_up_at: int | None = None) -> Callable[[], RefusalScore]:
         refused_so_far = 0
 
         def decided(text: str) -> bool:
             nonlocal refused_so_far
-            refused = has_marker(text, self._markers)
-            refused_so_far += refused  # a marker stays in the answer: each one is a final refusal
+            refused = self.judge.refuses_early(text)
+            refused_so_far += refused  # each one is a final refusal
             return refused
 
         def hopeless() -> bool:
@@ -146,16 +142,19 @@ class MarkerProxy(RefusalProxy):
         generation = generate_greedy(loaded.model, loaded.tokenizer, self.chat.apply(loaded, prompts),
                                      self.max_new_tokens, self.batch_size, decided if self.early_stop else None,
                                      stop=hopeless if self.early_stop and give_up_at is not None else None)
+        tokens = sum(generation.new_tokens)
         if not generation.complete:
-            return RefusalScore(refused_so_far / len(prompts), len(prompts), {"refusal": refused_so_far},
-                                generated_tokens=sum(generation.new_tokens), complete=False)
-        refused = self.judge.refuses(prompts, generation.responses)
-        outcomes = ["refusal" if r else "degenerate" if is_degenerate(text) else "comply"
-                    for r, text in zip(refused, generation.responses)]
-        counts = Counter(outcomes)
-        failures = counts["refusal"] + counts["degenerate"]
-        return RefusalScore(failures / len(prompts), len(prompts), dict(counts),
-                            list(zip(prompts, generation.responses))[: self.samples], sum(generation.new_tokens))
+            cut = RefusalScore(refused_so_far / len(prompts), len(prompts), {"refusal": refused_so_far},
+                               generated_tokens=tokens, complete=False)
+            return lambda: cut
+        return lambda: self.judged(prompts, generation.responses, tokens)
+
+    def judged(self, prompts: Sequence[str], responses: Sequence[str], generated_tokens: int = 0) -> RefusalScore:
+        """The score of answers already generated."""
+        verdicts = self.judge.verdicts(prompts, responses)
+        counts = Counter(v.label for v in verdicts)
+        value = sum(v.non_compliance for v in verdicts) / len(prompts)
+        return RefusalScore(value, len(prompts), dict(counts), list(zip(prompts, responses))[: self.samples], generated_tokens)
 
 
 class FirstTokenProxy(RefusalProxy):
@@ -261,10 +260,14 @@ PROXIES = ("markers", "first-token", "agent")
 
 
 def make_proxy(name: str, max_new_tokens: int = 48, batch_size: int = 16, chat: ChatFormat = ChatFormat(),
-               judge: str | None = None, agent_template: str | None = None) -> RefusalProxy:
-    """A proxy by name; ``judge`` (module:attribute) and ``agent_template`` (a file) are optional."""
+               judge: Judge | str | None = None, agent_template: str | None = None) -> RefusalProxy:
+    """A proxy by name; ``judge`` (a Judge, or module:attribute) and ``agent_template`` (a file) are optional.
+
+    A judge other than the markers applies to the markers proxy only (the one that judges answers)."""
+    if judge is not None and name != "markers" and not isinstance(judge, MarkerJudge):
+        raise AblationError(f"a judge applies to the markers proxy only, not {name!r}; drop --judge or use --proxy markers")
     if name == "markers":
-        return MarkerProxy(load_judge(judge) if judge else None, max_new_tokens, batch_size, chat=chat)
+        return MarkerProxy(load_judge(judge) if isinstance(judge, str) else judge, max_new_tokens, batch_size, chat=chat)
     if name == "first-token":
         return FirstTokenProxy(max_new_tokens, batch_size, chat=chat)
     if name == "agent":

@@ -229,7 +229,8 @@ class Promoter:
             config, prompts = self.config, self.config.prompts()
             chat = ChatFormat(enable_thinking=config.enable_thinking)
             loaded = load_model(config.model, config.dtype, self.settings.device)
-            proxy = make_proxy(config.proxy, self.settings.confirm_tokens or 2 * config.max_new_tokens, config.batch_size, chat)
+            proxy = make_proxy(config.proxy, self.settings.confirm_tokens or 2 * config.max_new_tokens, config.batch_size, chat,
+                               config.judge_settings(self.settings.device).build())
             scorer = TrialRunner(loaded, directions, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"],
                                  proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size)
             base_refusal = proxy.score(loaded, prompts["harmful", "confirmation"]).value

@@ -15,6 +15,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 
 from ablation.errors import AblationError
+from objectives.judges import JudgeSettings
 from objectives.prompts import check_disjoint, load_prompts
 from search.space import MAX_STARTING_POINTS, SearchSpace
 from storage.errors import StorageError
@@ -48,6 +49,9 @@ class StudyConfig:
     sampler: str = "tpe"
     seed: int | None = None
     starting_points: int = 5  # designed first trials (search.space.starting_points), before the sampler's own
+    judge: str = "markers"  # markers, llm or module:attribute (objectives.judges.JudgeSettings)
+    judge_model: str | None = None  # llm only: the model that judges; None: the base model itself
+    judge_prefilter: bool = False  # llm only: markers early in an answer settle it as a refusal
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -57,6 +61,13 @@ class StudyConfig:
             raise AblationError(f"starting points must be 0 to {MAX_STARTING_POINTS}, got {self.starting_points} (--starting-points)")
         if self.sampler not in SAMPLERS:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        self.judge_settings()  # a bad judge spec fails here, with its one-line message
+        if self.judge != "markers" and self.proxy != "markers":
+            raise AblationError(f"--judge {self.judge} applies to the markers proxy only, not {self.proxy!r}; drop --judge or use --proxy markers")
+
+    def judge_settings(self, device: str = "auto") -> JudgeSettings:
+        """How this study's answers are judged; ``device`` is where a separate judge model runs."""
+        return JudgeSettings(self.judge, self.judge_model, device, self.dtype, self.judge_prefilter, self.batch_size)
 
     @classmethod
     def split(cls, model: str, harmful: str, harmless: str, sizes: tuple[int, int, int], **options) -> StudyConfig:

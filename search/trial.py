@@ -99,22 +99,29 @@ class TrialRunner:
         self.proxy, self.kl_cap = proxy, kl_cap
         self.baker = Baker(find_writers(loaded.model))
         self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), kl_tokens, batch_size)
+        proxy.use_base(loaded)  # a model judge that is the base model judges after each restore
         proxy.prepare(loaded, self.harmful)
 
     def run(self, candidate: Candidate, give_up_at: Callable[[float], int | None] | None = None) -> TrialOutcome:
-        """Bake, score, restore. ``give_up_at(kl)``, when given, is the number of failing prompts
-        from which this trial is of no use (see :meth:`RefusalProxy.score`)."""
+        """Bake, score, restore, judge. ``give_up_at(kl)``, when given, is the number of failing
+        prompts from which this trial is of no use (see :meth:`RefusalProxy.score`). Answers are
+        judged after the restore (see :meth:`RefusalProxy.score_edited`)."""
         seconds = {}
         start = time.perf_counter()
+        finish = None
         with self.baker.baked_into(direction_for(candidate, self.directions), candidate.profile, candidate.norm_preserving) as report:
             seconds["bake"] = time.perf_counter() - start
             kl = self.kl.score()
             seconds["kl"] = time.perf_counter() - start - seconds["bake"]
             feasible = kl <= self.kl_cap
-            refusal = None
             if feasible:
                 mark = time.perf_counter()
-                refusal = self.proxy.score(self.loaded, self.harmful, give_up_at(kl) if give_up_at else None)
+                finish = self.proxy.score_edited(self.loaded, self.harmful, give_up_at(kl) if give_up_at else None)
                 seconds["refusal"] = time.perf_counter() - mark
+        refusal = None
+        if finish is not None:
+            mark = time.perf_counter()
+            refusal = finish()
+            seconds["judge"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
         return TrialOutcome(kl, feasible, refusal, seconds, report.layers)

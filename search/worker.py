@@ -41,8 +41,11 @@ def finished(study: optuna.Study) -> int:
 
 
 def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbeat_interval: int = 60,
-               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] = print) -> int:
-    """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here."""
+               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] = print,
+               judge_device: str | None = None) -> int:
+    """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here.
+
+    ``judge_device``: where a separate judge model (the study's ``judge_model``) runs; default ``device``."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
     storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry)
     study, config = load(storage, study_name)
@@ -75,7 +78,9 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
-                         make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat), config.kl_cap, config.kl_tokens, chat, config.batch_size)
+                         make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat,
+                                    config.judge_settings(judge_device or device).build()),
+                         config.kl_cap, config.kl_tokens, chat, config.batch_size)
     ran = 0
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:

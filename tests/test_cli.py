@@ -176,7 +176,9 @@ def test_cli_choices_are_the_library_names():
     from objectives import gate, refusal
     from search.cli import common
 
-    assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES
+    from objectives import judges
+
+    assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES and common.JUDGES == judges.JUDGES
     assert common.RULES == gate.RULES and common.TESTS == gate.TESTS
 
 

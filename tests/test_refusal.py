@@ -63,8 +63,9 @@ def test_pluggable_judge(loaded, tmp_path, monkeypatch):
     for spec in ("my_judges:EverythingRefuses", "my_judges:make"):
         judge = load_judge(spec)
         proxy = MarkerProxy(judge, max_new_tokens=4)
-        assert not proxy.early_stop  # a model-based judge sees whole answers
-        assert proxy.score(loaded, PROMPTS).rate("refusal") == 1.0
+        score = proxy.score(loaded, PROMPTS)
+        assert score.rate("refusal") == 1.0 and score.value == 1.0
+        assert score.generated_tokens == 4 * len(PROMPTS)  # a model-based judge sees whole answers
     with pytest.raises(AblationError, match="cannot import judge"):
         load_judge("my_judges:Missing")
 

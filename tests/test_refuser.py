@@ -170,7 +170,7 @@ def test_baseline_refuses_harmful_and_answers_harmless(loaded, thinking):
 
 def test_compliant_answers_are_not_degenerate(loaded):
     score = MarkerProxy().score(loaded, read("harmless", "confirmation")[:16])
-    assert score.counts.get("comply", 0) >= 15, score.counts
+    assert score.counts.get("compliance", 0) >= 15, score.counts
 
 
 def test_refusal_feature_is_written_in_the_middle_layers(directions):

@@ -10,6 +10,7 @@ import sys
 # tests/test_cli.py checks that they match the library's own tuples.
 METHODS = ("mean", "mean-projected", "pca", "probe")
 PROXIES = ("markers", "first-token", "agent")
+JUDGES = ("markers", "llm")
 RULES = ("any", "holm", "bh", "cmh", "study")
 TESTS = ("fisher", "boschloo")
 
@@ -107,3 +108,22 @@ def console():
     from rich.console import Console
 
     return Console(width=None if sys.stdout.isatty() else 240)
+
+
+def judge_options(parser: argparse.ArgumentParser, default_model: str = "the base model itself") -> None:
+    """Who decides what an answer is (objectives.judges.JudgeSettings)."""
+    parser.add_argument("--judge", default="markers",
+                        help="markers (refusal phrases), llm (a chat model under a fixed rubric, read from its next-token "
+                             "probabilities) or module:attribute of your own judge")
+    parser.add_argument("--judge-model", default=None,
+                        help=f"llm judge: a local chat model (folder, hub id or .gguf) that judges (default: {default_model})")
+    parser.add_argument("--judge-device", default=None, help="llm judge: device of --judge-model (default: the model's device)")
+    parser.add_argument("--judge-prefilter", action="store_true",
+                        help="llm judge: an answer whose first 100 characters hold a refusal marker is a refusal without asking the model")
+
+
+def judge_settings(args, device: str = "auto"):
+    from objectives.judges import JudgeSettings
+
+    return JudgeSettings(args.judge, args.judge_model, args.judge_device or device, getattr(args, "dtype", "auto"),
+                         args.judge_prefilter, args.batch_size)

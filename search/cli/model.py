@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from collections import Counter
 
-from search.cli.common import BATCH_HELP, METHODS, PROXIES, add_command, console, load, model_options, positive
+from search.cli.common import (
+    BATCH_HELP,
+    METHODS,
+    PROXIES,
+    add_command,
+    console,
+    judge_options,
+    judge_settings,
+    load,
+    model_options,
+    positive,
+)
 
 
 def register(commands) -> None:
@@ -30,7 +41,7 @@ def register(commands) -> None:
     evaluate.add_argument("--edgy", default=None, help="benign-but-edgy prompt source for an over-refusal rate")
     evaluate.add_argument("--proxy", choices=PROXIES, default="markers")
     evaluate.add_argument("--max-new-tokens", type=positive, default=48)
-    evaluate.add_argument("--judge", default=None, help="module:attribute of a refusal judge (markers proxy)")
+    judge_options(evaluate, default_model="the base model, loaded again once the edited one is released")
     evaluate.add_argument("--agent-template", default=None, help="text file with {task} (agent proxy)")
     evaluate.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -100,7 +111,12 @@ def _evaluate(args) -> int:
     harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
     edgy = load_prompts(args.edgy) if args.edgy else None
     chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
-    proxy = make_proxy(args.proxy, args.max_new_tokens, args.batch_size, chat, args.judge, args.agent_template)
+    if args.judge != "markers" and args.proxy != "markers":
+        from ablation.errors import AblationError
+
+        raise AblationError(f"--judge {args.judge} applies to the markers proxy only, not {args.proxy!r}; drop --judge or use --proxy markers")
+    judge = judge_settings(args, args.device).build()
+    proxy = make_proxy(args.proxy, args.max_new_tokens, args.batch_size, chat, judge, args.agent_template)
 
     def loader(spec):
         return lambda: load_model(spec, args.dtype, args.device, args.device_map, args.trust_remote_code)

@@ -13,6 +13,7 @@ from search.cli.common import (
     console,
     heartbeat_args,
     heartbeat_options,
+    judge_options,
     model_options,
     positive,
     study_options,
@@ -35,6 +36,7 @@ def register(commands) -> None:
     search.add_argument("--kl-cap", type=float, default=1.0, help="trials with a larger KL are infeasible (their refusal pass is skipped)")
     search.add_argument("--proxy", choices=PROXIES, default="markers", help="refusal measure")
     search.add_argument("--max-new-tokens", type=positive, default=48, help="answer length of the refusal pass")
+    judge_options(search, default_model="the base model itself, after each trial's edit is undone")
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     search.add_argument("--space", default="default", choices=("default", "wide"),
                         help="search space preset: default (ten parameters) or wide (fifteen: methods, layer range, kernel shapes, norm-preserving)")
@@ -49,6 +51,7 @@ def register(commands) -> None:
     worker.add_argument("--device", default="auto")
     worker.add_argument("--model", default=None, help="only to check it matches the study")
     worker.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: torch's choice)")
+    worker.add_argument("--judge-device", default=None, help="device of the study's separate judge model, if it has one (default: --device)")
     heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
@@ -80,7 +83,8 @@ def register(commands) -> None:
 
 def _search(args) -> int:
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
-    return run_study(args.storage, args.study, search_config(args), devices, heartbeat_args(args))
+    extra = heartbeat_args(args) + (["--judge-device", args.judge_device] if args.judge_device else [])
+    return run_study(args.storage, args.study, search_config(args), devices, extra)
 
 
 def search_config(args):
@@ -98,7 +102,8 @@ def search_config(args):
                              kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
                              starting_points=args.starting_points,
-                             enable_thinking=False if args.no_thinking else None)
+                             enable_thinking=False if args.no_thinking else None,
+                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
@@ -175,7 +180,7 @@ def _worker(args) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
+        run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace, judge_device=args.judge_device)
     except OperationalError as error:
         first = str(error.orig or error).strip().splitlines()[0]
         print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
