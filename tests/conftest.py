@@ -39,3 +39,15 @@ def no_registry_packages(monkeypatch):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(metadata, "distribution", missing)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread: as fast for the tiny models here, and many times faster when the CPU is
+    shared (more threads than free cores make every matmul wait for the slowest one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

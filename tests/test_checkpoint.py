@@ -22,12 +22,9 @@ from search.reproduce import differing_files, parse_reproduction, prompts_sha256
 BASE_CARD = "---\nlicense: other\nlicense_name: tiny-licence\nlicense_link: LICENSE\npipeline_tag: text-generation\n---\n# Tiny\n"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 @pytest.fixture

@@ -22,12 +22,9 @@ ANSWERS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(scope="module", autouse=True)
+def one_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 @pytest.fixture

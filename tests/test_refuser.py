@@ -53,12 +53,8 @@ def read(kind: str, purpose: str) -> list[str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: as fast for a model this small, and up to 15x faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def one_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 @pytest.fixture(scope="module")
