@@ -5,17 +5,19 @@ from __future__ import annotations
 import warnings
 
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from storage.errors import DatabaseUnreachable, StorageError
+from storage.stale import HeartbeatStorage, RetrySameCandidate
 from storage.tables import ensure_schema
 from storage.urls import normalize_url, redacted
 
 
 def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_period: int = 600, max_retry: int = 3) -> RDBStorage:
-    """Optuna storage at ``url`` with heartbeats, whose stale trials are retried with the same
-    params up to ``max_retry`` times; the project's tables are created on first use.
+    """Optuna storage at ``url`` with heartbeats, whose stale trials are retried as the same
+    candidate up to ``max_retry`` times (see storage.stale); the project's tables are created on
+    first use.
 
     Heartbeats only mark a trial stale after ``grace_period`` seconds without one, so a GPU
     trial that takes minutes between heartbeats is never failed while its worker lives.
@@ -26,9 +28,9 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
         with warnings.catch_warnings():
             # Heartbeats are "experimental" in Optuna 5 but are exactly what crash recovery needs.
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = RDBStorage(
+            storage = HeartbeatStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                heartbeat_stale_trial_callback=RetrySameCandidate(max_retry=max_retry),
             )
         ensure_schema(storage.engine)
     except OperationalError as error:
