@@ -52,7 +52,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
                grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] = print) -> int:
     """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
-    storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry)
+    storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry, create=False)
     study, config = load(storage, study_name)
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -10,12 +11,15 @@ from sqlalchemy.exc import ArgumentError
 from storage.errors import StorageError
 
 DEFAULT_URL = "sqlite:///abliterate.db"
+ENVIRONMENT = "ABLITERATE_STORAGE"  # the storage URL when --storage is not given (keeps passwords out of argv)
 _HINT = "use sqlite:///PATH.db or postgresql+psycopg2://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 
 
 def normalize_url(url: str | None) -> str:
-    """A SQLAlchemy URL for ``url``: None means the default SQLite file, a bare ``*.db`` path a
-    SQLite file, ``postgresql://`` the psycopg2 driver. Anything else is a one-line error."""
+    """A SQLAlchemy URL for ``url``: None means $ABLITERATE_STORAGE or else the default SQLite
+    file, a bare ``*.db`` path a SQLite file, ``postgresql://`` the psycopg2 driver. Anything
+    else is a one-line error."""
+    url = url or os.environ.get(ENVIRONMENT)
     if not url:
         return DEFAULT_URL
     if "://" not in url and url.endswith((".db", ".sqlite", ".sqlite3")):

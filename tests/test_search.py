@@ -70,8 +70,7 @@ def test_two_workers_share_one_study(postgres_url, model_dir):
     head = read_until(first, "halt: asked trial 0")
     second = worker(postgres_url)
     head2 = read_until(second, "refusal")
-    first.stdin.close()
-    logs = [head + first.communicate()[0], head2 + second.communicate()[0]]
+    logs = [head + first.communicate("go\n")[0], head2 + second.communicate()[0]]  # a line releases the first
     assert [w.returncode for w in (first, second)] == [0, 0], logs
     done = trials(postgres_url, states=(TrialState.COMPLETE, TrialState.PRUNED))
     assert len(done) == 12  # never one more: the last trial is asked by one worker only
@@ -88,8 +87,7 @@ def test_the_last_trial_is_taken_once(postgres_url, model_dir):
     read_until(first, "halt: asked trial 0")
     second = worker(postgres_url)
     waited = read_until(second, "waiting:")
-    first.stdin.close()
-    logs = [first.communicate()[0], waited + second.communicate()[0]]
+    logs = [first.communicate("go\n")[0], waited + second.communicate()[0]]
     assert [w.returncode for w in (first, second)] == [0, 0], logs
     assert "waiting: 1 running trial(s) would make 1" in logs[1]
     assert [t.number for t in every_trial(postgres_url).values()] == [0]
@@ -234,8 +232,7 @@ def test_search_survives_a_postgres_restart(postgres_url, model_dir):
     search = abliterate(*args, env=halting("told@1", "wait"), stdin=subprocess.PIPE)
     head = read_until(search, "halt: told trial 1")
     _restart_postgres()
-    search.stdin.close()  # the worker goes on, on a restarted database
-    log = head + search.communicate()[0]
+    log = head + search.communicate("go\n")[0]  # the worker goes on, on a restarted database
     assert search.returncode == 0, log
     assert len(trials(postgres_url)) >= 10
 

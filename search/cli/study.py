@@ -15,6 +15,7 @@ from search.cli.common import (
     heartbeat_args,
     heartbeat_options,
     model_options,
+    not_negative,
     positive,
     study_options,
 )
@@ -26,7 +27,7 @@ def register(commands) -> None:
     search.add_argument("--storage", default=None, help=STORAGE_HELP)
     search.add_argument("--study", default="abliterate", help="study name")
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
-    search.add_argument("--workers", type=int, default=1, help="local worker processes")
+    search.add_argument("--workers", type=not_negative, default=1, help="local worker processes (0: create or extend the study only)")
     search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
     search.add_argument("--harmful", required=True, help="prompt source spec, cut into extraction/evaluation/confirmation")
     search.add_argument("--harmless", required=True, help="prompt source spec, cut the same way")
@@ -101,24 +102,28 @@ def _search(args) -> int:
                                starting_points=args.starting_points,
                                enable_thinking=False if args.no_thinking else None)
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
-    return run_study(args.storage, args.study, config, devices, heartbeat_args(args))
+    return run_study(args.storage, args.study, config, devices, heartbeat_args(args), args.trust_remote_code)
 
 
-def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], trust_remote_code: bool = False) -> int:
     """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials."""
     from sqlalchemy.exc import SQLAlchemyError
 
+    from ablation.loading import check_model
     from search.launcher import supervise
     from search.study import create_or_resume
     from search.worker import finished
     from storage.rdb import open_storage
-    from storage.urls import normalize_url
+    from storage.urls import normalize_url, redacted
 
-    config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
+    # Everything a worker would trip over is checked before the study is written: a study stored
+    # with a bad model would then refuse the right one ("exists with other settings").
+    config.prompts()  # bad or overlapping prompt sets
+    check_model(config.model, devices, trust_remote_code)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
     out = console()
-    out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {storage_url}: {finished(study)}/{config.n_trials} finished")
+    out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
 
     last = ""
 
@@ -147,7 +152,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
               if finished(study) < config.n_trials else 0)
     print_front(study, out)
-    out.print(f"browse it: abliterate dashboard --storage {storage_url}")
+    out.print(f"browse it: abliterate dashboard --storage {redacted(storage_url)}")
     return status
 
 
@@ -166,7 +171,7 @@ def _worker(args) -> int:
     from storage.rdb import open_storage
 
     if args.model:
-        check_local(load(open_storage(args.storage), args.study)[1], model=args.model)
+        check_local(load(open_storage(args.storage, create=False), args.study)[1], model=args.model)
     if args.threads:
         import torch
 
@@ -202,7 +207,7 @@ def _front(args) -> int:
     from search.study import load
     from storage.rdb import open_storage
 
-    study, _ = load(open_storage(args.storage), args.study)
+    study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
                            **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate")}}
@@ -235,7 +240,7 @@ def _export(args) -> int:
     from storage.cache import ArtifactCache
     from storage.rdb import open_storage
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, create=False)
     study, config = load(storage, args.study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if args.trial not in trials or trials[args.trial].state.name != "COMPLETE":
@@ -257,7 +262,7 @@ def _dashboard(args) -> int:
 
     from storage.rdb import open_storage
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, create=False)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
     return 0
