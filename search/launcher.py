@@ -15,7 +15,7 @@ BAD_INPUT = 2  # a user error (bad model, device, study): the same on every rest
 def worker_command(study: str, device: str, extra: Sequence[str] = ()) -> list[str]:
     """A worker's argv. The storage URL travels in the environment (storage.urls.ENVIRONMENT):
     it may hold a password, and argv is visible to every user in ``ps``."""
-    return [sys.executable, "-m", "search.cli", "worker", "--study", study, "--device", device, *extra]
+    return [sys.executable, "-m", "search.cli", "worker", "--study", study, "--device", device, "--supervised", *extra]
 
 
 def supervise(storage: str, study: str, devices: Sequence[str], max_restarts: int = 3,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import threading
 import time
@@ -174,6 +175,10 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
+            # Ctrl-C reaches the launcher and its workers at once, and the launcher then sends
+            # SIGTERM: a second interrupt must not cut the re-queueing short.
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
             requeue(study, trial)
             raise
         except Exception:

@@ -170,6 +170,53 @@ def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
     assert len(done) == 8 and kept <= {t.number for t in done}
 
 
+def test_ctrl_c_requeues_the_running_trial_and_says_so_once(postgres_url, model_dir):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) in the middle of a trial:
+    one line, exit 130, and the trial queued again at once as the same candidate."""
+    args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8,
+            "--device", "cpu", "--trials", 4, "--starting-points", 0]
+    search = abliterate(*args, env=halting("sampled@1", "wait"), stdin=subprocess.PIPE, start_new_session=True)
+    head = read_until(search, "halt: sampled trial 1")
+    os.killpg(search.pid, signal.SIGINT)
+    log = head + search.communicate()[0]
+    assert search.returncode == 130, log
+    assert log.count("interrupted") == 1 and "Traceback" not in log, log
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.COMPLETE and everything[1].state == TrialState.FAIL
+    queued = [t for t in everything.values() if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].system_attrs["failed_trial"] == 1 and queued[0].params == everything[1].params
+    assert not trials(postgres_url, states=(TrialState.RUNNING,))
+
+
+def children(pid):
+    """Processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+        except OSError:
+            pass  # ended meanwhile
+    return found
+
+
+def test_the_database_password_is_neither_printed_nor_in_argv(postgres_url, model_dir):
+    url = postgres_url.replace("postgres@", "postgres:s3cret-pw@")  # trust authentication ignores it
+    args = ["search", "--model", model_dir, "--storage", url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8,
+            "--device", "cpu", "--trials", 1]
+    search = abliterate(*args, env=halting("asked@0", "wait"), stdin=subprocess.PIPE)
+    head = read_until(search, "halt: asked trial 0")
+    workers = children(search.pid)
+    argv = [open(f"/proc/{pid}/cmdline", "rb").read() for pid in workers]
+    log = head + search.communicate("go\n")[0]
+    assert search.returncode == 0, log
+    assert workers and all(b"worker" in a and b"s3cret" not in a for a in argv), argv
+    assert "s3cret" not in log and "created study 's' in postgresql+psycopg2://postgres:***@" in log
+    assert "browse it: abliterate dashboard --storage postgresql+psycopg2://postgres:***@" in log
+
+
 @pytest.mark.parametrize(
     "args, message, status",
     [
@@ -184,7 +231,7 @@ def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
 def test_bad_input_is_one_line(postgres_url, model_dir, args, message, status):
     create_or_resume(open_storage(postgres_url), "s", config(model_dir))
     process = abliterate(*[postgres_url if a == "STORAGE" else a for a in args])
-    output = process.communicate(timeout=120)[0].strip()
+    output = process.communicate()[0].strip()
     assert process.returncode == status and output.startswith(message) and len(output.splitlines()) == 1, output
 
 
@@ -209,7 +256,7 @@ def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
 
     down = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
     worker = abliterate("worker", "--storage", down, "--study", "s")
-    assert worker.wait(timeout=120) == DATABASE_UNREACHABLE
+    assert worker.wait() == DATABASE_UNREACHABLE
     start = time.monotonic()
     # No restart budget at all: only the outage patience keeps the worker coming back.
     assert supervise(down, "s", ["cpu"], max_restarts=0, poll=0.2, outage_patience=12) == 1

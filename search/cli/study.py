@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -49,6 +50,7 @@ def register(commands) -> None:
     worker.add_argument("--device", default="auto")
     worker.add_argument("--model", default=None, help="only to check it matches the study")
     worker.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: torch's choice)")
+    worker.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # started by a launcher, which reports
     heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
@@ -69,6 +71,7 @@ def register(commands) -> None:
     export.add_argument("--out", required=True)
     export.add_argument("--device", default="auto")
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--force", action="store_true", help="export a trial over the study's KL cap too")
     export.set_defaults(run=_export)
 
     dashboard = add_command(commands, "dashboard", "optuna-dashboard on the study storage")
@@ -181,6 +184,10 @@ def _worker(args) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
+    except KeyboardInterrupt:
+        if not args.supervised:
+            raise
+        return 130  # the launcher says it once for all its workers
     except OperationalError as error:
         first = str(error.orig or error).strip().splitlines()[0]
         print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
@@ -245,6 +252,10 @@ def _export(args) -> int:
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if args.trial not in trials or trials[args.trial].state.name != "COMPLETE":
         raise AblationError(f"study {args.study!r} has no finished trial {args.trial}; see abliterate front")
+    kl = trials[args.trial].user_attrs.get("kl")
+    if kl is not None and kl > config.kl_cap and not args.force:
+        raise AblationError(f"trial {args.trial} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
+                            "pick a trial from abliterate front, or pass --force to export it anyway")
     payload = ArtifactCache(storage.engine, args.study, "export").get(directions_key(config.space.methods))
     if payload is None:
         raise AblationError(f"study {args.study!r} has no cached directions yet; run a worker first")

@@ -1,0 +1,85 @@
+"""Bad input is refused in one line, with exit 2, before anything is written (in-process ``main``)."""
+
+import pytest
+import torch
+
+from search.cli import main
+
+SEARCH = ["search", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--split", "4,6,6", "--storage", "sqlite:///s.db"]
+
+
+def run(capsys, *args):
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse refuses before the command runs
+        status = exit.code
+    err = capsys.readouterr().err.strip()
+    return status, err
+
+
+@pytest.fixture
+def garbage_model(tmp_path):
+    folder = tmp_path / "garbage"
+    folder.mkdir()
+    (folder / "config.json").write_text("{ this is not json")
+    return folder
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("/nonexistent", [], "error: model path /nonexistent does not exist"),
+    ("GARBAGE", [], "error: cannot load"),
+    ("demo", ["--devices", "cuda:0"], "error: device cuda:0: this machine has no CUDA GPU"),
+    ("demo", ["--device", "cuda:3", "--workers", "1"], "error: device cuda:3: this machine has no CUDA GPU"),
+])
+def test_search_checks_model_and_device_before_writing_the_study(tmp_path, monkeypatch, capsys, garbage_model, model, extra, message):
+    if torch.cuda.is_available() and "cuda" in message:
+        pytest.skip("this machine has a GPU")
+    from objectives.refuser import refuser_path
+
+    monkeypatch.chdir(tmp_path)
+    spec = {"GARBAGE": garbage_model, "demo": refuser_path()}.get(model, model)
+    status, err = run(capsys, *SEARCH, "--model", spec, *extra)
+    assert status == 2 and err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()  # no study stored: the right model is still welcome
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--kl-cap", "-1"], "error: the KL cap must be a positive number, got -1.0"),
+    (["--kl-cap", "nan"], "error: the KL cap must be a positive number, got nan"),
+    (["--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+])
+def test_nonsense_settings_are_refused(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, *SEARCH, "--model", "/nonexistent", *extra)
+    assert status == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["front"], ["report"], ["export", "--trial", "0", "--out", "x"], ["worker"], ["dashboard"],
+    ["promote", "--once", "--runner", "local"],
+])
+def test_read_only_commands_create_no_database(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, *command, "--storage", "sqlite:///nothing.db", *(["--study", "s"] if command[0] != "dashboard" else []))
+    assert status == 2 and err.startswith("error: no study database at") and "nothing.db" in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_refuses_an_infeasible_trial_unless_forced(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    from search.study import StudyConfig, create_or_resume
+    from storage.rdb import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = StudyConfig.split("/nonexistent", "demo-harmful", "demo-harmless", (4, 6, 6), kl_cap=0.5)
+    study, _ = create_or_resume(open_storage("sqlite:///s.db"), "s", config)
+    study.add_trial(optuna.create_trial(values=[1.0, 0.9], params={}, distributions={}, user_attrs={"kl": 0.9, "feasible": False}))
+    status, err = run(capsys, "export", "--storage", "sqlite:///s.db", "--study", "s", "--trial", 0, "--out", "x")
+    assert status == 2 and err == ("error: trial 0 is infeasible: its KL 0.9 is over the study's cap 0.5; "
+                                   "pick a trial from abliterate front, or pass --force to export it anyway")
+    status, err = run(capsys, "export", "--storage", "sqlite:///s.db", "--study", "s", "--trial", 0, "--out", "x", "--force")
+    assert status == 2 and "has no cached directions" in err  # past the check: --force lets it through
+    assert not (tmp_path / "x").exists()
