@@ -230,7 +230,7 @@ class Promoter:
             directions = directions_from_bytes(payload)
             config, prompts = self.config, self.config.prompts()
             chat = ChatFormat(enable_thinking=config.enable_thinking)
-            loaded = load_model(config.model, config.dtype, self.settings.device)
+            loaded = load_model(config.model, config.dtype, self.settings.device, config.device_map, config.trust_remote_code)
             proxy = make_proxy(config.proxy, self.settings.confirm_tokens or 2 * config.max_new_tokens, config.batch_size, chat)
             scorer = TrialRunner(loaded, directions, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"],
                                  proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size)

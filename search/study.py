@@ -56,6 +56,8 @@ class StudyConfig:
     sampler: str = "tpe"
     seed: int | None = None
     starting_points: int = 4  # designed first trials (search.space.starting_points), before the sampler's own
+    trust_remote_code: bool = False  # workers load the model as the study was created, not by their own flags
+    device_map: str | None = None
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):

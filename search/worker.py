@@ -50,8 +50,12 @@ def finished(study: optuna.Study) -> int:
 
 
 def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbeat_interval: int = 60,
-               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] = print) -> int:
-    """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here."""
+               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] | None = None) -> int:
+    """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here.
+
+    Each line is flushed as it is logged (default: stdout): a launcher or log collector reading a
+    pipe sees a trial when it ends, not when a buffer fills."""
+    log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
     storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry, create=False)
     study, config = load(storage, study_name)
@@ -63,7 +67,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
         return 0
     prompts = config.prompts()
     chat = ChatFormat(enable_thinking=config.enable_thinking)
-    loaded = load_model(config.model, config.dtype, device)
+    loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
@@ -122,11 +126,15 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     return ran
 
 
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
 ASK_LEASE_SECONDS = 30.0  # counting and asking take milliseconds; a dead asker blocks others this long at most
 
 
 def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
-          log: Callable[[str], None] = print) -> optuna.Trial | None:
+          log: Callable[[str], None] | None = None) -> optuna.Trial | None:
     """The next trial for this worker, or None when the study needs no more.
 
     Stale trials of dead workers are failed first (and re-queued as the same candidate). A trial
@@ -135,6 +143,7 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
     of other workers would reach ``n_trials``, this one waits: they may finish, or die and be
     re-queued for it to take.
     """
+    log = log or say
     key = f"ask:{study.study_name}"
     said = ""
     while True:

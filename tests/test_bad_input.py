@@ -83,3 +83,24 @@ def test_export_refuses_an_infeasible_trial_unless_forced(tmp_path, monkeypatch,
     status, err = run(capsys, "export", "--storage", "sqlite:///s.db", "--study", "s", "--trial", 0, "--out", "x", "--force")
     assert status == 2 and "has no cached directions" in err  # past the check: --force lets it through
     assert not (tmp_path / "x").exists()
+
+
+def test_the_study_stores_absolute_paths_and_loading_flags(tmp_path, monkeypatch, capsys, tiny):
+    """A worker or promoter started in another folder must find the same model and prompt files,
+    and load the model the way the study was created (remote code, device map)."""
+    from search.study import load
+    from storage.rdb import open_storage
+
+    model, tokenizer = tiny("qwen3")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "harmful.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(6)))
+    (tmp_path / "harmless.txt").write_text("\n".join(f"how do I bake cake {i}" for i in range(6)))
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, "search", "--model", "./model", "--harmful", "harmful.txt", "--harmless", "harmless.txt",
+                      "--split", "2,2,2", "--workers", 0, "--storage", "sqlite:///s.db", "--trust-remote-code")
+    assert status == 0, err
+    config = load(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "abliterate")[1]
+    assert config.model == str(tmp_path / "model") and config.trust_remote_code and config.device_map is None
+    assert config.harmful["extraction"] == f"{tmp_path / 'harmful.txt'}[0:2]"
+    assert config.harmless["confirmation"] == f"{tmp_path / 'harmless.txt'}[4:6]"

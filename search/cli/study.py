@@ -90,7 +90,10 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
+    from pathlib import Path
+
     from ablation.errors import AblationError
+    from objectives.prompts import absolute_spec
     from search.space import PRESETS
     from search.study import StudyConfig
 
@@ -99,16 +102,19 @@ def _search(args) -> int:
         assert len(sizes) == 3 and min(sizes) > 0
     except (ValueError, AssertionError):
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
-    config = StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
+    # Local paths are stored absolute: a worker or promoter started in another folder reads the same files.
+    model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
+    config = StudyConfig.split(model, absolute_spec(args.harmful), absolute_spec(args.harmless), sizes, dtype=args.dtype, n_trials=args.trials,
                                kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
                                batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
                                starting_points=args.starting_points,
-                               enable_thinking=False if args.no_thinking else None)
+                               enable_thinking=False if args.no_thinking else None,
+                               trust_remote_code=args.trust_remote_code, device_map=args.device_map)
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
-    return run_study(args.storage, args.study, config, devices, heartbeat_args(args), args.trust_remote_code)
+    return run_study(args.storage, args.study, config, devices, heartbeat_args(args))
 
 
-def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], trust_remote_code: bool = False) -> int:
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str]) -> int:
     """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials."""
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -122,7 +128,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     # Everything a worker would trip over is checked before the study is written: a study stored
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
-    check_model(config.model, devices, trust_remote_code)
+    check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
     out = console()
@@ -260,7 +266,7 @@ def _export(args) -> int:
     if payload is None:
         raise AblationError(f"study {args.study!r} has no cached directions yet; run a worker first")
     directions = directions_from_bytes(payload)
-    loaded = load_model(config.model, config.dtype, args.device)
+    loaded = load_model(config.model, config.dtype, args.device, config.device_map, config.trust_remote_code)
     candidate = candidate_from_params(trials[args.trial].params, next(iter(directions.values())).shape[0])
     Baker(find_writers(loaded.model)).bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving)
     out = export_checkpoint(loaded, args.out, overwrite=args.overwrite)
