@@ -7,11 +7,13 @@ what gets edited. ``trust_remote_code`` stays off unless asked for; safetensors 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -97,7 +99,9 @@ def load_model(
     try:
         model = model_class.from_pretrained(location, dtype=torch_dtype, **placement, **common)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
+        # A truncated safetensors file, or a pickled .bin that torch refuses to unpickle (right:
+        # it could run code), is one line, not a traceback.
         raise ModelLoadError(_explain(spec, error)) from None
     if gguf_file:
         model = _detach_from_gguf(model)

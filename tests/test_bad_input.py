@@ -104,3 +104,29 @@ def test_the_study_stores_absolute_paths_and_loading_flags(tmp_path, monkeypatch
     assert config.model == str(tmp_path / "model") and config.trust_remote_code and config.device_map is None
     assert config.harmful["extraction"] == f"{tmp_path / 'harmful.txt'}[0:2]"
     assert config.harmless["confirmation"] == f"{tmp_path / 'harmless.txt'}[4:6]"
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "malicious pickle"])
+def test_broken_or_hostile_weights_are_one_line(tmp_path, tiny, damage):
+    import pickle
+
+    from ablation.errors import ModelLoadError
+    from ablation.loading import load_model
+
+    model, tokenizer = tiny("qwen3")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this ran: pickles must never be loaded",))
+
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"cannot load {folder}")
