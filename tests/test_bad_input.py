@@ -130,3 +130,19 @@ def test_broken_or_hostile_weights_are_one_line(tmp_path, tiny, damage):
     with pytest.raises(ModelLoadError) as error:
         load_model(str(folder), device="cpu")
     assert "\n" not in str(error.value) and str(error.value).startswith(f"cannot load {folder}")
+
+
+def test_dashboard_on_a_port_in_use_is_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from search.study import StudyConfig, create_or_resume
+    from storage.rdb import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    create_or_resume(open_storage("sqlite:///s.db"), "s", StudyConfig.split("m", "demo-harmful", "demo-harmless", (4, 6, 6)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, err = run(capsys, "dashboard", "--storage", "sqlite:///s.db", "--port", port)
+    assert status == 2 and err == f"error: cannot serve on 127.0.0.1:{port} (Address already in use); pass another --port"

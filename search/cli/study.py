@@ -280,9 +280,23 @@ def _dashboard(args) -> int:
     from storage.rdb import open_storage
 
     storage = open_storage(args.storage, create=False)
+    _check_port(args.host, args.port)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """A one-line error when ``host:port`` cannot be served (the server would print a traceback)."""
+    import socket
+
+    from ablation.errors import AblationError
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise AblationError(f"cannot serve on {host}:{port} ({error.strerror}); pass another --port") from None
 
 
 def _demo(args) -> int:
