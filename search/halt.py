@@ -6,8 +6,9 @@ known state instead of racing it with a timer.
 nothing cleaned up) or ``wait`` (block until a line arrives on stdin or it closes). Either way the
 worker first prints ``halt: POINT trial N`` on stdout. Unset, every call is a no-op.
 
-Points: ``asked`` (the trial is RUNNING, before its first heartbeat), ``sampling`` (part of its
-params recorded), ``sampled`` (all params recorded), ``told`` (its result stored).
+Points: ``asked`` (the trial is RUNNING, before its first heartbeat: waiting there, the trial
+counts as crashed once the grace period passes), ``sampling`` (part of its params recorded),
+``sampled`` (all params recorded), ``told`` (its result stored).
 """
 
 from __future__ import annotations

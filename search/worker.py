@@ -160,7 +160,10 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
             if done >= n_trials:
                 return None
             if done + running < n_trials:
-                return study.ask()
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats belong to Study.optimize; run_trial beats instead.
+                    warnings.simplefilter("ignore", UserWarning)
+                    return study.ask()
         finally:
             asking.release(key)
         line = f"waiting: {running} running trial(s) would make {n_trials}; a trial of a dead worker comes back here"

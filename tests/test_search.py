@@ -64,16 +64,17 @@ def worker(url, env=None, **popen):
 
 
 def test_two_workers_share_one_study(postgres_url, model_dir):
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=12))
-    # The first worker holds its first trial until the second has finished one: both surely work.
-    first = worker(postgres_url, halting("asked@0", "wait"), stdin=subprocess.PIPE)
-    head = read_until(first, "halt: asked trial 0")
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=6))
+    # The first worker holds its first trial (heartbeat running) until the second has finished
+    # one: both surely work.
+    first = worker(postgres_url, halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    head = read_until(first, "halt: sampled trial 0")
     second = worker(postgres_url)
     head2 = read_until(second, "refusal")
     logs = [head + first.communicate("go\n")[0], head2 + second.communicate()[0]]  # a line releases the first
     assert [w.returncode for w in (first, second)] == [0, 0], logs
     done = trials(postgres_url, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    assert len(done) == 12  # never one more: the last trial is asked by one worker only
+    assert len(done) == 6  # never one more: the last trial is asked by one worker only
     assert len({t.user_attrs["worker"] for t in done}) == 2
     assert not trials(postgres_url, states=(TrialState.FAIL, TrialState.RUNNING))
     assert sum("computed here" in log for log in logs) == 1 and sum("from the study cache" in log for log in logs) == 1
@@ -83,8 +84,8 @@ def test_two_workers_share_one_study(postgres_url, model_dir):
 def test_the_last_trial_is_taken_once(postgres_url, model_dir):
     """Two workers, one trial to go: the second waits on the first's trial instead of asking another."""
     create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=1))
-    first = worker(postgres_url, halting("asked@0", "wait"), stdin=subprocess.PIPE)
-    read_until(first, "halt: asked trial 0")
+    first = worker(postgres_url, halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    read_until(first, "halt: sampled trial 0")
     second = worker(postgres_url)
     waited = read_until(second, "waiting:")
     logs = [first.communicate("go\n")[0], waited + second.communicate()[0]]
@@ -153,7 +154,7 @@ def test_trial_killed_while_sampling_is_not_retried_half_new(postgres_url, model
 def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
     args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
             "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
-            "--device", "cpu", "--heartbeat", 1, "--grace", 2, "--trials", 8]
+            "--device", "cpu", "--heartbeat", 1, "--grace", 2, "--trials", 5]
     # The worker stops after its third trial is stored; the search is interrupted there.
     first = abliterate(*args, env=halting("told@2", "wait"), stdin=subprocess.PIPE)
     head = read_until(first, "halt: told trial 2")
@@ -167,7 +168,7 @@ def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
     assert second.returncode == 0, log
     assert "resumed study 's'" in log and "feasible Pareto front" in log
     done = trials(postgres_url)
-    assert len(done) == 8 and kept <= {t.number for t in done}
+    assert len(done) == 5 and kept <= {t.number for t in done}
 
 
 def test_ctrl_c_requeues_the_running_trial_and_says_so_once(postgres_url, model_dir):
@@ -206,8 +207,8 @@ def test_the_database_password_is_neither_printed_nor_in_argv(postgres_url, mode
     args = ["search", "--model", model_dir, "--storage", url, "--study", "s", "--harmful", "demo-harmful",
             "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8,
             "--device", "cpu", "--trials", 1]
-    search = abliterate(*args, env=halting("asked@0", "wait"), stdin=subprocess.PIPE)
-    head = read_until(search, "halt: asked trial 0")
+    search = abliterate(*args, env=halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    head = read_until(search, "halt: sampled trial 0")
     workers = children(search.pid)
     argv = [open(f"/proc/{pid}/cmdline", "rb").read() for pid in workers]
     log = head + search.communicate("go\n")[0]
