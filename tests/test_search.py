@@ -83,7 +83,7 @@ def test_two_workers_share_one_study(postgres_url, model_dir):
 
 def test_the_last_trial_is_taken_once(postgres_url, model_dir):
     """Two workers, one trial to go: the second waits on the first's trial instead of asking another."""
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=1))
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=1, starting_points=0))
     first = worker(postgres_url, halting("sampled@0", "wait"), stdin=subprocess.PIPE)
     read_until(first, "halt: sampled trial 0")
     second = worker(postgres_url)
@@ -91,7 +91,7 @@ def test_the_last_trial_is_taken_once(postgres_url, model_dir):
     logs = [first.communicate("go\n")[0], waited + second.communicate()[0]]
     assert [w.returncode for w in (first, second)] == [0, 0], logs
     assert "waiting: 1 running trial(s) would make 1" in logs[1]
-    assert [t.number for t in every_trial(postgres_url).values()] == [0]
+    assert [(t.number, t.state) for t in every_trial(postgres_url).values()] == [(0, TrialState.COMPLETE)]
 
 
 def test_killed_worker_trial_is_retried_with_same_params(postgres_url, model_dir):
