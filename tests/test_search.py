@@ -56,11 +56,11 @@ def every_trial(url, name="s"):
     return {t.number: t for t in optuna.load_study(study_name=name, storage=url).trials}
 
 
-WORKER = ("worker", "--device", "cpu", "--heartbeat", 1, "--grace", 2)
-
-
-def worker(url, env=None, **popen):
-    return abliterate(*WORKER, "--storage", url, "--study", "s", env=env, **popen)
+def worker(url, env=None, grace=600, **popen):
+    """A worker process. Give a short ``grace`` only to a worker that must take over a dead one's
+    trial: a live worker starved of CPU on a loaded machine can miss a short grace period."""
+    return abliterate("worker", "--device", "cpu", "--heartbeat", 1, "--grace", grace, "--storage", url, "--study", "s",
+                      env=env, **popen)
 
 
 def test_two_workers_share_one_study(postgres_url, model_dir):
@@ -102,7 +102,7 @@ def test_killed_worker_trial_is_retried_with_same_params(postgres_url, model_dir
     assert first.returncode == -signal.SIGKILL and "halt: sampled trial 1" in log, log
     killed = every_trial(postgres_url)[1]
     assert killed.state == TrialState.RUNNING and killed.user_attrs == {}
-    second = worker(postgres_url)
+    second = worker(postgres_url, grace=2)
     log = second.communicate()[0]
     assert second.returncode == 0, log
     everything = every_trial(postgres_url)
@@ -122,7 +122,7 @@ def test_trial_killed_before_its_first_heartbeat_is_reaped(postgres_url, model_d
     assert first.returncode == -signal.SIGKILL and "halt: asked trial 0" in log, log
     zombie = every_trial(postgres_url)[0]
     assert zombie.state == TrialState.RUNNING and zombie.params == {}
-    second = worker(postgres_url)
+    second = worker(postgres_url, grace=2)
     log = second.communicate()[0]
     assert second.returncode == 0, log
     everything = every_trial(postgres_url)
@@ -142,7 +142,7 @@ def test_trial_killed_while_sampling_is_not_retried_half_new(postgres_url, model
     log = first.communicate()[0]
     assert first.returncode == -signal.SIGKILL and "halt: sampling trial 0" in log, log
     assert 0 < len(every_trial(postgres_url)[0].params) < 10
-    second = worker(postgres_url)
+    second = worker(postgres_url, grace=2)
     log = second.communicate()[0]
     assert second.returncode == 0, log
     everything = every_trial(postgres_url)
