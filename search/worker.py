@@ -11,7 +11,8 @@ import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -118,9 +119,10 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
 
     ran = 0
     asking = Leases(storage.engine, owner, ttl=ASK_LEASE_SECONDS)
-    while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log)) is not None:
-        run_trial(study, trial, objective, heartbeat_interval)
-        ran += 1
+    with interrupted_once():
+        while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log)) is not None:
+            run_trial(study, trial, objective, heartbeat_interval)
+            ran += 1
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
     return ran
@@ -187,10 +189,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except KeyboardInterrupt:
-            # Ctrl-C reaches the launcher and its workers at once, and the launcher then sends
-            # SIGTERM: a second interrupt must not cut the re-queueing short.
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(signum, signal.SIG_IGN)
             requeue(study, trial)
             raise
         except Exception:
@@ -199,6 +197,30 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
         else:
             study.tell(trial, values)
     halt.at("told", trial.number)
+
+
+@contextmanager
+def interrupted_once() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, once: Ctrl-C reaches a launcher and its workers
+    together and the launcher then sends SIGTERM, and a second interrupt must not cut short the
+    re-queueing of the running trial. Outside the main thread (signals cannot be set) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def interrupt(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def requeue(study: optuna.Study, trial: optuna.Trial) -> None:

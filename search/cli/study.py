@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 
 from search.cli.common import (
@@ -185,9 +184,6 @@ def _worker(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    # The launcher stops its workers with SIGTERM: like Ctrl-C, the running trial is re-queued
-    # at once as the same candidate (search.worker.run_trial), not left for the grace period.
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
         run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace)
     except KeyboardInterrupt:
@@ -199,10 +195,6 @@ def _worker(args) -> int:
         print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
         return DATABASE_UNREACHABLE
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def _launch(args) -> int:
