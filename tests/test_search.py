@@ -262,8 +262,10 @@ def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
     # No restart budget at all: only the outage patience keeps the worker coming back.
     assert supervise(down, "s", ["cpu"], max_restarts=0, poll=0.2, outage_patience=12) == 1
     assert time.monotonic() - start >= 12
+    # With no restart budget, even one start-again proves the outage path; how many fit in the
+    # patience depends on how fast a worker starts, which a loaded machine decides.
     waits = capfd.readouterr().err.count("database unreachable; starting it again")
-    assert waits >= 2
+    assert waits >= 1
 
 
 def _restart_postgres():
