@@ -7,11 +7,13 @@ what gets edited. ``trust_remote_code`` stays off unless asked for; safetensors 
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -79,6 +81,7 @@ def load_model(
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = DTYPES[dtype] or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
@@ -96,7 +99,9 @@ def load_model(
     try:
         model = model_class.from_pretrained(location, dtype=torch_dtype, **placement, **common)
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
+        # A truncated safetensors file, or a pickled .bin that torch refuses to unpickle (right:
+        # it could run code), is one line, not a traceback.
         raise ModelLoadError(_explain(spec, error)) from None
     if gguf_file:
         model = _detach_from_gguf(model)
@@ -106,6 +111,40 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model.eval(), tokenizer, spec, processor)
+
+
+def check_device(device: str) -> None:
+    """A one-line error for a device this machine does not have (torch would assert later)."""
+    if device in ("auto", "cpu") or device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelLoadError(f"device {device}: this machine has no CUDA GPU that torch can use; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelLoadError(f"device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+
+
+def check_model(spec: str, devices: Sequence[str] = ("auto",), trust_remote_code: bool = False) -> None:
+    """Fail now, in one line, on what would make every worker fail: a missing or unreadable model,
+    an unknown architecture, no tokenizer, or a device this machine lacks. Reads no weights."""
+    for device in devices:
+        check_device(device)
+    location, gguf_file = _resolve(spec)
+    common = dict(trust_remote_code=trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {}))
+    try:
+        config = AutoConfig.from_pretrained(location, **common)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(_explain(spec, error)) from None
+    architecture_of(config)
+    try:
+        AutoTokenizer.from_pretrained(location, **common)
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelLoadError(f"cannot load the tokenizer of {spec}: {_explain(spec, error).split(': ', 1)[-1]}") from None
 
 
 def _resolve(spec: str) -> tuple[str, str | None]:

@@ -82,6 +82,21 @@ def load_prompts(spec: str) -> list[str]:
     return chosen
 
 
+def absolute_spec(spec: str, base: Path | None = None) -> str:
+    """``spec`` with a local file's path made absolute (resolved against ``base``, default the
+    current folder), so the spec means the same file to a worker started anywhere else on the
+    machine. Presets, ``pkg:`` and ``hf:`` specs, and paths that do not exist, come back as given."""
+    source, window = _split_slice(spec.strip())
+    path, hash_mark, field = source.partition("#")
+    if path.startswith(("pkg:", "hf:")) or path in PRESETS:
+        return spec
+    candidate = (base or Path.cwd()) / Path(path).expanduser()
+    if not candidate.is_file():
+        return spec
+    slice_text = spec.strip()[_SLICE.search(spec.strip()).start():] if window else ""
+    return f"{candidate.resolve()}{hash_mark}{field}{slice_text}"
+
+
 def clean(entries: Iterable[str]) -> list[str]:
     """Stripped, non-blank entries, duplicates (same ``normalise`` key) dropped, first kept."""
     kept: dict[str, str] = {}

@@ -37,8 +37,9 @@ def trial_figures(values, user_attrs: dict) -> dict:
 
 
 def export_trial(storage_url: str | None, study_name: str, trial_number: int, out: str, device: str = "auto",
-                 overwrite: bool = False, base_model_id: str | None = None) -> Path:
-    """Write trial ``trial_number`` of ``study_name`` to ``out`` with its card and record."""
+                 overwrite: bool = False, base_model_id: str | None = None, force: bool = False) -> Path:
+    """Write trial ``trial_number`` of ``study_name`` to ``out`` with its card and record; a trial
+    over the study's KL cap only with ``force``."""
     from ablation.loading import load_model
     from search.study import load
     from search.trial import directions_from_bytes, directions_key
@@ -46,18 +47,22 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     from storage.promotions import PromotionStore
     from storage.rdb import open_storage
 
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, create=False)
     study, config = load(storage, study_name)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if trial_number not in trials or trials[trial_number].state.name != "COMPLETE":
         raise AblationError(f"study {study_name!r} has no finished trial {trial_number}; see abliterate front")
     trial = trials[trial_number]
+    kl = trial.user_attrs.get("kl")
+    if kl is not None and kl > config.kl_cap and not force:
+        raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
+                            "pick a trial from abliterate front, or pass --force to export it anyway")
     payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space.methods))
     if payload is None:
         raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
     directions = directions_from_bytes(payload)
     promotion = PromotionStore(storage.engine, study_name).get(trial_number)
-    loaded = load_model(config.model, config.dtype, device)
+    loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
     return export_loaded(loaded, directions, study_name, config, trial, promotion, out, overwrite, base_model_id)
 
 

@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import AblationError
@@ -91,6 +94,10 @@ class Promoter:
                 self.log(f"trial {trial.number}: another promoter holds it")
                 continue
             with self.leases.held(key) as lost:
+                # The pending list was read before the lease: another promoter may have finished
+                # this candidate since, and its verdict must stand (other settings would overwrite it).
+                if (self.promotions.get(trial.number) or ("", {}))[0] in FINAL:
+                    continue
                 status = self.promote(trial)
                 if lost.is_set():
                     self.log(f"trial {trial.number}: the lease was lost while working; the next holder re-checks it")
@@ -98,8 +105,14 @@ class Promoter:
         return finished
 
     def watch(self, poll: float = 30.0) -> None:
-        """Promote as the front changes, until the study stops or is complete and fully promoted."""
+        """Promote as the front changes, until the study stops or is complete and fully promoted.
+
+        Trials of dead workers are failed here too (see storage.stale), so a study whose workers
+        all died does not hold this loop forever on trials that stay RUNNING."""
         while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                fail_stale_trials(self.study)
             self.run_once()
             if stop_requested(self.study):
                 self.log(f"study {self.name!r} was stopped: {stop_requested(self.study)['reason']}")
@@ -228,7 +241,7 @@ class Promoter:
             directions = directions_from_bytes(payload)
             config, prompts = self.config, self.config.prompts()
             chat = ChatFormat(enable_thinking=config.enable_thinking)
-            loaded = load_model(config.model, config.dtype, self.settings.device)
+            loaded = load_model(config.model, config.dtype, self.settings.device, config.device_map, config.trust_remote_code)
             proxy = make_proxy(config.proxy, self.settings.confirm_tokens or 2 * config.max_new_tokens, config.batch_size, chat,
                                config.judge_settings(self.settings.device).build())
             scorer = TrialRunner(loaded, directions, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"],

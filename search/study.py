@@ -8,7 +8,14 @@ settings contradict the study refuses to join it.
 from __future__ import annotations
 
 import json
+import math
+import os
+import socket
+import time
+import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 
 import optuna
@@ -19,6 +26,7 @@ from objectives.judges import JudgeSettings
 from objectives.prompts import check_disjoint, load_prompts
 from search.space import MAX_STARTING_POINTS, SearchSpace
 from storage.errors import StorageError
+from storage.leases import Leases
 
 CONFIG_ATTR = "abliterate"
 STOP_ATTR = "abliterate_stop"  # set (with the reason) when an accepted promotion stops the study
@@ -52,11 +60,15 @@ class StudyConfig:
     judge: str = "markers"  # markers, llm or module:attribute (objectives.judges.JudgeSettings)
     judge_model: str | None = None  # llm only: the model that judges; None: the base model itself
     judge_prefilter: bool = False  # llm only: markers early in an answer settle it as a refusal
+    trust_remote_code: bool = False  # workers load the model as the study was created, not by their own flags
+    device_map: str | None = None
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
             if set(specs) != set(PURPOSES):
                 raise AblationError(f"{side} prompts need exactly the sets {', '.join(PURPOSES)}, got {', '.join(specs) or 'none'}")
+        if not (isinstance(self.kl_cap, (int, float)) and math.isfinite(self.kl_cap) and self.kl_cap > 0):
+            raise AblationError(f"the KL cap must be a positive number, got {self.kl_cap!r} (--kl-cap; e.g. 1.0)")
         if not 0 <= self.starting_points <= MAX_STARTING_POINTS:
             raise AblationError(f"starting points must be 0 to {MAX_STARTING_POINTS}, got {self.starting_points} (--starting-points)")
         if self.sampler not in SAMPLERS:
@@ -119,29 +131,48 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
 
     Only ``n_trials`` (asking for more trials is how a study is extended) and ``batch_size`` (a
     throughput setting; answers differ by floating-point noise at most) may change on resume;
-    workers started afterwards use the new values.
+    workers started afterwards use the new values. Safe from any number of processes and
+    machines at once: creation (the study and its settings) happens under one lease, so nobody
+    sees a study half made.
     """
-    existing = _config_of(storage, name)
-    if existing is None:
-        study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"],
-                                    sampler=make_sampler(config))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
-        study.set_user_attr(CONFIG_ATTR, config.to_json())
-        return study, False
-    conflicts = _conflicts(existing, config, ignore=set(RESUMABLE_CHANGES))
-    if conflicts:
-        raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))
-    if any(getattr(config, setting) != getattr(existing, setting) for setting in RESUMABLE_CHANGES):
-        study.set_user_attr(CONFIG_ATTR, config.to_json())
-    return study, True
+    with _creating(storage, name):
+        existing = _config_of(storage, name)
+        if existing is None:
+            study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"],
+                                        sampler=make_sampler(config))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
+            study.set_user_attr(CONFIG_ATTR, config.to_json())
+            return study, False
+        conflicts = _conflicts(existing, config, ignore=set(RESUMABLE_CHANGES))
+        if conflicts:
+            raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
+        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))
+        if any(getattr(config, setting) != getattr(existing, setting) for setting in RESUMABLE_CHANGES):
+            study.set_user_attr(CONFIG_ATTR, config.to_json())
+        return study, True
+
+
+@contextmanager
+def _creating(storage, name: str) -> Iterator[None]:
+    """Hold the lease under which study ``name`` is created or changed (a dead holder's lapses)."""
+    leases = Leases(storage.engine, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}", ttl=CREATION_LEASE_SECONDS)
+    key = f"study:{name}"
+    while not leases.acquire(key):
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        leases.release(key)
+
+
+CREATION_LEASE_SECONDS = 60.0  # creating a study takes milliseconds
 
 
 def load(storage, name: str) -> tuple[optuna.Study, StudyConfig]:
     """An existing abliterate study and its config; a one-line error when there is none."""
-    config = _config_of(storage, name)
+    config = _config_of(storage, name, settle=True)
     if config is None:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         raise StorageError(f"no abliterate study named {name!r} in this storage (studies: {names}); start one with abliterate search")
@@ -161,11 +192,14 @@ def check_local(config: StudyConfig, **local) -> None:
         raise AblationError(f"these options contradict the study: {'; '.join(conflicts)}; drop them, the study knows its settings")
 
 
-def _config_of(storage, name: str) -> StudyConfig | None:
+def _config_of(storage, name: str, settle: bool = False) -> StudyConfig | None:
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
+    if CONFIG_ATTR not in study.user_attrs and settle:
+        with _creating(storage, name):  # it may be half made by another process: wait until it is done
+            return _config_of(storage, name, settle=False)
     if CONFIG_ATTR not in study.user_attrs:
         raise StorageError(f"study {name!r} was not made by abliterate (no {CONFIG_ATTR} settings); use another --study name")
     return StudyConfig.from_json(study.user_attrs[CONFIG_ATTR])

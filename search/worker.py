@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
-from collections.abc import Callable
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import optuna
-from optuna.study import MaxTrialsCallback
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from ablation.directions import by_method
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
+from search import halt
 from search.front import dominating_point
 from search.space import candidate_from_params, starting_points, suggest
 from search.study import load, stop_requested
@@ -29,7 +37,9 @@ from search.trial import (
     strongest_layer,
 )
 from storage.cache import ArtifactCache
+from storage.leases import Leases
 from storage.rdb import open_storage
+from storage.stale import PARAMS_COMPLETE
 
 
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
@@ -41,13 +51,16 @@ def finished(study: optuna.Study) -> int:
 
 
 def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbeat_interval: int = 60,
-               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] = print,
+               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] | None = None,
                judge_device: str | None = None) -> int:
     """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here.
 
-    ``judge_device``: where a separate judge model (the study's ``judge_model``) runs; default ``device``."""
+    Each line is flushed as it is logged (default: stdout): a launcher or log collector reading a
+    pipe sees a trial when it ends, not when a buffer fills. ``judge_device``: where a separate
+    judge model (the study's ``judge_model``) runs; default ``device``."""
+    log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
-    storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry)
+    storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry, create=False)
     study, config = load(storage, study_name)
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
@@ -57,7 +70,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
         return 0
     prompts = config.prompts()
     chat = ChatFormat(enable_thinking=config.enable_thinking)
-    loaded = load_model(config.model, config.dtype, device)
+    loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
     owner = f"{socket.gethostname()}:{os.getpid()}"
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
@@ -81,11 +94,12 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
                          make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat,
                                     config.judge_settings(judge_device or device).build()),
                          config.kl_cap, config.kl_tokens, chat, config.batch_size)
-    ran = 0
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
-        nonlocal ran
-        params = suggest(trial, config.space)
+        params = suggest(halt.Sampling(trial) if halt.wanted("sampling") else trial, config.space)
+        # Every param is recorded: from here on a retry of this trial is this very candidate.
+        storage.set_trial_system_attr(trial._trial_id, PARAMS_COMPLETE, True)
+        halt.at("sampled", trial.number)
         dominated_by = []
 
         def give_up_at(kl: float) -> int | None:
@@ -99,7 +113,6 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
 
         outcome = runner.run(candidate_from_params(params, num_layers), give_up_at)
         record(trial, outcome, config.kl_cap, owner, dominated_by[-1] if outcome.pruned else None)
-        ran += 1
         if outcome.pruned:
             log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
                 f"(dominated by trial {dominated_by[-1]}), {outcome.seconds['total']:.1f} s")
@@ -108,14 +121,146 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
             f"{'' if outcome.feasible else ' (over the KL cap)'}, {outcome.seconds['total']:.1f} s")
         return outcome.values
 
-    def stop_when_asked(study: optuna.Study, _trial) -> None:
-        if stop_requested(study):  # an accepted promotion: finish this trial, take no other
-            log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
-            study.stop()
-
-    study.optimize(objective, callbacks=[MaxTrialsCallback(config.n_trials, states=FINISHED), stop_when_asked],
-                   gc_after_trial=False)
+    ran = 0
+    asking = Leases(storage.engine, owner, ttl=ASK_LEASE_SECONDS)
+    with interrupted_once():
+        while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log)) is not None:
+            run_trial(study, trial, objective, heartbeat_interval)
+            ran += 1
+    if stop_requested(study):
+        log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
     return ran
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+ASK_LEASE_SECONDS = 30.0  # counting and asking take milliseconds; a dead asker blocks others this long at most
+
+
+def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
+          log: Callable[[str], None] | None = None) -> optuna.Trial | None:
+    """The next trial for this worker, or None when the study needs no more.
+
+    Stale trials of dead workers are failed first (and re-queued as the same candidate). A trial
+    is asked only while finished plus running trials stay below ``n_trials``, counted and asked
+    under one lease so that two workers never both take the last one. While the running trials
+    of other workers would reach ``n_trials``, this one waits: they may finish, or die and be
+    re-queued for it to take.
+    """
+    log = log or say
+    key = f"ask:{study.study_name}"
+    said = ""
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fail_stale_trials(study)
+        if stop_requested(study):
+            return None
+        while not asking.acquire(key):
+            time.sleep(0.05)
+        try:
+            states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
+            done, running = sum(s in FINISHED for s in states), states.count(TrialState.RUNNING)
+            if done >= n_trials:
+                return None
+            if done + running < n_trials:
+                with warnings.catch_warnings():
+                    # Optuna warns that heartbeats belong to Study.optimize; run_trial beats instead.
+                    warnings.simplefilter("ignore", UserWarning)
+                    return study.ask()
+        finally:
+            asking.release(key)
+        line = f"waiting: {running} running trial(s) would make {n_trials}; a trial of a dead worker comes back here"
+        if line != said:
+            log(line)
+            said = line
+        time.sleep(poll)
+
+
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], tuple[float, float]],
+              heartbeat_interval: float) -> None:
+    """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended.
+
+    Interrupted (Ctrl-C, SIGTERM), the trial is failed and re-queued at once when its params are
+    complete, so a resume runs the same candidate without waiting out the grace period.
+    """
+    halt.at("asked", trial.number)
+    with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
+        try:
+            values = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        except KeyboardInterrupt:
+            requeue(study, trial)
+            raise
+        except Exception:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        else:
+            study.tell(trial, values)
+    halt.at("told", trial.number)
+
+
+@contextmanager
+def interrupted_once() -> Iterator[None]:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, once: Ctrl-C reaches a launcher and its workers
+    together and the launcher then sends SIGTERM, and a second interrupt must not cut short the
+    re-queueing of the running trial. Outside the main thread (signals cannot be set) a no-op."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def interrupt(signum, frame):
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Fail an interrupted trial and queue it again like a crashed one (see storage.stale)."""
+    storage = study._storage
+    try:
+        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # it was told or reaped already
+
+
+class Heartbeat:
+    """Writes a trial's heartbeat now and every ``interval`` seconds until the block ends."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except SQLAlchemyError:
+                pass  # a brief outage: the trial survives until the grace period passes
+            if self.stop.wait(self.interval):
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
 
 
 def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str, dominated_by: int | None = None) -> None:

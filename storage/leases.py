@@ -62,15 +62,16 @@ class Leases:
             session.commit()
 
     @contextmanager
-    def held(self, key: str) -> Iterator[threading.Event]:
-        """Renew ``key`` (already acquired) every ttl/3 while the block runs, release it after.
+    def held(self, key: str, every: float | None = None) -> Iterator[threading.Event]:
+        """Renew ``key`` (already acquired) every ``every`` seconds (default ttl/3) while the
+        block runs, release it after.
 
         Yields an event that is set if the lease was lost (renewal found another owner).
         """
         stop, lost = threading.Event(), threading.Event()
 
         def renew():
-            while not stop.wait(self.ttl / 3):
+            while not stop.wait(every or self.ttl / 3):
                 try:
                     if not self.renew(key):
                         lost.set()

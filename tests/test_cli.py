@@ -14,7 +14,7 @@ from objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
 def abliterate(*args, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True,
-        timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd,
     )
 
 
@@ -166,7 +166,7 @@ def test_help_is_quick_and_imports_nothing_heavy():
              "    main(['search', '--help'])\n"
              "assert '(default: 100)' in out.getvalue(), out.getvalue()\n"
              "print(sorted(m for m in ('torch', 'transformers', 'scipy', 'sqlalchemy', 'optuna') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 

@@ -34,7 +34,7 @@ def study_url(tmp_path, tiny):
         [sys.executable, "-m", "search.cli", "search", "--model", str(tmp_path / "model"), "--storage", url, "--study", "browse",
          "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--split", "4,6,6", "--trials", "2",
          "--max-new-tokens", "8", "--device", "cpu", "--seed", "0"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return url
@@ -60,15 +60,14 @@ def test_dashboard_shows_study_trials_and_note(study_url, browser, tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
+        while True:  # until it serves, or dies
             try:
-                urllib.request.urlopen(f"{base}/api/studies", timeout=2)
+                urllib.request.urlopen(f"{base}/api/studies")
                 break
             except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "dashboard did not start"
+                assert server.poll() is None, "dashboard did not start"
                 time.sleep(0.5)
-        wait = WebDriverWait(browser, 30)
+        wait = WebDriverWait(browser, 600)  # only a safety net: it returns as soon as the text is there
         browser.get(f"{base}/dashboard")
         wait.until(seen.text_to_be_present_in_element((By.TAG_NAME, "body"), "browse"))
         browser.get(f"{base}/dashboard/studies/1/trials")
@@ -79,4 +78,4 @@ def test_dashboard_shows_study_trials_and_note(study_url, browser, tmp_path):
         assert "KL" in body and "refusal" in body  # the trial note and the objective names
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait()

@@ -59,3 +59,25 @@ def test_interrupted_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         export_checkpoint(LoadedModel(model, tokenizer, "tiny"), tmp_path / "out")
     assert os.listdir(tmp_path) == []
+
+
+def test_staging_left_by_a_killed_export_is_removed_next_time(tiny, tmp_path):
+    """A SIGKILLed export leaves its hidden staging folder (gigabytes on a real model): the next
+    export of that target removes it and says so; a live export's staging is left alone."""
+    import socket
+    import subprocess
+    import sys
+
+    model, tokenizer = tiny("llama")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    host = socket.gethostname()
+    stale = tmp_path / f".out.partial-{host}-{dead.pid}-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x" * 2**20)
+    live = tmp_path / f".out.partial-{host}-{os.getpid()}-def456"
+    live.mkdir()
+    said = []
+    export_checkpoint(LoadedModel(model, tokenizer, "tiny"), tmp_path / "out", log=said.append)
+    assert sorted(os.listdir(tmp_path)) == [live.name, "out"]
+    assert said == [f"removed {stale.name} (1 MiB), left beside out by an export that was killed"]

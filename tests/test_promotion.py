@@ -42,24 +42,28 @@ def attempt_rows(engine):
         return connection.execute(text("select id, sweep, task, attempt, status from abl_sweep_attempt order by id")).all()
 
 
+def live_leases(engine):
+    with engine.connect() as connection:
+        return connection.execute(text("select key from abl_lease where expires_at > now()")).all()
+
+
 def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_same_verdict(postgres_url, tmp_path):
     study_with_front(postgres_url)
     engine = open_storage(postgres_url).engine
     promote = ["promote", "--storage", postgres_url, "--study", "s", "--once", "--attempts", ATTEMPTS, "--device", "cpu",
                "--checkpoints", tmp_path / "ck", "--lease", 3]
     first = cli(*promote)
-    deadline = time.monotonic() + 300
-    while len(attempt_rows(engine)) < 12:
+    while len(attempt_rows(engine)) < 12:  # a state, whatever the time it takes
         assert first.poll() is None, first.communicate()[0]
-        assert time.monotonic() < deadline, "the promoter stored no attempts"
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = attempt_rows(engine)
-    time.sleep(3.5)  # the dead promoter's leases expire
+    while live_leases(engine):  # the dead promoter's leases expire (3 s, by the database clock)
+        time.sleep(0.2)
 
     second = cli(*promote)
-    log = second.communicate(timeout=600)[0]
+    log = second.communicate()[0]
     assert second.returncode == 0, log
     after = attempt_rows(engine)
     assert after[: len(before)] == before  # nothing stored was touched
@@ -69,7 +73,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     assert "design: rule any, fisher, alpha 0.1, 10 task(s), N = 3" in log  # the plan line, before any sweep
 
     report = cli("report", "--storage", postgres_url, "--study", "s", "--json")
-    rows = json.loads(report.communicate(timeout=120)[0])
+    rows = json.loads(report.communicate()[0])
     decided = [r for r in rows if r["status"] in ("accepted", "no_lift")]
     assert decided, rows
     # Every decision counts the candidates gated before it in the study, one look each.
@@ -100,7 +104,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
 
     # A second run finds nothing left to do.
     again = cli(*promote)
-    assert again.communicate(timeout=300)[0].count("checkpoint") == 0 and again.returncode == 0
+    assert again.communicate()[0].count("checkpoint") == 0 and again.returncode == 0
 
 
 def test_accepted_lift_stops_the_study_and_its_workers(tmp_path):
@@ -156,11 +160,13 @@ def test_bad_promote_options_are_one_line(tmp_path, args, message):
     url = f"sqlite:///{tmp_path}/s.db"
     create_or_resume(open_storage(url), "s", demo_config(2))
     process = cli("promote", "--storage", url, "--study", "s", "--once", *[str(tasks) if a == "TASKS" else a for a in args])
-    output = process.communicate(timeout=120)[0]
+    output = process.communicate()[0]
     assert process.returncode == 2 and message in output and len(output.strip().splitlines()) == 1, output
 
 
 def test_report_on_an_unknown_study_is_one_line(tmp_path):
-    process = cli("report", "--storage", f"sqlite:///{tmp_path}/none.db", "--study", "nope")
-    output = process.communicate(timeout=120)[0]
+    url = f"sqlite:///{tmp_path}/s.db"
+    create_or_resume(open_storage(url), "s", demo_config(2))
+    process = cli("report", "--storage", url, "--study", "nope")
+    output = process.communicate()[0]
     assert process.returncode == 2 and "no abliterate study named 'nope'" in output

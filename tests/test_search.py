@@ -28,87 +28,194 @@ def config(model_dir, **options):
     return StudyConfig.split(model_dir, "demo-harmful", "demo-harmless", (4, 6, 6), **(FAST | options))
 
 
-def abliterate(*args, **popen):
+def abliterate(*args, env=None, **popen):
     return subprocess.Popen([sys.executable, "-m", "search.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **popen)
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **popen)
+
+
+def halting(point, action="kill"):
+    """The environment that makes a worker stop itself at ``point`` (see search.halt)."""
+    return {"ABLITERATE_HALT": point, "ABLITERATE_HALT_ACTION": action}
+
+
+def read_until(process, text):
+    """Lines of ``process`` up to the first containing ``text``; all of them if it ends first."""
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if text in line:
+            break
+    return "".join(lines)
 
 
 def trials(url, name="s", states=(TrialState.COMPLETE,)):
     return optuna.load_study(study_name=name, storage=url).get_trials(states=states)
 
 
-def wait_for(predicate, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+def every_trial(url, name="s"):
+    return {t.number: t for t in optuna.load_study(study_name=name, storage=url).trials}
+
+
+def worker(url, env=None, grace=600, **popen):
+    """A worker process. Give a short ``grace`` only to a worker that must take over a dead one's
+    trial: a live worker starved of CPU on a loaded machine can miss a short grace period."""
+    return abliterate("worker", "--device", "cpu", "--heartbeat", 1, "--grace", grace, "--storage", url, "--study", "s",
+                      env=env, **popen)
 
 
 def test_two_workers_share_one_study(postgres_url, model_dir):
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=12))
-    workers = [abliterate("worker", "--storage", postgres_url, "--study", "s", "--device", "cpu") for _ in range(2)]
-    logs = [w.communicate(timeout=300)[0] for w in workers]
-    assert [w.returncode for w in workers] == [0, 0], logs
-    done = trials(postgres_url)
-    assert 12 <= len(done) <= 13  # a worker finishing its last trial may overshoot by one
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=6))
+    # The first worker holds its first trial (heartbeat running) until the second has finished
+    # one: both surely work.
+    first = worker(postgres_url, halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    head = read_until(first, "halt: sampled trial 0")
+    second = worker(postgres_url)
+    head2 = read_until(second, "refusal")
+    logs = [head + first.communicate("go\n")[0], head2 + second.communicate()[0]]  # a line releases the first
+    assert [w.returncode for w in (first, second)] == [0, 0], logs
+    done = trials(postgres_url, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == 6  # never one more: the last trial is asked by one worker only
     assert len({t.user_attrs["worker"] for t in done}) == 2
     assert not trials(postgres_url, states=(TrialState.FAIL, TrialState.RUNNING))
     assert sum("computed here" in log for log in logs) == 1 and sum("from the study cache" in log for log in logs) == 1
     assert all({"kl", "feasible", "seconds_total"} <= set(t.user_attrs) for t in done)
 
 
+def test_the_last_trial_is_taken_once(postgres_url, model_dir):
+    """Two workers, one trial to go: the second waits on the first's trial instead of asking another."""
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=1, starting_points=0))
+    first = worker(postgres_url, halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    read_until(first, "halt: sampled trial 0")
+    second = worker(postgres_url)
+    waited = read_until(second, "waiting:")
+    logs = [first.communicate("go\n")[0], waited + second.communicate()[0]]
+    assert [w.returncode for w in (first, second)] == [0, 0], logs
+    assert "waiting: 1 running trial(s) would make 1" in logs[1]
+    assert [(t.number, t.state) for t in every_trial(postgres_url).values()] == [(0, TrialState.COMPLETE)]
+
+
 def test_killed_worker_trial_is_retried_with_same_params(postgres_url, model_dir):
-    # Long answers and no KL cap: every trial runs its refusal pass for seconds, so it is still
-    # running when it is killed (the random tiny model rarely ends an answer early).
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=5, max_new_tokens=256, kl_cap=1e9))
-    heartbeat = ("--heartbeat", 1, "--grace", 3)
-    first = abliterate("worker", "--storage", postgres_url, "--study", "s", "--device", "cpu", *heartbeat)
-    running = []
-
-    def a_trial_running():
-        running[:] = trials(postgres_url, states=(TrialState.RUNNING,)) if trials(postgres_url) else []
-        return running
-
-    wait_for(a_trial_running)
-    killed = running[0]
-    done_before = {t.number for t in trials(postgres_url)}
-    first.send_signal(signal.SIGKILL)
-    first.wait(timeout=30)
-    second = abliterate("worker", "--storage", postgres_url, "--study", "s", "--device", "cpu", *heartbeat)
-    log = second.communicate(timeout=300)[0]
+    # No designed starting points: the killed trial's params come from the sampler.
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=3, starting_points=0))
+    first = worker(postgres_url, halting("sampled@1"))
+    log = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL and "halt: sampled trial 1" in log, log
+    killed = every_trial(postgres_url)[1]
+    assert killed.state == TrialState.RUNNING and killed.user_attrs == {}
+    second = worker(postgres_url, grace=2)
+    log = second.communicate()[0]
     assert second.returncode == 0, log
-    everything = {t.number: t for t in optuna.load_study(study_name="s", storage=postgres_url).trials}
-    assert everything[killed.number].state == TrialState.FAIL
-    retries = [t for t in everything.values() if t.system_attrs.get("failed_trial") == killed.number]
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.COMPLETE  # nothing finished was lost
+    assert everything[1].state == TrialState.FAIL
+    retries = [t for t in everything.values() if t.system_attrs.get("failed_trial") == 1]
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == killed.params
-    assert done_before <= {t.number for t in trials(postgres_url)}  # nothing finished was lost
-    assert len(trials(postgres_url)) >= 5
+    assert len(trials(postgres_url)) == 3 and not trials(postgres_url, states=(TrialState.RUNNING,))
+
+
+def test_trial_killed_before_its_first_heartbeat_is_reaped(postgres_url, model_dir):
+    """Killed right after asking (RUNNING, no heartbeat yet): failed after the grace period, and
+    the designed point it was is queued again whole."""
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=1))
+    first = worker(postgres_url, halting("asked@0"))
+    log = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL and "halt: asked trial 0" in log, log
+    zombie = every_trial(postgres_url)[0]
+    assert zombie.state == TrialState.RUNNING and zombie.params == {}
+    second = worker(postgres_url, grace=2)
+    log = second.communicate()[0]
+    assert second.returncode == 0, log
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.FAIL
+    assert not trials(postgres_url, states=(TrialState.RUNNING, TrialState.WAITING))
+    retry = [t for t in everything.values() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert retry[0].params == zombie.system_attrs["fixed_params"] and retry[0].user_attrs["starting_point"]
+    assert len(trials(postgres_url)) == 2
+
+
+def test_trial_killed_while_sampling_is_not_retried_half_new(postgres_url, model_dir):
+    """Killed with part of its params recorded: failed, not re-queued (a copy would sample the rest
+    anew, another candidate under its name); a new trial takes its place."""
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=0))
+    first = worker(postgres_url, halting("sampling@0"))
+    log = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL and "halt: sampling trial 0" in log, log
+    assert 0 < len(every_trial(postgres_url)[0].params) < 10
+    second = worker(postgres_url, grace=2)
+    log = second.communicate()[0]
+    assert second.returncode == 0, log
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.FAIL
+    assert not [t for t in everything.values() if t.system_attrs.get("failed_trial") == 0]
+    assert len(trials(postgres_url)) == 2 and not trials(postgres_url, states=(TrialState.RUNNING, TrialState.WAITING))
 
 
 def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
     args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
             "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
-            "--device", "cpu", "--heartbeat", 1, "--grace", 3]
-    first = abliterate(*args, "--trials", 12)
-    wait_for(lambda: len(trials(postgres_url)) >= 3 if _exists(postgres_url) else False)
+            "--device", "cpu", "--heartbeat", 1, "--grace", 2, "--trials", 5]
+    # The worker stops after its third trial is stored; the search is interrupted there.
+    first = abliterate(*args, env=halting("told@2", "wait"), stdin=subprocess.PIPE)
+    head = read_until(first, "halt: told trial 2")
     first.send_signal(signal.SIGINT)
-    first.wait(timeout=60)
+    log = head + first.communicate()[0]
+    assert first.returncode == 130, log
     kept = {t.number for t in trials(postgres_url)}
-    assert 3 <= len(kept) < 12
-    second = abliterate(*args, "--trials", 12)
-    log = second.communicate(timeout=300)[0]
+    assert kept == {0, 1, 2} and not trials(postgres_url, states=(TrialState.RUNNING,))
+    second = abliterate(*args)
+    log = second.communicate()[0]
     assert second.returncode == 0, log
     assert "resumed study 's'" in log and "feasible Pareto front" in log
     done = trials(postgres_url)
-    assert 12 <= len(done) <= 13 and kept <= {t.number for t in done}
+    assert len(done) == 5 and kept <= {t.number for t in done}
 
 
-def _exists(url):
-    try:
-        optuna.load_study(study_name="s", storage=url)
-        return True
-    except KeyError:
-        return False
+def test_ctrl_c_requeues_the_running_trial_and_says_so_once(postgres_url, model_dir):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) in the middle of a trial:
+    one line, exit 130, and the trial queued again at once as the same candidate."""
+    args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8,
+            "--device", "cpu", "--trials", 4, "--starting-points", 0]
+    search = abliterate(*args, env=halting("sampled@1", "wait"), stdin=subprocess.PIPE, start_new_session=True)
+    head = read_until(search, "halt: sampled trial 1")
+    os.killpg(search.pid, signal.SIGINT)
+    log = head + search.communicate()[0]
+    assert search.returncode == 130, log
+    assert log.count("interrupted") == 1 and "Traceback" not in log, log
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.COMPLETE and everything[1].state == TrialState.FAIL
+    queued = [t for t in everything.values() if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].system_attrs["failed_trial"] == 1 and queued[0].params == everything[1].params
+    assert not trials(postgres_url, states=(TrialState.RUNNING,))
+
+
+def children(pid):
+    """Processes whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+        except OSError:
+            pass  # ended meanwhile
+    return found
+
+
+def test_the_database_password_is_neither_printed_nor_in_argv(postgres_url, model_dir):
+    url = postgres_url.replace("postgres@", "postgres:s3cret-pw@")  # trust authentication ignores it
+    args = ["search", "--model", model_dir, "--storage", url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8,
+            "--device", "cpu", "--trials", 1]
+    search = abliterate(*args, env=halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    head = read_until(search, "halt: sampled trial 0")
+    workers = children(search.pid)
+    argv = [open(f"/proc/{pid}/cmdline", "rb").read() for pid in workers]
+    log = head + search.communicate("go\n")[0]
+    assert search.returncode == 0, log
+    assert workers and all(b"worker" in a and b"s3cret" not in a for a in argv), argv
+    assert "s3cret" not in log and "created study 's' in postgresql+psycopg2://postgres:***@" in log
+    assert "browse it: abliterate dashboard --storage postgresql+psycopg2://postgres:***@" in log
 
 
 @pytest.mark.parametrize(
@@ -125,7 +232,7 @@ def _exists(url):
 def test_bad_input_is_one_line(postgres_url, model_dir, args, message, status):
     create_or_resume(open_storage(postgres_url), "s", config(model_dir))
     process = abliterate(*[postgres_url if a == "STORAGE" else a for a in args])
-    output = process.communicate(timeout=120)[0].strip()
+    output = process.communicate()[0].strip()
     assert process.returncode == status and output.startswith(message) and len(output.splitlines()) == 1, output
 
 
@@ -150,13 +257,15 @@ def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
 
     down = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
     worker = abliterate("worker", "--storage", down, "--study", "s")
-    assert worker.wait(timeout=120) == DATABASE_UNREACHABLE
+    assert worker.wait() == DATABASE_UNREACHABLE
     start = time.monotonic()
     # No restart budget at all: only the outage patience keeps the worker coming back.
     assert supervise(down, "s", ["cpu"], max_restarts=0, poll=0.2, outage_patience=12) == 1
     assert time.monotonic() - start >= 12
+    # With no restart budget, even one start-again proves the outage path; how many fit in the
+    # patience depends on how fast a worker starts, which a loaded machine decides.
     waits = capfd.readouterr().err.count("database unreachable; starting it again")
-    assert waits >= 2
+    assert waits >= 1
 
 
 def _restart_postgres():
@@ -170,10 +279,10 @@ def test_search_survives_a_postgres_restart(postgres_url, model_dir):
     args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
             "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 32, "--batch-size", 8, "--seed", 0,
             "--device", "cpu", "--heartbeat", 1, "--grace", 3, "--trials", 10]
-    search = abliterate(*args)
-    wait_for(lambda: _exists(postgres_url) and len(trials(postgres_url)) >= 2)
+    search = abliterate(*args, env=halting("told@1", "wait"), stdin=subprocess.PIPE)
+    head = read_until(search, "halt: told trial 1")
     _restart_postgres()
-    log = search.communicate(timeout=600)[0]
+    log = head + search.communicate("go\n")[0]  # the worker goes on, on a restarted database
     assert search.returncode == 0, log
     assert len(trials(postgres_url)) >= 10
 

@@ -91,10 +91,12 @@ def test_unreachable_database_is_one_line(url, message):
 WORKER = textwrap.dedent("""
     import sys, time, optuna
     from storage.rdb import open_storage
+    from storage.stale import PARAMS_COMPLETE
     storage = open_storage(sys.argv[1], heartbeat_interval=1, grace_period=3)
     study = optuna.load_study(study_name="crash", storage=storage)
     def objective(trial):
         trial.suggest_float("x", 0, 1)
+        trial.storage.set_trial_system_attr(trial._trial_id, PARAMS_COMPLETE, True)  # as search.worker does
         print("started", flush=True)
         time.sleep(600)
     study.optimize(objective, n_trials=1)
@@ -114,8 +116,9 @@ def test_killed_worker_trial_fails_and_is_retried_with_same_params(postgres_url,
     worker.wait(timeout=30)
     running = study.get_trials(states=[TrialState.RUNNING])
     assert len(running) == 1
-    time.sleep(4.5)  # past the grace period with no heartbeat
-    fail_stale_trials(study)
+    while not study.get_trials(states=[TrialState.FAIL]):  # once the grace period passes with no heartbeat
+        time.sleep(0.2)
+        fail_stale_trials(study)
     failed = study.get_trials(states=[TrialState.FAIL])
     waiting = study.get_trials(states=[TrialState.WAITING])
     assert [t.number for t in failed] == [running[0].number]

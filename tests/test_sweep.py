@@ -330,11 +330,18 @@ def test_concurrent_claims_have_exactly_one_winner(postgres_url):
 
 
 def test_held_lease_is_renewed_while_working(engine):
-    leases, other = Leases(engine, "p1", ttl=0.6), Leases(engine, "p2", ttl=0.6)
+    leases, other = Leases(engine, "p1", ttl=60), Leases(engine, "p2", ttl=60)
     assert leases.acquire("k")
     import time
-    with leases.held("k") as lost:
-        time.sleep(1.5)  # longer than the ttl: only renewal keeps it
+
+    def expiry():
+        with engine.connect() as connection:
+            return connection.execute(text("select expires_at from abl_lease where key = 'k'")).scalar()
+
+    first = expiry()
+    with leases.held("k", every=0.05) as lost:
+        while expiry() == first:  # until a renewal has moved the expiry on
+            time.sleep(0.05)
         assert not other.acquire("k") and not lost.is_set()
     assert other.acquire("k")  # released on exit
 

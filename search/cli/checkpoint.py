@@ -26,6 +26,7 @@ def register(commands) -> None:
     export.add_argument("--out", required=True)
     export.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto; with --from-file, the recorded device)")
     export.add_argument("--overwrite", action="store_true")
+    export.add_argument("--force", action="store_true", help="export a trial over the study's KL cap too")
     export.add_argument("--base-model-id", metavar="ORG/NAME", default=None,
                         help="the base model's hub repository, for the card (default: the study's model when it names one)")
     export.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the checkpoint to this Hugging Face model repository")
@@ -51,7 +52,8 @@ def _export(args) -> int:
         out = rebuild(args.from_file, args.model, args.out, args.device, args.overwrite)
         print(f"rebuilt {out} from {args.from_file}: every weight file matches the recorded sha256")
     else:
-        out = export_trial(args.storage, args.study, args.trial, args.out, args.device or "auto", args.overwrite, args.base_model_id)
+        out = export_trial(args.storage, args.study, args.trial, args.out, args.device or "auto", args.overwrite, args.base_model_id,
+                           args.force)
         print(f"wrote trial {args.trial} of {args.study!r} to {out} (model card README.md, reproduce.json)")
     if args.push_to_hub:
         print(f"pushed to {push(out, args.push_to_hub)}")

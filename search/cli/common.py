@@ -73,6 +73,17 @@ def gate_rule(args):
         raise AblationError(str(error)) from None
 
 
+def not_negative(text: str) -> int:
+    """argparse type for counts that may be zero (workers: none means create the study only)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, help=STORAGE_HELP)
     parser.add_argument("--study", default="abliterate", help="study name")

@@ -84,7 +84,7 @@ def _promote(args) -> int:
     rule = gate_rule(args)
     settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
                                  lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device)
-    promoter = Promoter(open_storage(args.storage), args.study, _make_runner(args), settings)
+    promoter = Promoter(open_storage(args.storage, create=False), args.study, _make_runner(args), settings)
     if args.once:
         promoter.run_once()
     else:
@@ -113,7 +113,7 @@ def _report(args) -> int:
     from search.promoter import report
     from storage.rdb import open_storage
 
-    rows = report(open_storage(args.storage), args.study)
+    rows = report(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0

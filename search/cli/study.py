@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -15,6 +16,7 @@ from search.cli.common import (
     heartbeat_options,
     judge_options,
     model_options,
+    not_negative,
     positive,
     study_options,
 )
@@ -26,7 +28,7 @@ def register(commands) -> None:
     search.add_argument("--storage", default=None, help=STORAGE_HELP)
     search.add_argument("--study", default="abliterate", help="study name")
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
-    search.add_argument("--workers", type=int, default=1, help="local worker processes")
+    search.add_argument("--workers", type=not_negative, default=1, help="local worker processes (0: create or extend the study only)")
     search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
     # Literal names, not imported from objectives.prompts: --help must not read the prompt module.
     search.add_argument("--harmful", default="advbench",
@@ -52,6 +54,7 @@ def register(commands) -> None:
     worker.add_argument("--model", default=None, help="only to check it matches the study")
     worker.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: torch's choice)")
     worker.add_argument("--judge-device", default=None, help="device of the study's separate judge model, if it has one (default: --device)")
+    worker.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # started by a launcher, which reports
     heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
@@ -89,7 +92,10 @@ def _search(args) -> int:
 
 def search_config(args):
     """The ``StudyConfig`` that ``abliterate search``'s arguments describe."""
+    from pathlib import Path
+
     from ablation.errors import AblationError
+    from objectives.prompts import absolute_spec
     from search.space import PRESETS
     from search.study import StudyConfig
 
@@ -98,11 +104,14 @@ def search_config(args):
         assert len(sizes) == 3 and min(sizes) > 0
     except (ValueError, AssertionError):
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
-    return StudyConfig.split(args.model, args.harmful, args.harmless, sizes, dtype=args.dtype, n_trials=args.trials,
-                             kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
+    # Local paths are stored absolute: a worker or promoter started in another folder reads the same files.
+    model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
+    return StudyConfig.split(model, absolute_spec(args.harmful), absolute_spec(args.harmless), sizes, dtype=args.dtype,
+                             n_trials=args.trials, kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
                              batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
                              starting_points=args.starting_points,
                              enable_thinking=False if args.no_thinking else None,
+                             trust_remote_code=args.trust_remote_code, device_map=args.device_map,
                              judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter)
 
 
@@ -114,18 +123,22 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
+    from ablation.loading import check_model
     from search.launcher import supervise
     from search.study import create_or_resume
     from search.worker import finished
     from storage.rdb import open_storage
-    from storage.urls import normalize_url
+    from storage.urls import normalize_url, redacted
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line repeats ours
-    config.prompts()  # bad or overlapping prompt sets fail here, before any worker starts
+    # Everything a worker would trip over is checked before the study is written: a study stored
+    # with a bad model would then refuse the right one ("exists with other settings").
+    config.prompts()  # bad or overlapping prompt sets
+    check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
     out = console()
-    out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {storage_url}: {finished(study)}/{config.n_trials} finished")
+    out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
 
     last = ""
 
@@ -155,7 +168,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
               if finished(study) < config.n_trials else 0)
     print_front(study, out)
     if closing:
-        out.print(f"browse it: abliterate dashboard --storage {storage_url}")
+        out.print(f"browse it: abliterate dashboard --storage {redacted(storage_url)}")
     return status
 
 
@@ -174,13 +187,17 @@ def _worker(args) -> int:
     from storage.rdb import open_storage
 
     if args.model:
-        check_local(load(open_storage(args.storage), args.study)[1], model=args.model)
+        check_local(load(open_storage(args.storage, create=False), args.study)[1], model=args.model)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
         run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace, judge_device=args.judge_device)
+    except KeyboardInterrupt:
+        if not args.supervised:
+            raise
+        return 130  # the launcher says it once for all its workers
     except OperationalError as error:
         first = str(error.orig or error).strip().splitlines()[0]
         print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
@@ -203,7 +220,7 @@ def _front(args) -> int:
     from search.study import load
     from storage.rdb import open_storage
 
-    study, _ = load(open_storage(args.storage), args.study)
+    study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
                            **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate")}}
@@ -238,10 +255,24 @@ def _dashboard(args) -> int:
 
     from storage.rdb import open_storage
 
-    storage = open_storage(args.storage)
+    storage = open_storage(args.storage, create=False)
+    _check_port(args.host, args.port)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port)
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """A one-line error when ``host:port`` cannot be served (the server would print a traceback)."""
+    import socket
+
+    from ablation.errors import AblationError
+
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise AblationError(f"cannot serve on {host}:{port} ({error.strerror}); pass another --port") from None
 
 
 def _demo(args) -> int:

@@ -1,0 +1,70 @@
+"""Crashed trials: every RUNNING trial a dead worker leaves is failed, and retried only as the
+very candidate it was.
+
+Optuna's heartbeat reaping sees only trials with a heartbeat row, but a trial is RUNNING from the
+moment it is asked, before its worker writes the first beat: a worker killed in that window left
+a trial RUNNING forever. Here a RUNNING trial without any heartbeat counts as stale once its start
+is older than the grace period.
+
+Optuna records params one ``suggest`` at a time, so a worker killed while sampling leaves part of
+a candidate. Its built-in retry copies that part and samples the rest anew: a different
+candidate under the old trial's name. Here a worker marks a trial once all its params are
+recorded (:data:`PARAMS_COMPLETE`); only such a trial, or an enqueued one whose fixed params
+are the whole candidate, is retried. Any other is failed and simply not repeated: the study
+asks a new trial in its place, since only finished trials count.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+
+PARAMS_COMPLETE = "abliterate:params_complete"  # system attr: every param of the candidate is recorded
+
+
+class HeartbeatStorage(RDBStorage):
+    """Optuna's RDB storage whose stale trials include RUNNING ones that never wrote a heartbeat."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        stale = super()._get_stale_trial_ids(study_id)
+        grace = timedelta(seconds=self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval)
+        # Optuna stamps datetime_start with the asking process's local clock; so does this one.
+        cutoff = datetime.now() - grace
+        with self.engine.connect() as connection:
+            beating = models.TrialHeartbeatModel.__table__
+            trials = models.TrialModel.__table__
+            rows = connection.execute(
+                trials.select().with_only_columns(trials.c.trial_id)
+                .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING,
+                       trials.c.datetime_start < cutoff,
+                       ~trials.c.trial_id.in_(beating.select().with_only_columns(beating.c.trial_id)))
+            )
+            return stale + [trial_id for (trial_id,) in rows if trial_id not in stale]
+
+
+class RetrySameCandidate:
+    """Heartbeat-stale callback: re-queue a failed trial with its whole candidate, at most
+    ``max_retry`` times in a row; a trial with part of a candidate is not re-queued."""
+
+    def __init__(self, max_retry: int | None = 3):
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", []), trial.number]
+        if self.max_retry is not None and len(history) > self.max_retry:
+            return
+        system_attrs: dict[str, Any] = {**copy.deepcopy(trial.system_attrs), "retry_history": history,
+                                        "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
+        if trial.system_attrs.get(PARAMS_COMPLETE):
+            study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                                                user_attrs=trial.user_attrs, system_attrs=system_attrs))
+        elif trial.system_attrs.get("fixed_params"):
+            # An enqueued point killed while sampling: its fixed params are the candidate; queue
+            # it as it was queued, without the part recorded so far.
+            study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs=trial.user_attrs, system_attrs=system_attrs))

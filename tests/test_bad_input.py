@@ -1,0 +1,148 @@
+"""Bad input is refused in one line, with exit 2, before anything is written (in-process ``main``)."""
+
+import pytest
+import torch
+
+from search.cli import main
+
+SEARCH = ["search", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--split", "4,6,6", "--storage", "sqlite:///s.db"]
+
+
+def run(capsys, *args):
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit:  # argparse refuses before the command runs
+        status = exit.code
+    err = capsys.readouterr().err.strip()
+    return status, err
+
+
+@pytest.fixture
+def garbage_model(tmp_path):
+    folder = tmp_path / "garbage"
+    folder.mkdir()
+    (folder / "config.json").write_text("{ this is not json")
+    return folder
+
+
+@pytest.mark.parametrize("model, extra, message", [
+    ("/nonexistent", [], "error: model path /nonexistent does not exist"),
+    ("GARBAGE", [], "error: cannot load"),
+    ("demo", ["--devices", "cuda:0"], "error: device cuda:0: this machine has no CUDA GPU"),
+    ("demo", ["--device", "cuda:3", "--workers", "1"], "error: device cuda:3: this machine has no CUDA GPU"),
+])
+def test_search_checks_model_and_device_before_writing_the_study(tmp_path, monkeypatch, capsys, garbage_model, model, extra, message):
+    if torch.cuda.is_available() and "cuda" in message:
+        pytest.skip("this machine has a GPU")
+    from objectives.refuser import refuser_path
+
+    monkeypatch.chdir(tmp_path)
+    spec = {"GARBAGE": garbage_model, "demo": refuser_path()}.get(model, model)
+    status, err = run(capsys, *SEARCH, "--model", spec, *extra)
+    assert status == 2 and err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()  # no study stored: the right model is still welcome
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--kl-cap", "-1"], "error: the KL cap must be a positive number, got -1.0"),
+    (["--kl-cap", "nan"], "error: the KL cap must be a positive number, got nan"),
+    (["--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+])
+def test_nonsense_settings_are_refused(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, *SEARCH, "--model", "/nonexistent", *extra)
+    assert status == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["front"], ["report"], ["export", "--trial", "0", "--out", "x"], ["worker"], ["dashboard"],
+    ["promote", "--once", "--runner", "local"],
+])
+def test_read_only_commands_create_no_database(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, *command, "--storage", "sqlite:///nothing.db", *(["--study", "s"] if command[0] != "dashboard" else []))
+    assert status == 2 and err.startswith("error: no study database at") and "nothing.db" in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_refuses_an_infeasible_trial_unless_forced(tmp_path, monkeypatch, capsys):
+    import optuna
+
+    from search.study import StudyConfig, create_or_resume
+    from storage.rdb import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    config = StudyConfig.split("/nonexistent", "demo-harmful", "demo-harmless", (4, 6, 6), kl_cap=0.5)
+    study, _ = create_or_resume(open_storage("sqlite:///s.db"), "s", config)
+    study.add_trial(optuna.create_trial(values=[1.0, 0.9], params={}, distributions={}, user_attrs={"kl": 0.9, "feasible": False}))
+    status, err = run(capsys, "export", "--storage", "sqlite:///s.db", "--study", "s", "--trial", 0, "--out", "x")
+    assert status == 2 and err == ("error: trial 0 is infeasible: its KL 0.9 is over the study's cap 0.5; "
+                                   "pick a trial from abliterate front, or pass --force to export it anyway")
+    status, err = run(capsys, "export", "--storage", "sqlite:///s.db", "--study", "s", "--trial", 0, "--out", "x", "--force")
+    assert status == 2 and "has no cached directions" in err  # past the check: --force lets it through
+    assert not (tmp_path / "x").exists()
+
+
+def test_the_study_stores_absolute_paths_and_loading_flags(tmp_path, monkeypatch, capsys, tiny):
+    """A worker or promoter started in another folder must find the same model and prompt files,
+    and load the model the way the study was created (remote code, device map)."""
+    from search.study import load
+    from storage.rdb import open_storage
+
+    model, tokenizer = tiny("qwen3")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "harmful.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(6)))
+    (tmp_path / "harmless.txt").write_text("\n".join(f"how do I bake cake {i}" for i in range(6)))
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, "search", "--model", "./model", "--harmful", "harmful.txt", "--harmless", "harmless.txt",
+                      "--split", "2,2,2", "--workers", 0, "--storage", "sqlite:///s.db", "--trust-remote-code")
+    assert status == 0, err
+    config = load(open_storage(f"sqlite:///{tmp_path / 's.db'}"), "abliterate")[1]
+    assert config.model == str(tmp_path / "model") and config.trust_remote_code and config.device_map is None
+    assert config.harmful["extraction"] == f"{tmp_path / 'harmful.txt'}[0:2]"
+    assert config.harmless["confirmation"] == f"{tmp_path / 'harmless.txt'}[4:6]"
+
+
+@pytest.mark.parametrize("damage", ["truncated safetensors", "malicious pickle"])
+def test_broken_or_hostile_weights_are_one_line(tmp_path, tiny, damage):
+    import pickle
+
+    from ablation.errors import ModelLoadError
+    from ablation.loading import load_model
+
+    model, tokenizer = tiny("qwen3")
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    if damage == "truncated safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this ran: pickles must never be loaded",))
+
+        weights.unlink()
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(folder), device="cpu")
+    assert "\n" not in str(error.value) and str(error.value).startswith(f"cannot load {folder}")
+
+
+def test_dashboard_on_a_port_in_use_is_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+
+    from search.study import StudyConfig, create_or_resume
+    from storage.rdb import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    create_or_resume(open_storage("sqlite:///s.db"), "s", StudyConfig.split("m", "demo-harmful", "demo-harmless", (4, 6, 6)))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        status, err = run(capsys, "dashboard", "--storage", "sqlite:///s.db", "--port", port)
+    assert status == 2 and err == f"error: cannot serve on 127.0.0.1:{port} (Address already in use); pass another --port"
