@@ -54,7 +54,7 @@ def trial_loop(bench, deadline: float) -> dict:
         watch.wrap(runner.baker, "bake", "bake")
         watch.wrap(runner.baker, "restore", "restore")
         watch.wrap(runner.kl, "score", "kl")
-        watch.wrap(runner.proxy, "score", "refusal")
+        watch.wrap(runner.proxy, "score_edited", "refusal")  # the answers, generated while the edit is baked
         trials = []
         for candidate in candidates:
             longest = max((t["total"] for t in trials), default=0.0)

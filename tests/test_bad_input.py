@@ -46,7 +46,7 @@ def test_search_checks_model_and_device_before_writing_the_study(tmp_path, monke
 @pytest.mark.parametrize("extra, message", [
     (["--kl-cap", "-1"], "error: the KL cap must be a positive number, got -1.0"),
     (["--kl-cap", "nan"], "error: the KL cap must be a positive number, got nan"),
-    (["--workers", "-1"], "argument --workers: must be 0 or more, got -1"),
+    (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
 ])
 def test_nonsense_settings_are_refused(tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.chdir(tmp_path)

@@ -40,15 +40,24 @@ def add_command(commands, name: str, help: str, description: str | None = None) 
     return commands.add_parser(name, help=help, description=description or help, formatter_class=Formatter)
 
 
-def positive(text: str) -> int:
-    """argparse type for counts, sizes and seconds: a whole number of at least 1."""
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
     return value
+
+
+def positive(text: str) -> int:
+    """argparse type for counts, sizes and seconds: a whole number of at least 1."""
+    return _whole_number(text, 1)
+
+
+def not_negative(text: str) -> int:
+    """argparse type for counts that may be zero (workers: none means create the study only)."""
+    return _whole_number(text, 0)
 
 
 def gate_options(parser: argparse.ArgumentParser) -> None:
@@ -71,17 +80,6 @@ def gate_rule(args):
         return GateRule(args.rule, args.alpha, args.min_attempts, args.test, args.candidates)
     except ValueError as error:
         raise AblationError(str(error)) from None
-
-
-def not_negative(text: str) -> int:
-    """argparse type for counts that may be zero (workers: none means create the study only)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def study_options(parser: argparse.ArgumentParser) -> None:
