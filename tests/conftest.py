@@ -51,3 +51,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def refuser():
+    """The shipped refusing model, loaded once per module (float32, CPU)."""
+    from ablation import load_model
+    from objectives.refuser import refuser_path
+
+    return load_model(str(refuser_path()), dtype="float32", device="cpu")

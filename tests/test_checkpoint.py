@@ -19,12 +19,9 @@ from ablation.loading import LoadedModel
 from search.card import card_header, front_matter, hub_id, layers_text, model_card
 from search.reproduce import differing_files, parse_reproduction, prompts_sha256, tensor_sha256
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 BASE_CARD = "---\nlicense: other\nlicense_name: tiny-licence\nlicense_link: LICENSE\npipeline_tag: text-generation\n---\n# Tiny\n"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for every test here (see conftest)."""
 
 
 @pytest.fixture

@@ -12,31 +12,25 @@ import torch
 from ablation.architectures import find_writers
 from ablation.bake import Baker
 from ablation.directions import mean_difference
-from ablation.loading import load_model
 from ablation.profile import Profile
 from ablation.residuals import capture_last_token
 from objectives.generation import generate_greedy
 from objectives.judges import VERDICTS, MarkerJudge
 from objectives.llm_judge import LLMJudge
 from objectives.refusal import MarkerProxy
-from objectives.refuser import prompt_path, refuser_path
+from objectives.refuser import prompt_path
 from search.space import Candidate
 from search.trial import TrialRunner
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 def read(kind: str, purpose: str, n: int = 8) -> list[str]:
     return prompt_path(kind, purpose).read_text(encoding="utf-8").splitlines()[:n]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for every test here (see conftest)."""
-
-
 @pytest.fixture(scope="module")
-def loaded():
-    return load_model(str(refuser_path()), dtype="float32", device="cpu")
+def loaded(refuser):
+    return refuser
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,8 @@ from objectives.kl import KLScorer
 from objectives.refusal import ChatFormat, MarkerProxy
 from objectives.refuser import MODEL_DIR, PROMPT_FILES, PROMPTS_DIR, refuser_path
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 REFUSAL_LAYER = 2  # where the safety stage writes the refusal feature (see the module docstring)
 KL_MAX = 0.1
 SIZES = {"extraction": 64, "evaluation": 48, "confirmation": 64}
@@ -52,14 +54,9 @@ def read(kind: str, purpose: str) -> list[str]:
     return (PROMPTS_DIR / PROMPT_FILES[(kind, purpose)]).read_text(encoding="utf-8").splitlines()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(one_torch_thread):
-    """One torch thread for every test here (see conftest)."""
-
-
 @pytest.fixture(scope="module")
-def loaded():
-    return load_model(str(refuser_path()), dtype="float32", device="cpu")
+def loaded(refuser):
+    return refuser
 
 
 @pytest.fixture(scope="module")
