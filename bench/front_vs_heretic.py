@@ -4,8 +4,11 @@
     python bench/front_vs_heretic.py report [--budgets 10,30,100] [--markdown FILE]
 
 ``run`` performs every (tool, budget, seed) search that has no result yet (so it resumes after an
-interruption), saves each front's lowest-refusal candidates as checkpoints, scores them with one
-common evaluation and deletes them. ``report`` scores the fronts (hypervolume of (refusal rate,
+interruption), saves each front's lowest-refusal candidates as checkpoints (ours: also the front
+trials nearest Heretic's best count from below, when Heretic's run is recorded), scores them with
+one common evaluation and deletes them. Each run's record (trials.json, evaluation.json) is kept
+under bench/front/ in the repository, so a later session can report and add runs without
+repeating them; models, studies and logs stay in bench/out/front/. ``report`` scores the fronts (hypervolume of (refusal rate,
 KL) against the reference point (1, 1); KL at Heretic's best refusal count, by each tool's own count
 and by the common evaluation; seconds per trial), prints the tables and draws one PNG per budget
 (bench/front_vs_heretic_b{budget}.png).
@@ -37,7 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("PYTHONPATH") or str(ROOT))  # _ours runs the checkout it is given
 
-WORK = ROOT / "bench" / "out" / "front"
+WORK = ROOT / "bench" / "out" / "front"  # scratch: prompt files, studies, checkpoints, logs
+RECORD = ROOT / "bench" / "front"  # kept: one folder per run with trials.json and evaluation.json
 GGUF = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct.gguf"
 MODEL = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct-bf16"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -129,15 +133,26 @@ dataset = "{prompts['harmful_evaluation']}"
                {"base_refusals": raw["base_refusals"], "cpu_seconds": _children_cpu() - cpu})
 
 
+def heretic_best(budget: int, seed: int) -> int | None:
+    """Heretic's best own refusal count on the paired run, when that run is recorded."""
+    path = RECORD / f"heretic-b{budget}-s{seed}" / "trials.json"
+    return min(t["refusals"] for t in json.loads(path.read_text())["trials"]) if path.exists() else None
+
+
 def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, keep: int,
-             overrides: dict | None, sampler: str | None, code: Path = ROOT) -> None:
+             overrides: dict | None, sampler: str | None, code: Path = ROOT, near: int | None = None) -> None:
     """Our search through its real service path (a study in SQLite, one worker) in a subprocess,
-    with the project's code from ``code`` (another checkout measures an earlier version)."""
+    with the project's code from ``code`` (another checkout measures an earlier version).
+
+    Saved for the common evaluation: the ``keep`` lowest-refusal front candidates and, when ``near``
+    (Heretic's best own count) is given, the ``keep`` front candidates with at most ``near``
+    refusals and the least KL, the ones a user wanting Heretic's refusal level would pick."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)
     start, cpu = time.time(), _children_cpu()
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
-               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or ""]
+               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or "",
+               "--near", str(-1 if near is None else near)]
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
@@ -201,16 +216,27 @@ def _ours_in_process(args) -> None:
     directions = directions_from_bytes(ArtifactCache(storage.engine, "front", "bench").get(directions_key(config.space.methods)))
     loaded = load_model(args.model, "bf16", "cpu")
     baker = Baker(find_writers(loaded.model))
-    for row in front[: args.keep]:
+    for row in saved_candidates(front, args.keep, None if args.near < 0 else args.near):
         candidate = candidate_from_params(row["params"], next(iter(directions.values())).shape[0])
         with baker.baked_into(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving):
             row["saved"] = str(export_checkpoint(loaded, run_dir / "candidates" / f"trial-{row['number']}"))
     (run_dir / "raw.json").write_text(json.dumps({"trials": rows}, indent=1))
 
 
+def saved_candidates(front: list[dict], keep: int, near: int | None) -> list[dict]:
+    """The front rows (sorted by refusals, then KL) that the common evaluation scores."""
+    picked = front[:keep]
+    if near is not None:
+        at_most = sorted((r for r in front if r["refusals"] <= near), key=lambda r: r["kl"])
+        picked += [r for r in at_most[:keep] if r not in picked]
+    return picked
+
+
 def _write_run(run_dir: Path, tool: str, budget: int, seed: int, wall: float, trials: list[dict], extra: dict) -> None:
     load = os.getloadavg()[0]
-    (run_dir / "trials.json").write_text(json.dumps({"tool": tool, "budget": budget, "seed": seed, "wall_seconds": wall,
+    record = RECORD / run_dir.name
+    record.mkdir(parents=True, exist_ok=True)
+    (record / "trials.json").write_text(json.dumps({"tool": tool, "budget": budget, "seed": seed, "wall_seconds": wall,
                                                      "load_at_end": load, "trials": trials, **extra}, indent=1))
 
 
@@ -225,18 +251,12 @@ def evaluate_candidates(run_dir: Path, prompts: dict[str, Path], model: Path) ->
     from objectives.prompts import read_prompts
     from objectives.refusal import ChatFormat, MarkerProxy
 
-    run = json.loads((run_dir / "trials.json").read_text())
+    record = RECORD / run_dir.name
+    run = json.loads((record / "trials.json").read_text())
     chat, proxy = ChatFormat(), MarkerProxy(max_new_tokens=COMMON_TOKENS, batch_size=40, samples=0)
     harmful, edgy = read_prompts(prompts["harmful_heldout"]), read_prompts(prompts["edgy_heldout"])
     harmless = read_prompts(prompts["harmless_evaluation"])
-    base_file = WORK / "base_logprobs.pt"
-    if not base_file.exists():
-        base = load_model(str(model), "bf16", "cpu")
-        torch.save(response_logprobs(base.model, base.tokenizer, chat.apply(base, harmless), batch_size=BATCH), base_file)
-        figures = _common_figures(base, proxy, harmful, edgy)
-        (WORK / "base_common.json").write_text(json.dumps(figures))
-        del base
-    base_logprobs = torch.load(base_file)
+    base_logprobs = torch.load(ensure_base(prompts, model))
     results = {}
     for row in run["trials"]:
         if not row.get("saved"):
@@ -247,7 +267,30 @@ def evaluate_candidates(run_dir: Path, prompts: dict[str, Path], model: Path) ->
         results[str(row["number"])] = {"kl": kl, **_common_figures(edited, proxy, harmful, edgy)}
         del edited
         shutil.rmtree(row["saved"], ignore_errors=True)
-    (run_dir / "evaluation.json").write_text(json.dumps(results, indent=1))
+    (record / "evaluation.json").write_text(json.dumps(results, indent=1))
+
+
+def ensure_base(prompts: dict[str, Path], model: Path) -> Path:
+    """The base model's answer log-probabilities (file) and common figures (recorded), made once."""
+    import torch
+
+    from ablation import load_model
+    from objectives.kl import response_logprobs
+    from objectives.prompts import read_prompts
+    from objectives.refusal import ChatFormat, MarkerProxy
+
+    base_file = WORK / "base_logprobs.pt"
+    if not base_file.exists() or not (RECORD / "base_common.json").exists():
+        chat, proxy = ChatFormat(), MarkerProxy(max_new_tokens=COMMON_TOKENS, batch_size=40, samples=0)
+        base = load_model(str(model), "bf16", "cpu")
+        logprobs = response_logprobs(base.model, base.tokenizer, chat.apply(base, read_prompts(prompts["harmless_evaluation"])),
+                                     batch_size=BATCH)
+        torch.save(logprobs, base_file.with_suffix(".partial"))
+        base_file.with_suffix(".partial").rename(base_file)  # a reader never sees half a file
+        figures = _common_figures(base, proxy, read_prompts(prompts["harmful_heldout"]), read_prompts(prompts["edgy_heldout"]))
+        RECORD.mkdir(parents=True, exist_ok=True)
+        (RECORD / "base_common.json").write_text(json.dumps(figures))
+    return base_file
 
 
 def _common_figures(loaded, proxy, harmful, edgy) -> dict:
@@ -283,9 +326,9 @@ def kl_at(points: list[tuple[int, float]], refusals: int) -> float | None:
     return min(kls) if kls else None
 
 
-def load_runs(work: Path) -> list[dict]:
+def load_runs(record: Path) -> list[dict]:
     runs = []
-    for path in sorted((work / "runs").glob("*/trials.json")):
+    for path in sorted(record.glob("*/trials.json")):
         run = json.loads(path.read_text())
         evaluation = path.parent / "evaluation.json"
         run["evaluation"] = json.loads(evaluation.read_text()) if evaluation.exists() else {}
@@ -297,8 +340,8 @@ def load_runs(work: Path) -> list[dict]:
 def report(args) -> None:
     import statistics
 
-    runs = load_runs(WORK)
-    base = json.loads((WORK / "base_common.json").read_text()) if (WORK / "base_common.json").exists() else None
+    runs = load_runs(RECORD)
+    base = json.loads((RECORD / "base_common.json").read_text()) if (RECORD / "base_common.json").exists() else None
     lines = []
     label = args.label
     for budget in args.budgets:
@@ -421,7 +464,7 @@ def main() -> None:
     for name in ("--dir", "--model", "--sampler"):
         inner.add_argument(name, default="")
     inner.add_argument("--config", "--space", dest="config", default="{}")
-    for name in ("--budget", "--seed", "--keep"):
+    for name in ("--budget", "--seed", "--keep", "--near"):
         inner.add_argument(name, type=int)
     args = parser.parse_args()
 
@@ -433,21 +476,23 @@ def main() -> None:
         model = Path(args.model)
         ensure_model(model)
         prompts = prompt_files(WORK)
+        ensure_base(prompts, model)
         overrides = json.loads(args.config) if args.config else None
         for budget in args.budgets:
             for seed in args.seeds:
-                tools = args.tools.split(",")
-                for tool in tools if seed % 2 else tools[::-1]:  # alternate who runs first
+                # Heretic first: our candidates for the common evaluation include those nearest its best count
+                for tool in sorted(args.tools.split(","), key=lambda t: t != "heretic"):
                     name = f"heretic-b{budget}-s{seed}" if tool == "heretic" else f"{args.label}-b{budget}-s{seed}"
                     run_dir = WORK / "runs" / name
-                    if (run_dir / "evaluation.json").exists():
+                    if (RECORD / name / "evaluation.json").exists():
                         continue
                     print(f"{time.strftime('%H:%M:%S')} {name}: searching", flush=True)
-                    if not (run_dir / "trials.json").exists():
+                    if not (RECORD / name / "trials.json").exists():
                         if tool == "heretic":
                             run_heretic(run_dir, budget, seed, prompts, model, args.heretic_python, args.keep)
                         else:
-                            run_ours(run_dir, budget, seed, prompts, model, args.keep, overrides, args.sampler, Path(args.code))
+                            run_ours(run_dir, budget, seed, prompts, model, args.keep, overrides, args.sampler, Path(args.code),
+                                     near=heretic_best(budget, seed))
                     print(f"{time.strftime('%H:%M:%S')} {name}: common evaluation", flush=True)
                     evaluate_candidates(run_dir, prompts, model)
 
