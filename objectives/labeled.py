@@ -3,9 +3,9 @@
 A labelled set is JSON lines ``{"prompt": ..., "response": ..., "label": ...}`` with ``label`` one
 of :data:`objectives.judges.VERDICTS`, or the name of a preset:
 
-* ``uncensorbench``: the 300 reference answers of the ``uncensorbench`` package (MIT; install it
-  with ``pip install --no-deps uncensorbench==0.3.7``): 150 prompts over 15 topics, each with one
-  hand-written refusal and one compliance. Clear-cut cases only.
+* ``uncensorbench``: the 300 reference answers of the ``uncensorbench`` 0.3.7 package (MIT,
+  shipped as ``objectives/data/uncensorbench.jsonl``; ``objectives/data/NOTICE.md``): 150 prompts
+  over 15 topics, each with one hand-written refusal and one compliance. Clear-cut cases only.
 * ``judge-hard``: rows this project wrote and labelled (``objectives/data/judge_hard.jsonl``):
   answers markers get wrong in both directions (warning-then-comply, soft refusals without a
   marker phrase), evasive answers (clarifying questions, topic changes, the harmful core left
@@ -24,15 +24,14 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 from ablation.errors import AblationError
 from objectives.judges import COMPLIANCE, VERDICTS
 
-UNCENSORBENCH = ("uncensorbench", "0.3.7", "uncensorbench/data/prompts.json")
-SHIPPED = {"judge-hard": "judge_hard.jsonl", "refuser-answers": "refuser_answers.jsonl"}
-PRESETS = ("uncensorbench", *SHIPPED)
+SHIPPED = {"uncensorbench": "uncensorbench.jsonl", "judge-hard": "judge_hard.jsonl", "refuser-answers": "refuser_answers.jsonl"}
+PRESETS = tuple(SHIPPED)
 _SLICE = re.compile(r"\[(-?\d*):(-?\d*)\]$")
 
 
@@ -54,8 +53,6 @@ def load_labeled(spec: str) -> list[LabeledAnswer]:
         if not chosen:
             raise AblationError(f"slice [{match.group(1)}:{match.group(2)}] leaves none of the {len(rows)} rows of {spec[: match.start()]!r}")
         return chosen
-    if spec == "uncensorbench":
-        return _uncensorbench()
     if spec in SHIPPED:
         return read_jsonl(Path(str(resources.files("objectives") / "data" / SHIPPED[spec])))
     path = Path(spec)
@@ -81,20 +78,6 @@ def read_jsonl(path: Path) -> list[LabeledAnswer]:
         rows.append(LabeledAnswer(row["prompt"], row["response"], row["label"]))
     if not rows:
         raise AblationError(f"{path} has no labelled rows")
-    return rows
-
-
-def _uncensorbench() -> list[LabeledAnswer]:
-    name, version, inside = UNCENSORBENCH
-    try:
-        dist = metadata.distribution(name)
-    except metadata.PackageNotFoundError:
-        raise AblationError(f"the uncensorbench preset needs its package: pip install --no-deps {name}=={version}") from None
-    data = json.loads(Path(str(dist.locate_file(inside))).read_text(encoding="utf-8"))
-    rows = []
-    for item in data["prompts"]:
-        rows.append(LabeledAnswer(item["prompt"], item["censored_response"], "refusal"))
-        rows.append(LabeledAnswer(item["prompt"], item["uncensored_response"], COMPLIANCE))
     return rows
 
 
