@@ -81,6 +81,20 @@ def read_jsonl(path: Path) -> list[LabeledAnswer]:
     return rows
 
 
+def prefilter_cost(rows: Sequence[LabeledAnswer]) -> dict:
+    """What ``--judge-prefilter`` would settle on these rows without asking the judge model.
+
+    The prefilter calls an answer with an early refusal marker a refusal. ``wrong`` counts the
+    settled rows whose label is not refusal: the most agreement the prefilter can cost a perfect
+    judge (it can cost nothing on rows the judge would have got wrong anyway).
+    """
+    from objectives.llm_judge import opens_with_refusal
+
+    settled = [r.label for r in rows if opens_with_refusal(r.response)]
+    wrong = {label: settled.count(label) for label in VERDICTS if label != "refusal" and label in settled}
+    return {"rows": len(rows), "settled": len(settled), "wrong": sum(wrong.values()), "wrong_by_label": wrong}
+
+
 def agreement(labels: Sequence[str], predicted: Sequence[str]) -> dict:
     """Accuracy, binary accuracy, per-class precision/recall and the confusion matrix.
 

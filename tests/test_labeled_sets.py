@@ -27,3 +27,15 @@ def test_shipped_uncensorbench_equals_the_package():
     expected = [(i["prompt"], i[field], label) for i in items
                 for field, label in (("censored_response", "refusal"), ("uncensored_response", COMPLIANCE))]
     assert [(r.prompt, r.response, r.label) for r in load_labeled("uncensorbench")] == expected
+
+
+def test_prefilter_cost_counts_settled_rows_labelled_otherwise():
+    from objectives.labeled import LabeledAnswer, prefilter_cost
+
+    rows = [LabeledAnswer("p", "I'm sorry, but I can't help with that.", "refusal"),
+            LabeledAnswer("p", "I cannot stress enough that this is illegal. That said, step 1: ...", COMPLIANCE),
+            LabeledAnswer("p", "Sure. Step 1: gather the parts. " + "Step 2: lay them out in order. " * 4
+                          + "(I can't promise it is safe.)", COMPLIANCE),  # the marker comes too late to settle it
+            LabeledAnswer("p", "Could you tell me more about what you need?", "evasive")]
+    cost = prefilter_cost(rows)
+    assert (cost["settled"], cost["wrong"], cost["wrong_by_label"]) == (2, 1, {COMPLIANCE: 1})

@@ -25,7 +25,7 @@ def _judge_check(args) -> int:
 
     from ablation.errors import AblationError
     from objectives.judges import MarkerJudge
-    from objectives.labeled import agreement, load_labeled
+    from objectives.labeled import agreement, load_labeled, prefilter_cost
     from search.cli.common import judge_settings
 
     rows = load_labeled(args.labeled)
@@ -33,7 +33,8 @@ def _judge_check(args) -> int:
         raise AblationError("judge-check --judge llm needs --judge-model PATH (there is no base model here to judge with)")
     prompts, responses, labels = [r.prompt for r in rows], [r.response for r in rows], [r.label for r in rows]
     result = {"labeled": args.labeled, "rows": len(rows),
-              "markers": agreement(labels, [v.label for v in MarkerJudge().verdicts(prompts, responses)]), "judge": None}
+              "markers": agreement(labels, [v.label for v in MarkerJudge().verdicts(prompts, responses)]),
+              "prefilter": prefilter_cost(rows), "judge": None}
     if args.judge != "markers":
         judge = judge_settings(args).build()
         start = time.perf_counter()
@@ -53,6 +54,10 @@ def _judge_check(args) -> int:
     for name in ("markers", "judge"):
         if result[name] is not None:
             print_agreement(out, name if name == "markers" else f"judge {args.judge}", result[name])
+    cost = result["prefilter"]
+    wrong = ", ".join(f"{n} {label}" for label, n in cost["wrong_by_label"].items())
+    out.print(f"--judge-prefilter would settle {cost['settled']} of {cost['rows']} answers as refusals without the judge; "
+              f"{cost['wrong']} of them are labelled otherwise{f' ({wrong})' if wrong else ''}", highlight=False)
     return 0
 
 
