@@ -412,33 +412,47 @@ def _ratio(value: float | None) -> str:
 
 
 def _plot(budget: int, pairs: list, label: str) -> None:
+    """Per seed: the fronts by each tool's own count (top) and the common evaluation of the saved
+    candidates (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.6), squeeze=False, sharey=True)
-    for axis, (seed, h, o) in zip(axes[0], pairs):
+    figure, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 7.0), squeeze=False, sharey="row")
+    for column, (seed, h, o) in enumerate(pairs):
+        own, common = axes[0][column], axes[1][column]
         for run, colour, name in ((h, "tab:red", "Heretic 1.4.0"), (o, "tab:blue", "abliterate")):
             points = front_points(run)
-            axis.scatter([p[0] for p in points], [p[1] for p in points], s=10, alpha=0.35, color=colour)
-            staircase, best = [], float("inf")
-            for x, y in sorted(points):
-                if y < best:
-                    staircase.append((x, y))
-                    best = y
+            own.scatter([p[0] for p in points], [p[1] for p in points], s=10, alpha=0.35, color=colour)
+            staircase = _staircase(points)
             if staircase:
-                axis.step([p[0] for p in staircase], [p[1] for p in staircase], where="post", color=colour,
-                          label=f"{name}: HV {hypervolume(points):.3f}")
-        axis.set_yscale("log")
-        axis.set_xlabel("refusal rate (own markers)")
-        axis.set_title(f"seed {seed}")
-        axis.legend(fontsize=7)
+                own.step([p[0] for p in staircase], [p[1] for p in staircase], where="post", color=colour,
+                         label=f"{name}: HV {hypervolume(points):.3f}")
+            scored = [(r / 40, kl) for r, kl in _common_points(run)]
+            common.scatter([p[0] for p in scored], [p[1] for p in scored], s=24, color=colour, label=name)
+        own.set_yscale("log")
+        own.set_xlabel("refusal rate (own markers)")
+        own.set_title(f"seed {seed}")
+        own.legend(fontsize=7)
+        common.set_yscale("log")
+        common.set_xlabel("held-out refusal rate (common evaluation, 40 prompts)")
+        common.legend(fontsize=7)
     axes[0][0].set_ylabel("KL (first token, harmless)")
-    figure.suptitle(f"Pareto fronts after {budget} trials, Qwen2.5-Coder-0.5B-Instruct (bf16, CPU)")
+    axes[1][0].set_ylabel("KL (common evaluation)")
+    figure.suptitle(f"After {budget} trials, Qwen2.5-Coder-0.5B-Instruct (bf16, CPU)")
     figure.tight_layout()
     figure.savefig(ROOT / "bench" / f"front_vs_heretic_b{budget}.png", dpi=110)
     plt.close(figure)
+
+
+def _staircase(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    staircase, best = [], float("inf")
+    for x, y in sorted(points):
+        if y < best:
+            staircase.append((x, y))
+            best = y
+    return staircase
 
 
 # --- the command line --------------------------------------------------------------------------
