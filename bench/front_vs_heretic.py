@@ -4,9 +4,11 @@
     python bench/front_vs_heretic.py report [--budgets 10,30,100] [--markdown FILE]
 
 ``run`` performs every (tool, budget, seed) search that has no result yet (so it resumes after an
-interruption), saves each front's lowest-refusal candidates as checkpoints (ours: also the front
-trials nearest Heretic's best count from below, when Heretic's run is recorded), scores them with
-one common evaluation and deletes them. Each run's record (trials.json, evaluation.json) is kept
+interruption), saves front candidates as checkpoints (Heretic's three lowest-refusal ones through
+its menu, our whole front up to eight: our trials are cheap and our front is dense, so the points
+near Heretic's refusal level are scored too), scores them with one common evaluation and deletes
+them. A recorded run of ours whose study is still in bench/out gets its unscored front candidates
+scored on the next ``run``. Each run's record (trials.json, evaluation.json) is kept
 under bench/front/ in the repository, so a later session can report and add runs without
 repeating them; models, studies and logs stay in bench/out/front/. ``report`` scores the fronts (hypervolume of (refusal rate,
 KL) against the reference point (1, 1); KL at Heretic's best refusal count, by each tool's own count
@@ -46,6 +48,7 @@ GGUF = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct.gguf"
 MODEL = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct-bf16"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 NEW_TOKENS, BATCH, COMMON_TOKENS = 32, 32, 64
+OURS_KEEP = 8  # our front candidates given the common evaluation, lowest refusals first
 
 
 # --- prompts -----------------------------------------------------------------------------------
@@ -133,32 +136,50 @@ dataset = "{prompts['harmful_evaluation']}"
                {"base_refusals": raw["base_refusals"], "cpu_seconds": _children_cpu() - cpu})
 
 
-def heretic_best(budget: int, seed: int) -> int | None:
-    """Heretic's best own refusal count on the paired run, when that run is recorded."""
-    path = RECORD / f"heretic-b{budget}-s{seed}" / "trials.json"
-    return min(t["refusals"] for t in json.loads(path.read_text())["trials"]) if path.exists() else None
-
-
 def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, keep: int,
-             overrides: dict | None, sampler: str | None, code: Path = ROOT, near: int | None = None) -> None:
+             overrides: dict | None, sampler: str | None, code: Path = ROOT) -> None:
     """Our search through its real service path (a study in SQLite, one worker) in a subprocess,
-    with the project's code from ``code`` (another checkout measures an earlier version).
-
-    Saved for the common evaluation: the ``keep`` lowest-refusal front candidates and, when ``near``
-    (Heretic's best own count) is given, the ``keep`` front candidates with at most ``near``
-    refusals and the least KL, the ones a user wanting Heretic's refusal level would pick."""
+    with the project's code from ``code`` (another checkout measures an earlier version); the
+    first ``keep`` candidates of its front (lowest refusals first) are saved."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)
     start, cpu = time.time(), _children_cpu()
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
-               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or "",
-               "--near", str(-1 if near is None else near)]
+               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or ""]
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
     raw = json.loads((run_dir / "raw.json").read_text())
     _write_run(run_dir, "ours", budget, seed, time.time() - start, raw["trials"],
                {"config": overrides, "sampler": sampler, "code": _revision(code), "cpu_seconds": _children_cpu() - cpu})
+
+
+def unscored_front(name: str) -> list[int]:
+    """Our recorded run's front trials that have no common evaluation yet."""
+    from search.front import pareto_front
+
+    run = json.loads((RECORD / name / "trials.json").read_text())
+    evaluation = RECORD / name / "evaluation.json"
+    scored = set(json.loads(evaluation.read_text())) if evaluation.exists() else set()
+    feasible = [t for t in run["trials"] if t["refusals"] is not None]
+    front = [feasible[i] for i in pareto_front([(t["refusals"], t["kl"]) for t in feasible])]
+    return sorted(t["number"] for t in front if str(t["number"]) not in scored)[:OURS_KEEP]
+
+
+def extend_ours(run_dir: Path, model: Path, keep: int, code: Path = ROOT) -> None:
+    """Save the recorded run's unscored front candidates from its study (no new search); the
+    record's timing is left as the search made it."""
+    record = json.loads((RECORD / run_dir.name / "trials.json").read_text())
+    command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--model", str(model), "--keep", str(keep),
+               "--budget", str(record["budget"]), "--seed", str(record["seed"]), "--config", json.dumps(record.get("config") or {}),
+               "--sampler", record.get("sampler") or "", "--only", ",".join(map(str, unscored_front(run_dir.name)))]
+    with open(run_dir / "log-extend.txt", "w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
+    saved = {t["number"]: t["saved"] for t in json.loads((run_dir / "raw.json").read_text())["trials"] if t["saved"]}
+    for row in record["trials"]:
+        row["saved"] = saved.get(row["number"])
+    (RECORD / run_dir.name / "trials.json").write_text(json.dumps(record, indent=1))
 
 
 def _children_cpu() -> float:
@@ -198,8 +219,9 @@ def _ours_in_process(args) -> None:
         harmless={p: str(prompts[f"harmless_{p}"]) for p in ("extraction", "evaluation", "confirmation")}, **options)
     url = f"sqlite:///{run_dir / 'study.db'}"
     storage = open_storage(url)
-    create_or_resume(storage, "front", config)
-    run_worker(url, "front", device="cpu")
+    if not args.only:
+        create_or_resume(storage, "front", config)
+        run_worker(url, "front", device="cpu")
 
     study = __import__("optuna").load_study(study_name="front", storage=storage)
     rows, total = [], len(prompts_of(prompts["harmful_evaluation"]))
@@ -216,20 +238,12 @@ def _ours_in_process(args) -> None:
     directions = directions_from_bytes(ArtifactCache(storage.engine, "front", "bench").get(directions_key(config.space.methods)))
     loaded = load_model(args.model, "bf16", "cpu")
     baker = Baker(find_writers(loaded.model))
-    for row in saved_candidates(front, args.keep, None if args.near < 0 else args.near):
+    only = {int(n) for n in args.only.split(",")} if args.only else None
+    for row in front[: args.keep] if only is None else [r for r in front if r["number"] in only]:
         candidate = candidate_from_params(row["params"], next(iter(directions.values())).shape[0])
         with baker.baked_into(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving):
             row["saved"] = str(export_checkpoint(loaded, run_dir / "candidates" / f"trial-{row['number']}"))
     (run_dir / "raw.json").write_text(json.dumps({"trials": rows}, indent=1))
-
-
-def saved_candidates(front: list[dict], keep: int, near: int | None) -> list[dict]:
-    """The front rows (sorted by refusals, then KL) that the common evaluation scores."""
-    picked = front[:keep]
-    if near is not None:
-        at_most = sorted((r for r in front if r["refusals"] <= near), key=lambda r: r["kl"])
-        picked += [r for r in at_most[:keep] if r not in picked]
-    return picked
 
 
 def _write_run(run_dir: Path, tool: str, budget: int, seed: int, wall: float, trials: list[dict], extra: dict) -> None:
@@ -257,9 +271,10 @@ def evaluate_candidates(run_dir: Path, prompts: dict[str, Path], model: Path) ->
     harmful, edgy = read_prompts(prompts["harmful_heldout"]), read_prompts(prompts["edgy_heldout"])
     harmless = read_prompts(prompts["harmless_evaluation"])
     base_logprobs = torch.load(ensure_base(prompts, model))
-    results = {}
+    evaluation = record / "evaluation.json"
+    results = json.loads(evaluation.read_text()) if evaluation.exists() else {}
     for row in run["trials"]:
-        if not row.get("saved"):
+        if not row.get("saved") or str(row["number"]) in results:
             continue
         edited = load_model(row["saved"], "bf16", "cpu")
         kl = float(kl_divergence(base_logprobs, response_logprobs(edited.model, edited.tokenizer, chat.apply(edited, harmless),
@@ -267,7 +282,7 @@ def evaluate_candidates(run_dir: Path, prompts: dict[str, Path], model: Path) ->
         results[str(row["number"])] = {"kl": kl, **_common_figures(edited, proxy, harmful, edgy)}
         del edited
         shutil.rmtree(row["saved"], ignore_errors=True)
-    (record / "evaluation.json").write_text(json.dumps(results, indent=1))
+    evaluation.write_text(json.dumps(results, indent=1))
 
 
 def ensure_base(prompts: dict[str, Path], model: Path) -> Path:
@@ -469,7 +484,7 @@ def main() -> None:
     run.add_argument("--tools", default="heretic,ours")
     run.add_argument("--model", default=str(MODEL))
     run.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON", "/tmp/heretic-venv/bin/python"))
-    run.add_argument("--keep", type=int, default=3, help="front candidates per run given the common evaluation")
+    run.add_argument("--keep", type=int, default=3, help="Heretic's front candidates given the common evaluation")
     run.add_argument("--config", default=None, help='JSON overrides of our StudyConfig (a variant), e.g. {"space": {"peak": [0.5, 0.9]}}')
     run.add_argument("--sampler", default=None)
     run.add_argument("--code", default=str(ROOT), help="checkout whose search runs as ours (an earlier version, say)")
@@ -478,7 +493,8 @@ def main() -> None:
     for name in ("--dir", "--model", "--sampler"):
         inner.add_argument(name, default="")
     inner.add_argument("--config", "--space", dest="config", default="{}")
-    for name in ("--budget", "--seed", "--keep", "--near"):
+    inner.add_argument("--only", default="", help="save these trials of the finished study; no search")
+    for name in ("--budget", "--seed", "--keep"):
         inner.add_argument(name, type=int)
     args = parser.parse_args()
 
@@ -494,19 +510,20 @@ def main() -> None:
         overrides = json.loads(args.config) if args.config else None
         for budget in args.budgets:
             for seed in args.seeds:
-                # Heretic first: our candidates for the common evaluation include those nearest its best count
-                for tool in sorted(args.tools.split(","), key=lambda t: t != "heretic"):
+                for tool in args.tools.split(","):
                     name = f"heretic-b{budget}-s{seed}" if tool == "heretic" else f"{args.label}-b{budget}-s{seed}"
                     run_dir = WORK / "runs" / name
                     if (RECORD / name / "evaluation.json").exists():
-                        continue
-                    print(f"{time.strftime('%H:%M:%S')} {name}: searching", flush=True)
-                    if not (RECORD / name / "trials.json").exists():
+                        if tool == "heretic" or not unscored_front(name) or not (run_dir / "study.db").exists():
+                            continue
+                        print(f"{time.strftime('%H:%M:%S')} {name}: saving front trials {unscored_front(name)}", flush=True)
+                        extend_ours(run_dir, model, OURS_KEEP, Path(args.code))
+                    elif not (RECORD / name / "trials.json").exists():
+                        print(f"{time.strftime('%H:%M:%S')} {name}: searching", flush=True)
                         if tool == "heretic":
                             run_heretic(run_dir, budget, seed, prompts, model, args.heretic_python, args.keep)
                         else:
-                            run_ours(run_dir, budget, seed, prompts, model, args.keep, overrides, args.sampler, Path(args.code),
-                                     near=heretic_best(budget, seed))
+                            run_ours(run_dir, budget, seed, prompts, model, OURS_KEEP, overrides, args.sampler, Path(args.code))
                     print(f"{time.strftime('%H:%M:%S')} {name}: common evaluation", flush=True)
                     evaluate_candidates(run_dir, prompts, model)
 
