@@ -164,8 +164,10 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
                 study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
             study.set_user_attr(CONFIG_ATTR, config.to_json())
             return study, False
-        existing.check_prompt_files()  # a changed file, named, rather than "other settings (prompt_files: ...)"
-        conflicts = _conflicts(existing, config, ignore=set(RESUMABLE_CHANGES))
+        # A changed file is named here. The digests are not compared as settings: the same specs
+        # read the same files, and a study made before digests were kept has none.
+        existing.check_prompt_files()
+        conflicts = _conflicts(existing, config, ignore={*RESUMABLE_CHANGES, "prompt_files"})
         if conflicts:
             raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
         study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))

@@ -87,3 +87,35 @@ def test_evaluate_says_which_prompt_sets_a_default_run_used(made, tmp_path):
     assert result.stdout.splitlines()[0] == (f"prompt sets: harmful demo-harmful (16), harmless {made / 'harmless.txt'} (6); the demo "
                                              "sets by default for harmful: pass --harmful/--harmless, or --storage/--study for a "
                                              "study's own")
+
+
+def test_evaluate_takes_the_study_judge_unless_given_one(tmp_path, monkeypatch, capsys):
+    """The study's own judge (here one that cannot be made, so that it shows without a model run)."""
+    from objectives.refuser import refuser_path
+    from search.cli import main
+    from search.study import StudyConfig, create_or_resume
+
+    (tmp_path / "failing_judge.py").write_text("def make():\n    raise RuntimeError('down')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    config = StudyConfig.split(str(refuser_path()), "demo-harmful", "demo-harmless", (4, 6, 6), judge="failing_judge:make")
+    create_or_resume(open_storage("sqlite:///s.db"), "s", config)
+    evaluate = ["evaluate", "--model", str(refuser_path()), "--base", str(refuser_path()), "--storage", "sqlite:///s.db", "--study", "s"]
+    assert main(evaluate) == 2
+    assert capsys.readouterr().err.startswith("error: judge 'failing_judge:make' failed when it was made (RuntimeError: down)")
+    assert main([*evaluate, "--judge", "markers", "--max-new-tokens", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["prompt_sets"]["harmful"] == {"source": "demo-harmful[10:16]", "count": 6}
+
+
+def test_a_study_made_before_digests_resumes(tmp_path):
+    """Studies stored without prompt_files resume from the same files (nothing to compare them with)."""
+    from dataclasses import replace
+
+    from search.study import StudyConfig, create_or_resume
+
+    (tmp_path / "harmful.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(6)))
+    config = StudyConfig.split("some/model", str(tmp_path / "harmful.txt"), "demo-harmless", (2, 2, 2))
+    assert list(config.prompt_files) == [str(tmp_path / "harmful.txt")]
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    create_or_resume(storage, "s", replace(config, prompt_files={}))
+    assert create_or_resume(storage, "s", config)[1]

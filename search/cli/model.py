@@ -43,7 +43,7 @@ def register(commands) -> None:
     evaluate.add_argument("--base", required=True, help="the unedited model (hub id, folder or .gguf)")
     evaluate.add_argument("--storage", default=None, help="with --study: the study's storage (" + STORAGE_HELP + ")")
     evaluate.add_argument("--study", default=None,
-                          help="take the prompt sets (and proxy, answer length, thinking) of this study, so the figures compare with its own")
+                          help="take the prompt sets (and proxy, judge, answer length, thinking) of this study, so the figures compare with its own")
     evaluate.add_argument("--prompt-set", choices=("confirmation", "evaluation"), default="confirmation",
                           help="with --study: the held-out confirmation sets, or the evaluation sets its trials were scored on")
     evaluate.add_argument("--harmful", default=None, help=f"prompt source spec (default: the study's, or {DEFAULT_SETS['harmful']})")
@@ -52,6 +52,7 @@ def register(commands) -> None:
     evaluate.add_argument("--proxy", choices=PROXIES, default=None, help="refusal measure (default: the study's, or markers)")
     evaluate.add_argument("--max-new-tokens", type=positive, default=None, help="answer length (default: the study's, or 48)")
     judge_options(evaluate, default_model="the base model, loaded again once the edited one is released")
+    evaluate.set_defaults(judge=None)  # None: the study's judge with --study, else markers
     evaluate.add_argument("--agent-template", default=None, help="text file with {task} (agent proxy)")
     evaluate.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -126,6 +127,9 @@ def _evaluate(args) -> int:
     max_new_tokens = args.max_new_tokens or (study.max_new_tokens if study else 48)
     thinking = False if args.no_thinking else (study.enable_thinking if study else None)
     chat = ChatFormat(enable_thinking=thinking)
+    if args.judge is None and study is not None:  # the study's judge, with its model and prefilter
+        args.judge, args.judge_model, args.judge_prefilter = study.judge, args.judge_model or study.judge_model, study.judge_prefilter
+    args.judge = args.judge or "markers"
     if args.judge != "markers" and proxy_name != "markers":
         raise AblationError(f"--judge {args.judge} applies to the markers proxy only, not {proxy_name!r}; drop --judge or use --proxy markers")
     judge = judge_settings(args, args.device).build()
