@@ -95,14 +95,14 @@ def test_evaluate_takes_the_study_judge_unless_given_one(tmp_path, monkeypatch, 
     from search.cli import main
     from search.study import StudyConfig, create_or_resume
 
-    (tmp_path / "failing_judge.py").write_text("def make():\n    raise RuntimeError('down')\n")
+    (tmp_path / "study_judge.py").write_text("def make():\n    raise RuntimeError('down')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    config = StudyConfig.split(str(refuser_path()), "demo-harmful", "demo-harmless", (4, 6, 6), judge="failing_judge:make")
+    config = StudyConfig.split(str(refuser_path()), "demo-harmful", "demo-harmless", (4, 6, 6), judge="study_judge:make")
     create_or_resume(open_storage("sqlite:///s.db"), "s", config)
     evaluate = ["evaluate", "--model", str(refuser_path()), "--base", str(refuser_path()), "--storage", "sqlite:///s.db", "--study", "s"]
     assert main(evaluate) == 2
-    assert capsys.readouterr().err.startswith("error: judge 'failing_judge:make' failed when it was made (RuntimeError: down)")
+    assert capsys.readouterr().err.startswith("error: judge 'study_judge:make' failed when it was made (RuntimeError: down)")
     assert main([*evaluate, "--judge", "markers", "--max-new-tokens", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prompt_sets"]["harmful"] == {"source": "demo-harmful[10:16]", "count": 6}
 
