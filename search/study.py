@@ -23,7 +23,7 @@ from optuna.exceptions import ExperimentalWarning
 
 from ablation.errors import AblationError
 from objectives.judges import JudgeSettings
-from objectives.prompts import check_disjoint, load_prompts
+from objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts
 from search.space import MAX_STARTING_POINTS, SearchSpace
 from storage.errors import StorageError
 from storage.leases import Leases
@@ -62,6 +62,9 @@ class StudyConfig:
     judge_prefilter: bool = False  # llm only: markers early in an answer settle it as a refusal
     trust_remote_code: bool = False  # workers load the model as the study was created, not by their own flags
     device_map: str | None = None
+    # sha256 of each local prompt file the sets read, by absolute path (objectives.prompts.file_digests),
+    # taken when the study is made: whoever loads the sets later refuses a file that changed since.
+    prompt_files: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -87,14 +90,30 @@ class StudyConfig:
         def cut(spec):
             bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
             return {p: f"{spec}[{bounds[i]}:{bounds[i + 1]}]" for i, p in enumerate(PURPOSES)}
-        return cls(model=model, harmful=cut(harmful), harmless=cut(harmless), **options)
+        return cls(model=model, harmful=cut(harmful), harmless=cut(harmless),
+                   **({"prompt_files": file_digests([harmful, harmless])} | options))
 
     def prompts(self) -> dict[tuple[str, str], list[str]]:
-        """Every prompt set, loaded and checked to be pairwise disjoint."""
+        """Every prompt set, loaded and checked to be pairwise disjoint, after
+        :meth:`check_prompt_files`."""
+        self.check_prompt_files()
         loaded = {(side, p): load_prompts(spec) for side, specs in (("harmful", self.harmful), ("harmless", self.harmless))
                   for p, spec in specs.items()}
         check_disjoint(**{f"{side} {purpose}": prompts for (side, purpose), prompts in loaded.items()})
         return loaded
+
+    def check_prompt_files(self) -> None:
+        """Refuse, in one line naming the file, a prompt file that is gone or whose content changed
+        since the study was made: the study's sets and trials would no longer match."""
+        for path, digest in sorted(self.prompt_files.items()):
+            try:
+                now = file_digest(path)
+            except OSError as error:
+                raise AblationError(f"prompt file {path}, which the study was made with, cannot be read ({error.strerror}); "
+                                    "restore it, or start a new study (another --study name)") from None
+            if now != digest:
+                raise AblationError(f"prompt file {path} has changed since the study was made (sha256 {now[:12]}, "
+                                    f"was {digest[:12]}); restore it, or start a new study (another --study name)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -145,7 +164,10 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
                 study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
             study.set_user_attr(CONFIG_ATTR, config.to_json())
             return study, False
-        conflicts = _conflicts(existing, config, ignore=set(RESUMABLE_CHANGES))
+        # A changed file is named here. The digests are not compared as settings: the same specs
+        # read the same files, and a study made before digests were kept has none.
+        existing.check_prompt_files()
+        conflicts = _conflicts(existing, config, ignore={*RESUMABLE_CHANGES, "prompt_files"})
         if conflicts:
             raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
         study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))

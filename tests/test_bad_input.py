@@ -146,3 +146,107 @@ def test_dashboard_on_a_port_in_use_is_one_line(tmp_path, monkeypatch, capsys):
         port = taken.getsockname()[1]
         status, err = run(capsys, "dashboard", "--storage", "sqlite:///s.db", "--port", port)
     assert status == 2 and err == f"error: cannot serve on 127.0.0.1:{port} (Address already in use); pass another --port"
+
+
+JUDGE_MODULE = """
+def make():
+    raise RuntimeError("the judge's server is down")
+"""
+
+
+@pytest.mark.parametrize("command", ["search", "evaluate", "judge-check"])
+def test_a_judge_factory_that_raises_is_one_line(tmp_path, monkeypatch, capsys, command):
+    from objectives.refuser import refuser_path
+
+    (tmp_path / "failing_judge.py").write_text(JUDGE_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    args = {"search": [*SEARCH, "--model", refuser_path(), "--workers", 0],
+            "evaluate": ["evaluate", "--model", refuser_path(), "--base", refuser_path()],
+            "judge-check": ["judge-check", "--labeled", "refuser-answers"]}[command]
+    status, err = run(capsys, *args, "--judge", "failing_judge:make")
+    assert status == 2 and err == ("error: judge 'failing_judge:make' failed when it was made (RuntimeError: the judge's "
+                                   "server is down); fix it, or use --judge markers / --judge llm"), err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == ["failing_judge.py"]  # no study written
+
+
+@pytest.fixture
+def closed_port():
+    """A local port that refuses connections: bound, never listening."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_a_name_the_hub_cannot_provide_is_one_line_at_once(monkeypatch, closed_port, hub):
+    """Without the hub a bare name is refused at once: no retries (they sleep 23 s in all)."""
+    import time
+
+    from huggingface_hub import constants
+
+    from ablation.errors import ModelLoadError
+    from ablation.loading import load_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", hub == "offline")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError) as error:
+        load_model("refuser", device="cpu")
+    assert time.monotonic() - started < 10
+    why = "HF_HUB_OFFLINE is set" if hub == "offline" else f"the hub at http://127.0.0.1:{closed_port} is unreachable: "
+    assert str(error.value).startswith(f"refuser is neither a local path nor a model available offline ({why}")
+    assert str(error.value).endswith("pass a model folder or a .gguf file, or download it where the hub is reachable")
+
+
+@pytest.mark.parametrize("hub", ["offline", "unreachable"])
+def test_the_command_says_so_in_one_line(tmp_path, closed_port, hub):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"} if hub == "offline" else {
+        **{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}"}
+    result = subprocess.run([sys.executable, "-m", "search.cli", "search", "--model", "refuser", "--storage", "sqlite:///s.db"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: refuser is neither a local path nor a model available offline")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_cached_hub_model_loads_offline_without_retries(tmp_path, tiny, closed_port):
+    """An unreachable hub does not stop a model the hub cache holds: it loads from there, quietly."""
+    import os
+    import subprocess
+    import sys
+
+    snapshot = tmp_path / "hub" / "models--someorg--tiny" / "snapshots" / ("0" * 40)
+    model, tokenizer = tiny("qwen3")
+    model.save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    (tmp_path / "hub" / "models--someorg--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someorg--tiny" / "refs" / "main").write_text("0" * 40)
+    env = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"},
+           "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    result = subprocess.run([sys.executable, "-m", "search.cli", "inspect", "--model", "someorg/tiny"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "writers (attn" in result.stdout and "Retrying" not in result.stderr
+
+
+def test_inspect_needs_no_tokenizer_and_the_others_name_the_missing_files(tmp_path, monkeypatch, capsys, tiny):
+    model, _ = tiny("qwen3")
+    model.save_pretrained(tmp_path / "model")  # weights and config, no tokenizer
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "--model", "model"]) == 0
+    assert "writers (attn" in capsys.readouterr().out
+    status, err = run(capsys, "directions", "--model", "model", "--harmful", "demo-harmful", "--harmless", "demo-harmless",
+                      "--out", "d.safetensors")
+    assert status == 2 and err == ("error: model has no tokenizer: none of tokenizer.json, tokenizer.model or vocab.json "
+                                   "(with merges.txt) is in the folder; copy the base model's tokenizer files into it "
+                                   "(abliterate inspect needs none)")
+    status, err = run(capsys, *SEARCH, "--model", "model")
+    assert status == 2 and err.startswith(f"error: {tmp_path / 'model'} has no tokenizer: none of tokenizer.json")
+    assert not (tmp_path / "s.db").exists()

@@ -51,7 +51,7 @@ def test_directions_writes_unit_directions(model_dir, tmp_path, method):
     "args, message",
     [
         (["inspect", "--model", "/no/such/model"], "error: model path /no/such/model does not exist"),
-        (["inspect", "--model", "someorg/somemodel"], "error: cannot load someorg/somemodel: not a local path"),
+        (["inspect", "--model", "someorg/somemodel"], "error: someorg/somemodel is neither a local path nor a model available offline"),
         (["directions", "--model", "x", "--harmful", "/no/file.txt", "--harmless", "/no/file.txt", "--out", "o"],
          "error: prompt file /no/file.txt does not exist"),
     ],

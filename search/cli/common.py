@@ -105,11 +105,11 @@ def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-thinking", action="store_true", help="turn thinking off in the chat template (Qwen3/3.5)")
 
 
-def load(args):
-    """The model named by :func:`model_options`."""
+def load(args, tokenizer: bool = True):
+    """The model named by :func:`model_options` (without its tokenizer when ``tokenizer`` is False)."""
     from ablation.loading import load_model
 
-    return load_model(args.model, args.dtype, args.device, args.device_map, args.trust_remote_code)
+    return load_model(args.model, args.dtype, args.device, args.device_map, args.trust_remote_code, tokenizer=tokenizer)
 
 
 def console():

@@ -8,6 +8,7 @@ from search.cli.common import (
     BATCH_HELP,
     METHODS,
     PROXIES,
+    STORAGE_HELP,
     add_command,
     console,
     judge_options,
@@ -16,6 +17,10 @@ from search.cli.common import (
     model_options,
     positive,
 )
+
+
+# evaluate's prompt sets without --study or --harmful/--harmless: small, so that a first try is quick
+DEFAULT_SETS = {"harmful": "demo-harmful", "harmless": "demo-harmless"}
 
 
 def register(commands) -> None:
@@ -36,12 +41,18 @@ def register(commands) -> None:
     evaluate = add_command(commands, "evaluate", "score an edited model against its base: KL, refusals, samples")
     model_options(evaluate)
     evaluate.add_argument("--base", required=True, help="the unedited model (hub id, folder or .gguf)")
-    evaluate.add_argument("--harmful", default="demo-harmful", help="prompt source spec")
-    evaluate.add_argument("--harmless", default="demo-harmless", help="prompt source spec")
+    evaluate.add_argument("--storage", default=None, help="with --study: the study's storage (" + STORAGE_HELP + ")")
+    evaluate.add_argument("--study", default=None,
+                          help="take the prompt sets (and proxy, judge, answer length, thinking) of this study, so the figures compare with its own")
+    evaluate.add_argument("--prompt-set", choices=("confirmation", "evaluation"), default="confirmation",
+                          help="with --study: the held-out confirmation sets, or the evaluation sets its trials were scored on")
+    evaluate.add_argument("--harmful", default=None, help=f"prompt source spec (default: the study's, or {DEFAULT_SETS['harmful']})")
+    evaluate.add_argument("--harmless", default=None, help=f"prompt source spec (default: the study's, or {DEFAULT_SETS['harmless']})")
     evaluate.add_argument("--edgy", default=None, help="benign-but-edgy prompt source for an over-refusal rate")
-    evaluate.add_argument("--proxy", choices=PROXIES, default="markers")
-    evaluate.add_argument("--max-new-tokens", type=positive, default=48)
+    evaluate.add_argument("--proxy", choices=PROXIES, default=None, help="refusal measure (default: the study's, or markers)")
+    evaluate.add_argument("--max-new-tokens", type=positive, default=None, help="answer length (default: the study's, or 48)")
     judge_options(evaluate, default_model="the base model, loaded again once the edited one is released")
+    evaluate.set_defaults(judge=None)  # None: the study's judge with --study, else markers
     evaluate.add_argument("--agent-template", default=None, help="text file with {task} (agent proxy)")
     evaluate.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
@@ -51,7 +62,7 @@ def register(commands) -> None:
 def _inspect(args) -> int:
     from ablation.architectures import find_writers
 
-    loaded = load(args)
+    loaded = load(args, tokenizer=False)  # the writers are in the weights: a folder without a tokenizer is fine
     print_writers(find_writers(loaded.model), title=f"residual writers of {args.model}")
     return 0
 
@@ -103,29 +114,39 @@ def _evaluate(args) -> int:
 
     from rich.markup import escape
 
+    from ablation.errors import AblationError
     from ablation.loading import load_model
     from objectives.evaluate import evaluate
     from objectives.prompts import load_prompts
     from objectives.refusal import ChatFormat, make_proxy
 
-    harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
+    sets, origin, study = _evaluation_sets(args)
+    harmful, harmless = load_prompts(sets["harmful"]), load_prompts(sets["harmless"])
     edgy = load_prompts(args.edgy) if args.edgy else None
-    chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
-    if args.judge != "markers" and args.proxy != "markers":
-        from ablation.errors import AblationError
-
-        raise AblationError(f"--judge {args.judge} applies to the markers proxy only, not {args.proxy!r}; drop --judge or use --proxy markers")
+    proxy_name = args.proxy or (study.proxy if study else "markers")
+    max_new_tokens = args.max_new_tokens or (study.max_new_tokens if study else 48)
+    thinking = False if args.no_thinking else (study.enable_thinking if study else None)
+    chat = ChatFormat(enable_thinking=thinking)
+    if args.judge is None and study is not None:  # the study's judge, with its model and prefilter
+        args.judge, args.judge_model, args.judge_prefilter = study.judge, args.judge_model or study.judge_model, study.judge_prefilter
+    args.judge = args.judge or "markers"
+    if args.judge != "markers" and proxy_name != "markers":
+        raise AblationError(f"--judge {args.judge} applies to the markers proxy only, not {proxy_name!r}; drop --judge or use --proxy markers")
     judge = judge_settings(args, args.device).build()
-    proxy = make_proxy(args.proxy, args.max_new_tokens, args.batch_size, chat, judge, args.agent_template)
+    proxy = make_proxy(proxy_name, max_new_tokens, args.batch_size, chat, judge, args.agent_template)
+    used = {"harmful": {"source": sets["harmful"], "count": len(harmful)}, "harmless": {"source": sets["harmless"], "count": len(harmless)},
+            **({"edgy": {"source": args.edgy, "count": len(edgy)}} if edgy else {}), "from": origin}
 
     def loader(spec):
         return lambda: load_model(spec, args.dtype, args.device, args.device_map, args.trust_remote_code)
 
     result = evaluate(loader(args.base), loader(args.model), harmful, harmless, proxy, chat, edgy, args.batch_size)
     if args.json:
-        print(json.dumps(result.as_dict(), indent=2))
+        print(json.dumps({**result.as_dict(), "prompt_sets": used}, indent=2))
         return 0
     out = console()
+    sets_line = ", ".join(f"{side} {used[side]['source']} ({used[side]['count']})" for side in ("harmful", "harmless", "edgy") if side in used)
+    out.print(f"prompt sets: {sets_line}; {origin}", highlight=False)
     refusal, base = result.refusal, result.base_refusal
     out.print(f"KL (harmless, first token): {result.kl:.4f} over {len(harmless)} prompts")
     out.print(f"{proxy.name} proxy on {len(harmful)} harmful prompts: {refusal.value:.3f} (base {base.value:.3f})")
@@ -137,3 +158,31 @@ def _evaluate(args) -> int:
     for prompt, response in refusal.samples:
         out.print(f"[bold]> {escape(prompt)}[/]\n  {escape(response.strip()[:300])}", highlight=False)
     return 0
+
+
+def _evaluation_sets(args) -> tuple[dict[str, str], str, object]:
+    """The harmful and harmless specs to score on, where they came from (in words), and the
+    study's settings when ``--study`` names one (None otherwise). Sets given on the command line
+    win over the study's."""
+    from ablation.errors import AblationError
+
+    if args.study is None:
+        if args.storage is not None:
+            raise AblationError("--storage names where a study is: add --study NAME to take its prompt sets")
+        given = {side: getattr(args, side) for side in DEFAULT_SETS}
+        sets = {side: spec or DEFAULT_SETS[side] for side, spec in given.items()}
+        defaulted = [side for side, spec in given.items() if spec is None]
+        origin = ("given" if not defaulted else
+                  f"the demo sets by default for {' and '.join(defaulted)}: pass --harmful/--harmless, or --storage/--study for a study's own")
+        return sets, origin, None
+    from search.study import load
+    from storage.rdb import open_storage
+    from storage.urls import normalize_url, redacted
+
+    config = load(open_storage(args.storage, create=False), args.study)[1]
+    config.check_prompt_files()
+    sets = {side: getattr(args, side) or getattr(config, side)[args.prompt_set] for side in DEFAULT_SETS}
+    taken = [side for side in DEFAULT_SETS if getattr(args, side) is None]
+    origin = (f"{' and '.join(taken)} from study {args.study!r} in {redacted(normalize_url(args.storage))} ({args.prompt_set} sets)"
+              if taken else "given")
+    return sets, origin, config

@@ -135,6 +135,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
+    if config.judge not in ("markers", "llm"):
+        config.judge_settings().build()  # a plug-in judge that cannot be imported or made fails here, in one line
+    elif config.judge_model:
+        check_model(config.judge_model)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
     out = console()
