@@ -111,3 +111,20 @@ def test_head_scores_find_a_planted_head_under_grouped_query_attention(tiny, one
     assert scores.shape == (LAYERS, 4) and int(scores.flatten().argmax()) == 1 * 4 + 2
     assert top_heads(scores, layout, 1) == {1: [(32, 48)]}
     assert sum(len(v) for v in top_heads(scores, layout, 5).values()) == 5
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_moe", "gpt_oss", "gemma3_text", "qwen3_5"])
+def test_every_edit_exports_a_checkpoint_that_reloads_with_the_baked_logits(tiny, one_torch_thread, tmp_path, model_type):
+    from ablation import export_checkpoint, load_model
+    from ablation.loading import LoadedModel
+
+    model, tokenizer = tiny(model_type)
+    encoded = tokenizer(["Tell me how to bake bread", "hi"], return_tensors="pt", padding=True)
+    baker = Baker(find_writers(model))
+    for name, arguments in edits(model):
+        with torch.no_grad(), baker.baked_into(profile=Profile.uniform(0.9), **arguments):
+            baked = model(**encoded).logits
+            out = export_checkpoint(LoadedModel(model, tokenizer, "tiny"), tmp_path / name)
+        reloaded = load_model(str(out), device="cpu")
+        with torch.no_grad():
+            assert torch.allclose(reloaded.model(**encoded).logits, baked, atol=1e-5), name

@@ -42,6 +42,12 @@ def register(commands) -> None:
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     search.add_argument("--space", default="default", choices=("default", "wide"),
                         help="search space preset: default (ten parameters) or wide (fifteen: methods, layer range, kernel shapes, norm-preserving)")
+    search.add_argument("--methods", default=None,
+                        help="direction methods the trials choose from, comma-separated: mean, mean-projected, pca, probe, cone "
+                             "(default: the --space preset's)")
+    search.add_argument("--interventions", default=None,
+                        help="what trials do with the direction, comma-separated: ablate, amplify (also amplify the "
+                             "compliance direction), heads (only the attention heads that carry refusal) (default: ablate)")
     search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
@@ -92,6 +98,7 @@ def _search(args) -> int:
 
 def search_config(args):
     """The ``StudyConfig`` that ``abliterate search``'s arguments describe."""
+    from dataclasses import replace
     from pathlib import Path
 
     from ablation.errors import AblationError
@@ -106,9 +113,13 @@ def search_config(args):
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
     # Local paths are stored absolute: a worker or promoter started in another folder reads the same files.
     model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
+    space = PRESETS[args.space]
+    chosen = {name: tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+              for name, value in (("methods", args.methods), ("interventions", args.interventions)) if value is not None}
+    space = replace(space, **chosen) if chosen else space
     return StudyConfig.split(model, absolute_spec(args.harmful), absolute_spec(args.harmless), sizes, dtype=args.dtype,
                              n_trials=args.trials, kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
+                             batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=space,
                              starting_points=args.starting_points,
                              enable_thinking=False if args.no_thinking else None,
                              trust_remote_code=args.trust_remote_code, device_map=args.device_map,

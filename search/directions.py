@@ -1,0 +1,169 @@
+"""The tensors a study's edits are made of, computed once per study and cached with it, and for
+one candidate, the arguments of its bake.
+
+The payload is a flat {name: tensor} map, every tensor with the layer count first:
+
+* ``mean``, ``mean-projected``, ``probe``: [L, H] unit directions (ablation.directions);
+* ``pca``: [L, K, H] the first K principal components (K: the top of the space's component range + 1);
+* ``cone``: [L, K, H] orthonormal bases of the refusal cone, strongest category first (K: the
+  top of the space's rank range), so a trial of rank k removes ``[:, :k]``;
+* ``compliance``: [L, H] the unit compliance direction (intervention ``amplify``);
+* ``heads:input`` [L, I] and ``heads:layout`` [L, 2]: the mean attention-output input, harmful
+  minus harmless, and each layer's (heads, head_dim) (intervention ``heads``).
+
+A study that uses only the single-direction methods with plain ablation has exactly the payload
+and cache key it always had, so existing studies resume and re-bake unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ablation.bake import Amplification
+from ablation.cone import WEAK_SILHOUETTE, cone_stack
+from ablation.directions import by_method, interpolate, principal_components
+from ablation.errors import AblationError
+from objectives.refusal import ChatFormat
+from search.space import Candidate, SearchSpace
+
+# Below this many prompts on either side (complied, refused) the compliance direction is the
+# negated refusal direction instead: a mean of two residuals is mostly noise.
+MIN_CLASS = 3
+# |cos(r, c)| above this: amplifying c may put back much of what removing r took out.
+ALIGNED = 0.5
+
+
+def directions_key(space: SearchSpace | Sequence[str]) -> str:
+    """The study cache key under which the payload of ``space`` (or of ``methods``) is stored."""
+    if not isinstance(space, SearchSpace):
+        return f"directions:{','.join(sorted(space))}"
+    key = f"directions:{','.join(sorted(space.methods))}"
+    extras = []
+    if "pca" in space.methods:
+        extras.append(f"pca{space.pca_component[1] + 1}")
+    if "cone" in space.methods:
+        extras.append(f"cone{space.cone_rank[1]}")
+    extras += [name for name in sorted(space.interventions) if name != "ablate"]
+    return key + (f"|{'|'.join(extras)}" if extras else "")
+
+
+def method_tensor(method: str, harmful: torch.Tensor, harmless: torch.Tensor, space: SearchSpace | None = None,
+                  log: Callable[[str], None] = lambda line: None) -> torch.Tensor:
+    """The payload tensor of one direction method from residuals [N, L, H] (see the module docstring)."""
+    if method == "pca" and space is not None:
+        count = min(space.pca_component[1] + 1, harmful.shape[0], harmless.shape[0])
+        return principal_components(harmful, harmless, k=count).transpose(0, 1).contiguous()
+    if method == "cone":
+        rank = space.cone_rank[1] if space is not None else 4
+        bases, results = cone_stack(harmful, harmless, min(rank, harmful.shape[0]))
+        silhouettes = [result.silhouette for result in results]
+        weak = [layer for layer, result in enumerate(results) if result.weak]
+        log(f"cone: {bases.shape[1]} k-means category directions per layer; silhouette "
+            + ", ".join(f"{s:.2f}" for s in silhouettes)
+            + (f" (weak clusters, below {WEAK_SILHOUETTE}, at layers {', '.join(map(str, weak))}: the cone there is "
+               "a cut of one cloud rather than separate categories)" if weak else ""))
+        return bases.contiguous()
+    return by_method(method, harmful, harmless)[0]
+
+
+def compliance_direction(harmful: torch.Tensor, refused: Sequence[bool], fallback: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """[L, H] unit ``mean(complied) - mean(refused)`` over the harmful residuals [N, L, H] labelled
+    by the base model's answers; ``-fallback`` (the refusal direction) when a side has fewer than
+    three prompts. Also says which it is."""
+    refused = torch.tensor([bool(r) for r in refused])
+    if refused.shape[0] != harmful.shape[0]:
+        raise AblationError(f"got {refused.shape[0]} refusal labels for {harmful.shape[0]} harmful prompts")
+    complied = int((~refused).sum())
+    if min(complied, int(refused.sum())) < MIN_CLASS:
+        return -fallback.float(), (f"the base model complied with {complied} of {len(refused)} harmful prompts, fewer than "
+                                   f"{MIN_CLASS} on one side: using the negated refusal direction")
+    difference = harmful[~refused].float().mean(dim=0) - harmful[refused].float().mean(dim=0)
+    return torch.nn.functional.normalize(difference, dim=-1), f"from {complied} complied and {int(refused.sum())} refused prompts"
+
+
+def alignment_report(refusal: torch.Tensor, compliance: torch.Tensor) -> tuple[str, bool]:
+    """cos(r, c) per layer as one line, and whether any layer is over :data:`ALIGNED` in size."""
+    cosines = torch.nn.functional.cosine_similarity(refusal.float(), compliance.float(), dim=-1)
+    line = "cos(refusal, compliance) per layer: " + ", ".join(f"{float(c):+.2f}" for c in cosines)
+    aligned = bool((cosines.abs() > ALIGNED).any())
+    if aligned:
+        line += f" (|cos| > {ALIGNED} somewhere: amplifying compliance may undo part of the removal there)"
+    return line, aligned
+
+
+def direction_for(candidate: Candidate, directions: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a candidate removes: one direction [H] (global scope) or one per layer [L, H], or, for
+    the cone, an orthonormal basis per layer [L, k, H] (global scope: the basis of the layer
+    nearest the direction index, at every layer)."""
+    stored = directions[candidate.method]
+    if candidate.method == "cone":
+        bases = stored[:, : max(1, candidate.rank)]
+        if candidate.scope == "global":
+            layer = min(max(round(candidate.direction_index), 0), bases.shape[0] - 1)
+            bases = bases[layer].expand(bases.shape[0], -1, -1).contiguous()
+        return bases
+    per_layer = stored[:, min(candidate.component, stored.shape[1] - 1)] if stored.dim() == 3 else stored
+    return interpolate(per_layer, candidate.direction_index) if candidate.scope == "global" else per_layer
+
+
+def _along(candidate: Candidate, per_layer: torch.Tensor) -> torch.Tensor:
+    return interpolate(per_layer, candidate.direction_index) if candidate.scope == "global" else per_layer
+
+
+def bake_arguments(candidate: Candidate, directions: dict[str, torch.Tensor], model, writers) -> dict:
+    """The keyword arguments of :meth:`ablation.bake.Baker.bake` for ``candidate`` beyond the
+    direction and profile: the amplification, or the heads' columns (taken on the unedited model)."""
+    if candidate.intervention == "amplify":
+        return {"amplify": Amplification(_along(candidate, _needs(directions, "compliance", candidate)), candidate.amplify_strength)}
+    if candidate.intervention == "heads":
+        from ablation.heads import head_scores, top_heads
+
+        inputs, layout = _needs(directions, "heads:input", candidate), _needs(directions, "heads:layout", candidate)
+        layout = [tuple(int(v) for v in row) for row in layout]
+        removed = direction_for(candidate, directions)
+        r = removed[..., 0, :] if removed.dim() == 3 else removed  # the cone is scored by its strongest direction
+        return {"heads": top_heads(head_scores(writers, layout, inputs, r), layout, candidate.heads)}
+    return {}
+
+
+def used_tensors(candidate: Candidate, directions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every payload tensor the candidate's bake reads (what an export keeps beside the weights)."""
+    names = [candidate.method] + {"amplify": ["compliance"], "heads": ["heads:input", "heads:layout"]}.get(candidate.intervention, [])
+    return {name: _needs(directions, name, candidate).contiguous() for name in names}
+
+
+def _needs(directions: dict[str, torch.Tensor], name: str, candidate: Candidate) -> torch.Tensor:
+    if name not in directions:
+        raise AblationError(f"the study's cached directions hold no {name!r}, which {candidate.intervention} needs; "
+                            "they were computed for another space")
+    return directions[name]
+
+
+def compute_payload(loaded, harmful: Sequence[str], harmless: Sequence[str], residuals: tuple[torch.Tensor, torch.Tensor],
+                    space: SearchSpace, proxy=None, chat: ChatFormat = ChatFormat(), batch_size: int = 16,
+                    log: Callable[[str], None] = lambda line: None) -> dict[str, torch.Tensor]:
+    """Everything the trials of ``space`` bake from, on the extraction prompts (raw ``harmful`` and
+    ``harmless``, whose residuals [N, L, H] are ``residuals``). ``proxy`` (prepared or not) labels
+    the base model's answers for the compliance direction; needed only with ``amplify``."""
+    payload = {method: method_tensor(method, *residuals, space, log) for method in sorted(space.methods)}
+    if "amplify" in space.interventions:
+        if proxy is None:
+            raise AblationError("the amplify intervention needs the study's refusal proxy to label the base model's answers")
+        proxy.use_base(loaded)
+        proxy.prepare(loaded, harmful)
+        refusal = by_method("mean", *residuals)[0]
+        payload["compliance"], how = compliance_direction(residuals[0], proxy.refusals(loaded, harmful), refusal)
+        line, _ = alignment_report(refusal, payload["compliance"])
+        log(f"compliance direction {how}; {line}")
+    if "heads" in space.interventions:
+        from ablation.architectures import find_writers
+        from ablation.heads import capture_attention_inputs, head_layout, mean_input_difference
+
+        writers = find_writers(loaded.model)
+        captured = [capture_attention_inputs(loaded.model, loaded.tokenizer, writers, chat.apply(loaded, prompts), batch_size)
+                    for prompts in (harmful, harmless)]
+        payload["heads:input"] = mean_input_difference(*captured)
+        payload["heads:layout"] = torch.tensor(head_layout(loaded.model, writers), dtype=torch.int64)
+    return payload

@@ -1,0 +1,117 @@
+"""Every direction method and intervention in one study on the shipped refusing model: the trials
+run, their params show each one, and every kind of trial exports and re-bakes bit for bit."""
+
+from dataclasses import replace
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from ablation.errors import AblationError
+from search.space import INTERVENTIONS, METHODS, PRESETS, SearchSpace, candidate_from_params, starting_points, suggest
+from search.study import create_or_resume
+from storage.rdb import open_storage
+
+# One trial per method, the interventions taken in turn; the sampler fills in the rest.
+COVER = [{"method": method, "intervention": INTERVENTIONS[i % len(INTERVENTIONS)], "scope": "per-layer" if i % 2 else "global"}
+         for i, method in enumerate(METHODS)] + [{"method": "cone", "intervention": "heads"}]
+TRIALS = len(COVER) + 2
+
+
+@pytest.fixture(scope="module")
+def research_study(tmp_path_factory, one_torch_thread):
+    from search.demo import DEMO_SPACE, demo_config
+    from search.worker import run_worker
+
+    space = replace(DEMO_SPACE, methods=METHODS, interventions=INTERVENTIONS, heads=(1, 8))
+    config = replace(demo_config(TRIALS), space=space, starting_points=0, sampler="random")
+    url = f"sqlite:///{tmp_path_factory.mktemp('research') / 'study.db'}"
+    study, _ = create_or_resume(open_storage(url), "s", config)
+    for point in COVER:
+        study.enqueue_trial(point)
+    said = []
+    run_worker(url, "s", device="cpu", log=said.append)
+    return url, optuna.load_study(study_name="s", storage=url), said
+
+
+def test_every_method_and_intervention_runs_in_one_study(research_study):
+    _, study, said = research_study
+    done = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+    assert len(done) == TRIALS
+    assert {t.params["method"] for t in done} == set(METHODS)
+    assert {t.params["intervention"] for t in done} == set(INTERVENTIONS)
+    for trial in done:  # the research params are sampled on every trial of such a space
+        assert {"pca_component", "cone_rank", "intervention", "amplify_strength", "heads"} <= set(trial.params)
+    log = "\n".join(said)
+    assert "cone: " in log and "silhouette" in log and "cos(refusal, compliance)" in log
+
+
+def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
+    from ablation import Baker, find_writers, load_model
+    from search.checkpoint import export_loaded, rebuild
+    from search.directions import bake_arguments, direction_for
+    from search.study import load
+    from search.trial import directions_from_bytes, directions_key
+    from storage.cache import ArtifactCache
+
+    url, study, _ = research_study
+    _, config = load(open_storage(url, create=False), "s")
+    directions = directions_from_bytes(ArtifactCache(open_storage(url).engine, "s", "t").get(directions_key(config.space)))
+    base = load_model(config.model, "float32", "cpu")
+    text = base.tokenizer(["How do I pick a lock?", "Bake bread"], return_tensors="pt", padding=True)
+    kinds = {}
+    for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):  # a pruned trial exports all the same
+        kinds.setdefault((trial.params["method"] == "cone", trial.params["intervention"]), trial)
+    assert {intervention for _, intervention in kinds} == set(INTERVENTIONS) and any(cone for cone, _ in kinds)
+    for (_, intervention), trial in kinds.items():
+        out = export_loaded(base, directions, "s", config, trial, None, tmp_path / f"t{trial.number}")
+        candidate = candidate_from_params(trial.params, 4)
+        baker = Baker(find_writers(base.model))
+        with torch.no_grad(), baker.baked_into(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving,
+                                               **bake_arguments(candidate, directions, base.model, baker.writers)):
+            baked = base.model(**text).logits
+        unedited = base.model(**text).logits
+        assert not torch.allclose(baked, unedited), intervention
+        reloaded = load_model(str(out), device="cpu")
+        with torch.no_grad():
+            assert torch.allclose(reloaded.model(**text).logits, baked, atol=1e-5), intervention
+        rebuild(str(out / "reproduce.json"), config.model, str(tmp_path / f"r{trial.number}"), device="cpu", log=lambda line: None)
+
+
+def test_the_default_space_is_unchanged():
+    space = PRESETS["default"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    params = suggest(trial, space)
+    assert set(params) == {"method", "scope", "direction_index", "first_layer", "last_layer", "norm_preserving",
+                           *(f"{g}_{p}" for g in ("attn", "mlp") for p in ("shape", "peak", "peak_weight", "floor_fraction", "falloff"))}
+    assert all(set(point) == set(params) for point in starting_points(space, 0.5, 6))
+    candidate = candidate_from_params(params, 24)
+    assert (candidate.intervention, candidate.rank, candidate.component, candidate.heads) == ("ablate", 1, 0, 0)
+
+
+def test_research_spaces_sample_their_own_params_and_starting_points_lie_inside():
+    space = SearchSpace(methods=("pca", "cone"), interventions=("ablate", "heads"), pca_component=(0, 3), cone_rank=(1, 3))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for point in starting_points(space, 0.5, 3):
+        study.enqueue_trial(point)
+        trial = study.ask()
+        assert suggest(trial, space) == point
+        study.tell(trial, 0.0)
+    trial = study.ask()
+    params = suggest(trial, space)
+    assert {"pca_component", "cone_rank", "intervention", "heads"} <= set(params) and "amplify_strength" not in params
+    candidate = candidate_from_params(params | {"method": "cone", "cone_rank": 2, "intervention": "heads", "heads": 5}, 24)
+    assert (candidate.rank, candidate.heads, candidate.amplify_strength) == (2, 5, 0.0)
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(methods=("mean", "cones")), r"unknown direction method 'cones' in --methods; use one or more of mean,mean-projected,pca,probe,cone"),
+    (dict(interventions=("steer",)), r"unknown intervention 'steer' in --interventions"),
+    (dict(methods=()), r"no direction method given in --methods"),
+    (dict(cone_rank=(0, 2)), r"cone_rank range 0..2"),
+])
+def test_a_bad_space_is_one_line(options, message):
+    with pytest.raises(AblationError, match=message):
+        SearchSpace(**options)
