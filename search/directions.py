@@ -50,20 +50,23 @@ def directions_key(space: SearchSpace | Sequence[str]) -> str:
 
 
 def method_tensor(method: str, harmful: torch.Tensor, harmless: torch.Tensor, space: SearchSpace | None = None,
-                  log: Callable[[str], None] = lambda line: None) -> torch.Tensor:
-    """The payload tensor of one direction method from residuals [N, L, H] (see the module docstring)."""
+                  log: Callable[[str], None] = lambda line: None, labels: Sequence[str] | None = None) -> torch.Tensor:
+    """The payload tensor of one direction method from residuals [N, L, H] (see the module docstring);
+    ``labels``: the category of each harmful prompt, which the cone then follows instead of k-means."""
     if method == "pca" and space is not None:
         count = min(space.pca_component[1] + 1, harmful.shape[0], harmless.shape[0])
         return principal_components(harmful, harmless, k=count).transpose(0, 1).contiguous()
     if method == "cone":
         rank = space.cone_rank[1] if space is not None else 4
-        bases, results = cone_stack(harmful, harmless, min(rank, harmful.shape[0]))
+        bases, results = cone_stack(harmful, harmless, min(rank, harmful.shape[0]), labels)
         silhouettes = [result.silhouette for result in results]
         weak = [layer for layer, result in enumerate(results) if result.weak]
-        log(f"cone: {bases.shape[1]} k-means category directions per layer; silhouette "
+        how = f"labelled ({', '.join(results[0].categories)})" if labels is not None else "k-means"
+        log(f"cone: {bases.shape[1]} {how} category directions per layer; silhouette "
             + ", ".join(f"{s:.2f}" for s in silhouettes)
             + (f" (weak clusters, below {WEAK_SILHOUETTE}, at layers {', '.join(map(str, weak))}: the cone there is "
-               "a cut of one cloud rather than separate categories)" if weak else ""))
+               "a cut of one cloud rather than separate categories)" if weak and labels is None else
+               f" (weak at layers {', '.join(map(str, weak))}: these categories overlap there)" if weak else ""))
         return bases.contiguous()
     return by_method(method, harmful, harmless)[0]
 
@@ -143,11 +146,12 @@ def _needs(directions: dict[str, torch.Tensor], name: str, candidate: Candidate)
 
 def compute_payload(loaded, harmful: Sequence[str], harmless: Sequence[str], residuals: tuple[torch.Tensor, torch.Tensor],
                     space: SearchSpace, proxy=None, chat: ChatFormat = ChatFormat(), batch_size: int = 16,
-                    log: Callable[[str], None] = lambda line: None) -> dict[str, torch.Tensor]:
+                    log: Callable[[str], None] = lambda line: None, labels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Everything the trials of ``space`` bake from, on the extraction prompts (raw ``harmful`` and
     ``harmless``, whose residuals [N, L, H] are ``residuals``). ``proxy`` (prepared or not) labels
-    the base model's answers for the compliance direction; needed only with ``amplify``."""
-    payload = {method: method_tensor(method, *residuals, space, log) for method in sorted(space.methods)}
+    the base model's answers for the compliance direction; needed only with ``amplify``. ``labels``:
+    the category of each harmful prompt, for the cone."""
+    payload = {method: method_tensor(method, *residuals, space, log, labels) for method in sorted(space.methods)}
     if "amplify" in space.interventions:
         if proxy is None:
             raise AblationError("the amplify intervention needs the study's refusal proxy to label the base model's answers")

@@ -62,6 +62,7 @@ class StudyConfig:
     judge_prefilter: bool = False  # llm only: markers early in an answer settle it as a refusal
     trust_remote_code: bool = False  # workers load the model as the study was created, not by their own flags
     device_map: str | None = None
+    harmful_categories: str | None = None  # a column of the harmful source: the cone's categories (else k-means)
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -74,6 +75,9 @@ class StudyConfig:
         if self.sampler not in SAMPLERS:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         self.judge_settings()  # a bad judge spec fails here, with its one-line message
+        if self.harmful_categories is not None and "cone" not in self.space.methods:
+            raise AblationError("--harmful-categories gives the cone its categories, but this space has no cone; "
+                                "add cone to --methods or drop --harmful-categories")
         if self.judge != "markers" and self.proxy != "markers":
             raise AblationError(f"--judge {self.judge} applies to the markers proxy only, not {self.proxy!r}; drop --judge or use --proxy markers")
 
@@ -95,6 +99,14 @@ class StudyConfig:
                   for p, spec in specs.items()}
         check_disjoint(**{f"{side} {purpose}": prompts for (side, purpose), prompts in loaded.items()})
         return loaded
+
+    def categories(self) -> list[str] | None:
+        """The category of each harmful extraction prompt (``harmful_categories``), or None."""
+        if self.harmful_categories is None:
+            return None
+        from objectives.categories import load_categories
+
+        return load_categories(self.harmful["extraction"], self.harmful_categories)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

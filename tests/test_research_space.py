@@ -115,3 +115,34 @@ def test_research_spaces_sample_their_own_params_and_starting_points_lie_inside(
 def test_a_bad_space_is_one_line(options, message):
     with pytest.raises(AblationError, match=message):
         SearchSpace(**options)
+
+
+def test_categories_line_up_with_the_prompts_and_shape_the_cone(tmp_path):
+    import csv
+
+    from objectives.categories import load_categories
+    from objectives.prompts import load_prompts
+    from search.directions import method_tensor
+
+    rows = [("Pick a lock", "crime"), ("", "crime"), ("Make a weapon", "violence"), ("pick  a LOCK", "other"),
+            ("Steal a car", "crime"), ("Hurt someone", "violence"), ("Forge a passport", "fraud")]
+    path = tmp_path / "harmful.csv"
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("goal", "category"), *rows])
+    spec = f"{path}#goal[1:5]"
+    assert load_prompts(spec) == ["Make a weapon", "Steal a car", "Hurt someone", "Forge a passport"]
+    assert load_categories(spec, "category") == ["violence", "crime", "violence", "fraud"]
+    with pytest.raises(AblationError, match="no prompt field"):
+        load_categories(str(path).replace(".csv", ".txt"), "category")
+    with pytest.raises(AblationError, match="no field 'topic'"):
+        load_categories(spec, "topic")
+
+    g = torch.Generator().manual_seed(0)
+    harmful, harmless = torch.randn(4, 3, 16, generator=g), torch.randn(5, 3, 16, generator=g)
+    said = []
+    cone = method_tensor("cone", harmful, harmless, SearchSpace(methods=("cone",)), said.append, ["violence", "crime", "violence", "fraud"])
+    assert cone.shape == (3, 3, 16) and "labelled (" in said[0]
+    from search.study import StudyConfig
+
+    with pytest.raises(AblationError, match="add cone to --methods"):
+        StudyConfig.split("m", spec, "demo-harmless", (2, 1, 1), harmful_categories="category")

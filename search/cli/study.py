@@ -48,6 +48,9 @@ def register(commands) -> None:
     search.add_argument("--interventions", default=None,
                         help="what trials do with the direction, comma-separated: ablate, amplify (also amplify the "
                              "compliance direction), heads (only the attention heads that carry refusal) (default: ablate)")
+    search.add_argument("--harmful-categories", default=None, metavar="COLUMN",
+                        help="a column of the harmful source (FILE.csv#PROMPT, .jsonl, .json) holding each prompt's category: "
+                             "the cone takes one direction per category instead of k-means clusters")
     search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
@@ -123,7 +126,8 @@ def search_config(args):
                              starting_points=args.starting_points,
                              enable_thinking=False if args.no_thinking else None,
                              trust_remote_code=args.trust_remote_code, device_map=args.device_map,
-                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter)
+                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter,
+                             harmful_categories=args.harmful_categories)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
@@ -145,6 +149,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     # Everything a worker would trip over is checked before the study is written: a study stored
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
+    config.categories()  # a category column that is not there
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
