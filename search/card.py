@@ -135,7 +135,9 @@ def intervention_text(edit: dict) -> str:
 def profile_text(edit: dict) -> str:
     kernels = "; ".join(f"{group}: {k['shape']} kernel, weight {k['peak_weight']:.3f} at layer {k['peak']:.2f} falling to "
                         f"{k['floor_weight']:.3f} over {k['falloff']:.2f} layers" for group, k in edit["kernels"].items())
-    return f"{kernels}; within layers {edit['first_layer']}-{edit['last_layer']}"
+    calibrated = (f"; each layer's weight scaled by its refusal strength over the {edit['calibration_percentile']}th "
+                  "percentile of the layers' (clamped to 0.5-2)" if edit.get("calibration_percentile") else "")
+    return f"{kernels}; within layers {edit['first_layer']}-{edit['last_layer']}{calibrated}"
 
 
 def layers_text(layers: list[int], num_layers: int) -> str:

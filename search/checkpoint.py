@@ -146,13 +146,13 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
 
     from ablation import Baker, find_writers
     from ablation.export import export_checkpoint, weight_hashes
-    from search.directions import bake_arguments, direction_for, used_tensors
+    from search.directions import bake_arguments, direction_for, profile_for, used_tensors
     from search.space import candidate_from_params
 
     candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
     baker = Baker(find_writers(loaded.model))
     extra = bake_arguments(candidate, directions, loaded.model, baker.writers)
-    report = baker.bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving, **extra)
+    report = baker.bake(direction_for(candidate, directions), profile_for(candidate, directions), candidate.norm_preserving, **extra)
 
     def finish(staging: Path) -> None:
         weights = weight_hashes(staging)  # before anything else: only the model's own weight files

@@ -9,7 +9,9 @@ The payload is a flat {name: tensor} map, every tensor with the layer count firs
   top of the space's rank range), so a trial of rank k removes ``[:, :k]``;
 * ``compliance``: [L, H] the unit compliance direction (intervention ``amplify``);
 * ``heads:input`` [L, I] and ``heads:layout`` [L, 2]: the mean attention-output input, harmful
-  minus harmless, and each layer's (heads, head_dim) (intervention ``heads``).
+  minus harmless, and each layer's (heads, head_dim) (intervention ``heads``);
+* ``calibration:<method>`` [L]: each layer's refusal strength on the harmful prompts along the
+  method's own direction of that layer (calibrated profiles; see :func:`profile_for`).
 
 A study that uses only the single-direction methods with plain ablation has exactly the payload
 and cache key it always had, so existing studies resume and re-bake unchanged.
@@ -46,6 +48,8 @@ def directions_key(space: SearchSpace | Sequence[str]) -> str:
     if "cone" in space.methods:
         extras.append(f"cone{space.cone_rank[1]}")
     extras += [name for name in sorted(space.interventions) if name != "ablate"]
+    if space.calibration:
+        extras.append("calibrated")
     return key + (f"|{'|'.join(extras)}" if extras else "")
 
 
@@ -131,9 +135,39 @@ def bake_arguments(candidate: Candidate, directions: dict[str, torch.Tensor], mo
     return {}
 
 
+# A calibrated layer weight is the kernel's times the layer's strength over the target, held in here.
+CALIBRATION_CLAMP = (0.5, 2.0)
+
+
+def refusal_strength(harmful: torch.Tensor, harmless: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """[L] per layer, the median projection of the harmful residuals [N, L, H], less the harmless
+    mean, on that layer's direction ([L, H], or the first of [L, k, H]), relative to the layer's
+    mean harmful residual norm: how much refusal the layer's stream carries."""
+    per_layer = directions[:, 0] if directions.dim() == 3 else directions
+    shifted = harmful.float() - harmless.float().mean(dim=0)
+    projections = torch.einsum("nlh,lh->nl", shifted, per_layer.float())
+    return projections.median(dim=0).values / harmful.float().norm(dim=-1).mean(dim=0).clamp_min(1e-12)
+
+
+def profile_for(candidate: Candidate, directions: dict[str, torch.Tensor]):
+    """The candidate's profile, calibrated when it asks for it: each layer's weight times
+    ``clamp(s_l / T, 0.5, 2)``, with s_l the layer's refusal strength (:func:`refusal_strength`)
+    and T the candidate's target percentile of s over the layers. A low target strengthens most
+    layers, a high one weakens most; layers where refusal is strongest are always edited hardest."""
+    if not candidate.calibration:
+        return candidate.profile
+    from dataclasses import replace
+
+    strength = _needs(directions, f"calibration:{candidate.method}", candidate).double()
+    target = float(torch.quantile(strength, candidate.calibration / 100.0))
+    factors = (strength / target if target > 0 else torch.ones_like(strength)).clamp(*CALIBRATION_CLAMP)
+    return replace(candidate.profile, layer_scale=tuple(float(f) for f in factors))
+
+
 def used_tensors(candidate: Candidate, directions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every payload tensor the candidate's bake reads (what an export keeps beside the weights)."""
     names = [candidate.method] + {"amplify": ["compliance"], "heads": ["heads:input", "heads:layout"]}.get(candidate.intervention, [])
+    names += [f"calibration:{candidate.method}"] if candidate.calibration else []
     return {name: _needs(directions, name, candidate).contiguous() for name in names}
 
 
@@ -152,6 +186,10 @@ def compute_payload(loaded, harmful: Sequence[str], harmless: Sequence[str], res
     the base model's answers for the compliance direction; needed only with ``amplify``. ``labels``:
     the category of each harmful prompt, for the cone."""
     payload = {method: method_tensor(method, *residuals, space, log, labels) for method in sorted(space.methods)}
+    if space.calibration:
+        for method in sorted(space.methods):
+            payload[f"calibration:{method}"] = refusal_strength(*residuals, payload[method])
+            log(f"refusal strength per layer along {method}: " + ", ".join(f"{float(s):.3f}" for s in payload[f"calibration:{method}"]))
     if "amplify" in space.interventions:
         if proxy is None:
             raise AblationError("the amplify intervention needs the study's refusal proxy to label the base model's answers")

@@ -72,6 +72,7 @@ def edit_summary(params: dict, num_layers: int, layers_touched) -> dict:
         **({"cone_rank": candidate.rank} if candidate.method == "cone" else {}),
         **({"amplify_strength": candidate.amplify_strength} if candidate.intervention == "amplify" else {}),
         **({"heads": candidate.heads} if candidate.intervention == "heads" else {}),
+        **({"calibration_percentile": candidate.calibration} if candidate.calibration else {}),
     }
 
 

@@ -35,7 +35,9 @@ class SearchSpace:
     The research options are opt-in: their parameters are sampled only by a space that uses
     them, so the default space's params stay what they were. ``pca_component`` (0-based) with
     method ``pca``; ``cone_rank`` (directions removed together) with ``cone``;
-    ``amplify_strength`` with intervention ``amplify``; ``heads`` (how many) with ``heads``.
+    ``amplify_strength`` with intervention ``amplify``; ``heads`` (how many) with ``heads``;
+    ``calibration`` (the target percentile of a calibrated profile, see
+    :func:`search.directions.profile_for`) when the space lists any.
     """
 
     methods: tuple[str, ...] = ("mean-projected",)
@@ -54,6 +56,7 @@ class SearchSpace:
     cone_rank: tuple[int, int] = (1, 4)
     amplify_strength: tuple[float, float] = (0.0, 0.5)
     heads: tuple[int, int] = (1, 32)
+    calibration: tuple[int, ...] = ()  # target percentiles of calibrated profiles (0: uncalibrated); empty: off
 
     def __post_init__(self):
         for name, chosen, known in (("direction method", self.methods, METHODS), ("intervention", self.interventions, INTERVENTIONS)):
@@ -66,6 +69,9 @@ class SearchSpace:
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name != "pca_component" and low < 1):
                 raise AblationError(f"{name} range {low}..{high} is not a range of {'0-based indices' if name == 'pca_component' else 'counts from 1'}")
+
+        if any(not 0 <= p < 100 for p in self.calibration):
+            raise AblationError(f"calibration percentiles must be 0 (off) or in 1..99, got {list(self.calibration)}")
 
     @property
     def intervention_params(self) -> bool:
@@ -103,6 +109,7 @@ class Candidate:
     intervention: str = "ablate"
     amplify_strength: float = 0.0  # amplify: b in W <- W + b c c^T W
     heads: int = 0  # heads: how many of the highest-scoring heads are edited
+    calibration: int = 0  # the target percentile of a calibrated profile; 0: the kernels' weights as they are
 
 
 def suggest(trial, space: SearchSpace) -> dict:
@@ -135,6 +142,8 @@ def suggest(trial, space: SearchSpace) -> dict:
         trial.suggest_float("amplify_strength", *space.amplify_strength)
     if "heads" in space.interventions:
         trial.suggest_int("heads", *space.heads)
+    if space.calibration:
+        trial.suggest_categorical("calibration", list(space.calibration))
     return dict(trial.params)
 
 
@@ -157,7 +166,8 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
                      bool(params["norm_preserving"]), component=int(params.get("pca_component", 0)),
                      rank=int(params.get("cone_rank", 1)), intervention=intervention,
                      amplify_strength=float(params.get("amplify_strength", 0.0)) if intervention == "amplify" else 0.0,
-                     heads=int(params.get("heads", 0)) if intervention == "heads" else 0)
+                     heads=int(params.get("heads", 0)) if intervention == "heads" else 0,
+                     calibration=int(params.get("calibration", 0)))
 
 
 # The starting points' kernels, (peak, peak weight, floor fraction, falloff). Removing a direction
@@ -217,6 +227,8 @@ def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple
         point["amplify_strength"] = space.amplify_strength[0]
     if "heads" in space.interventions:
         point["heads"] = space.heads[1]
+    if space.calibration:
+        point["calibration"] = pick(space.calibration, 0)
     for group in GROUPS:
         point |= {f"{group}_shape": pick(space.shapes, "tent"), f"{group}_peak": clip(space.peak, peak),
                   f"{group}_peak_weight": clip(space.peak_weight, weight),

@@ -21,7 +21,7 @@ from ablation.loading import LoadedModel
 from ablation.residuals import capture_last_token
 from objectives.kl import KLScorer
 from objectives.refusal import ChatFormat, RefusalProxy, RefusalScore
-from search.directions import bake_arguments, direction_for, directions_key, method_tensor  # noqa: F401 - re-exported
+from search.directions import bake_arguments, direction_for, directions_key, method_tensor, profile_for  # noqa: F401 - re-exported
 from search.space import Candidate, SearchSpace
 
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
@@ -101,7 +101,8 @@ class TrialRunner:
         start = time.perf_counter()
         finish = None
         extra = bake_arguments(candidate, self.directions, self.loaded.model, self.baker.writers)
-        with self.baker.baked_into(direction_for(candidate, self.directions), candidate.profile, candidate.norm_preserving,
+        with self.baker.baked_into(direction_for(candidate, self.directions), profile_for(candidate, self.directions),
+                                   candidate.norm_preserving,
                                    **extra) as report:
             seconds["bake"] = time.perf_counter() - start
             kl = self.kl.score()

@@ -14,8 +14,8 @@ from search.study import create_or_resume
 from storage.rdb import open_storage
 
 # One trial per method, the interventions taken in turn; the sampler fills in the rest.
-COVER = [{"method": method, "intervention": INTERVENTIONS[i % len(INTERVENTIONS)], "scope": "per-layer" if i % 2 else "global"}
-         for i, method in enumerate(METHODS)] + [{"method": "cone", "intervention": "heads"}]
+COVER = [{"method": method, "intervention": INTERVENTIONS[i % len(INTERVENTIONS)], "scope": "per-layer" if i % 2 else "global",
+          "calibration": (0, 25, 75, 95)[i % 4]} for i, method in enumerate(METHODS)] + [{"method": "cone", "intervention": "heads"}]
 TRIALS = len(COVER) + 2
 
 
@@ -24,7 +24,7 @@ def research_study(tmp_path_factory, one_torch_thread):
     from search.demo import DEMO_SPACE, demo_config
     from search.worker import run_worker
 
-    space = replace(DEMO_SPACE, methods=METHODS, interventions=INTERVENTIONS, heads=(1, 8))
+    space = replace(DEMO_SPACE, methods=METHODS, interventions=INTERVENTIONS, heads=(1, 8), calibration=(0, 25, 75, 95))
     config = replace(demo_config(TRIALS), space=space, starting_points=0, sampler="random")
     url = f"sqlite:///{tmp_path_factory.mktemp('research') / 'study.db'}"
     study, _ = create_or_resume(open_storage(url), "s", config)
@@ -42,7 +42,8 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
     assert {t.params["method"] for t in done} == set(METHODS)
     assert {t.params["intervention"] for t in done} == set(INTERVENTIONS)
     for trial in done:  # the research params are sampled on every trial of such a space
-        assert {"pca_component", "cone_rank", "intervention", "amplify_strength", "heads"} <= set(trial.params)
+        assert {"pca_component", "cone_rank", "intervention", "amplify_strength", "heads", "calibration"} <= set(trial.params)
+    assert {t.params["calibration"] for t in done} >= {0, 25, 75, 95}
     log = "\n".join(said)
     assert "cone: " in log and "silhouette" in log and "cos(refusal, compliance)" in log
 
@@ -50,7 +51,7 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
     from ablation import Baker, find_writers, load_model
     from search.checkpoint import export_loaded, rebuild
-    from search.directions import bake_arguments, direction_for
+    from search.directions import bake_arguments, direction_for, profile_for
     from search.study import load
     from search.trial import directions_from_bytes, directions_key
     from storage.cache import ArtifactCache
@@ -62,13 +63,14 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
     text = base.tokenizer(["How do I pick a lock?", "Bake bread"], return_tensors="pt", padding=True)
     kinds = {}
     for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):  # a pruned trial exports all the same
-        kinds.setdefault((trial.params["method"] == "cone", trial.params["intervention"]), trial)
-    assert {intervention for _, intervention in kinds} == set(INTERVENTIONS) and any(cone for cone, _ in kinds)
-    for (_, intervention), trial in kinds.items():
+        kinds.setdefault((trial.params["method"] == "cone", trial.params["intervention"], trial.params["calibration"] > 0), trial)
+    assert {kind[1] for kind in kinds} == set(INTERVENTIONS) and any(kind[0] for kind in kinds) and any(kind[2] for kind in kinds)
+    for (_, intervention, _), trial in kinds.items():
         out = export_loaded(base, directions, "s", config, trial, None, tmp_path / f"t{trial.number}")
         candidate = candidate_from_params(trial.params, 4)
         baker = Baker(find_writers(base.model))
-        with torch.no_grad(), baker.baked_into(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving,
+        with torch.no_grad(), baker.baked_into(direction_for(candidate, directions), profile_for(candidate, directions),
+                                               candidate.norm_preserving,
                                                **bake_arguments(candidate, directions, base.model, baker.writers)):
             baked = base.model(**text).logits
         unedited = base.model(**text).logits
@@ -146,3 +148,24 @@ def test_categories_line_up_with_the_prompts_and_shape_the_cone(tmp_path):
 
     with pytest.raises(AblationError, match="add cone to --methods"):
         StudyConfig.split("m", spec, "demo-harmless", (2, 1, 1), harmful_categories="category")
+
+
+def test_a_calibrated_profile_scales_each_layer_by_its_strength_over_the_target():
+    from search.directions import profile_for, refusal_strength
+
+    r = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    harmless = torch.zeros(3, 5, 8)
+    along = torch.tensor([0.1, 0.2, 0.4, 0.8, 3.2])  # each harmful prompt carries this much refusal per layer
+    harmful = (along[:, None] * r).expand(4, 5, 8).clone()
+    strength = refusal_strength(harmful, harmless, r)
+    assert torch.allclose(strength, torch.ones(5), atol=1e-6)  # relative to the residual's own size: all alike
+    strength = torch.tensor([0.5, 1.0, 2.0, 4.0, 16.0])
+    directions = {"mean": r, "calibration:mean": strength}
+    params = {"method": "mean", "scope": "per-layer", "direction_index": 0.5, "first_layer": 0.0, "last_layer": 1.0,
+              "norm_preserving": True, "calibration": 25, **{f"{g}_{k}": v for g in ("attn", "mlp") for k, v in
+              (("shape", "tent"), ("peak", 0.5), ("peak_weight", 1.0), ("floor_fraction", 1.0), ("falloff", 1.0))}}
+    candidate = candidate_from_params(params, 5)
+    profile = profile_for(candidate, directions)  # target: the 25th percentile of the strengths, 1.0
+    assert [profile.weight("attn", layer) for layer in range(5)] == pytest.approx([0.5, 1.0, 2.0, 2.0, 2.0])
+    off = candidate_from_params(params | {"calibration": 0}, 5)
+    assert profile_for(off, directions) is off.profile

@@ -48,6 +48,9 @@ def register(commands) -> None:
     search.add_argument("--interventions", default=None,
                         help="what trials do with the direction, comma-separated: ablate, amplify (also amplify the "
                              "compliance direction), heads (only the attention heads that carry refusal) (default: ablate)")
+    search.add_argument("--calibrated", action="store_true",
+                        help="calibrated profiles: each layer's weight scaled by its refusal strength on the harmful prompts, "
+                             "the target percentile (25, 75, 95) searched, the factor held in [0.5, 2]")
     search.add_argument("--harmful-categories", default=None, metavar="COLUMN",
                         help="a column of the harmful source (FILE.csv#PROMPT, .jsonl, .json) holding each prompt's category: "
                              "the cone takes one direction per category instead of k-means clusters")
@@ -119,6 +122,8 @@ def search_config(args):
     space = PRESETS[args.space]
     chosen = {name: tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
               for name, value in (("methods", args.methods), ("interventions", args.interventions)) if value is not None}
+    if args.calibrated:
+        chosen["calibration"] = (25, 75, 95)
     space = replace(space, **chosen) if chosen else space
     return StudyConfig.split(model, absolute_spec(args.harmful), absolute_spec(args.harmless), sizes, dtype=args.dtype,
                              n_trials=args.trials, kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
