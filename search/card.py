@@ -115,8 +115,9 @@ def direction_text(edit: dict) -> str:
     method = edit["method"]
     if "pca_component" in edit:
         method += f" (principal component {edit['pca_component']})"
-    if "cone_rank" in edit:
-        method += f" ({edit['cone_rank']} category directions removed as one subspace)"
+    if "cone_rank" in edit or "sae_features" in edit:
+        method += (f" ({edit['cone_rank']} category directions removed as one subspace)" if "cone_rank" in edit else
+                   f" (the decoder rows of the {edit['sae_features']} most harmful SAE features removed as one subspace)")
         if edit["scope"] == "global":
             return f"{method}, the cone of layer {round(edit['direction_layer'])} at every layer"
     if edit["scope"] == "global":

@@ -218,7 +218,7 @@ def _recompute(record: dict, loaded):
         sets[entry["side"]] = prompts
     return compute_directions(loaded, sets["harmful"], sets["harmless"], [record["directions"]["method"]],
                               ChatFormat(enable_thinking=config.enable_thinking), config.batch_size,
-                              config.space)[record["directions"]["method"]]
+                              config.space, config.categories(), config.sae)[record["directions"]["method"]]
 
 
 def prompt_records(config) -> list[dict]:

@@ -7,6 +7,8 @@ The payload is a flat {name: tensor} map, every tensor with the layer count firs
 * ``pca``: [L, K, H] the first K principal components (K: the top of the space's component range + 1);
 * ``cone``: [L, K, H] orthonormal bases of the refusal cone, strongest category first (K: the
   top of the space's rank range), so a trial of rank k removes ``[:, :k]``;
+* ``sae``: [L, M, H] orthonormal bases of the decoder rows of each layer's M most harmful SAE
+  features, strongest first (M: the top of the space's feature range; zero rows where no SAE);
 * ``compliance``: [L, H] the unit compliance direction (intervention ``amplify``);
 * ``heads:input`` [L, I] and ``heads:layout`` [L, 2]: the mean attention-output input, harmful
   minus harmless, and each layer's (heads, head_dim) (intervention ``heads``);
@@ -47,6 +49,8 @@ def directions_key(space: SearchSpace | Sequence[str]) -> str:
         extras.append(f"pca{space.pca_component[1] + 1}")
     if "cone" in space.methods:
         extras.append(f"cone{space.cone_rank[1]}")
+    if "sae" in space.methods:
+        extras.append(f"sae{space.sae_features[1]}")
     extras += [name for name in sorted(space.interventions) if name != "ablate"]
     if space.calibration:
         extras.append("calibrated")
@@ -54,9 +58,19 @@ def directions_key(space: SearchSpace | Sequence[str]) -> str:
 
 
 def method_tensor(method: str, harmful: torch.Tensor, harmless: torch.Tensor, space: SearchSpace | None = None,
-                  log: Callable[[str], None] = lambda line: None, labels: Sequence[str] | None = None) -> torch.Tensor:
+                  log: Callable[[str], None] = lambda line: None, labels: Sequence[str] | None = None,
+                  sae: str | None = None) -> torch.Tensor:
     """The payload tensor of one direction method from residuals [N, L, H] (see the module docstring);
-    ``labels``: the category of each harmful prompt, which the cone then follows instead of k-means."""
+    ``labels``: the category of each harmful prompt, which the cone then follows instead of k-means;
+    ``sae``: the folder of the study's SAEs (method ``sae``)."""
+    if method == "sae":
+        from ablation.sae import load_saes, sae_directions
+
+        if sae is None:
+            raise AblationError("the sae method needs the study's SAE folder (--sae DIR)")
+        saes = load_saes(sae, harmful.shape[2])
+        log(f"sae: SAEs at layers {', '.join(map(str, sorted(saes)))}")
+        return sae_directions(saes, harmful, harmless, space.sae_features[1] if space is not None else 8)
     if method == "pca" and space is not None:
         count = min(space.pca_component[1] + 1, harmful.shape[0], harmless.shape[0])
         return principal_components(harmful, harmless, k=count).transpose(0, 1).contiguous()
@@ -105,10 +119,12 @@ def direction_for(candidate: Candidate, directions: dict[str, torch.Tensor]) -> 
     the cone, an orthonormal basis per layer [L, k, H] (global scope: the basis of the layer
     nearest the direction index, at every layer)."""
     stored = directions[candidate.method]
-    if candidate.method == "cone":
+    if candidate.method in ("cone", "sae"):
         bases = stored[:, : max(1, candidate.rank)]
         if candidate.scope == "global":
-            layer = min(max(round(candidate.direction_index), 0), bases.shape[0] - 1)
+            # The nearest layer that has a basis (an SAE may cover only some layers).
+            present = [layer for layer in range(bases.shape[0]) if bool(bases[layer].any())] or [0]
+            layer = min(present, key=lambda l: (abs(l - candidate.direction_index), l))
             bases = bases[layer].expand(bases.shape[0], -1, -1).contiguous()
         return bases
     per_layer = stored[:, min(candidate.component, stored.shape[1] - 1)] if stored.dim() == 3 else stored
@@ -180,12 +196,13 @@ def _needs(directions: dict[str, torch.Tensor], name: str, candidate: Candidate)
 
 def compute_payload(loaded, harmful: Sequence[str], harmless: Sequence[str], residuals: tuple[torch.Tensor, torch.Tensor],
                     space: SearchSpace, proxy=None, chat: ChatFormat = ChatFormat(), batch_size: int = 16,
-                    log: Callable[[str], None] = lambda line: None, labels: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+                    log: Callable[[str], None] = lambda line: None, labels: Sequence[str] | None = None,
+                    sae: str | None = None) -> dict[str, torch.Tensor]:
     """Everything the trials of ``space`` bake from, on the extraction prompts (raw ``harmful`` and
     ``harmless``, whose residuals [N, L, H] are ``residuals``). ``proxy`` (prepared or not) labels
     the base model's answers for the compliance direction; needed only with ``amplify``. ``labels``:
-    the category of each harmful prompt, for the cone."""
-    payload = {method: method_tensor(method, *residuals, space, log, labels) for method in sorted(space.methods)}
+    the category of each harmful prompt, for the cone; ``sae``: the study's SAE folder."""
+    payload = {method: method_tensor(method, *residuals, space, log, labels, sae) for method in sorted(space.methods)}
     if space.calibration:
         for method in sorted(space.methods):
             payload[f"calibration:{method}"] = refusal_strength(*residuals, payload[method])

@@ -70,6 +70,7 @@ def edit_summary(params: dict, num_layers: int, layers_touched) -> dict:
         "num_layers": num_layers,
         **({"pca_component": candidate.component} if candidate.method == "pca" else {}),
         **({"cone_rank": candidate.rank} if candidate.method == "cone" else {}),
+        **({"sae_features": candidate.rank} if candidate.method == "sae" else {}),
         **({"amplify_strength": candidate.amplify_strength} if candidate.intervention == "amplify" else {}),
         **({"heads": candidate.heads} if candidate.intervention == "heads" else {}),
         **({"calibration_percentile": candidate.calibration} if candidate.calibration else {}),

@@ -15,8 +15,9 @@ from ablation.profile import SHAPES, Kernel, Profile
 GROUPS = ("attn", "mlp")
 SCOPES = ("global", "per-layer")
 # Every direction method a study may search (search.directions computes them): the four
-# single-direction estimators of ablation.directions, and the cone of category directions.
-METHODS = ("mean", "mean-projected", "pca", "probe", "cone")
+# single-direction estimators of ablation.directions, the cone of category directions, and the
+# decoder rows of the study's own sparse autoencoders' most harmful features (sae).
+METHODS = ("mean", "mean-projected", "pca", "probe", "cone", "sae")
 # What a trial does with the direction: remove it (ablate); remove it and amplify the compliance
 # direction (amplify); remove it only from the attention heads that carry refusal (heads).
 INTERVENTIONS = ("ablate", "amplify", "heads")
@@ -56,6 +57,7 @@ class SearchSpace:
     cone_rank: tuple[int, int] = (1, 4)
     amplify_strength: tuple[float, float] = (0.0, 0.5)
     heads: tuple[int, int] = (1, 32)
+    sae_features: tuple[int, int] = (1, 8)
     calibration: tuple[int, ...] = ()  # target percentiles of calibrated profiles (0: uncalibrated); empty: off
 
     def __post_init__(self):
@@ -65,7 +67,7 @@ class SearchSpace:
             if unknown or not chosen:
                 what = f"unknown {name} {unknown[0]!r}" if unknown else f"no {name} given"
                 raise AblationError(f"{what} in {flag}; use one or more of {','.join(known)}")
-        for name in ("pca_component", "cone_rank", "heads"):
+        for name in ("pca_component", "cone_rank", "heads", "sae_features"):
             low, high = getattr(self, name)
             if not 0 <= low <= high or (name != "pca_component" and low < 1):
                 raise AblationError(f"{name} range {low}..{high} is not a range of {'0-based indices' if name == 'pca_component' else 'counts from 1'}")
@@ -105,7 +107,7 @@ class Candidate:
     profile: Profile = field(default_factory=Profile)
     norm_preserving: bool = False
     component: int = 0  # pca: which principal component
-    rank: int = 1  # cone: how many category directions, strongest first
+    rank: int = 1  # cone, sae: how many directions (categories, features) removed together, strongest first
     intervention: str = "ablate"
     amplify_strength: float = 0.0  # amplify: b in W <- W + b c c^T W
     heads: int = 0  # heads: how many of the highest-scoring heads are edited
@@ -136,6 +138,8 @@ def suggest(trial, space: SearchSpace) -> dict:
         trial.suggest_int("pca_component", *space.pca_component)
     if "cone" in space.methods:
         trial.suggest_int("cone_rank", *space.cone_rank)
+    if "sae" in space.methods:
+        trial.suggest_int("sae_features", *space.sae_features)
     if space.intervention_params:
         trial.suggest_categorical("intervention", list(space.interventions))
     if "amplify" in space.interventions:
@@ -164,7 +168,7 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
     intervention = params.get("intervention", "ablate")
     return Candidate(params["method"], params["scope"], params.get("direction_index", 0.0) * depth, profile,
                      bool(params["norm_preserving"]), component=int(params.get("pca_component", 0)),
-                     rank=int(params.get("cone_rank", 1)), intervention=intervention,
+                     rank=int(params.get("sae_features" if params["method"] == "sae" else "cone_rank", 1)), intervention=intervention,
                      amplify_strength=float(params.get("amplify_strength", 0.0)) if intervention == "amplify" else 0.0,
                      heads=int(params.get("heads", 0)) if intervention == "heads" else 0,
                      calibration=int(params.get("calibration", 0)))
@@ -221,6 +225,8 @@ def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple
         point["pca_component"] = space.pca_component[0]
     if "cone" in space.methods:
         point["cone_rank"] = space.cone_rank[1]
+    if "sae" in space.methods:
+        point["sae_features"] = space.sae_features[0]
     if space.intervention_params:
         point["intervention"] = pick(space.interventions, "ablate")
     if "amplify" in space.interventions:

@@ -63,6 +63,7 @@ class StudyConfig:
     trust_remote_code: bool = False  # workers load the model as the study was created, not by their own flags
     device_map: str | None = None
     harmful_categories: str | None = None  # a column of the harmful source: the cone's categories (else k-means)
+    sae: str | None = None  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -78,6 +79,9 @@ class StudyConfig:
         if self.harmful_categories is not None and "cone" not in self.space.methods:
             raise AblationError("--harmful-categories gives the cone its categories, but this space has no cone; "
                                 "add cone to --methods or drop --harmful-categories")
+        if (self.sae is None) == ("sae" in self.space.methods):
+            raise AblationError("the sae method needs --sae DIR (a folder of per-layer SAE files)" if self.sae is None else
+                                "--sae gives the sae method its autoencoders, but this space has no sae; add sae to --methods or drop --sae")
         if self.judge != "markers" and self.proxy != "markers":
             raise AblationError(f"--judge {self.judge} applies to the markers proxy only, not {self.proxy!r}; drop --judge or use --proxy markers")
 

@@ -37,11 +37,12 @@ def capture_extraction(loaded: LoadedModel, harmful: Sequence[str], harmless: Se
 
 
 def compute_directions(loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], methods: Sequence[str],
-                       chat: ChatFormat = ChatFormat(), batch_size: int = 16, space: SearchSpace | None = None) -> dict[str, torch.Tensor]:
+                       chat: ChatFormat = ChatFormat(), batch_size: int = 16, space: SearchSpace | None = None,
+                       labels: Sequence[str] | None = None, sae: str | None = None) -> dict[str, torch.Tensor]:
     """The payload tensor of every method (per-layer directions [L, H]; see search.directions for
     pca and the cone in a ``space``), from one residual capture."""
     residuals = capture_extraction(loaded, harmful, harmless, chat, batch_size)
-    return {method: method_tensor(method, *residuals, space) for method in methods}
+    return {method: method_tensor(method, *residuals, space, labels=labels, sae=sae) for method in methods}
 
 
 def strongest_layer(harmful_residuals: torch.Tensor, harmless_residuals: torch.Tensor) -> float:

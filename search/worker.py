@@ -87,7 +87,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
         for point in starting_points(config.space, strongest_layer(*residuals), config.starting_points):
             study.enqueue_trial(point, user_attrs={"starting_point": True}, skip_if_exists=True)
         return directions_to_bytes(compute_payload(loaded, harmful, harmless, residuals, config.space, proxy, chat,
-                                                   config.batch_size, log, config.categories()))
+                                                   config.batch_size, log, config.categories(), config.sae))
 
     payload = cache.get_or_compute(directions_key(config.space), compute)
     log(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")

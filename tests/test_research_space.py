@@ -15,8 +15,41 @@ from storage.rdb import open_storage
 
 # One trial per method, the interventions taken in turn; the sampler fills in the rest.
 COVER = [{"method": method, "intervention": INTERVENTIONS[i % len(INTERVENTIONS)], "scope": "per-layer" if i % 2 else "global",
-          "calibration": (0, 25, 75, 95)[i % 4]} for i, method in enumerate(METHODS)] + [{"method": "cone", "intervention": "heads"}]
+          "calibration": (0, 25, 75, 95)[i % 4]} for i, method in enumerate(METHODS)] + [{"method": "cone", "intervention": "heads"},
+                                                                            {"method": "sae", "scope": "global"}]
 TRIALS = len(COVER) + 2
+
+
+def train_tiny_saes(config, folder, layers=(1, 2, 3), features=64, steps=300):
+    """Sparse autoencoders of the refuser's residual stream (no SAE is downloadable here): trained
+    for a few hundred steps on the residuals of every prompt set but the evaluation ones, in the
+    common layout, one file per layer (none for layer 0)."""
+    from safetensors.torch import save_file
+
+    from ablation import load_model
+    from ablation.residuals import capture_last_token
+
+    loaded = load_model(config.model, "float32", "cpu")
+    prompts = config.prompts()
+    texts = loaded.format_chat([p for (side, purpose), ps in prompts.items() if purpose != "evaluation" for p in ps])
+    residuals = capture_last_token(loaded.model, loaded.tokenizer, texts, 32)
+    torch.manual_seed(0)
+    for layer in layers:
+        x = residuals[:, layer]
+        hidden = x.shape[1]
+        W_enc = torch.nn.Parameter(torch.randn(hidden, features) / hidden ** 0.5)
+        b_enc, b_dec = torch.nn.Parameter(torch.zeros(features)), torch.nn.Parameter(x.mean(0).clone())
+        W_dec = torch.nn.Parameter(W_enc.detach().T.clone())
+        optimiser = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=1e-2)
+        for _ in range(steps):
+            codes = torch.relu((x - b_dec) @ W_enc + b_enc)
+            loss = (codes @ W_dec + b_dec - x).pow(2).mean() + 1e-3 * codes.abs().sum(-1).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        save_file({"W_enc": W_enc.detach(), "b_enc": b_enc.detach(), "W_dec": W_dec.detach().contiguous(), "b_dec": b_dec.detach()},
+                  str(folder / f"layer_{layer}.safetensors"))
+    return str(folder)
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +58,8 @@ def research_study(tmp_path_factory, one_torch_thread):
     from search.worker import run_worker
 
     space = replace(DEMO_SPACE, methods=METHODS, interventions=INTERVENTIONS, heads=(1, 8), calibration=(0, 25, 75, 95))
-    config = replace(demo_config(TRIALS), space=space, starting_points=0, sampler="random")
+    saes = train_tiny_saes(demo_config(TRIALS), tmp_path_factory.mktemp("sae"))
+    config = replace(demo_config(TRIALS), space=space, starting_points=0, sampler="random", sae=saes)
     url = f"sqlite:///{tmp_path_factory.mktemp('research') / 'study.db'}"
     study, _ = create_or_resume(open_storage(url), "s", config)
     for point in COVER:
@@ -42,10 +76,10 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
     assert {t.params["method"] for t in done} == set(METHODS)
     assert {t.params["intervention"] for t in done} == set(INTERVENTIONS)
     for trial in done:  # the research params are sampled on every trial of such a space
-        assert {"pca_component", "cone_rank", "intervention", "amplify_strength", "heads", "calibration"} <= set(trial.params)
+        assert {"pca_component", "cone_rank", "sae_features", "intervention", "amplify_strength", "heads", "calibration"} <= set(trial.params)
     assert {t.params["calibration"] for t in done} >= {0, 25, 75, 95}
     log = "\n".join(said)
-    assert "cone: " in log and "silhouette" in log and "cos(refusal, compliance)" in log
+    assert "cone: " in log and "silhouette" in log and "cos(refusal, compliance)" in log and "sae: SAEs at layers 1, 2, 3" in log
 
 
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
@@ -63,10 +97,15 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
     text = base.tokenizer(["How do I pick a lock?", "Bake bread"], return_tensors="pt", padding=True)
     kinds = {}
     for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):  # a pruned trial exports all the same
-        kinds.setdefault((trial.params["method"] == "cone", trial.params["intervention"], trial.params["calibration"] > 0), trial)
-    assert {kind[1] for kind in kinds} == set(INTERVENTIONS) and any(kind[0] for kind in kinds) and any(kind[2] for kind in kinds)
-    for (_, intervention, _), trial in kinds.items():
-        out = export_loaded(base, directions, "s", config, trial, None, tmp_path / f"t{trial.number}")
+        kinds.setdefault((trial.params["method"] in ("cone", "sae"), trial.params["intervention"], trial.params["calibration"] > 0), trial)
+        if trial.params["method"] == "sae":  # an SAE covers some layers: the global scope takes the nearest one
+            kinds.setdefault(("sae", trial.params["scope"]), trial)
+    three = [kind for kind in kinds if len(kind) == 3]
+    assert {kind[1] for kind in three} == set(INTERVENTIONS) and any(kind[0] for kind in three) and any(kind[2] for kind in three)
+    assert ("sae", "global") in kinds and ("sae", "per-layer") in kinds
+    for number, (kind, trial) in enumerate(kinds.items()):
+        intervention = kind
+        out = export_loaded(base, directions, "s", config, trial, None, tmp_path / f"t{number}")
         candidate = candidate_from_params(trial.params, 4)
         baker = Baker(find_writers(base.model))
         with torch.no_grad(), baker.baked_into(direction_for(candidate, directions), profile_for(candidate, directions),
@@ -78,7 +117,7 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
         reloaded = load_model(str(out), device="cpu")
         with torch.no_grad():
             assert torch.allclose(reloaded.model(**text).logits, baked, atol=1e-5), intervention
-        rebuild(str(out / "reproduce.json"), config.model, str(tmp_path / f"r{trial.number}"), device="cpu", log=lambda line: None)
+        rebuild(str(out / "reproduce.json"), config.model, str(tmp_path / f"r{number}"), device="cpu", log=lambda line: None)
 
 
 def test_the_default_space_is_unchanged():

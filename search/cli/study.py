@@ -43,7 +43,7 @@ def register(commands) -> None:
     search.add_argument("--space", default="default", choices=("default", "wide"),
                         help="search space preset: default (ten parameters) or wide (fifteen: methods, layer range, kernel shapes, norm-preserving)")
     search.add_argument("--methods", default=None,
-                        help="direction methods the trials choose from, comma-separated: mean, mean-projected, pca, probe, cone "
+                        help="direction methods the trials choose from, comma-separated: mean, mean-projected, pca, probe, cone, sae "
                              "(default: the --space preset's)")
     search.add_argument("--interventions", default=None,
                         help="what trials do with the direction, comma-separated: ablate, amplify (also amplify the "
@@ -51,6 +51,9 @@ def register(commands) -> None:
     search.add_argument("--calibrated", action="store_true",
                         help="calibrated profiles: each layer's weight scaled by its refusal strength on the harmful prompts, "
                              "the target percentile (25, 75, 95) searched, the factor held in [0.5, 2]")
+    search.add_argument("--sae", default=None, metavar="DIR",
+                        help="a folder of per-layer sparse autoencoders (W_enc, b_enc, W_dec, b_dec; layer_N.safetensors) "
+                             "for --methods sae: the span of the top features' decoder rows is removed, their number searched")
     search.add_argument("--harmful-categories", default=None, metavar="COLUMN",
                         help="a column of the harmful source (FILE.csv#PROMPT, .jsonl, .json) holding each prompt's category: "
                              "the cone takes one direction per category instead of k-means clusters")
@@ -132,7 +135,8 @@ def search_config(args):
                              enable_thinking=False if args.no_thinking else None,
                              trust_remote_code=args.trust_remote_code, device_map=args.device_map,
                              judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter,
-                             harmful_categories=args.harmful_categories)
+                             harmful_categories=args.harmful_categories,
+                             sae=str(Path(args.sae).expanduser().resolve()) if args.sae else None)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
@@ -155,6 +159,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
     config.categories()  # a category column that is not there
+    if config.sae:
+        from ablation.sae import load_saes
+
+        load_saes(config.sae, None)  # no SAE files, or damaged ones (their fit to the model is checked by the worker)
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
