@@ -24,7 +24,10 @@ from search.cli.common import (
 
 def register(commands) -> None:
     search = add_command(commands, "search", "the main job: create or resume a study and run local workers")
-    model_options(search)
+    search.add_argument("--config", default=None, metavar="STUDY.toml",
+                        help="a study file holding any of these settings (and a [space] table); flags override it, "
+                             "ABLITERATE_* environment variables sit between them")
+    model_options(search, required=False)
     search.add_argument("--storage", default=None, help=STORAGE_HELP)
     search.add_argument("--study", default="abliterate", help="study name")
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
@@ -100,9 +103,20 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
+    from search.cli import settings
+
+    args = settings.resolve(_search_parser(), args, args.argv[1:])
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
     extra = heartbeat_args(args) + (["--judge-device", args.judge_device] if args.judge_device else [])
     return run_study(args.storage, args.study, search_config(args), devices, extra)
+
+
+def _search_parser():
+    from search.cli import parser
+
+    top = parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["search"]
 
 
 def search_config(args):
@@ -115,6 +129,8 @@ def search_config(args):
     from search.space import PRESETS
     from search.study import StudyConfig
 
+    if not args.model:
+        raise AblationError("abliterate search needs a model: --model MODEL, or model = ... in the --config study file")
     try:
         sizes = tuple(int(n) for n in args.split.split(","))
         assert len(sizes) == 3 and min(sizes) > 0
@@ -123,6 +139,23 @@ def search_config(args):
     # Local paths are stored absolute: a worker or promoter started in another folder reads the same files.
     model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
     space = PRESETS[args.space]
+    ranges = getattr(args, "space_ranges", {}) or {}
+    if ranges:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(space)} - {"methods", "interventions"}
+        unknown = sorted(set(ranges) - known)
+        if unknown:
+            raise AblationError(f"the study file's [space] has no setting {unknown[0]!r}; it takes preset, methods, "
+                                f"interventions and {', '.join(sorted(known))}")
+        for key, value in ranges.items():
+            default = getattr(space, key)
+            is_range = len(default) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in default)
+            if not isinstance(value, list) or (is_range and not (len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+                                                                 and value[0] <= value[1])):
+                want = "[low, high]" if is_range else "a list of choices"
+                raise AblationError(f"the study file's [space] {key} must be {want}, like {list(default)}; got {value!r}")
+        space = replace(space, **{key: tuple(value) for key, value in ranges.items()})
     chosen = {name: tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
               for name, value in (("methods", args.methods), ("interventions", args.interventions)) if value is not None}
     if args.calibrated:
