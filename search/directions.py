@@ -80,7 +80,10 @@ def method_tensor(method: str, harmful: torch.Tensor, harmless: torch.Tensor, sp
         silhouettes = [result.silhouette for result in results]
         weak = [layer for layer, result in enumerate(results) if result.weak]
         how = f"labelled ({', '.join(results[0].categories)})" if labels is not None else "k-means"
-        log(f"cone: {bases.shape[1]} {how} category directions per layer; silhouette "
+        k = bases.shape[1]
+        cosines = [float((r.pairwise_cosines().sum() - k) / (k * (k - 1))) if k > 1 else 1.0 for r in results]
+        log(f"cone: {k} {how} category directions per layer; mean pairwise cosine "
+            + ", ".join(f"{c:.2f}" for c in cosines) + "; silhouette "
             + ", ".join(f"{s:.2f}" for s in silhouettes)
             + (f" (weak clusters, below {WEAK_SILHOUETTE}, at layers {', '.join(map(str, weak))}: the cone there is "
                "a cut of one cloud rather than separate categories)" if weak and labels is None else

@@ -42,6 +42,7 @@ from storage.rdb import open_storage
 from storage.stale import PARAMS_COMPLETE
 
 
+DIRECTIONS_REPORT_ATTR = "abliterate_directions_report"
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -86,8 +87,17 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
         # enqueues nothing twice).
         for point in starting_points(config.space, strongest_layer(*residuals), config.starting_points):
             study.enqueue_trial(point, user_attrs={"starting_point": True}, skip_if_exists=True)
-        return directions_to_bytes(compute_payload(loaded, harmful, harmless, residuals, config.space, proxy, chat,
-                                                   config.batch_size, log, config.categories(), config.sae))
+        report = []
+
+        def note(line: str) -> None:
+            report.append(line)
+            log(line)
+
+        payload = compute_payload(loaded, harmful, harmless, residuals, config.space, proxy, chat, config.batch_size, note,
+                                  config.categories(), config.sae)
+        if report:  # what the directions look like (cone geometry, cos(r, c)), for whoever reads the study later
+            study.set_user_attr(DIRECTIONS_REPORT_ATTR, report)
+        return directions_to_bytes(payload)
 
     payload = cache.get_or_compute(directions_key(config.space), compute)
     log(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
