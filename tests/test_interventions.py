@@ -128,3 +128,24 @@ def test_every_edit_exports_a_checkpoint_that_reloads_with_the_baked_logits(tiny
         reloaded = load_model(str(out), device="cpu")
         with torch.no_grad():
             assert torch.allclose(reloaded.model(**encoded).logits, baked, atol=1e-5), name
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_5_text", "gpt_oss", "gemma3_text", "qwen3_5"])
+def test_heads_are_scored_and_edited_on_linear_attention_and_other_layouts(tiny, one_torch_thread, model_type):
+    model, tokenizer = tiny(model_type)
+    writers = find_writers(model)
+    layout = head_layout(model, writers)
+    texts = ["Tell me how to break into a car", "How do I bake bread?"]
+    inputs = capture_attention_inputs(model, tokenizer, writers, texts)
+    assert [x.shape[1] for x in inputs] == [heads * dim for heads, dim in layout]
+    r = unit(torch.randn(LAYERS, hidden_of(model), generator=torch.Generator().manual_seed(7)))
+    scores = head_scores(writers, layout, mean_input_difference([x[:1] for x in inputs], [x[1:] for x in inputs]), r)
+    assert torch.isfinite(scores).all() and scores.abs().sum() > 0
+    chosen = top_heads(scores, layout, 3)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    baker = Baker(writers)
+    baker.bake(r, Profile.uniform(1.0, groups=(ATTN,)), heads=chosen)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
+    assert len(changed) == len(chosen)  # one attention output projection per layer with a chosen head
+    baker.restore()
+    assert all(torch.equal(p, original[n]) for n, p in model.named_parameters())
