@@ -101,8 +101,12 @@ def compliance_direction(harmful: torch.Tensor, refused: Sequence[bool], fallbac
         raise AblationError(f"got {refused.shape[0]} refusal labels for {harmful.shape[0]} harmful prompts")
     complied = int((~refused).sum())
     if min(complied, int(refused.sum())) < MIN_CLASS:
-        return -fallback.float(), (f"the base model complied with {complied} of {len(refused)} harmful prompts, fewer than "
-                                   f"{MIN_CLASS} on one side: using the negated refusal direction")
+        # W + b c c^T W does not see the sign of c: along -r it scales back up what the removal
+        # left along r, the same as a smaller removal weight. Said plainly, so nobody reads more into it.
+        return -fallback.float(), (f"the base model {'complied with' if complied < MIN_CLASS else 'refused'} "
+                                   f"{min(complied, len(refused) - complied)} of {len(refused)} harmful prompts, fewer than "
+                                   f"{MIN_CLASS}: using the negated refusal direction (amplifying it only scales what the "
+                                   "removal leaves along r, like a smaller removal weight)")
     difference = harmful[~refused].float().mean(dim=0) - harmful[refused].float().mean(dim=0)
     return torch.nn.functional.normalize(difference, dim=-1), f"from {complied} complied and {int(refused.sum())} refused prompts"
 

@@ -211,3 +211,22 @@ def test_a_calibrated_profile_scales_each_layer_by_its_strength_over_the_target(
     assert [profile.weight("attn", layer) for layer in range(5)] == pytest.approx([0.5, 1.0, 2.0, 2.0, 2.0])
     off = candidate_from_params(params | {"calibration": 0}, 5)
     assert profile_for(off, directions) is off.profile
+
+
+def test_the_compliance_direction_and_its_fallback():
+    from search.directions import alignment_report, compliance_direction
+
+    g = torch.Generator().manual_seed(1)
+    c = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    harmful = 0.01 * torch.randn(10, 2, 8, generator=g)
+    refused = [i < 6 for i in range(10)]
+    harmful[6:] += 2.0 * c  # the four it complied with sit further along c
+    found, how = compliance_direction(harmful, refused, torch.ones(2, 8))
+    assert torch.nn.functional.cosine_similarity(found, c, dim=-1).min() > 0.99 and "4 complied and 6 refused" in how
+    r = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)
+    fallback, how = compliance_direction(harmful, [True] * 8 + [False] * 2, r)
+    assert torch.equal(fallback, -r) and "complied with 2 of 10" in how and "negated refusal direction" in how
+    line, aligned = alignment_report(r, fallback)
+    assert aligned and line.startswith("cos(refusal, compliance) per layer: -1.00, -1.00")
+    across = torch.nn.functional.normalize(r - (r * found).sum(-1, keepdim=True) * found, dim=-1)  # orthogonal to c
+    assert not alignment_report(across, found)[1]
