@@ -131,7 +131,7 @@ def direction_for(candidate: Candidate, directions: dict[str, torch.Tensor]) -> 
         if candidate.scope == "global":
             # The nearest layer that has a basis (an SAE may cover only some layers).
             present = [layer for layer in range(bases.shape[0]) if bool(bases[layer].any())] or [0]
-            layer = min(present, key=lambda l: (abs(l - candidate.direction_index), l))
+            layer = min(present, key=lambda index: (abs(index - candidate.direction_index), index))
             bases = bases[layer].expand(bases.shape[0], -1, -1).contiguous()
         return bases
     per_layer = stored[:, min(candidate.component, stored.shape[1] - 1)] if stored.dim() == 3 else stored
