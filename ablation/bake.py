@@ -4,18 +4,31 @@ The baker keeps a copy of only the tensors an edit touches, taken just before th
 so :meth:`Baker.restore` is bit-exact and costs one copy per touched tensor. Copies stay on the
 tensor's own device by default (fastest restore); ``keep_on="cpu"`` trades speed for device
 memory.
+
+One bake applies, to every writer its profile gives a non-zero weight w:
+
+* the removal: of one direction ([H] for all layers, [L, H] per layer) by
+  :func:`ablation.edit.ablate`, or of a subspace per layer ([L, k, H], orthonormal rows) by
+  :func:`ablation.edit.ablate_subspace`;
+* then, with ``amplify``, :func:`ablation.edit.amplify` of a compliance direction c by b
+  (``W <- W + b c c^T W``, biases too);
+* with ``heads``, an attention writer is edited only in the input columns of the heads named for
+  its layer (o_proj's input is heads x head_dim), and not at all in other layers; its bias, which
+  belongs to no head, is left alone. MLP writers are edited as usual.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
-from ablation.architectures import Writer
-from ablation.edit import ablate, post_norm_direction
+from ablation.architectures import ATTN, Writer
+from ablation.cone import orthonormal_basis
+from ablation.edit import ablate, ablate_subspace, post_norm_direction
+from ablation.edit import amplify as amplify_
 from ablation.errors import AblationError
 from ablation.profile import Profile
 
@@ -27,6 +40,18 @@ class BakeReport:
     tensors: int
     saved_bytes: int
     layers: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Amplification:
+    """Amplify ``direction`` ([H], or [L, H] per layer) by ``strength`` b in every edited writer."""
+
+    direction: torch.Tensor
+    strength: float
+
+
+# Column ranges [start, stop) of an attention writer's input, per layer: the heads to edit.
+HeadColumns = Mapping[int, Sequence[tuple[int, int]]]
 
 
 class Baker:
@@ -48,30 +73,50 @@ class Baker:
         return max(w.layer for w in self.writers) + 1
 
     @torch.no_grad()
-    def bake(self, directions: torch.Tensor, profile: Profile, norm_preserving: bool = False) -> BakeReport:
-        """Edit every writer whose profile weight is non-zero.
+    def bake(self, directions: torch.Tensor, profile: Profile, norm_preserving: bool = False,
+             amplify: Amplification | None = None, heads: HeadColumns | None = None) -> BakeReport:
+        """Edit every writer whose profile weight is non-zero (see the module docstring).
 
-        ``directions`` is one direction [H] for all layers or one per layer [L, H]; they need
-        not be unit length.
+        ``directions`` is one direction [H] for all layers, one per layer [L, H], or an
+        orthonormal basis per layer [L, k, H]; single directions need not be unit length.
         """
         if self.baked:
             raise AblationError("model is already baked; restore() before baking again")
-        if directions.dim() == 2 and directions.shape[0] != self.num_layers:
+        if directions.dim() >= 2 and directions.shape[0] != self.num_layers:
             raise AblationError(
                 f"got directions for {directions.shape[0]} layers, the model has {self.num_layers}"
             )
+        if amplify is not None and amplify.direction.dim() == 2 and amplify.direction.shape[0] != self.num_layers:
+            raise AblationError(f"got a compliance direction for {amplify.direction.shape[0]} layers, the model has {self.num_layers}")
         layers = set()
         for writer in self.writers:
             weight = profile.weight(writer.group, writer.layer)
-            if weight == 0.0:
+            columns = None if heads is None or writer.group != ATTN else heads.get(writer.layer, ())
+            if weight == 0.0 or columns == ():
                 continue
-            r = directions[writer.layer] if directions.dim() == 2 else directions
+            r = directions[writer.layer] if directions.dim() >= 2 else directions
             r = r.to(writer.weight.device, torch.float32)
             if writer.post_norm_scale is not None:
-                r = post_norm_direction(r, writer.post_norm_scale)
-            self._edit(writer.weight, r, weight, writer.residual_axis, norm_preserving)
-            if writer.bias is not None:
-                self._edit(writer.bias, r, weight, writer.bias.dim() - 1, False)
+                if r.dim() == 2:
+                    scale = writer.post_norm_scale.float().to(r.device)
+                    r = orthonormal_basis(scale * r).to(r.device)
+                else:
+                    r = post_norm_direction(r, writer.post_norm_scale)
+            c = None
+            if amplify is not None:
+                c = amplify.direction[writer.layer] if amplify.direction.dim() == 2 else amplify.direction
+                c = c.to(writer.weight.device, torch.float32)
+
+            def rule(tensor, axis, keep_norm, r=r, c=c, weight=weight):
+                edited = (ablate_subspace if r.dim() == 2 else ablate)(tensor, r, weight, axis, keep_norm)
+                return amplify_(edited, c, amplify.strength, axis) if c is not None else edited
+
+            if columns is not None:
+                self._edit_columns(writer, columns, rule, norm_preserving)
+            else:
+                self._edit(writer.weight, rule, writer.residual_axis, norm_preserving)
+                if writer.bias is not None:
+                    self._edit(writer.bias, rule, writer.bias.dim() - 1, False)
             layers.add(writer.layer)
         return BakeReport(len(self._saved), self.saved_bytes, tuple(sorted(layers)))
 
@@ -83,9 +128,10 @@ class Baker:
         self._saved.clear()
 
     @contextmanager
-    def baked_into(self, directions: torch.Tensor, profile: Profile, norm_preserving: bool = False) -> Iterator[BakeReport]:
+    def baked_into(self, directions: torch.Tensor, profile: Profile, norm_preserving: bool = False,
+                   amplify: Amplification | None = None, heads: HeadColumns | None = None) -> Iterator[BakeReport]:
         """Bake for the duration of a ``with`` block, restoring even on error."""
-        report = self.bake(directions, profile, norm_preserving)
+        report = self.bake(directions, profile, norm_preserving, amplify, heads)
         try:
             yield report
         finally:
@@ -95,12 +141,24 @@ class Baker:
     def saved_bytes(self) -> int:
         return sum(original.numel() * original.element_size() for _, original in self._saved)
 
-    def _edit(self, tensor: torch.Tensor, r: torch.Tensor, weight: float, axis: int, norm_preserving: bool):
+    def _keep(self, tensor: torch.Tensor) -> None:
         device = "cpu" if self.keep_on == "cpu" else tensor.device
         self._saved.append((tensor, tensor.detach().to(device, copy=True)))
+
+    def _edit(self, tensor: torch.Tensor, rule, axis: int, norm_preserving: bool):
+        self._keep(tensor)
         if tensor.dim() == 3:
             # One expert at a time keeps the float32 working copy to a single [H, I] slice.
             for expert in tensor:
-                expert.copy_(ablate(expert, r, weight, axis - 1, norm_preserving))
+                expert.copy_(rule(expert, axis - 1, norm_preserving))
         else:
-            tensor.copy_(ablate(tensor, r, weight, axis, norm_preserving))
+            tensor.copy_(rule(tensor, axis, norm_preserving))
+
+    def _edit_columns(self, writer: Writer, columns: Sequence[tuple[int, int]], rule, norm_preserving: bool):
+        tensor = writer.weight
+        if tensor.dim() != 2 or writer.residual_axis != 0:
+            raise AblationError(f"{writer.name}: head edits need an [hidden, heads x head_dim] output projection, "
+                                f"got {tuple(tensor.shape)} with the residual on axis {writer.residual_axis}")
+        self._keep(tensor)
+        for start, stop in columns:
+            tensor[:, start:stop] = rule(tensor[:, start:stop], 0, norm_preserving)

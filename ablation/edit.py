@@ -12,6 +12,11 @@ At ``w = 1`` the component can no longer write anything along ``r``.
 The norm-preserving variant rescales each edited vector back to its original length, so the
 component keeps its output scale; at ``w = 1`` the result is still orthogonal to ``r``.
 
+Two relatives share the rule. :func:`ablate_subspace` removes a whole subspace at once,
+``v <- v - w Q^T Q v`` for orthonormal rows Q [k, H] (a refusal cone); at ``w = 1`` the
+component can write nothing in span(Q). :func:`amplify` adds ``b (c . v) c`` instead, so the
+component's output along c grows by a factor ``1 + b`` and nothing else changes.
+
 All arithmetic is in float32; the result has the input's dtype.
 """
 
@@ -63,3 +68,32 @@ def post_norm_direction(direction: torch.Tensor, scale: torch.Tensor) -> torch.T
     along ``scale * r``, so the edit must project against ``unit(scale * r)`` instead of ``r``.
     """
     return unit(scale.float().to(direction.device) * direction.float())
+
+
+def ablate_subspace(
+    tensor: torch.Tensor,
+    basis: torch.Tensor,
+    weight: float,
+    residual_axis: int = 0,
+    norm_preserving: bool = False,
+) -> torch.Tensor:
+    """Return ``tensor`` with ``weight`` times its component in span(``basis``) removed.
+
+    ``basis`` [k, H] must have orthonormal rows, or zero rows (which remove nothing); see
+    :func:`ablation.cone.orthonormal_basis`. The norm-preserving variant rescales each edited
+    vector to its original length, as :func:`ablate` does.
+    """
+    q = basis.float().to(tensor.device)
+    original = tensor.float()
+    vectors = original.movedim(residual_axis, -1)  # [..., H]
+    edited = vectors - weight * ((vectors @ q.T) @ q)
+    if norm_preserving:
+        edited = edited * (vectors.norm(dim=-1, keepdim=True) / edited.norm(dim=-1, keepdim=True).clamp_min(_EPS))
+    return edited.movedim(-1, residual_axis).to(tensor.dtype)
+
+
+def amplify(tensor: torch.Tensor, direction: torch.Tensor, strength: float, residual_axis: int = 0) -> torch.Tensor:
+    """Return ``tensor`` with its component along ``direction`` scaled by ``1 + strength``:
+    ``W <- W + b c c^T W`` (activation addition baked into the weights, proportional to what the
+    component already writes along c)."""
+    return ablate(tensor, direction, -strength, residual_axis)

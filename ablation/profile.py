@@ -54,12 +54,15 @@ class Profile:
     kernels: dict[str, Kernel] = field(default_factory=dict)
     first_layer: int = 0
     last_layer: int | None = None
+    # Per-layer factors on every group's kernel weight (calibrated profiles); empty: all ones.
+    layer_scale: tuple[float, ...] = ()
 
     def weight(self, group: str, layer: int) -> float:
         if layer < self.first_layer or (self.last_layer is not None and layer > self.last_layer):
             return 0.0
         kernel = self.kernels.get(group)
-        return kernel.weight(layer) if kernel else 0.0
+        weight = kernel.weight(layer) if kernel else 0.0
+        return weight * self.layer_scale[layer] if self.layer_scale and weight else weight
 
     @classmethod
     def uniform(cls, weight: float = 1.0, groups=("attn", "mlp"), **range_) -> Profile:

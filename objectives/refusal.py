@@ -92,6 +92,11 @@ class RefusalProxy(abc.ABC):
     def use_base(self, loaded: LoadedModel | None) -> None:  # noqa: B027 - optional hook
         """Hands the proxy the unedited model for judging (None takes it back). Default: ignored."""
 
+    def refusals(self, loaded: LoadedModel, prompts: Sequence[str]) -> list[bool]:
+        """Per prompt, whether the model as it is now fails it (non-compliance of at least one
+        half): the labels of the compliance direction. Default: each prompt scored alone."""
+        return [self.score(loaded, [prompt]).value >= 0.5 for prompt in prompts]
+
     @property
     def judges_with_base(self) -> bool:
         """Whether answers are judged with the base model handed over by :meth:`use_base`."""
@@ -149,6 +154,11 @@ class MarkerProxy(RefusalProxy):
             return lambda: cut
         return lambda: self.judged(prompts, generation.responses, tokens)
 
+    def refusals(self, loaded: LoadedModel, prompts: Sequence[str]) -> list[bool]:
+        generation = generate_greedy(loaded.model, loaded.tokenizer, self.chat.apply(loaded, prompts), self.max_new_tokens,
+                                     self.batch_size, self.judge.refuses_early if self.early_stop else None)
+        return [v.non_compliance >= 0.5 for v in self.judge.verdicts(prompts, generation.responses)]
+
     def judged(self, prompts: Sequence[str], responses: Sequence[str], generated_tokens: int = 0) -> RefusalScore:
         """The score of answers already generated."""
         verdicts = self.judge.verdicts(prompts, responses)
@@ -187,11 +197,16 @@ class FirstTokenProxy(RefusalProxy):
             )
 
     def score(self, loaded: LoadedModel, prompts: Sequence[str], give_up_at: int | None = None) -> RefusalScore:
+        return RefusalScore(float(self._mass(loaded, prompts).mean()), len(prompts))
+
+    def refusals(self, loaded: LoadedModel, prompts: Sequence[str]) -> list[bool]:
+        return [bool(m >= 0.5) for m in self._mass(loaded, prompts)]
+
+    def _mass(self, loaded: LoadedModel, prompts: Sequence[str]):
         if not self.refusal_tokens:
             raise AblationError("first-token proxy is not prepared; call prepare() on the base model first")
         logprobs = response_logprobs(loaded.model, loaded.tokenizer, self.chat.apply(loaded, prompts), batch_size=self.batch_size)
-        mass = logprobs[:, 0, self.refusal_tokens].exp().sum(dim=-1)
-        return RefusalScore(float(mass.mean()), len(prompts))
+        return logprobs[:, 0, self.refusal_tokens].exp().sum(dim=-1)
 
 
 AGENT_SYSTEM = (

@@ -112,13 +112,23 @@ def card_body(record: dict) -> str:
 
 
 def direction_text(edit: dict) -> str:
+    method = edit["method"]
+    if "pca_component" in edit:
+        method += f" (principal component {edit['pca_component']})"
+    if "cone_rank" in edit or "sae_features" in edit:
+        method += (f" ({edit['cone_rank']} category directions removed as one subspace)" if "cone_rank" in edit else
+                   f" (the decoder rows of the {edit['sae_features']} most harmful SAE features removed as one subspace)")
+        if edit["scope"] == "global":
+            return f"{method}, the cone of layer {round(edit['direction_layer'])} at every layer"
     if edit["scope"] == "global":
-        return f"{edit['method']}, one direction interpolated at layer {edit['direction_layer']:.2f}"
-    return f"{edit['method']}, each layer's own direction"
+        return f"{method}, one direction interpolated at layer {edit['direction_layer']:.2f}"
+    return f"{method}, each layer's own direction"
 
 
 def intervention_text(edit: dict) -> str:
-    rule = {"ablate": "ablate (W ← W − w·r·rᵀ·W on every matrix that writes into the residual stream)"}
+    rule = {"ablate": "ablate (W ← W − w·r·rᵀ·W on every matrix that writes into the residual stream)",
+            "amplify": f"ablate, then amplify the compliance direction c (W ← W + b·c·cᵀ·W, b = {edit.get('amplify_strength', 0):.3f})",
+            "heads": f"ablate from the {edit.get('heads')} attention heads that carry the most refusal (their o_proj columns only)"}
     text = rule.get(edit["intervention"], edit["intervention"])
     return f"{text}, norm-preserving" if edit["norm_preserving"] else text
 
@@ -126,7 +136,9 @@ def intervention_text(edit: dict) -> str:
 def profile_text(edit: dict) -> str:
     kernels = "; ".join(f"{group}: {k['shape']} kernel, weight {k['peak_weight']:.3f} at layer {k['peak']:.2f} falling to "
                         f"{k['floor_weight']:.3f} over {k['falloff']:.2f} layers" for group, k in edit["kernels"].items())
-    return f"{kernels}; within layers {edit['first_layer']}-{edit['last_layer']}"
+    calibrated = (f"; each layer's weight scaled by its refusal strength over the {edit['calibration_percentile']}th "
+                  "percentile of the layers' (clamped to 0.5-2)" if edit.get("calibration_percentile") else "")
+    return f"{kernels}; within layers {edit['first_layer']}-{edit['last_layer']}{calibrated}"
 
 
 def layers_text(layers: list[int], num_layers: int) -> str:

@@ -57,7 +57,7 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     if kl is not None and kl > config.kl_cap and not force:
         raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
                             "pick a trial from abliterate front, or pass --force to export it anyway")
-    payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space.methods))
+    payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space))
     if payload is None:
         raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
     directions = directions_from_bytes(payload)
@@ -74,15 +74,22 @@ def export_loaded(loaded, directions: dict, study_name: str, config, trial, prom
     card, base_config = base_files(config.model)
 
     def record_for(layers, weights: dict[str, str]) -> dict:
+        from search.directions import used_tensors
+        from search.space import candidate_from_params
+
         num_layers = next(iter(directions.values())).shape[0]
         used = directions[trial.params["method"]]
+        extra = {name: {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."), "sha256": tensor_sha256(tensor)}
+                 for name, tensor in used_tensors(candidate_from_params(trial.params, num_layers), directions).items()
+                 if name != trial.params["method"]}
         base = {"model": config.model, "hub_id": base_model_id or hub_id(config.model),
                 "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.device.type}
         record = reproduction(
             study=study_name, trial=trial.number, config=json.loads(config.to_json()), params=dict(trial.params),
             edit=edit_summary(trial.params, num_layers, layers),
             directions={"method": trial.params["method"], "file": DIRECTIONS_FILE, "shape": list(used.shape),
-                        "dtype": str(used.dtype).removeprefix("torch."), "sha256": tensor_sha256(used)},
+                        "dtype": str(used.dtype).removeprefix("torch."), "sha256": tensor_sha256(used)}
+                       | ({"extra": extra} if extra else {}),
             prompts=prompts, figures=trial_figures(trial.values, trial.user_attrs),
             promotion=None if promotion is None else {"status": promotion[0], "details": promotion[1]},
             base=base, packages=package_versions(), weights=weights)
@@ -139,17 +146,18 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
 
     from ablation import Baker, find_writers
     from ablation.export import export_checkpoint, weight_hashes
+    from search.directions import bake_arguments, direction_for, profile_for, used_tensors
     from search.space import candidate_from_params
-    from search.trial import direction_for
 
     candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
     baker = Baker(find_writers(loaded.model))
-    report = baker.bake(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving)
+    extra = bake_arguments(candidate, directions, loaded.model, baker.writers)
+    report = baker.bake(direction_for(candidate, directions), profile_for(candidate, directions), candidate.norm_preserving, **extra)
 
     def finish(staging: Path) -> None:
         weights = weight_hashes(staging)  # before anything else: only the model's own weight files
         (staging / DIRECTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
-        save_file({candidate.method: directions[candidate.method].contiguous()}, staging / DIRECTIONS_FILE)
+        save_file(used_tensors(candidate, directions), staging / DIRECTIONS_FILE)
         record = record_for(report.layers, weights)
         (staging / REPRO_FILE).write_text(to_text(record), encoding="utf-8")
         (staging / CARD_FILE).write_text(model_card(record["card"], record), encoding="utf-8")
@@ -161,7 +169,8 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
 
 
 def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str], None]) -> dict:
-    """{method: [L, H] directions} as recorded: from the file beside the record, or computed again."""
+    """{name: tensor} as recorded (the method's directions, and what its intervention reads): from
+    the file beside the record, or computed again (the method's directions only)."""
     from safetensors.torch import load_file
 
     wanted = record["directions"]
@@ -181,7 +190,11 @@ def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str],
         raise AblationError(f"{where} differ from the recorded ones (sha256 {found[:12]} instead of {wanted['sha256'][:12]}); "
                             f"copy the checkpoint's {Path(wanted['file']).parent}/ folder beside the record, or compute on "
                             f"{record['base']['device']} in {record['base']['dtype']}")
-    return {method: directions[method]}
+    for name, entry in wanted.get("extra", {}).items():
+        if name not in directions or tensor_sha256(directions[name]) != entry["sha256"]:
+            raise AblationError(f"{where} lack the recorded {name!r} (or it differs); copy the checkpoint's "
+                                f"{Path(wanted['file']).parent}/ folder beside the record")
+    return {name: directions[name] for name in (method, *wanted.get("extra", {}))}
 
 
 def _recompute(record: dict, loaded):
@@ -204,7 +217,8 @@ def _recompute(record: dict, loaded):
                                 f"the directions cannot be computed again: copy the checkpoint's directions/ folder beside the record")
         sets[entry["side"]] = prompts
     return compute_directions(loaded, sets["harmful"], sets["harmless"], [record["directions"]["method"]],
-                              ChatFormat(enable_thinking=config.enable_thinking), config.batch_size)[record["directions"]["method"]]
+                              ChatFormat(enable_thinking=config.enable_thinking), config.batch_size,
+                              config.space, config.categories(), config.sae)[record["directions"]["method"]]
 
 
 def prompt_records(config) -> list[dict]:

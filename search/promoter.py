@@ -236,7 +236,7 @@ class Promoter:
             from search.trial import TrialRunner, directions_from_bytes, directions_key
             from storage.cache import ArtifactCache
 
-            payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(directions_key(self.config.space.methods))
+            payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(directions_key(self.config.space))
             if payload is None:
                 raise StorageError(f"study {self.name!r} has no cached directions yet; run a worker first")
             directions = directions_from_bytes(payload)

@@ -57,7 +57,7 @@ def edit_summary(params: dict, num_layers: int, layers_touched) -> dict:
     candidate = candidate_from_params(params, num_layers)
     profile = candidate.profile
     return {
-        "intervention": params.get("intervention", "ablate"),
+        "intervention": candidate.intervention,
         "method": candidate.method,
         "scope": candidate.scope,
         "direction_layer": candidate.direction_index if candidate.scope == "global" else None,
@@ -68,6 +68,12 @@ def edit_summary(params: dict, num_layers: int, layers_touched) -> dict:
                             "falloff": k.falloff} for group, k in sorted(profile.kernels.items())},
         "layers_touched": sorted(int(layer) for layer in layers_touched),
         "num_layers": num_layers,
+        **({"pca_component": candidate.component} if candidate.method == "pca" else {}),
+        **({"cone_rank": candidate.rank} if candidate.method == "cone" else {}),
+        **({"sae_features": candidate.rank} if candidate.method == "sae" else {}),
+        **({"amplify_strength": candidate.amplify_strength} if candidate.intervention == "amplify" else {}),
+        **({"heads": candidate.heads} if candidate.intervention == "heads" else {}),
+        **({"calibration_percentile": candidate.calibration} if candidate.calibration else {}),
     }
 
 

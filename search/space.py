@@ -9,10 +9,18 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ablation.errors import AblationError
 from ablation.profile import SHAPES, Kernel, Profile
 
 GROUPS = ("attn", "mlp")
 SCOPES = ("global", "per-layer")
+# Every direction method a study may search (search.directions computes them): the four
+# single-direction estimators of ablation.directions, the cone of category directions, and the
+# decoder rows of the study's own sparse autoencoders' most harmful features (sae).
+METHODS = ("mean", "mean-projected", "pca", "probe", "cone", "sae")
+# What a trial does with the direction: remove it (ablate); remove it and amplify the compliance
+# direction (amplify); remove it only from the attention heads that carry refusal (heads).
+INTERVENTIONS = ("ablate", "amplify", "heads")
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,13 @@ class SearchSpace:
     method (mean difference projected against the harmless mean), norm-preserving edits, a tent
     kernel per component over every layer, ten free parameters. :data:`PRESETS` names it and a
     wider one.
+
+    The research options are opt-in: their parameters are sampled only by a space that uses
+    them, so the default space's params stay what they were. ``pca_component`` (0-based) with
+    method ``pca``; ``cone_rank`` (directions removed together) with ``cone``;
+    ``amplify_strength`` with intervention ``amplify``; ``heads`` (how many) with ``heads``;
+    ``calibration`` (the target percentile of a calibrated profile, see
+    :func:`search.directions.profile_for`) when the space lists any.
     """
 
     methods: tuple[str, ...] = ("mean-projected",)
@@ -37,6 +52,33 @@ class SearchSpace:
     floor_fraction: tuple[float, float] = (0.0, 1.0)
     falloff: tuple[float, float] = (0.05, 0.6)
     norm_preserving: tuple[bool, ...] = (True,)
+    interventions: tuple[str, ...] = ("ablate",)
+    pca_component: tuple[int, int] = (0, 2)
+    cone_rank: tuple[int, int] = (1, 4)
+    amplify_strength: tuple[float, float] = (0.0, 0.5)
+    heads: tuple[int, int] = (1, 32)
+    sae_features: tuple[int, int] = (1, 8)
+    calibration: tuple[int, ...] = ()  # target percentiles of calibrated profiles (0: uncalibrated); empty: off
+
+    def __post_init__(self):
+        for name, chosen, known in (("direction method", self.methods, METHODS), ("intervention", self.interventions, INTERVENTIONS)):
+            unknown = [value for value in chosen if value not in known]
+            flag = "--methods" if name == "direction method" else "--interventions"
+            if unknown or not chosen:
+                what = f"unknown {name} {unknown[0]!r}" if unknown else f"no {name} given"
+                raise AblationError(f"{what} in {flag}; use one or more of {','.join(known)}")
+        for name in ("pca_component", "cone_rank", "heads", "sae_features"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high or (name != "pca_component" and low < 1):
+                raise AblationError(f"{name} range {low}..{high} is not a range of {'0-based indices' if name == 'pca_component' else 'counts from 1'}")
+
+        if any(not 0 <= p < 100 for p in self.calibration):
+            raise AblationError(f"calibration percentiles must be 0 (off) or in 1..99, got {list(self.calibration)}")
+
+    @property
+    def intervention_params(self) -> bool:
+        """Whether trials sample an intervention (any space but plain ablation)."""
+        return tuple(self.interventions) != ("ablate",)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +106,12 @@ class Candidate:
     direction_index: float  # a fractional layer index, used when scope is global
     profile: Profile = field(default_factory=Profile)
     norm_preserving: bool = False
+    component: int = 0  # pca: which principal component
+    rank: int = 1  # cone, sae: how many directions (categories, features) removed together, strongest first
+    intervention: str = "ablate"
+    amplify_strength: float = 0.0  # amplify: b in W <- W + b c c^T W
+    heads: int = 0  # heads: how many of the highest-scoring heads are edited
+    calibration: int = 0  # the target percentile of a calibrated profile; 0: the kernels' weights as they are
 
 
 def suggest(trial, space: SearchSpace) -> dict:
@@ -84,6 +132,22 @@ def suggest(trial, space: SearchSpace) -> dict:
         trial.suggest_float(f"{group}_floor_fraction", *space.floor_fraction)
         trial.suggest_float(f"{group}_falloff", *space.falloff)
     trial.suggest_categorical("norm_preserving", list(space.norm_preserving))
+    # The research options, only in spaces that choose them (the default space's params stay as
+    # they were); each is sampled on every trial of such a space, for multivariate TPE.
+    if "pca" in space.methods:
+        trial.suggest_int("pca_component", *space.pca_component)
+    if "cone" in space.methods:
+        trial.suggest_int("cone_rank", *space.cone_rank)
+    if "sae" in space.methods:
+        trial.suggest_int("sae_features", *space.sae_features)
+    if space.intervention_params:
+        trial.suggest_categorical("intervention", list(space.interventions))
+    if "amplify" in space.interventions:
+        trial.suggest_float("amplify_strength", *space.amplify_strength)
+    if "heads" in space.interventions:
+        trial.suggest_int("heads", *space.heads)
+    if space.calibration:
+        trial.suggest_categorical("calibration", list(space.calibration))
     return dict(trial.params)
 
 
@@ -101,8 +165,13 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
         for group in GROUPS
     }
     profile = Profile(kernels, first_layer=round(params["first_layer"] * depth), last_layer=round(params["last_layer"] * depth))
+    intervention = params.get("intervention", "ablate")
     return Candidate(params["method"], params["scope"], params.get("direction_index", 0.0) * depth, profile,
-                     bool(params["norm_preserving"]))
+                     bool(params["norm_preserving"]), component=int(params.get("pca_component", 0)),
+                     rank=int(params.get("sae_features" if params["method"] == "sae" else "cone_rank", 1)), intervention=intervention,
+                     amplify_strength=float(params.get("amplify_strength", 0.0)) if intervention == "amplify" else 0.0,
+                     heads=int(params.get("heads", 0)) if intervention == "heads" else 0,
+                     calibration=int(params.get("calibration", 0)))
 
 
 # The starting points' kernels, (peak, peak weight, floor fraction, falloff). Removing a direction
@@ -152,6 +221,20 @@ def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple
              "direction_index": clip(space.direction_index, direction_index),
              "first_layer": space.first_layer[0], "last_layer": space.last_layer[1],
              "norm_preserving": pick(space.norm_preserving, True if norm_preserving is None else norm_preserving)}
+    if "pca" in space.methods:
+        point["pca_component"] = space.pca_component[0]
+    if "cone" in space.methods:
+        point["cone_rank"] = space.cone_rank[1]
+    if "sae" in space.methods:
+        point["sae_features"] = space.sae_features[0]
+    if space.intervention_params:
+        point["intervention"] = pick(space.interventions, "ablate")
+    if "amplify" in space.interventions:
+        point["amplify_strength"] = space.amplify_strength[0]
+    if "heads" in space.interventions:
+        point["heads"] = space.heads[1]
+    if space.calibration:
+        point["calibration"] = pick(space.calibration, 0)
     for group in GROUPS:
         point |= {f"{group}_shape": pick(space.shapes, "tent"), f"{group}_peak": clip(space.peak, peak),
                   f"{group}_peak_weight": clip(space.peak_weight, weight),

@@ -65,6 +65,8 @@ class StudyConfig:
     # sha256 of each local prompt file the sets read, by absolute path (objectives.prompts.file_digests),
     # taken when the study is made: whoever loads the sets later refuses a file that changed since.
     prompt_files: dict[str, str] = field(default_factory=dict)
+    harmful_categories: str | None = None  # a column of the harmful source: the cone's categories (else k-means)
+    sae: str | None = None  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -77,6 +79,12 @@ class StudyConfig:
         if self.sampler not in SAMPLERS:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         self.judge_settings()  # a bad judge spec fails here, with its one-line message
+        if self.harmful_categories is not None and "cone" not in self.space.methods:
+            raise AblationError("--harmful-categories gives the cone its categories, but this space has no cone; "
+                                "add cone to --methods or drop --harmful-categories")
+        if (self.sae is None) == ("sae" in self.space.methods):
+            raise AblationError("the sae method needs --sae DIR (a folder of per-layer SAE files)" if self.sae is None else
+                                "--sae gives the sae method its autoencoders, but this space has no sae; add sae to --methods or drop --sae")
         if self.judge != "markers" and self.proxy != "markers":
             raise AblationError(f"--judge {self.judge} applies to the markers proxy only, not {self.proxy!r}; drop --judge or use --proxy markers")
 
@@ -114,6 +122,14 @@ class StudyConfig:
             if now != digest:
                 raise AblationError(f"prompt file {path} has changed since the study was made (sha256 {now[:12]}, "
                                     f"was {digest[:12]}); restore it, or start a new study (another --study name)")
+
+    def categories(self) -> list[str] | None:
+        """The category of each harmful extraction prompt (``harmful_categories``), or None."""
+        if self.harmful_categories is None:
+            return None
+        from objectives.categories import load_categories
+
+        return load_categories(self.harmful["extraction"], self.harmful_categories)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -16,12 +16,13 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from ablation import Baker, find_writers
-from ablation.directions import by_method, interpolate, separation
+from ablation.directions import separation
 from ablation.loading import LoadedModel
 from ablation.residuals import capture_last_token
 from objectives.kl import KLScorer
 from objectives.refusal import ChatFormat, RefusalProxy, RefusalScore
-from search.space import Candidate
+from search.directions import bake_arguments, direction_for, directions_key, method_tensor, profile_for  # noqa: F401 - re-exported
+from search.space import Candidate, SearchSpace
 
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
 
@@ -36,10 +37,12 @@ def capture_extraction(loaded: LoadedModel, harmful: Sequence[str], harmless: Se
 
 
 def compute_directions(loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], methods: Sequence[str],
-                       chat: ChatFormat = ChatFormat(), batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Per-layer directions [L, H] for every method, from one residual capture."""
+                       chat: ChatFormat = ChatFormat(), batch_size: int = 16, space: SearchSpace | None = None,
+                       labels: Sequence[str] | None = None, sae: str | None = None) -> dict[str, torch.Tensor]:
+    """The payload tensor of every method (per-layer directions [L, H]; see search.directions for
+    pca and the cone in a ``space``), from one residual capture."""
     residuals = capture_extraction(loaded, harmful, harmless, chat, batch_size)
-    return {method: by_method(method, *residuals)[0] for method in methods}
+    return {method: method_tensor(method, *residuals, space, labels=labels, sae=sae) for method in methods}
 
 
 def strongest_layer(harmful_residuals: torch.Tensor, harmless_residuals: torch.Tensor) -> float:
@@ -48,23 +51,12 @@ def strongest_layer(harmful_residuals: torch.Tensor, harmless_residuals: torch.T
     return int(ratio.argmax()) / max(len(ratio) - 1, 1)
 
 
-def directions_key(methods) -> str:
-    """The study cache key under which the directions of ``methods`` are stored."""
-    return f"directions:{','.join(sorted(methods))}"
-
-
 def directions_to_bytes(directions: dict[str, torch.Tensor]) -> bytes:
     return save_tensors({k: v.contiguous() for k, v in directions.items()})
 
 
 def directions_from_bytes(payload: bytes) -> dict[str, torch.Tensor]:
     return load_tensors(payload)
-
-
-def direction_for(candidate: Candidate, directions: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The direction a candidate bakes: one interpolated direction [H] or one per layer [L, H]."""
-    per_layer = directions[candidate.method]
-    return interpolate(per_layer, candidate.direction_index) if candidate.scope == "global" else per_layer
 
 
 @dataclass(frozen=True)
@@ -109,7 +101,10 @@ class TrialRunner:
         seconds = {}
         start = time.perf_counter()
         finish = None
-        with self.baker.baked_into(direction_for(candidate, self.directions), candidate.profile, candidate.norm_preserving) as report:
+        extra = bake_arguments(candidate, self.directions, self.loaded.model, self.baker.writers)
+        with self.baker.baked_into(direction_for(candidate, self.directions), profile_for(candidate, self.directions),
+                                   candidate.norm_preserving,
+                                   **extra) as report:
             seconds["bake"] = time.perf_counter() - start
             kl = self.kl.score()
             seconds["kl"] = time.perf_counter() - start - seconds["bake"]

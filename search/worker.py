@@ -20,10 +20,10 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from ablation.directions import by_method
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
 from search import halt
+from search.directions import compute_payload
 from search.front import dominating_point
 from search.space import candidate_from_params, starting_points, suggest
 from search.study import load, stop_requested
@@ -42,6 +42,7 @@ from storage.rdb import open_storage
 from storage.stale import PARAMS_COMPLETE
 
 
+DIRECTIONS_REPORT_ATTR = "abliterate_directions_report"
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -75,25 +76,35 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
     computed_here = False
+    proxy = make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat, config.judge_settings(judge_device or device).build())
 
     def compute() -> bytes:
         nonlocal computed_here
         computed_here = True
-        residuals = capture_extraction(loaded, prompts["harmful", "extraction"], prompts["harmless", "extraction"], chat, config.batch_size)
+        harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+        residuals = capture_extraction(loaded, harmful, harmless, chat, config.batch_size)
         # Once per study, with the directions: the designed first trials (a retried computation
         # enqueues nothing twice).
         for point in starting_points(config.space, strongest_layer(*residuals), config.starting_points):
             study.enqueue_trial(point, user_attrs={"starting_point": True}, skip_if_exists=True)
-        return directions_to_bytes({method: by_method(method, *residuals)[0] for method in methods})
+        report = []
 
-    payload = cache.get_or_compute(directions_key(methods), compute)
+        def note(line: str) -> None:
+            report.append(line)
+            log(line)
+
+        payload = compute_payload(loaded, harmful, harmless, residuals, config.space, proxy, chat, config.batch_size, note,
+                                  config.categories(), config.sae)
+        if report:  # what the directions look like (cone geometry, cos(r, c)), for whoever reads the study later
+            study.set_user_attr(DIRECTIONS_REPORT_ATTR, report)
+        return directions_to_bytes(payload)
+
+    payload = cache.get_or_compute(directions_key(config.space), compute)
     log(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
-                         make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat,
-                                    config.judge_settings(judge_device or device).build()),
-                         config.kl_cap, config.kl_tokens, chat, config.batch_size)
+                         proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size)
 
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         params = suggest(halt.Sampling(trial) if halt.wanted("sampling") else trial, config.space)

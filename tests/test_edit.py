@@ -75,3 +75,38 @@ def test_post_norm_direction_cancels_through_the_norm(gen):
     assert (normed(corrected) @ r).abs().max() < 1e-4
     naive = ablate(w, r, 1.0)
     assert (normed(naive) @ r).abs().max() > 1e-2
+
+
+def test_subspace_ablation_at_full_weight_writes_nothing_in_the_span(gen):
+    from ablation.cone import orthonormal_basis
+    from ablation.edit import ablate_subspace
+
+    w = torch.randn(16, 24, generator=gen)
+    q = orthonormal_basis(torch.randn(3, 16, generator=gen))
+    assert (q @ w).abs().max() > 0.1  # the check below could fail
+    for axis, tensor in ((0, w), (1, w.T)):
+        out = ablate_subspace(tensor, q, 1.0, residual_axis=axis)
+        assert (q @ out.movedim(axis, 0)).abs().max() < 1e-5
+    # The formula, at a partial weight; the part outside the span is untouched.
+    expected = w - 0.4 * q.T @ q @ w
+    out = ablate_subspace(w, q, 0.4)
+    assert torch.allclose(out, expected, atol=1e-6)
+    rest = torch.eye(16) - q.T @ q
+    assert torch.allclose(rest @ out, rest @ w, atol=1e-5)
+    kept = ablate_subspace(w, q, 1.0, norm_preserving=True)
+    assert torch.allclose(kept.norm(dim=0), w.norm(dim=0), atol=1e-5) and (q @ kept).abs().max() < 1e-5
+    # One direction as a subspace of one is the single-direction rule.
+    assert torch.allclose(ablate_subspace(w, q[:1], 0.7), ablate(w, q[0], 0.7), atol=1e-6)
+
+
+def test_amplify_scales_only_the_c_component(gen):
+    from ablation.edit import amplify
+
+    w = torch.randn(16, 24, generator=gen)
+    c = unit(torch.randn(16, generator=gen))
+    out = amplify(w, c, 0.3)
+    assert torch.allclose(c @ out, 1.3 * (c @ w), atol=1e-5)
+    rest = torch.eye(16) - torch.outer(c, c)
+    assert torch.allclose(rest @ out, rest @ w, atol=1e-5)
+    assert torch.allclose(amplify(w.T, c, 0.3, residual_axis=1), out.T, atol=1e-6)
+    assert torch.equal(amplify(w, c, 0.0), w)

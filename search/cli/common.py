@@ -96,8 +96,8 @@ def heartbeat_args(args) -> list[str]:
     return ["--heartbeat", str(args.heartbeat), "--grace", str(args.grace)]
 
 
-def model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="hub id, local folder or .gguf file")
+def model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--model", required=required, help="hub id, local folder or .gguf file")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--device-map", default=None, help="e.g. auto: spread one model over several GPUs")

@@ -24,7 +24,10 @@ from search.cli.common import (
 
 def register(commands) -> None:
     search = add_command(commands, "search", "the main job: create or resume a study and run local workers")
-    model_options(search)
+    search.add_argument("--config", default=None, metavar="STUDY.toml",
+                        help="a study file holding any of these settings (and a [space] table); flags override it, "
+                             "ABLITERATE_* environment variables sit between them")
+    model_options(search, required=False)
     search.add_argument("--storage", default=None, help=STORAGE_HELP)
     search.add_argument("--study", default="abliterate", help="study name")
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
@@ -42,6 +45,21 @@ def register(commands) -> None:
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     search.add_argument("--space", default="default", choices=("default", "wide"),
                         help="search space preset: default (ten parameters) or wide (fifteen: methods, layer range, kernel shapes, norm-preserving)")
+    search.add_argument("--methods", default=None,
+                        help="direction methods the trials choose from, comma-separated: mean, mean-projected, pca, probe, cone, sae "
+                             "(default: the --space preset's)")
+    search.add_argument("--interventions", default=None,
+                        help="what trials do with the direction, comma-separated: ablate, amplify (also amplify the "
+                             "compliance direction), heads (only the attention heads that carry refusal) (default: ablate)")
+    search.add_argument("--calibrated", action="store_true",
+                        help="calibrated profiles: each layer's weight scaled by its refusal strength on the harmful prompts, "
+                             "the target percentile (25, 75, 95) searched, the factor held in [0.5, 2]")
+    search.add_argument("--sae", default=None, metavar="DIR",
+                        help="a folder of per-layer sparse autoencoders (W_enc, b_enc, W_dec, b_dec; layer_N.safetensors) "
+                             "for --methods sae: the span of the top features' decoder rows is removed, their number searched")
+    search.add_argument("--harmful-categories", default=None, metavar="COLUMN",
+                        help="a column of the harmful source (FILE.csv#PROMPT, .jsonl, .json) holding each prompt's category: "
+                             "the cone takes one direction per category instead of k-means clusters")
     search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
@@ -85,13 +103,25 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
+    from search.cli import settings
+
+    args = settings.resolve(_search_parser(), args, args.argv[1:])
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
     extra = heartbeat_args(args) + (["--judge-device", args.judge_device] if args.judge_device else [])
     return run_study(args.storage, args.study, search_config(args), devices, extra)
 
 
+def _search_parser():
+    from search.cli import parser
+
+    top = parser()
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["search"]
+
+
 def search_config(args):
     """The ``StudyConfig`` that ``abliterate search``'s arguments describe."""
+    from dataclasses import replace
     from pathlib import Path
 
     from ablation.errors import AblationError
@@ -99,6 +129,8 @@ def search_config(args):
     from search.space import PRESETS
     from search.study import StudyConfig
 
+    if not args.model:
+        raise AblationError("abliterate search needs a model: --model MODEL, or model = ... in the --config study file")
     try:
         sizes = tuple(int(n) for n in args.split.split(","))
         assert len(sizes) == 3 and min(sizes) > 0
@@ -106,13 +138,38 @@ def search_config(args):
         raise AblationError(f"--split wants three positive counts like 64,100,100, got {args.split!r}") from None
     # Local paths are stored absolute: a worker or promoter started in another folder reads the same files.
     model = str(Path(args.model).expanduser().resolve()) if Path(args.model).expanduser().exists() else args.model
+    space = PRESETS[args.space]
+    ranges = getattr(args, "space_ranges", {}) or {}
+    if ranges:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(space)} - {"methods", "interventions"}
+        unknown = sorted(set(ranges) - known)
+        if unknown:
+            raise AblationError(f"the study file's [space] has no setting {unknown[0]!r}; it takes preset, methods, "
+                                f"interventions and {', '.join(sorted(known))}")
+        for key, value in ranges.items():
+            default = getattr(space, key)
+            is_range = len(default) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in default)
+            if not isinstance(value, list) or (is_range and not (len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+                                                                 and value[0] <= value[1])):
+                want = "[low, high]" if is_range else "a list of choices"
+                raise AblationError(f"the study file's [space] {key} must be {want}, like {list(default)}; got {value!r}")
+        space = replace(space, **{key: tuple(value) for key, value in ranges.items()})
+    chosen = {name: tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+              for name, value in (("methods", args.methods), ("interventions", args.interventions)) if value is not None}
+    if args.calibrated:
+        chosen["calibration"] = (25, 75, 95)
+    space = replace(space, **chosen) if chosen else space
     return StudyConfig.split(model, absolute_spec(args.harmful), absolute_spec(args.harmless), sizes, dtype=args.dtype,
                              n_trials=args.trials, kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
-                             batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=PRESETS[args.space],
+                             batch_size=args.batch_size, sampler=args.sampler, seed=args.seed, space=space,
                              starting_points=args.starting_points,
                              enable_thinking=False if args.no_thinking else None,
                              trust_remote_code=args.trust_remote_code, device_map=args.device_map,
-                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter)
+                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter,
+                             harmful_categories=args.harmful_categories,
+                             sae=str(Path(args.sae).expanduser().resolve()) if args.sae else None)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
@@ -134,6 +191,11 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     # Everything a worker would trip over is checked before the study is written: a study stored
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
+    config.categories()  # a category column that is not there
+    if config.sae:
+        from ablation.sae import load_saes
+
+        load_saes(config.sae, None)  # no SAE files, or damaged ones (their fit to the model is checked by the worker)
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
     if config.judge not in ("markers", "llm"):
         config.judge_settings().build()  # a plug-in judge that cannot be imported or made fails here, in one line

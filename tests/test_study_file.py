@@ -1,0 +1,81 @@
+"""``abliterate search --config study.toml``: the file holds a study; environment variables
+override it and flags override both."""
+
+import pytest
+
+from ablation.errors import AblationError
+from search.cli import parser
+from search.cli.settings import resolve
+from search.cli.study import _search_parser, search_config
+
+STUDY = """
+model = "model"
+harmful = "harmful.txt"
+harmless = "demo-harmless"
+split = [4, 6, 6]
+trials = 12
+kl-cap = 0.5
+sampler = "random"
+seed = 3
+no-thinking = true
+
+[space]
+preset = "wide"
+methods = ["mean", "cone"]
+interventions = ["ablate", "heads"]
+cone_rank = [1, 3]
+peak_weight = [0.5, 1.2]
+"""
+
+
+def config_of(argv, monkeypatch=None, env=None):
+    for name, value in (env or {}).items():
+        monkeypatch.setenv(name, value)
+    args = parser().parse_args(argv)
+    return search_config(resolve(_search_parser(), args, argv[1:]))
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "harmful.txt").write_text("\n".join(f"harmful request {i}" for i in range(20)))
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY)
+    return path
+
+
+def test_the_file_describes_the_study(study_file):
+    config = config_of(["search", "--config", str(study_file)])
+    folder = study_file.parent
+    assert config.model == str(folder / "model")  # relative paths from the file's folder
+    assert config.harmful["extraction"] == f"{folder / 'harmful.txt'}[0:4]" and config.harmless["confirmation"] == "demo-harmless[10:16]"
+    assert (config.n_trials, config.kl_cap, config.sampler, config.seed, config.enable_thinking) == (12, 0.5, "random", 3, False)
+    space = config.space
+    assert space.methods == ("mean", "cone") and space.interventions == ("ablate", "heads")
+    assert space.cone_rank == (1, 3) and space.peak_weight == (0.5, 1.2)
+    assert space.first_layer == (0.0, 0.4)  # the rest from the wide preset
+
+
+def test_environment_overrides_the_file_and_flags_override_both(study_file, monkeypatch):
+    env = {"ABLITERATE_TRIALS": "20", "ABLITERATE_METHODS": "pca", "ABLITERATE_KL_CAP": "0.25", "ABLITERATE_NO_THINKING": "false"}
+    config = config_of(["search", "--config", str(study_file)], monkeypatch, env)
+    assert (config.n_trials, config.space.methods, config.kl_cap, config.enable_thinking) == (20, ("pca",), 0.25, None)
+    # A flag wins even when it repeats the built-in default.
+    config = config_of(["search", "--config", str(study_file), "--trials", "100", "--methods", "probe"], monkeypatch)
+    assert (config.n_trials, config.space.methods, config.kl_cap) == (100, ("probe",), 0.25)
+
+
+@pytest.mark.parametrize("text, env, message", [
+    ("model = 'm'\ntrails = 3\n", {}, r"unknown setting 'trails'; settings are .*trials"),
+    ("model = 'm'\n[space]\ncone_rnk = [1, 2]\n", {}, r"\[space\] has no setting 'cone_rnk'"),
+    ("model = 'm'\n[space]\npeak_weight = 1.0\n", {}, r"\[space\] peak_weight must be \[low, high\]"),
+    ("model = 'm'\nproxy = 'vibes'\n", {}, r"proxy is 'vibes'; use one of markers, first-token, agent"),
+    ("model = 'm'\n", {"ABLITERATE_TRIALS": "many"}, r"\$ABLITERATE_TRIALS: 'many' is not a whole number"),
+    ("model = 'm'\nmethods = 'mean,cones'\n", {}, r"unknown direction method 'cones' in --methods"),
+    ("model = [", {}, r"is not valid TOML"),
+])
+def test_bad_study_files_are_one_line(tmp_path, monkeypatch, text, env, message):
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    with pytest.raises(AblationError, match=message):
+        config_of(["search", "--config", str(path)], monkeypatch, env)
