@@ -154,8 +154,8 @@ def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], mo
                {"config": overrides, "sampler": sampler, "code": _revision(code), "cpu_seconds": _children_cpu() - cpu})
 
 
-def unscored_front(name: str) -> list[int]:
-    """Our recorded run's front trials that have no common evaluation yet."""
+def unscored_front(name: str, keep: int = OURS_KEEP) -> list[int]:
+    """Our recorded run's first ``keep`` front trials (lowest refusals first) without a common evaluation yet."""
     from search.front import pareto_front
 
     run = json.loads((RECORD / name / "trials.json").read_text())
@@ -163,7 +163,8 @@ def unscored_front(name: str) -> list[int]:
     scored = set(json.loads(evaluation.read_text())) if evaluation.exists() else set()
     feasible = [t for t in run["trials"] if t["refusals"] is not None]
     front = [feasible[i] for i in pareto_front([(t["refusals"], t["kl"]) for t in feasible])]
-    return sorted(t["number"] for t in front if str(t["number"]) not in scored)[:OURS_KEEP]
+    front.sort(key=lambda t: (t["refusals"], t["kl"]))
+    return [t["number"] for t in front[:keep] if str(t["number"]) not in scored]
 
 
 def extend_ours(run_dir: Path, model: Path, keep: int, code: Path = ROOT) -> None:
@@ -172,7 +173,7 @@ def extend_ours(run_dir: Path, model: Path, keep: int, code: Path = ROOT) -> Non
     record = json.loads((RECORD / run_dir.name / "trials.json").read_text())
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--model", str(model), "--keep", str(keep),
                "--budget", str(record["budget"]), "--seed", str(record["seed"]), "--config", json.dumps(record.get("config") or {}),
-               "--sampler", record.get("sampler") or "", "--only", ",".join(map(str, unscored_front(run_dir.name)))]
+               "--sampler", record.get("sampler") or "", "--only", ",".join(map(str, unscored_front(run_dir.name, keep)))]
     with open(run_dir / "log-extend.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
@@ -197,13 +198,11 @@ def _revision(code: Path) -> str:
 def _ours_in_process(args) -> None:
     import torch
 
-    from ablation import Baker, export_checkpoint, find_writers, load_model
+    from search.checkpoint import export_trial
     from search.front import pareto_front
-    from search.space import SearchSpace, candidate_from_params
+    from search.space import SearchSpace
     from search.study import StudyConfig, create_or_resume
-    from search.trial import direction_for, directions_from_bytes, directions_key
     from search.worker import run_worker
-    from storage.cache import ArtifactCache
     from storage.rdb import open_storage
 
     # OMP_NUM_THREADS, when set, gives each tool its own cores for a side-by-side run
@@ -235,14 +234,11 @@ def _ours_in_process(args) -> None:
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds(), "saved": None})
     feasible = [r for r in rows if r["refusals"] is not None]
     front = sorted((feasible[i] for i in pareto_front([(r["refusals"], r["kl"]) for r in feasible])), key=lambda r: (r["refusals"], r["kl"]))
-    directions = directions_from_bytes(ArtifactCache(storage.engine, "front", "bench").get(directions_key(config.space.methods)))
-    loaded = load_model(args.model, "bf16", "cpu")
-    baker = Baker(find_writers(loaded.model))
     only = {int(n) for n in args.only.split(",")} if args.only else None
     for row in front[: args.keep] if only is None else [r for r in front if r["number"] in only]:
-        candidate = candidate_from_params(row["params"], next(iter(directions.values())).shape[0])
-        with baker.baked_into(direction_for(candidate, directions), candidate.profile, candidate.norm_preserving):
-            row["saved"] = str(export_checkpoint(loaded, run_dir / "candidates" / f"trial-{row['number']}"))
+        # the product's own export: every method and intervention a study can search re-bakes from the params
+        row["saved"] = str(export_trial(url, "front", row["number"], str(run_dir / "candidates" / f"trial-{row['number']}"),
+                                        device="cpu", overwrite=True))
     (run_dir / "raw.json").write_text(json.dumps({"trials": rows}, indent=1))
 
 
@@ -485,6 +481,7 @@ def main() -> None:
     run.add_argument("--model", default=str(MODEL))
     run.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON", "/tmp/heretic-venv/bin/python"))
     run.add_argument("--keep", type=int, default=3, help="Heretic's front candidates given the common evaluation")
+    run.add_argument("--keep-ours", type=int, default=OURS_KEEP, help="our front candidates given the common evaluation")
     run.add_argument("--config", default=None, help='JSON overrides of our StudyConfig (a variant), e.g. {"space": {"peak": [0.5, 0.9]}}')
     run.add_argument("--sampler", default=None)
     run.add_argument("--code", default=str(ROOT), help="checkout whose search runs as ours (an earlier version, say)")
@@ -514,16 +511,16 @@ def main() -> None:
                     name = f"heretic-b{budget}-s{seed}" if tool == "heretic" else f"{args.label}-b{budget}-s{seed}"
                     run_dir = WORK / "runs" / name
                     if (RECORD / name / "evaluation.json").exists():
-                        if tool == "heretic" or not unscored_front(name) or not (run_dir / "study.db").exists():
+                        if tool == "heretic" or not unscored_front(name, args.keep_ours) or not (run_dir / "study.db").exists():
                             continue
-                        print(f"{time.strftime('%H:%M:%S')} {name}: saving front trials {unscored_front(name)}", flush=True)
-                        extend_ours(run_dir, model, OURS_KEEP, Path(args.code))
+                        print(f"{time.strftime('%H:%M:%S')} {name}: saving front trials {unscored_front(name, args.keep_ours)}", flush=True)
+                        extend_ours(run_dir, model, args.keep_ours, Path(args.code))
                     elif not (RECORD / name / "trials.json").exists():
                         print(f"{time.strftime('%H:%M:%S')} {name}: searching", flush=True)
                         if tool == "heretic":
                             run_heretic(run_dir, budget, seed, prompts, model, args.heretic_python, args.keep)
                         else:
-                            run_ours(run_dir, budget, seed, prompts, model, OURS_KEEP, overrides, args.sampler, Path(args.code))
+                            run_ours(run_dir, budget, seed, prompts, model, args.keep_ours, overrides, args.sampler, Path(args.code))
                     print(f"{time.strftime('%H:%M:%S')} {name}: common evaluation", flush=True)
                     evaluate_candidates(run_dir, prompts, model)
 
