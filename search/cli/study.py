@@ -73,6 +73,8 @@ def register(commands) -> None:
     dashboard.add_argument("--storage", default=None, help=STORAGE_HELP)
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=positive, default=8080)
+    dashboard.add_argument("--artifacts", default=None, metavar="DIR",
+                           help="an Optuna file-system artifact store to show (the plots analyze and controls attach)")
     dashboard.set_defaults(run=_dashboard)
 
     demo = add_command(commands, "demo", "the main job on the embedded default: a short study on the shipped refusing model")
@@ -223,7 +225,7 @@ def _front(args) -> int:
     study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
-                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate")}}
+                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "specific")}}
                           for t in feasible_front(study)], indent=2))
         return 0
     print_front(study, console())
@@ -258,7 +260,18 @@ def _dashboard(args) -> int:
     storage = open_storage(args.storage, create=False)
     _check_port(args.host, args.port)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    run_server(storage, host=args.host, port=args.port)
+    artifact_store = None
+    if args.artifacts:
+        from pathlib import Path
+
+        from optuna.artifacts import FileSystemArtifactStore
+
+        if not Path(args.artifacts).expanduser().is_dir():
+            from ablation.errors import AblationError
+
+            raise AblationError(f"artifact folder {args.artifacts} does not exist; it is made by abliterate analyze or controls --artifacts")
+        artifact_store = FileSystemArtifactStore(str(Path(args.artifacts).expanduser()))
+    run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
     return 0
 
 

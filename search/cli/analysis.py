@@ -1,0 +1,316 @@
+"""Analyses of a model or a study: ``analyze`` (where refusal lives), ``dose`` (how behaviour
+responds to the strength of an intervention), ``controls`` (whether a trial's edit does more
+than a random direction would)."""
+
+from __future__ import annotations
+
+from search.cli.common import BATCH_HELP, add_command, positive, study_options
+
+DEFAULT_ALPHAS = "-2,-1,-0.5,0,0.5,1,2"
+ARTIFACTS_HELP = "Optuna file-system artifact store the plots are attached in (show them with abliterate dashboard --artifacts DIR)"
+
+
+def register(commands) -> None:
+    analyze = add_command(commands, "analyze", "per layer: direction strength per method, cosines, AUC, probe accuracy; JSON and plots")
+    analyze.add_argument("--model", default=None, help="a model (hub id, folder or .gguf); or leave out and give --study")
+    analyze.add_argument("--harmful", default=None, help="with --model: harmful prompt source spec")
+    analyze.add_argument("--harmless", default=None, help="with --model: harmless prompt source spec")
+    study_options(analyze)
+    analyze.add_argument("--methods", default="mean,mean-projected,pca,probe", help="comma-separated direction methods")
+    analyze.add_argument("--out", required=True, help="folder for analysis.json, layers.png, cosines.png")
+    analyze.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
+    _run_options(analyze)
+    analyze.set_defaults(run=_analyze)
+
+    dose = add_command(commands, "dose", "dose-response sweep of one direction: refusal, over-refusal, degenerate, KL per alpha")
+    dose.add_argument("--model", default=None, help="with --direction: the model (hub id, folder or .gguf)")
+    dose.add_argument("--direction", default=None, help="a directions file written by abliterate directions")
+    dose.add_argument("--direction-layer", type=int, default=None,
+                      help="with --direction: the layer whose direction is used (default: where the class means lie furthest apart)")
+    study_options(dose)
+    dose.add_argument("--trial", type=int, default=None, help="a finished trial of --study: its direction and profile")
+    dose.add_argument("--alphas", default=DEFAULT_ALPHAS, help="comma-separated doses")
+    dose.add_argument("--mode", choices=("ablate", "steer"), default="ablate",
+                      help="ablate: the edit's weights times alpha; steer: alpha x unit direction x mean residual norm, added at inference")
+    dose.add_argument("--layers", default=None, metavar="A:B",
+                      help="layers A to B inclusive (ablate: within the profile; steer: where the vector is added; "
+                           "default: every layer for ablate, the direction's layer for steer)")
+    dose.add_argument("--harmful", default=None, help="prompt source (default: the study's evaluation set, or advbench[0:64])")
+    dose.add_argument("--harmless", default=None, help="prompt source (default: the study's evaluation set, or benign[0:64])")
+    dose.add_argument("--edgy", default="rho-edgy[0:64]", help="benign-but-edgy prompts for over-refusal ('none' to skip)")
+    dose.add_argument("--max-new-tokens", type=positive, default=48)
+    dose.add_argument("--out", required=True, help="folder for dose.json and dose.png")
+    _run_options(dose)
+    dose.set_defaults(run=_dose)
+
+    controls = add_command(commands, "controls", "a trial's edit against random directions of the same norm and a holdout-learned direction")
+    study_options(controls)
+    controls.add_argument("--trial", type=int, required=True, help="a finished trial of --study")
+    controls.add_argument("--random", type=positive, default=20, help="random directions baked with the trial's profile")
+    controls.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    controls.add_argument("--no-holdout", action="store_true", help="skip the holdout-learned direction")
+    controls.add_argument("--out", default=None, help="folder for controls.json and controls.png (default: abliterate-controls/STUDY/trial-N)")
+    controls.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
+    controls.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    controls.set_defaults(run=_controls)
+
+
+def _run_options(parser) -> None:
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-thinking", action="store_true", help="turn thinking off in the chat template (Qwen3/3.5)")
+    parser.add_argument("--batch-size", type=positive, default=16, help=BATCH_HELP)
+
+
+def _error(message: str):
+    from ablation.errors import AblationError
+
+    return AblationError(message)
+
+
+def _layer_range(text: str | None, num_layers: int) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise _error(f"--layers {text!r} is not A:B (two layer numbers, e.g. 1:2)") from None
+    if not 0 <= first <= last < num_layers:
+        raise _error(f"--layers {text}: the model has layers 0 to {num_layers - 1}; give 0 <= A <= B <= {num_layers - 1}")
+    return first, last
+
+
+def _analyze(args) -> int:
+    from ablation.loading import load_model
+    from objectives.analysis import ANALYSIS_METHODS, analyze_layers
+    from objectives.plots import cosine_heatmap, layer_curves
+    from objectives.prompts import load_prompts
+    from objectives.refusal import ChatFormat
+    from search.analysis import attach, write_json
+    from search.trial import capture_extraction
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ANALYSIS_METHODS]
+    if unknown or not methods:
+        raise _error(f"--methods: unknown {', '.join(unknown) or 'none given'}; use some of {', '.join(ANALYSIS_METHODS)}")
+    chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
+    storage = study = None
+    if args.model:
+        if not (args.harmful and args.harmless):
+            raise _error("--model needs --harmful and --harmless prompt sources (or leave --model out and give --storage/--study)")
+        harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
+        loaded = load_model(args.model, args.dtype, args.device)
+        title = args.model
+    else:
+        from search.analysis import cached_directions, chat_of, load_study_model, open_study
+
+        storage, study, config = open_study(args.storage, args.study)
+        prompts = config.prompts()
+        harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+        cached = cached_directions(storage, args.study, config)
+        loaded, chat, title = load_study_model(config, args.device), chat_of(config), f"study {args.study} ({config.model})"
+    residuals = capture_extraction(loaded, harmful, harmless, chat, args.batch_size)
+    analysis = analyze_layers(*residuals, methods)
+    result = analysis.as_dict() | {"source": title}
+    if study is not None:
+        # The study's own directions beside the ones computed here from the same prompts: equal up
+        # to float noise unless the model or its prompts changed since the study was made.
+        from ablation.directions import by_method
+
+        result["cached_cosine"] = {m: (by_method(m, *residuals)[0] * d).sum(-1).tolist() for m, d in cached.items()}
+    from pathlib import Path
+
+    out = Path(args.out).expanduser()
+    paths = [write_json(out / "analysis.json", result), layer_curves(analysis, out / "layers.png", f"where refusal is readable: {title}"),
+             cosine_heatmap(analysis, out / "cosines.png", f"cosines between methods: {title}")]
+    for method in methods:
+        print(f"{method}: highest AUC from layer {analysis.best_layer[method]} "
+              f"(AUC {analysis.auc[method][analysis.best_layer[method]]:.3f})")
+    print(f"mean difference, held out: highest AUC from layer {analysis.best_layer_heldout} "
+          f"(AUC {analysis.auc_heldout[analysis.best_layer_heldout]:.3f}); probe accuracy per layer "
+          + " ".join(f"{a:.2f}" for a in analysis.probe_accuracy))
+    if study is not None:
+        ids = attach(storage, study, paths[1:], args.artifacts)
+        print(f"attached {len(ids)} plots to study {args.study!r} in {Path(args.artifacts).expanduser().resolve()} "
+              f"(abliterate dashboard --artifacts {args.artifacts})")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _dose(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ablation import Baker, find_writers
+    from ablation.profile import Profile
+    from objectives.analysis import parse_alphas
+    from objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
+    from objectives.plots import dose_curves
+    from objectives.prompts import load_prompts
+    from objectives.refusal import ChatFormat
+    from search.analysis import write_json
+
+    alphas = parse_alphas(args.alphas)
+    if (args.direction is None) == (args.trial is None):
+        raise _error("give either --direction FILE (with --model) or --storage URL --study NAME --trial N")
+    chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
+    study_prompts = {}
+    if args.direction:
+        if not args.model:
+            raise _error("--direction needs --model: the model the directions were computed on")
+        stack, means = _direction_file(args.direction)
+        edgy = _edgy(args)
+        harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
+        from ablation.loading import load_model
+
+        loaded = load_model(args.model, args.dtype, args.device)
+        hidden, num_layers = loaded.model.config.get_text_config().hidden_size, len(find_writers_layers(loaded))
+        if stack.shape[-1] != hidden or (stack.dim() == 2 and stack.shape[0] != num_layers):
+            raise _error(f"{args.direction} holds directions of shape {list(stack.shape)}, but {args.model} has {num_layers} layers of "
+                         f"width {hidden}; compute them on this model with abliterate directions")
+        layer = args.direction_layer if args.direction_layer is not None else _furthest_apart(means, stack)
+        if stack.dim() == 2 and not 0 <= layer < num_layers:
+            raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
+        direction = stack[layer] if stack.dim() == 2 else stack
+        profile, norm_preserving, title = Profile.uniform(1.0), False, f"{args.model}, direction of layer {layer}"
+        steer_directions = None
+    else:
+        from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit
+
+        storage, study, config = open_study(args.storage, args.study)
+        trial = finished_trial(study, args.trial)
+        edgy = _edgy(args)
+        study_prompts = config.prompts()
+        harmful = load_prompts(args.harmful) if args.harmful else study_prompts["harmful", "evaluation"]
+        harmless = load_prompts(args.harmless) if args.harmless else study_prompts["harmless", "evaluation"]
+        candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
+        loaded, chat = load_study_model(config, args.device), chat_of(config)
+        num_layers, norm_preserving = len(find_writers_layers(loaded)), candidate.norm_preserving
+        layer = round(candidate.direction_index) if candidate.scope == "global" else round(profile.kernels["attn"].peak)
+        title = f"trial {args.trial} of {args.study}"
+        steer_directions = direction if direction.dim() == 2 else None
+    span = _layer_range(args.layers, num_layers)
+    if args.mode == "ablate":
+        if span:
+            first = max(span[0], profile.first_layer)
+            last = min(span[1], num_layers - 1 if profile.last_layer is None else profile.last_layer)
+            profile = Profile(profile.kernels, first, last)
+        intervention = ablation_intervention(Baker(find_writers(loaded.model)), direction, profile, norm_preserving)
+    else:
+        from ablation.residuals import capture_last_token
+
+        layers = range(span[0], span[1] + 1) if span else [layer]
+        residuals = capture_last_token(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), args.batch_size)
+        norms = residuals.norm(dim=-1).mean(0)
+        per_layer = {l: (steer_directions[l] if steer_directions is not None else direction) for l in layers}
+        intervention = steering_intervention(loaded.model, per_layer, {l: float(norms[l]) for l in layers})
+    scorer = Scorer(loaded, harmful, harmless, edgy, args.max_new_tokens, args.batch_size, chat)
+    with torch.no_grad():
+        response = dose_sweep(scorer, intervention, alphas, log=print)
+
+    def dose_text(value):
+        return "not reached" if value is None else f"{value:+.3f}"
+
+    print(f"refusal crosses 50% at alpha {dose_text(response.refusal_50)}; over-refusal at {dose_text(response.over_refusal_50)}"
+          + ("" if edgy else " (no --edgy prompts)")
+          + (f"; therapeutic index {response.therapeutic_index:.2f}" if response.therapeutic_index is not None else ""))
+    out = Path(args.out).expanduser()
+    result = response.as_dict() | {"mode": args.mode, "source": title, "layers": args.layers, "harmful": len(harmful),
+                                   "harmless": len(harmless), "edgy": len(edgy) if edgy else 0}
+    for path in (write_json(out / "dose.json", result), dose_curves(response, out / "dose.png", args.mode, f"dose response: {title}")):
+        print(f"wrote {path}")
+    return 0
+
+
+def find_writers_layers(loaded):
+    from ablation.architectures import decoder_layers
+
+    return decoder_layers(loaded.model)
+
+
+def _edgy(args):
+    from objectives.prompts import load_prompts
+
+    return None if args.edgy in (None, "none") else load_prompts(args.edgy)
+
+
+def _direction_file(path: str):
+    """(directions [L, H] or [H], per-layer class means or None) from a directions file."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+
+    from ablation.residuals import load_residuals
+
+    if not Path(path).expanduser().is_file():
+        raise _error(f"direction file {path} does not exist; write one with abliterate directions --out FILE")
+    try:
+        tensors = load_residuals(Path(path).expanduser())
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _error(f"{path} is not a safetensors directions file ({error}); write one with abliterate directions --out FILE") from None
+    stack = tensors.get("directions")
+    if stack is None or stack.dim() not in (1, 2):
+        raise _error(f"{path} holds no 'directions' tensor of shape [layers, hidden] or [hidden]; write one with abliterate directions")
+    means = (tensors["harmful_mean"], tensors["harmless_mean"]) if "harmful_mean" in tensors and "harmless_mean" in tensors else None
+    return stack.float(), means
+
+
+def _furthest_apart(means, stack) -> int:
+    """The layer whose class means lie furthest apart relative to the harmless mean's norm (the
+    middle layer when the file has no means)."""
+    if stack.dim() == 1:
+        return 0
+    if means is None:
+        return stack.shape[0] // 2
+    harmful, harmless = means
+    return int(((harmful - harmless).norm(dim=-1) / harmless.norm(dim=-1).clamp_min(1e-12)).argmax())
+
+
+def _controls(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ablation import Baker, find_writers
+    from objectives.dose import Scorer, controls
+    from objectives.plots import controls_plot
+    from search.analysis import (
+        attach,
+        cached_directions,
+        chat_of,
+        finished_trial,
+        holdout_control,
+        load_study_model,
+        open_study,
+        record_controls,
+        trial_edit,
+        verdict,
+        write_json,
+    )
+
+    storage, study, config = open_study(args.storage, args.study)
+    trial = finished_trial(study, args.trial)
+    prompts = config.prompts()
+    candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
+    loaded, chat = load_study_model(config, args.device), chat_of(config)
+    scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
+                    config.batch_size, chat)
+    with torch.no_grad():
+        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, args.random,
+                          args.seed, log=print)
+        if not args.no_holdout:
+            result["holdout"] = holdout_control(loaded, config, prompts, trial.params, direction, profile, candidate.norm_preserving,
+                                                config.max_new_tokens, config.batch_size, log=print)
+    record_controls(storage, study, trial, result)
+    print(f"trial {args.trial}: {verdict(result)}")
+    out = Path(args.out or f"abliterate-controls/{args.study}/trial-{args.trial}").expanduser()
+    paths = [write_json(out / "controls.json", result | {"study": args.study, "trial": args.trial}),
+             controls_plot(result, out / "controls.png", f"controls: trial {args.trial} of {args.study}")]
+    attach(storage, study, paths[1:], args.artifacts, trial=trial)
+    print(f"attached the plot to trial {args.trial} in {Path(args.artifacts).expanduser().resolve()} "
+          f"(abliterate dashboard --artifacts {args.artifacts})")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
