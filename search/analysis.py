@@ -2,7 +2,7 @@
 
 ``abliterate analyze``, ``dose`` and ``controls`` call these to find what a study holds; the
 measurements are in :mod:`objectives.analysis` and :mod:`objectives.dose`. Plots are attached
-to the study (or trial) in an Optuna artifact store, which optuna-dashboard shows
+to the study in an Optuna artifact store, which optuna-dashboard shows
 (``abliterate dashboard --artifacts DIR``); controls' findings go on the trial (user attrs
 ``controls`` and ``specific``, and a note section) so that ``front --json`` and the dashboard
 show them.
@@ -73,10 +73,14 @@ def chat_of(config):
     return ChatFormat(enable_thinking=config.enable_thinking)
 
 
-def attach(storage, study, paths: list[Path], artifacts: str | Path, trial=None) -> list[str]:
-    """Upload ``paths`` to a file-system artifact store at ``artifacts``, attached to ``trial``
-    (a FrozenTrial) or else to the study; returns the artifact ids. optuna-dashboard shows them
-    in the study's or trial's artifact list when started with that store."""
+def attach(storage, study, paths: list[Path], artifacts: str | Path, prefix: str = "") -> list[str]:
+    """Upload ``paths`` to a file-system artifact store at ``artifacts``, attached to the study,
+    each named ``prefix`` + its file name; returns the artifact ids. optuna-dashboard (0.13 and
+    later; 0.21 here) lists them on the study's page when started with that store. Optuna keeps
+    a trial's artifacts in its system attrs, which a finished trial no longer accepts, so a
+    trial's plots go on the study under a ``trial-N-`` prefix."""
+    import shutil
+    import tempfile
     import warnings
 
     from optuna.artifacts import FileSystemArtifactStore, upload_artifact
@@ -85,10 +89,14 @@ def attach(storage, study, paths: list[Path], artifacts: str | Path, trial=None)
     root = Path(artifacts).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     store = FileSystemArtifactStore(str(root))
-    with warnings.catch_warnings():
+    ids = []
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as staging:
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return [upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial if trial is not None else study,
-                                storage=storage) for path in paths]
+        for path in paths:
+            named = Path(staging) / f"{prefix}{Path(path).name}"
+            shutil.copyfile(path, named)
+            ids.append(upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study, storage=storage))
+    return ids
 
 
 def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction: torch.Tensor, profile, norm_preserving: bool,

@@ -4,6 +4,8 @@ than a random direction would)."""
 
 from __future__ import annotations
 
+import re
+
 from search.cli.common import BATCH_HELP, add_command, positive, study_options
 
 DEFAULT_ALPHAS = "-2,-1,-0.5,0,0.5,1,2"
@@ -30,6 +32,8 @@ def register(commands) -> None:
     study_options(dose)
     dose.add_argument("--trial", type=int, default=None, help="a finished trial of --study: its direction and profile")
     dose.add_argument("--alphas", default=DEFAULT_ALPHAS, help="comma-separated doses")
+    # "--alphas -2,-1,0" reads as a value, not as an option: argparse only knows "-2" as a number.
+    dose._negative_number_matcher = re.compile(r"^-\.?\d[\d.,eE+-]*$")
     dose.add_argument("--mode", choices=("ablate", "steer"), default="ablate",
                       help="ablate: the edit's weights times alpha; steer: alpha x unit direction x mean residual norm, added at inference")
     dose.add_argument("--layers", default=None, metavar="A:B",
@@ -308,8 +312,8 @@ def _controls(args) -> int:
     out = Path(args.out or f"abliterate-controls/{args.study}/trial-{args.trial}").expanduser()
     paths = [write_json(out / "controls.json", result | {"study": args.study, "trial": args.trial}),
              controls_plot(result, out / "controls.png", f"controls: trial {args.trial} of {args.study}")]
-    attach(storage, study, paths[1:], args.artifacts, trial=trial)
-    print(f"attached the plot to trial {args.trial} in {Path(args.artifacts).expanduser().resolve()} "
+    attach(storage, study, paths[1:], args.artifacts, prefix=f"trial-{args.trial}-")
+    print(f"attached the plot to study {args.study!r} as trial-{args.trial}-controls.png in {Path(args.artifacts).expanduser().resolve()} "
           f"(abliterate dashboard --artifacts {args.artifacts})")
     for path in paths:
         print(f"wrote {path}")

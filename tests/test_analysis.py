@@ -1,0 +1,228 @@
+"""analyze, dose and controls on the shipped refuser, and their statistics.
+
+The refuser's build trains refusal into layers 1 and 2 only (objectives/refuser/build.py,
+SAFETY_LAYERS); layer 0 is frozen and tells the classes apart only from the words (held-out AUC
+about 0.7 measured), layers 1 to 3 separate them completely (AUC 0.999 to 1.0).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from objectives.analysis import crossing, parse_alphas, random_band, specificity, therapeutic_index
+from objectives.refuser import prompt_path, refuser_path
+from objectives.refuser.build import SAFETY_LAYERS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def run(capsys, *args):
+    from search.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def files(kind: str, purpose: str) -> str:
+    return str(prompt_path(kind, purpose))
+
+
+# ---- the statistics ----------------------------------------------------------------------------
+
+
+def test_crossing_interpolates_and_says_when_not_reached():
+    assert crossing([0, 0.5, 1], [1.0, 0.8, 0.0]) == pytest.approx(0.5 + 0.3 / 0.8 * 0.5)
+    assert crossing([0, 1, 2], [0.0, 0.2, 0.9]) == pytest.approx(1 + 0.3 / 0.7)
+    assert crossing([1, 0, 2], [0.9, 1.0, 0.6]) is None  # never gets to 50 %
+    assert crossing([0, 1], [0.5, 0.5]) is None
+    assert therapeutic_index(0.5, 1.5) == pytest.approx(3.0)
+    assert therapeutic_index(None, 1.5) is None and therapeutic_index(0.5, None) is None
+
+
+@pytest.mark.parametrize("text", ["1,x,2", "1,,2", "nan,1", "1", "2,2"])
+def test_alphas_that_do_not_parse_are_refused(text):
+    from ablation.errors import AblationError
+
+    with pytest.raises(AblationError, match="--alphas"):
+        parse_alphas(text)
+
+
+def test_alphas_are_sorted_and_distinct():
+    assert parse_alphas("1, -2,0.5,-0.5,0") == [-2, -0.5, 0, 0.5, 1]
+
+
+def test_specificity_counts_spreads_of_the_random_band_with_a_floor():
+    band = random_band([0.0, 0.02, 0.0, 0.04])
+    assert band.mean == pytest.approx(0.015) and band.count == 4
+    far = specificity(0.9, band, prompts=100)  # one prompt is 0.01, under the spread
+    assert far["specific"] and far["spreads"] == pytest.approx((0.9 - 0.015) / band.spread)
+    near = specificity(0.03, band, prompts=48)
+    assert not near["specific"]
+    flat = specificity(0.05, random_band([0.0, 0.0, 0.0]), prompts=20)  # zero spread: one prompt's rate is the floor
+    assert flat["spread_used"] == pytest.approx(0.05) and flat["spreads"] == pytest.approx(1.0) and not flat["specific"]
+
+
+# ---- analyze -------------------------------------------------------------------------------------
+
+
+def test_analyze_finds_the_safety_trained_layers(capsys, tmp_path):
+    status, out, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", files("harmful", "extraction"),
+                           "--harmless", files("harmless", "extraction"), "--out", tmp_path / "a", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert result["num_layers"] == 4 and result["methods"] == ["mean", "mean-projected", "pca", "probe"]
+    # Every method, and the held-out AUC, puts the start of the best region in the safety-trained layers,
+    # and the frozen layer 0 well below it.
+    for method in result["methods"]:
+        assert result["best_layer"][method] in SAFETY_LAYERS, method
+        assert max(result["auc"][method][1:]) - result["auc"][method][0] > 0.04, method
+    assert result["best_layer_heldout"] in SAFETY_LAYERS
+    assert result["auc_heldout"][0] < 0.9 < min(result["auc_heldout"][1:3])
+    # The feature is written by the safety layers: the separation grows through them, not in layer 0.
+    strength = result["strength"]["mean"]
+    assert strength[2] > 5 * strength[1] > 5 * strength[0]
+    cosines = torch.tensor(result["cosines"])
+    assert torch.allclose(cosines.diagonal(dim1=1, dim2=2), torch.ones(4, 4), atol=1e-5)
+    assert cosines[2].min() > 0.9  # where the feature is strong, every method finds the same direction
+    for name in ("analysis.json", "layers.png", "cosines.png"):
+        assert f"wrote {tmp_path / 'a' / name}" in out
+        assert (tmp_path / "a" / name).stat().st_size > 1000
+
+
+# ---- a study on the refuser ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, refuser):
+    """A SQLite study of the refuser with its directions cached and one finished trial, 0: layer 2's
+    direction removed from the safety layers (the real edit)."""
+    import optuna
+
+    from objectives.refuser import PROMPT_FILES, PROMPTS_DIR
+    from search.space import starting_points, suggest
+    from search.study import StudyConfig, create_or_resume
+    from search.trial import compute_directions, directions_key, directions_to_bytes
+    from storage.cache import ArtifactCache
+    from storage.rdb import open_storage
+
+    folder = tmp_path_factory.mktemp("analysis-study")
+    sides = {kind: {p: str(PROMPTS_DIR / PROMPT_FILES[kind, p]) for p in ("extraction", "evaluation", "confirmation")}
+             for kind in ("harmful", "harmless")}
+    config = StudyConfig(model=str(refuser_path()), harmful=sides["harmful"], harmless=sides["harmless"], dtype="float32",
+                         n_trials=2, batch_size=48, max_new_tokens=24, seed=3)
+    url = f"sqlite:///{folder / 'study.db'}"
+    storage = open_storage(url)
+    create_or_resume(storage, "r", config)
+    prompts = config.prompts()
+    directions = compute_directions(refuser, prompts["harmful", "extraction"], prompts["harmless", "extraction"],
+                                    config.space.methods, batch_size=config.batch_size)
+    ArtifactCache(storage.engine, "r", "test").get_or_compute(directions_key(config.space.methods), lambda: directions_to_bytes(directions))
+    created = optuna.load_study(study_name="r", storage=url)
+    edit = starting_points(config.space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3}
+    for group in ("attn", "mlp"):  # a flat tent over layers 1 and 2 at weight one
+        edit |= {f"{group}_peak": 0.5, f"{group}_peak_weight": 1.0, f"{group}_floor_fraction": 1.0, f"{group}_falloff": 1 / 3}
+    created.enqueue_trial(edit)
+    trial = created.ask()
+    suggest(trial, config.space)
+    for key, value in {"kl": 0.001, "feasible": True, "refusal_rate": 0.0, "degenerate_rate": 0.0}.items():
+        trial.set_user_attr(key, value)
+    created.tell(trial, [0.0, 0.001])
+    return {"url": url, "folder": folder, "config": config, "directions": directions, "params": dict(trial.params)}
+
+
+def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, tmp_path):
+    status, out, err = run(capsys, "dose", "--storage", study["url"], "--study", "r", "--trial", 0, "--alphas", "-0.5,0,0.5,1,1.5",
+                           "--edgy", files("harmless", "confirmation"), "--out", tmp_path / "d", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads((tmp_path / "d" / "dose.json").read_text())
+    rates = {p["alpha"]: p["refusal"] for p in result["points"]}
+    assert rates[0] == 1.0 and rates[1] <= 0.05 and rates[1.5] <= 0.05
+    assert all(rates[a] >= rates[b] for a, b in ((-0.5, 0), (0, 0.5), (0.5, 1), (1, 1.5)))
+    assert 0 < result["refusal_50"] <= 1  # interpolated between the doses that bracket it
+    kl = {p["alpha"]: p["kl"] for p in result["points"]}
+    assert kl[0] == 0 and kl[1.5] > kl[1] > 0
+    assert result["over_refusal_50"] is None and result["therapeutic_index"] is None
+    assert "over-refusal at not reached" in out
+    assert (tmp_path / "d" / "dose.png").stat().st_size > 1000
+
+
+def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path):
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search.analysis import open_study
+
+    status, out, err = run(capsys, "controls", "--storage", study["url"], "--study", "r", "--trial", 0, "--random", 4,
+                           "--out", tmp_path / "c0", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
+    assert status == 0, err
+    real = json.loads((tmp_path / "c0" / "controls.json").read_text())
+    assert real["specificity"]["specific"] and real["specificity"]["spreads"] > 10
+    assert real["random_refusal"]["mean"] >= 0.9 and real["edit"]["refusal"] <= 0.05
+    holdout = real["holdout"]
+    assert holdout["cosine_to_edit"] > 0.9 and holdout["heldout"]["refusal"] <= 0.1 and holdout["confirmation"]["refusal"] <= 0.1
+    assert "trial 0: specific" in out
+
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    trial = loaded_study.get_trials(deepcopy=False)[0]
+    assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 4
+    assert [m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)] == ["trial-0-controls.png"]
+    status, out, _ = run(capsys, "front", "--storage", study["url"], "--study", "r", "--json")
+    assert {row["trial"]: row["specific"] for row in json.loads(out)}[0] is True
+
+
+def test_a_random_direction_sits_inside_the_random_band(study, refuser):
+    from ablation import Baker, find_writers
+    from objectives.analysis import random_unit_directions
+    from objectives.dose import Scorer, controls
+    from search.analysis import trial_edit
+
+    _, direction, profile = trial_edit(study["params"], study["directions"])
+    prompts = study["config"].prompts()
+    scorer = Scorer(refuser, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], max_new_tokens=24, batch_size=48)
+    stranger = random_unit_directions(1, tuple(direction.shape), seed=12345)[0]
+    with torch.no_grad():
+        result = controls(scorer, Baker(find_writers(refuser.model)), stranger, profile, True, count=4, seed=0)
+    assert not result["specificity"]["specific"] and abs(result["specificity"]["spreads"]) <= 3
+
+
+def test_analyze_a_study_attaches_its_plots(study, capsys, tmp_path):
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search.analysis import open_study
+
+    status, out, err = run(capsys, "analyze", "--storage", study["url"], "--study", "r", "--methods", "mean,mean-projected",
+                           "--out", tmp_path / "a", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert min(result["cached_cosine"]["mean-projected"]) > 0.999  # the study's own directions, recomputed
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    assert {"layers.png", "cosines.png"} <= {m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)}
+
+
+# ---- bad input -------------------------------------------------------------------------------------
+
+
+def test_bad_dose_and_controls_input_is_one_line(study, capsys, tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"directions": torch.ones(4, 64)}, str(wrong))
+    cases = [
+        (["dose", "--model", refuser_path(), "--direction", wrong, "--harmful", files("harmful", "evaluation"),
+          "--harmless", files("harmless", "evaluation"), "--edgy", "none", "--out", tmp_path / "x", "--device", "cpu"],
+         "holds directions of shape [4, 64]"),
+        (["dose", "--model", refuser_path(), "--direction", wrong, "--alphas", "0,one", "--out", tmp_path / "x"], "'one' is not a number"),
+        (["dose", "--storage", study["url"], "--study", "r", "--trial", 7, "--out", tmp_path / "x"], "has no trial 7"),
+        (["controls", "--storage", study["url"], "--study", "r", "--trial", 7], "has no trial 7"),
+        (["dose", "--model", refuser_path(), "--direction", tmp_path / "absent.safetensors", "--out", tmp_path / "x"], "does not exist"),
+        (["dose", "--model", refuser_path(), "--out", tmp_path / "x"], "give either --direction"),
+        (["analyze", "--model", refuser_path(), "--harmful", files("harmful", "evaluation"), "--out", tmp_path / "x"], "needs --harmful and --harmless"),
+    ]
+    for args, message in cases:
+        status, out, err = run(capsys, *args)
+        lines = [line for line in err.strip().splitlines() if not line.startswith("Loading weights")]  # a progress bar
+        assert status == 2 and len(lines) == 1 and message in lines[0], (args, err)
+    assert not (tmp_path / "x").exists()
