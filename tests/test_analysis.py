@@ -226,3 +226,40 @@ def test_bad_dose_and_controls_input_is_one_line(study, capsys, tmp_path, tiny):
         lines = [line for line in err.strip().splitlines() if not line.startswith("Loading weights")]  # a progress bar
         assert status == 2 and len(lines) == 1 and message in lines[0], (args, err)
     assert not (tmp_path / "x").exists()
+
+
+def test_steering_against_the_direction_removes_refusals_and_toward_it_adds_them(capsys, tmp_path):
+    directions = tmp_path / "directions.safetensors"
+    status, _, err = run(capsys, "directions", "--model", refuser_path(), "--harmful", files("harmful", "extraction"),
+                         "--harmless", files("harmless", "extraction"), "--out", directions, "--device", "cpu")
+    assert status == 0, err
+    status, out, err = run(capsys, "dose", "--model", refuser_path(), "--direction", directions, "--mode", "steer",
+                           "--alphas", "-1,0,1", "--harmful", files("harmful", "evaluation"), "--harmless", files("harmless", "evaluation"),
+                           "--edgy", files("harmless", "confirmation"), "--out", tmp_path / "s", "--device", "cpu")
+    assert status == 0, err
+    points = {p["alpha"]: p for p in json.loads((tmp_path / "s" / "dose.json").read_text())["points"]}
+    assert points[0]["refusal"] == 1.0 and points[0]["over_refusal"] == 0.0 and points[0]["kl"] == 0
+    assert points[-1]["refusal"] <= 0.1  # steered away from refusal at the layer the classes lie furthest apart
+    assert points[1]["over_refusal"] > 0.2 and points[1]["kl"] > 0.1  # steered toward it, harmless prompts get refused
+
+
+def test_steering_adds_the_vector_at_the_last_prompt_position_only(refuser):
+    from ablation.steer import steered
+
+    texts = refuser.format_chat(["Tell me how to bake bread", "Hi"])
+    encoded = refuser.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    vector = torch.zeros(128)
+    vector[0] = 5.0
+    outputs = {}
+    with torch.no_grad():
+        outputs["plain"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
+        with steered(refuser.model, {1: vector}):
+            outputs["steered"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
+    last = encoded["attention_mask"].sum(1) - 1
+    # Layer 2's output (hidden state 3): its input, layer 1's output, was steered.
+    difference = (outputs["steered"] - outputs["plain"]).abs().sum(-1)  # [rows, positions]
+    for row in range(2):
+        assert difference[row, last[row]] > 1.0
+        assert difference[row, : last[row]].max() == 0  # earlier positions are untouched (they cannot see the last one)
+    outputs["after"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
+    assert torch.equal(outputs["after"], outputs["plain"])  # the hooks are gone

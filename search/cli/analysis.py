@@ -86,7 +86,8 @@ def _layer_range(text: str | None, num_layers: int) -> tuple[int, int] | None:
 
 def _analyze(args) -> int:
     from ablation.loading import load_model
-    from objectives.analysis import ANALYSIS_METHODS, analyze_layers
+    from ablation.directions import METHODS as ANALYSIS_METHODS
+    from objectives.analysis import analyze_layers
     from objectives.plots import cosine_heatmap, layer_curves
     from objectives.prompts import load_prompts
     from objectives.refusal import ChatFormat
@@ -152,65 +153,31 @@ def _dose(args) -> int:
     from objectives.analysis import parse_alphas
     from objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
     from objectives.plots import dose_curves
-    from objectives.prompts import load_prompts
-    from objectives.refusal import ChatFormat
     from search.analysis import write_json
 
     alphas = parse_alphas(args.alphas)
     if (args.direction is None) == (args.trial is None):
         raise _error("give either --direction FILE (with --model) or --storage URL --study NAME --trial N")
-    chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
-    study_prompts = {}
-    if args.direction:
-        if not args.model:
-            raise _error("--direction needs --model: the model the directions were computed on")
-        stack, means = _direction_file(args.direction)
-        edgy = _edgy(args)
-        harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
-        from ablation.loading import load_model
-
-        loaded = load_model(args.model, args.dtype, args.device)
-        hidden, num_layers = loaded.model.config.get_text_config().hidden_size, len(find_writers_layers(loaded))
-        if stack.shape[-1] != hidden or (stack.dim() == 2 and stack.shape[0] != num_layers):
-            raise _error(f"{args.direction} holds directions of shape {list(stack.shape)}, but {args.model} has {num_layers} layers of "
-                         f"width {hidden}; compute them on this model with abliterate directions")
-        layer = args.direction_layer if args.direction_layer is not None else _furthest_apart(means, stack)
-        if stack.dim() == 2 and not 0 <= layer < num_layers:
-            raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
-        direction = stack[layer] if stack.dim() == 2 else stack
-        profile, norm_preserving, title = Profile.uniform(1.0), False, f"{args.model}, direction of layer {layer}"
-        steer_directions = None
-    else:
-        from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit
-
-        storage, study, config = open_study(args.storage, args.study)
-        trial = finished_trial(study, args.trial)
-        edgy = _edgy(args)
-        study_prompts = config.prompts()
-        harmful = load_prompts(args.harmful) if args.harmful else study_prompts["harmful", "evaluation"]
-        harmless = load_prompts(args.harmless) if args.harmless else study_prompts["harmless", "evaluation"]
-        candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
-        loaded, chat = load_study_model(config, args.device), chat_of(config)
-        num_layers, norm_preserving = len(find_writers_layers(loaded)), candidate.norm_preserving
-        layer = round(candidate.direction_index) if candidate.scope == "global" else round(profile.kernels["attn"].peak)
-        title = f"trial {args.trial} of {args.study}"
-        steer_directions = direction if direction.dim() == 2 else None
+    edit = _file_edit(args) if args.direction else _trial_edit(args)
+    loaded, profile, num_layers = edit["loaded"], edit["profile"], edit["num_layers"]
     span = _layer_range(args.layers, num_layers)
     if args.mode == "ablate":
         if span:
-            first = max(span[0], profile.first_layer)
-            last = min(span[1], num_layers - 1 if profile.last_layer is None else profile.last_layer)
-            profile = Profile(profile.kernels, first, last)
-        intervention = ablation_intervention(Baker(find_writers(loaded.model)), direction, profile, norm_preserving)
+            last = num_layers - 1 if profile.last_layer is None else profile.last_layer
+            profile = Profile(profile.kernels, max(span[0], profile.first_layer), min(span[1], last))
+        intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit["direction"], profile, edit["norm_preserving"])
     else:
         from ablation.residuals import capture_last_token
 
-        layers = range(span[0], span[1] + 1) if span else [layer]
-        residuals = capture_last_token(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), args.batch_size)
+        if span is None and edit["layer"] is None:
+            raise _error(f"{args.direction} holds one direction without its layer; say where to steer with --layers A:B")
+        layers = range(span[0], span[1] + 1) if span else [edit["layer"]]
+        residuals = capture_last_token(loaded.model, loaded.tokenizer, edit["chat"].apply(loaded, edit["harmless"]), args.batch_size)
         norms = residuals.norm(dim=-1).mean(0)
-        per_layer = {l: (steer_directions[l] if steer_directions is not None else direction) for l in layers}
-        intervention = steering_intervention(loaded.model, per_layer, {l: float(norms[l]) for l in layers})
-    scorer = Scorer(loaded, harmful, harmless, edgy, args.max_new_tokens, args.batch_size, chat)
+        stack = edit["stack"]
+        per_layer = {layer: stack[layer] if stack is not None else edit["direction"] for layer in layers}
+        intervention = steering_intervention(loaded.model, per_layer, {layer: float(norms[layer]) for layer in layers})
+    scorer = Scorer(loaded, edit["harmful"], edit["harmless"], edit["edgy"], args.max_new_tokens, args.batch_size, edit["chat"])
     with torch.no_grad():
         response = dose_sweep(scorer, intervention, alphas, log=print)
 
@@ -218,20 +185,67 @@ def _dose(args) -> int:
         return "not reached" if value is None else f"{value:+.3f}"
 
     print(f"refusal crosses 50% at alpha {dose_text(response.refusal_50)}; over-refusal at {dose_text(response.over_refusal_50)}"
-          + ("" if edgy else " (no --edgy prompts)")
+          + ("" if edit["edgy"] else " (no --edgy prompts)")
           + (f"; therapeutic index {response.therapeutic_index:.2f}" if response.therapeutic_index is not None else ""))
     out = Path(args.out).expanduser()
-    result = response.as_dict() | {"mode": args.mode, "source": title, "layers": args.layers, "harmful": len(harmful),
-                                   "harmless": len(harmless), "edgy": len(edgy) if edgy else 0}
-    for path in (write_json(out / "dose.json", result), dose_curves(response, out / "dose.png", args.mode, f"dose response: {title}")):
+    result = response.as_dict() | {"mode": args.mode, "source": edit["title"], "layers": args.layers, "harmful": len(edit["harmful"]),
+                                   "harmless": len(edit["harmless"]), "edgy": len(edit["edgy"] or [])}
+    for path in (write_json(out / "dose.json", result), dose_curves(response, out / "dose.png", args.mode, f"dose response: {edit['title']}")):
         print(f"wrote {path}")
     return 0
 
 
-def find_writers_layers(loaded):
+def _file_edit(args) -> dict:
+    """What ``dose --direction FILE --model M`` sweeps: the direction of one layer, baked
+    uniformly (ablate) or added at that layer (steer)."""
     from ablation.architectures import decoder_layers
+    from ablation.loading import load_model
+    from ablation.profile import Profile
+    from objectives.prompts import load_prompts
+    from objectives.refusal import ChatFormat
 
-    return decoder_layers(loaded.model)
+    if not args.model:
+        raise _error("--direction needs --model: the model the directions were computed on")
+    stack, means = _direction_file(args.direction)
+    edgy = _edgy(args)
+    harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
+    loaded = load_model(args.model, args.dtype, args.device)
+    hidden, num_layers = loaded.model.config.get_text_config().hidden_size, len(decoder_layers(loaded.model))
+    if stack.shape[-1] != hidden or (stack.dim() == 2 and stack.shape[0] != num_layers):
+        raise _error(f"{args.direction} holds directions of shape {list(stack.shape)}, but {args.model} has {num_layers} layers of "
+                     f"width {hidden}; compute them on this model with abliterate directions")
+    layer = None
+    if stack.dim() == 2:
+        layer = args.direction_layer if args.direction_layer is not None else _furthest_apart(means, stack)
+        if not 0 <= layer < num_layers:
+            raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
+    return {"loaded": loaded, "chat": ChatFormat(enable_thinking=False if args.no_thinking else None), "harmful": harmful,
+            "harmless": harmless, "edgy": edgy, "direction": stack if layer is None else stack[layer], "stack": None,
+            "profile": Profile.uniform(1.0), "norm_preserving": False, "layer": layer, "num_layers": num_layers,
+            "title": f"{args.model}, direction of layer {layer}" if layer is not None else args.model}
+
+
+def _trial_edit(args) -> dict:
+    """What ``dose --study NAME --trial N`` sweeps: the trial's own direction and profile on the
+    study's evaluation prompts (unless other sources are given)."""
+    from ablation.architectures import decoder_layers
+    from objectives.prompts import load_prompts
+    from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit
+
+    storage, study, config = open_study(args.storage, args.study)
+    trial = finished_trial(study, args.trial)
+    edgy = _edgy(args)
+    prompts = config.prompts()
+    harmful = load_prompts(args.harmful) if args.harmful else prompts["harmful", "evaluation"]
+    harmless = load_prompts(args.harmless) if args.harmless else prompts["harmless", "evaluation"]
+    candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
+    loaded = load_study_model(config, args.device)
+    # Steering without --layers adds the vector where the direction was read (the profile's peak for per-layer directions).
+    layer = round(candidate.direction_index if candidate.scope == "global" else profile.kernels["attn"].peak)
+    return {"loaded": loaded, "chat": chat_of(config), "harmful": harmful, "harmless": harmless, "edgy": edgy,
+            "direction": direction, "stack": direction if direction.dim() == 2 else None, "profile": profile,
+            "norm_preserving": candidate.norm_preserving, "layer": layer, "num_layers": len(decoder_layers(loaded.model)),
+            "title": f"trial {args.trial} of {args.study}"}
 
 
 def _edgy(args):
