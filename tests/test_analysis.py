@@ -263,3 +263,9 @@ def test_steering_adds_the_vector_at_the_last_prompt_position_only(refuser):
         assert difference[row, : last[row]].max() == 0  # earlier positions are untouched (they cannot see the last one)
     outputs["after"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
     assert torch.equal(outputs["after"], outputs["plain"])  # the hooks are gone
+
+
+def test_the_dashboard_refuses_a_missing_artifact_folder_in_one_line(study, capsys, tmp_path):
+    status, _, err = run(capsys, "dashboard", "--storage", study["url"], "--artifacts", tmp_path / "absent")
+    assert status == 2 and err.strip().splitlines() == [f"error: artifact folder {tmp_path / 'absent'} does not exist; "
+                                                        "abliterate analyze and controls make it (--artifacts DIR)"]

@@ -253,24 +253,24 @@ def front_table(study_name: str, trials):
 
 
 def _dashboard(args) -> int:
+    from pathlib import Path
+
     from optuna_dashboard import run_server
 
     from storage.rdb import open_storage
 
     storage = open_storage(args.storage, create=False)
-    _check_port(args.host, args.port)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     artifact_store = None
     if args.artifacts:
-        from pathlib import Path
-
         from optuna.artifacts import FileSystemArtifactStore
 
         if not Path(args.artifacts).expanduser().is_dir():
             from ablation.errors import AblationError
 
-            raise AblationError(f"artifact folder {args.artifacts} does not exist; it is made by abliterate analyze or controls --artifacts")
+            raise AblationError(f"artifact folder {args.artifacts} does not exist; abliterate analyze and controls make it (--artifacts DIR)")
         artifact_store = FileSystemArtifactStore(str(Path(args.artifacts).expanduser()))
+    _check_port(args.host, args.port)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
     run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
     return 0
 
