@@ -200,6 +200,20 @@ def test_analyze_a_study_attaches_its_plots(study, capsys, tmp_path):
     assert min(result["cached_cosine"]["mean-projected"]) > 0.999  # the study's own directions, recomputed
     storage, loaded_study, _ = open_study(study["url"], "r")
     assert {"layers.png", "cosines.png"} <= {m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)}
+    # What optuna-dashboard serves for the study's page lists them (its WSGI app, no server needed).
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import wsgi
+
+    app = wsgi(storage, artifact_store=FileSystemArtifactStore(str(tmp_path / "artifacts")))
+    replies, environ = [], {"PATH_INFO": f"/api/studies/{loaded_study._study_id}", "wsgi.errors": io.StringIO()}
+    setup_testing_defaults(environ)
+    body = app(environ, lambda status, headers, *_: replies.append(status))
+    assert replies[0].startswith("200"), environ["wsgi.errors"].getvalue()
+    shown = {a["filename"] for a in json.loads(b"".join(body))["artifacts"]}
+    assert {"layers.png", "cosines.png"} <= shown
 
 
 # ---- bad input -------------------------------------------------------------------------------------
