@@ -55,6 +55,7 @@ class PromotionSettings:
     lease_seconds: float = 600.0
     checkpoints: str = "abliterate-checkpoints"
     device: str = "auto"
+    include_not_specific: bool = False  # promote trials that abliterate controls found not specific
 
 
 class Promoter:
@@ -81,11 +82,25 @@ class Promoter:
     def pending(self) -> list[FrozenTrial]:
         """Front trials with no final promotion status yet, best refusal first."""
         done = {n for n, (status, _) in self.promotions.all().items() if status in FINAL}
-        return [t for t in feasible_front(self.study) if t.number not in done]
+        front = [t for t in feasible_front(self.study) if t.number not in done]
+        if self.settings.include_not_specific:
+            return front
+        # A trial whose refusal drop a random direction matches (abliterate controls) is skipped;
+        # one never controlled is promoted as before.
+        return [t for t in front if t.user_attrs.get("specific") is not False]
+
+    def skipped(self) -> list[FrozenTrial]:
+        """Front trials left out because abliterate controls found them not specific."""
+        if self.settings.include_not_specific:
+            return []
+        done = {n for n, (status, _) in self.promotions.all().items() if status in FINAL}
+        return [t for t in feasible_front(self.study) if t.number not in done and t.user_attrs.get("specific") is False]
 
     def run_once(self) -> int:
         """Promote every pending candidate no other promoter holds; how many reached a final status."""
         finished = 0
+        for trial in self.skipped():
+            self.log(f"trial {trial.number}: not specific (abliterate controls), skipped; --include-not-specific promotes it")
         for trial in self.pending():
             if stop_requested(self.study):
                 break

@@ -172,6 +172,23 @@ def test_controls_put_the_real_direction_far_outside_the_random_band(study, caps
     status, out, _ = run(capsys, "front", "--storage", study["url"], "--study", "r", "--json")
     assert {row["trial"]: row["specific"] for row in json.loads(out)}[0] is True
 
+    # Promotion takes a specific trial, skips one found not specific, unless asked to include it.
+    from objectives.sweep.local import LocalRunner
+    from search.promoter import Promoter, PromotionSettings
+    from storage.trial_attrs import set_trial_user_attrs
+
+    def pending(**options):
+        promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(**options), log=lambda _: None)
+        return [t.number for t in promoter.pending()], [t.number for t in promoter.skipped()]
+
+    assert pending() == ([0], [])
+    set_trial_user_attrs(storage, trial._trial_id, {"specific": False})
+    try:
+        assert pending() == ([], [0])
+        assert pending(include_not_specific=True) == ([0], [])
+    finally:
+        set_trial_user_attrs(storage, trial._trial_id, {"specific": True})
+
 
 def test_a_random_direction_sits_inside_the_random_band(study, refuser):
     from ablation import Baker, find_writers

@@ -25,6 +25,8 @@ def register(commands) -> None:
     promote.add_argument("--confirm-tokens", type=positive, default=None, help="confirmation answer length (default: twice the study's)")
     gate_options(promote)
     promote.add_argument("--stop-at-first-lift", action="store_true", help="an accepted candidate stops the study and the promoter")
+    promote.add_argument("--include-not-specific", action="store_true",
+                         help="also promote trials that abliterate controls found not specific (skipped by default)")
     promote.add_argument("--checkpoints", default="abliterate-checkpoints", help="folder for exported checkpoints and sweep logs")
     promote.add_argument("--device", default="auto")
     promote.add_argument("--lease", type=float, default=600.0, help="seconds a crashed promoter's claim lasts")
@@ -83,7 +85,8 @@ def _promote(args) -> int:
 
     rule = gate_rule(args)
     settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
-                                 lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device)
+                                 lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device,
+                                 include_not_specific=args.include_not_specific)
     promoter = Promoter(open_storage(args.storage, create=False), args.study, _make_runner(args), settings)
     if args.once:
         promoter.run_once()
