@@ -45,6 +45,8 @@ def register(commands) -> None:
     search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    search.add_argument("--warm-start", default=None, metavar="STORAGE_URL#STUDY",
+                        help="first enqueue that study's feasible front (positions are fractions of depth; directions are not carried)")
     heartbeat_options(search)
     search.set_defaults(run=_search)
 
@@ -89,7 +91,7 @@ def register(commands) -> None:
 def _search(args) -> int:
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
     extra = heartbeat_args(args) + (["--judge-device", args.judge_device] if args.judge_device else [])
-    return run_study(args.storage, args.study, search_config(args), devices, extra)
+    return run_study(args.storage, args.study, search_config(args), devices, extra, warm_start=args.warm_start)
 
 
 def search_config(args):
@@ -117,10 +119,12 @@ def search_config(args):
                              judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter)
 
 
-def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True,
+              warm_start: str | None = None) -> int:
     """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials.
 
-    Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
+    ``warm_start`` (``STORAGE_URL#STUDY``): that study's feasible front is enqueued first (see
+    search.warm). Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
     prints it once, after its promotions)."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
@@ -137,10 +141,20 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
+    warm = None
+    if warm_start:
+        from search.warm import front_points, parse_source
+
+        source_url, source_study = parse_source(warm_start)
+        warm = front_points(normalize_url(source_url), source_study, config.space)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
     out = console()
     out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
+    if warm:
+        from search.warm import enqueue_front
+
+        out.print(f"  warm start: {enqueue_front(study, warm)} trial(s) of {source_study!r}'s feasible front enqueued first")
 
     last = ""
 
