@@ -124,6 +124,53 @@ def analyze_layers(harmful: torch.Tensor, harmless: torch.Tensor, methods: Seque
                          probe.accuracy.tolist(), {m: _best(auc[m]) for m in methods}, _best(heldout))
 
 
+# ---- categories: the refusal cone --------------------------------------------------------------
+
+
+def effective_dimension(directions: torch.Tensor) -> float:
+    """The participation ratio (sum l)^2 / sum l^2 of the eigenvalues l of the Gram matrix of
+    unit ``directions`` [k, H]: 1 when they all point one way, k when they are orthogonal."""
+    gram = (directions.double() @ directions.double().T)
+    eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0)
+    return float(eigenvalues.sum() ** 2 / (eigenvalues ** 2).sum().clamp_min(1e-300))
+
+
+def category_specificity(directions: torch.Tensor) -> list[float]:
+    """Per unit direction of [k, H], the length of its part outside the span of the others: 1 when
+    orthogonal to every other category's direction, 0 when the others already contain it."""
+    rows = directions.double()
+    values = []
+    for i in range(rows.shape[0]):
+        others = torch.cat([rows[:i], rows[i + 1:]])
+        if others.shape[0] == 0:
+            values.append(1.0)
+            continue
+        basis = torch.linalg.svd(others, full_matrices=False).Vh  # rows spanning the others
+        rank = int((torch.linalg.svdvals(others) > 1e-9).sum())
+        inside = basis[:rank].T @ (basis[:rank] @ rows[i])
+        values.append(float((rows[i] - inside).norm()))
+    return values
+
+
+def analyze_categories(harmful: torch.Tensor, harmless: torch.Tensor, labels: Sequence[str] | None = None, k: int | None = None,
+                       seed: int = 0) -> list[dict]:
+    """Per layer of [N, L, H] residuals, the refusal cone (:func:`ablation.cone.category_directions`:
+    one direction per category of ``labels``, or per k-means cluster): the category names, each
+    one's strength (the length of its mean difference from the harmless mean) and specificity
+    (:func:`category_specificity`), their pairwise cosines, the cone's effective dimension and
+    the grouping's silhouette; categories strongest first in every layer."""
+    from ablation.cone import category_directions
+
+    layers = []
+    for layer in range(harmful.shape[1]):
+        cone = category_directions(harmful[:, layer], harmless[:, layer], k, labels, seed)
+        layers.append({"categories": list(cone.categories), "strength": cone.strength.tolist(),
+                       "specificity": category_specificity(cone.directions), "cosines": cone.pairwise_cosines().tolist(),
+                       "effective_dimension": effective_dimension(cone.directions), "silhouette": cone.silhouette,
+                       "prompts": [int((cone.labels == i).sum()) for i in range(len(cone.categories))]})
+    return layers
+
+
 # ---- dose --------------------------------------------------------------------------------------
 
 

@@ -63,6 +63,31 @@ def cosine_heatmap(analysis, path: str | Path, title: str = "") -> Path:
     return _save(figure, plt, path, tight=False)
 
 
+def category_plot(layers: list[dict], path: str | Path, layer: int, title: str = "") -> Path:
+    """The cone: its effective dimension and silhouette per layer (left), and the cosines between
+    category directions at ``layer`` (right)."""
+    import numpy as np
+
+    plt = _pyplot()
+    figure, (curves, heat) = plt.subplots(1, 2, figsize=(11, 4.5))
+    curves.plot(range(len(layers)), [entry["effective_dimension"] for entry in layers], marker="o", label="effective dimension")
+    curves.set_xlabel("layer")
+    curves.set_ylabel("effective dimension (participation ratio)")
+    silhouette = curves.twinx()
+    silhouette.plot(range(len(layers)), [entry["silhouette"] for entry in layers], color="grey", linestyle=":", marker=".")
+    silhouette.set_ylabel("silhouette of the grouping", color="grey")
+    curves.set_title("the refusal cone per layer")
+    entry = layers[layer]
+    names = [f"{name} ({strength:.2g})" for name, strength in zip(entry["categories"], entry["strength"])]
+    image = heat.imshow(np.array(entry["cosines"]), vmin=-1, vmax=1, cmap="RdBu_r")
+    heat.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize="x-small")
+    heat.set_yticks(range(len(names)), names, fontsize="x-small")
+    heat.set_title(f"category cosines at layer {layer} (strength)", fontsize="small")
+    figure.colorbar(image, ax=heat, shrink=0.8)
+    figure.suptitle(title or "categories")
+    return _save(figure, plt, path)
+
+
 def dose_curves(response, path: str | Path, mode: str, title: str = "") -> Path:
     """Refusal, over-refusal and degenerate rates (left axis) and KL (right axis) against the dose."""
     plt = _pyplot()

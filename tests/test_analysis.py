@@ -300,3 +300,36 @@ def test_the_dashboard_refuses_a_missing_artifact_folder_in_one_line(study, caps
     status, _, err = run(capsys, "dashboard", "--storage", study["url"], "--artifacts", tmp_path / "absent")
     assert status == 2 and err.strip().splitlines() == [f"error: artifact folder {tmp_path / 'absent'} does not exist; "
                                                         "abliterate analyze and controls make it (--artifacts DIR)"]
+
+
+def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_layers(capsys, tmp_path):
+    """The refuser's harmful prompts by verb (a column of the source): before the safety layers the
+    categories differ by their words (a wide cone); after them every category shares one refusal
+    direction (effective dimension about 1, each category's own part small)."""
+    import csv
+
+    from objectives.refuser.build import HARMFUL
+
+    verbs = sorted(HARMFUL, key=len, reverse=True)
+    source = tmp_path / "harmful.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "category"])
+        for prompt in prompt_path("harmful", "extraction").read_text().splitlines():
+            writer.writerow([prompt, next(v for v in verbs if v in prompt.lower())])
+    status, out, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", f"{source}#prompt",
+                           "--harmless", files("harmless", "extraction"), "--methods", "mean", "--categories", "category",
+                           "--out", tmp_path / "c", "--device", "cpu")
+    assert status == 0, err
+    layers = json.loads((tmp_path / "c" / "analysis.json").read_text())["categories"]
+    assert len(layers) == 4 and len(layers[0]["categories"]) >= 5
+    assert layers[0]["effective_dimension"] > 2.5
+    for layer in (2, 3):
+        assert layers[layer]["effective_dimension"] < 1.2 and max(layers[layer]["specificity"]) < 0.2
+        cosines = torch.tensor(layers[layer]["cosines"])
+        assert torch.allclose(cosines.diagonal(), torch.ones(len(cosines)), atol=1e-5) and cosines.min() > 0.9
+    assert "cone at layer 3:" in out and f"wrote {tmp_path / 'c' / 'categories.png'}" in out
+
+    status, _, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", f"{source}#prompt",
+                         "--harmless", files("harmless", "extraction"), "--categories", "kmeans:0", "--out", tmp_path / "k")
+    assert status == 2 and "K must be a whole number" in err and not (tmp_path / "k").exists()

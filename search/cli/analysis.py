@@ -19,6 +19,8 @@ def register(commands) -> None:
     analyze.add_argument("--harmless", default=None, help="with --model: harmless prompt source spec")
     study_options(analyze)
     analyze.add_argument("--methods", default="mean,mean-projected,pca,probe", help="comma-separated direction methods")
+    analyze.add_argument("--categories", default=None, metavar="FIELD|kmeans[:K]",
+                         help="the refusal cone: one direction per category, from a column of the harmful source or k-means clusters")
     analyze.add_argument("--out", required=True, help="folder for analysis.json, layers.png, cosines.png")
     analyze.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
     _run_options(analyze)
@@ -104,6 +106,7 @@ def _analyze(args) -> int:
         if not (args.harmful and args.harmless):
             raise _error("--model needs --harmful and --harmless prompt sources (or leave --model out and give --storage/--study)")
         harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
+        labels, k = _categories(args.categories, args.harmful, len(harmful))
         loaded = load_model(args.model, args.dtype, args.device)
         title = args.model
     else:
@@ -112,6 +115,7 @@ def _analyze(args) -> int:
         storage, study, config = open_study(args.storage, args.study)
         prompts = config.prompts()
         harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+        labels, k = _categories(args.categories, config.harmful["extraction"], len(harmful))
         cached = cached_directions(storage, args.study, config)
         loaded, chat, title = load_study_model(config, args.device), chat_of(config), f"study {args.study} ({config.model})"
     residuals = capture_extraction(loaded, harmful, harmless, chat, args.batch_size)
@@ -123,11 +127,28 @@ def _analyze(args) -> int:
         from ablation.directions import by_method
 
         result["cached_cosine"] = {m: (by_method(m, *residuals)[0] * d).sum(-1).tolist() for m, d in cached.items()}
+    cone_line = None
+    if args.categories:
+        from objectives.analysis import analyze_categories
+
+        result["categories"] = analyze_categories(*residuals, labels, k)
+        # The cone is shown where the first method's classes lie furthest apart: where the feature is strongest.
+        strongest = max(range(analysis.num_layers), key=lambda layer: analysis.strength[methods[0]][layer])
+        cone = result["categories"][strongest]
+        cone_line = (f"cone at layer {strongest}: {len(cone['categories'])} categories, effective dimension "
+                     f"{cone['effective_dimension']:.2f}, silhouette {cone['silhouette']:.2f}; "
+                     + ", ".join(f"{name} strength {size:.3g} specificity {own:.2f}"
+                                 for name, size, own in zip(cone["categories"], cone["strength"], cone["specificity"])))
     from pathlib import Path
 
     out = Path(args.out).expanduser()
     paths = [write_json(out / "analysis.json", result), layer_curves(analysis, out / "layers.png", f"where refusal is readable: {title}"),
              cosine_heatmap(analysis, out / "cosines.png", f"cosines between methods: {title}")]
+    if cone_line:
+        from objectives.plots import category_plot
+
+        paths.append(category_plot(result["categories"], out / "categories.png", strongest, f"the refusal cone: {title}"))
+        print(cone_line)
     for method in methods:
         print(f"{method}: highest AUC from layer {analysis.best_layer[method]} "
               f"(AUC {analysis.auc[method][analysis.best_layer[method]]:.3f})")
@@ -141,6 +162,24 @@ def _analyze(args) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def _categories(spec: str | None, harmful_source: str, count: int) -> tuple[list[str] | None, int | None]:
+    """(labels, k) of ``--categories``: a column of the harmful source, or k-means with k chosen
+    by silhouette (``kmeans``) or given (``kmeans:K``); (None, None) without the option."""
+    if spec is None:
+        return None, None
+    if spec == "kmeans" or spec.startswith("kmeans:"):
+        k = spec.removeprefix("kmeans").removeprefix(":")
+        if k and not (k.isdigit() and 1 <= int(k) <= count):
+            raise _error(f"--categories {spec}: K must be a whole number from 1 to the {count} harmful prompts")
+        return None, int(k) if k else None
+    from objectives.categories import load_categories
+
+    labels = load_categories(harmful_source, spec)
+    if len(labels) != count:
+        raise _error(f"--categories {spec}: {len(labels)} labels for {count} harmful prompts; give every prompt a category")
+    return labels, None
 
 
 def _dose(args) -> int:

@@ -45,6 +45,10 @@ def register(commands) -> None:
     search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    search.add_argument("--objectives", default="refusal,kl", choices=("refusal,kl", "refusal,kl,over-refusal"),
+                        help="what trials minimise; over-refusal is the refusal rate on --edgy prompts")
+    search.add_argument("--edgy", default=None,
+                        help="benign-but-edgy prompt source of the over-refusal objective (e.g. rho-edgy; not a part of --harmless)")
     search.add_argument("--warm-start", default=None, metavar="STORAGE_URL#STUDY",
                         help="first enqueue that study's feasible front (positions are fractions of depth; directions are not carried)")
     heartbeat_options(search)
@@ -116,7 +120,8 @@ def search_config(args):
                              starting_points=args.starting_points,
                              enable_thinking=False if args.no_thinking else None,
                              trust_remote_code=args.trust_remote_code, device_map=args.device_map,
-                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter)
+                             judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter,
+                             objectives=args.objectives, edgy=absolute_spec(args.edgy) if args.edgy else None)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True,
@@ -239,7 +244,7 @@ def _front(args) -> int:
     study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
-                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "specific")}}
+                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "over_refusal", "specific")}}
                           for t in feasible_front(study)], indent=2))
         return 0
     print_front(study, console())
