@@ -135,6 +135,25 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
             "confirmation": held_confirmation, "edit_confirmation": edit_confirmation}
 
 
+def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, count: int, seed: int = 0, holdout: bool = True,
+                 log: Callable[[str], None] = lambda _: None) -> dict:
+    """The specificity controls of a trial's edit (``params`` with the study's ``directions``) on
+    the study's evaluation prompts: ``count`` random directions baked with the trial's profile
+    (:func:`objectives.dose.controls`) and, with ``holdout``, the holdout-learned direction."""
+    from ablation import Baker, find_writers
+    from objectives.dose import Scorer, controls
+
+    candidate, direction, profile = trial_edit(params, directions)
+    scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
+                    config.batch_size, chat_of(config))
+    with torch.no_grad():
+        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, count, seed, log)
+        if holdout:
+            result["holdout"] = holdout_control(loaded, config, prompts, params, direction, profile, candidate.norm_preserving,
+                                                config.max_new_tokens, config.batch_size, log)
+    return result
+
+
 def record_controls(storage, study, trial, result: dict) -> None:
     """Controls' findings on the trial: user attrs ``controls`` (the summary) and ``specific``,
     and a ``Specificity controls`` note section."""

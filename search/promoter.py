@@ -56,6 +56,7 @@ class PromotionSettings:
     checkpoints: str = "abliterate-checkpoints"
     device: str = "auto"
     include_not_specific: bool = False  # promote trials that abliterate controls found not specific
+    controls: int = 0  # random directions of the specificity controls run in confirmation (0: none)
 
 
 class Promoter:
@@ -152,7 +153,8 @@ class Promoter:
                 confirmation = self.confirm(trial)
                 self.promotions.update(n, "confirming" if confirmation["passed"] else "dropped", confirmation=confirmation)
                 self.log(f"trial {n}: confirmation refusal {confirmation['refusal']:.3f} vs base {confirmation['base_refusal']:.3f}, "
-                         f"KL {confirmation['kl']:.4f}: {'passed' if confirmation['passed'] else 'dropped'}")
+                         f"KL {confirmation['kl']:.4f}: {'passed' if confirmation['passed'] else 'dropped'}"
+                         f"{' (not specific)' if confirmation.get('specific') is False else ''}")
                 if not confirmation["passed"]:
                     self._record(trial, "dropped", {"promotion_confirmation": confirmation})
                     return "dropped"
@@ -192,9 +194,20 @@ class Promoter:
         outcome = bench["scorer"].run(self._candidate(trial))
         refusal = outcome.values[0]
         passed = outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin
-        return {"refusal": refusal, "kl": outcome.kl, "feasible": outcome.feasible, "base_refusal": bench["base_refusal"],
-                "margin": self.settings.margin, "passed": bool(passed),
-                "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
+        found = {"refusal": refusal, "kl": outcome.kl, "feasible": outcome.feasible, "base_refusal": bench["base_refusal"],
+                 "margin": self.settings.margin, "passed": bool(passed),
+                 "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
+        if passed and self.settings.controls and "specific" not in trial.user_attrs:
+            from search.analysis import record_controls, run_controls, verdict
+
+            result = run_controls(bench["loaded"], self.config, self.config.prompts(), trial.params, bench["directions"],
+                                  self.settings.controls, holdout=False)
+            record_controls(self.storage, self.study, trial, result)
+            found["specific"] = result["specificity"]["specific"]
+            self.log(f"trial {trial.number}: controls: {verdict(result)}")
+        if found.get("specific", trial.user_attrs.get("specific")) is False and not self.settings.include_not_specific:
+            found |= {"passed": False, "specific": False}
+        return found
 
     def export(self, trial: FrozenTrial) -> Path:
         """The candidate's checkpoint folder with its model card and reproduction record, written

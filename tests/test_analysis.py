@@ -150,6 +150,20 @@ def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, t
     assert (tmp_path / "d" / "dose.png").stat().st_size > 1000
 
 
+def test_promotion_runs_the_controls_in_confirmation(study):
+    from objectives.sweep.local import LocalRunner
+    from search.analysis import open_study
+    from search.promoter import Promoter, PromotionSettings
+
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    assert "specific" not in loaded_study.trials[0].user_attrs
+    promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=2, device="cpu"), log=lambda _: None)
+    confirmation = promoter.confirm(loaded_study.trials[0])
+    assert confirmation["passed"] and confirmation["specific"] is True
+    trial = open_study(study["url"], "r")[1].trials[0]
+    assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 2
+
+
 def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path):
     from optuna.artifacts import get_all_artifact_meta
 

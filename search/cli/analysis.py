@@ -328,21 +328,15 @@ def _furthest_apart(means, stack) -> int:
 def _controls(args) -> int:
     from pathlib import Path
 
-    import torch
-
-    from ablation import Baker, find_writers
-    from objectives.dose import Scorer, controls
     from objectives.plots import controls_plot
     from search.analysis import (
         attach,
         cached_directions,
-        chat_of,
         finished_trial,
-        holdout_control,
         load_study_model,
         open_study,
         record_controls,
-        trial_edit,
+        run_controls,
         verdict,
         write_json,
     )
@@ -350,24 +344,17 @@ def _controls(args) -> int:
     storage, study, config = open_study(args.storage, args.study)
     trial = finished_trial(study, args.trial)
     prompts = config.prompts()
-    candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
-    loaded, chat = load_study_model(config, args.device), chat_of(config)
-    scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
-                    config.batch_size, chat)
-    with torch.no_grad():
-        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, args.random,
-                          args.seed, log=print)
-        if not args.no_holdout:
-            result["holdout"] = holdout_control(loaded, config, prompts, trial.params, direction, profile, candidate.norm_preserving,
-                                                config.max_new_tokens, config.batch_size, log=print)
+    directions = cached_directions(storage, args.study, config)
+    loaded = load_study_model(config, args.device)
+    result = run_controls(loaded, config, prompts, trial.params, directions, args.random, args.seed, not args.no_holdout, log=print)
     record_controls(storage, study, trial, result)
     print(f"trial {args.trial}: {verdict(result)}")
     out = Path(args.out or f"abliterate-controls/{args.study}/trial-{args.trial}").expanduser()
     paths = [write_json(out / "controls.json", result | {"study": args.study, "trial": args.trial}),
              controls_plot(result, out / "controls.png", f"controls: trial {args.trial} of {args.study}")]
     attach(storage, study, paths[1:], args.artifacts, prefix=f"trial-{args.trial}-")
-    print(f"attached the plot to study {args.study!r} as trial-{args.trial}-controls.png in {Path(args.artifacts).expanduser().resolve()} "
-          f"(abliterate dashboard --artifacts {args.artifacts})")
+    print(f"attached the plot to study {args.study!r} as trial-{args.trial}-controls.png in "
+          f"{Path(args.artifacts).expanduser().resolve()} (abliterate dashboard --artifacts {args.artifacts})")
     for path in paths:
         print(f"wrote {path}")
     return 0
