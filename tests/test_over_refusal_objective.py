@@ -50,6 +50,9 @@ def test_a_search_with_three_objectives_records_over_refusal_and_prunes_nothing(
     assert status == 0, err
     front = json.loads(out)
     assert front and all(row["over_refusal"] is not None for row in front)
+    status, out, err = run(capsys, "front", "--storage", url, "--study", "three")
+    header = next(line for line in out.splitlines() if "refusal" in line and "KL" in line)
+    assert status == 0 and header.split()[:4] == ["trial", "refusal", "KL", "over"] and max(len(line.rstrip()) for line in out.splitlines()) <= 80
 
 
 def test_over_refusal_needs_edgy_prompts(tmp_path, capsys):

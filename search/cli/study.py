@@ -263,11 +263,14 @@ def front_table(study_name: str, trials):
     from rich.table import Table
 
     table = Table(title=f"feasible Pareto front of {study_name!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for column in ("trial", "refusal", "KL", "refused", "degenerate", "method", "scope"):
+    over = any(len(t.values) > 2 for t in trials)  # over-refusal is the third objective
+    # With a third column the table still fits 80 columns: "degenerate" is shortened.
+    for column in ("trial", "refusal", "KL", *(("over", "refused", "degen") if over else ("refused", "degenerate")), "method", "scope"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("method", "scope") else "right")
-    for t in sorted(trials, key=lambda t: (t.values[0], t.values[1])):
-        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", f"{t.user_attrs.get('refusal_rate', 0):.0%}",
-                      f"{t.user_attrs.get('degenerate_rate', 0):.0%}", t.params.get("method", ""), t.params.get("scope", ""))
+    for t in sorted(trials, key=lambda t: tuple(t.values)):
+        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", *((f"{t.values[2]:.0%}",) if over else ()),
+                      f"{t.user_attrs.get('refusal_rate', 0):.0%}", f"{t.user_attrs.get('degenerate_rate', 0):.0%}",
+                      t.params.get("method", ""), t.params.get("scope", ""))
     return table
 
 
