@@ -126,7 +126,10 @@ def _analyze(args) -> int:
         # to float noise unless the model or its prompts changed since the study was made.
         from ablation.directions import by_method
 
-        result["cached_cosine"] = {m: (by_method(m, *residuals)[0] * d).sum(-1).tolist() for m, d in cached.items()}
+        result["cached_cosine"] = {}
+        for method, cached_direction in cached.items():
+            if method in ANALYSIS_METHODS:  # per-layer unit directions [L, H], comparable row by row
+                result["cached_cosine"][method] = (by_method(method, *residuals)[0] * cached_direction).sum(-1).tolist()
     cone_line = None
     if args.categories:
         from objectives.analysis import analyze_categories
