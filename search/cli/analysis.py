@@ -128,8 +128,9 @@ def _analyze(args) -> int:
 
         result["cached_cosine"] = {}
         for method, cached_direction in cached.items():
-            if method in ANALYSIS_METHODS:  # per-layer unit directions [L, H], comparable row by row
-                result["cached_cosine"][method] = (by_method(method, *residuals)[0] * cached_direction).sum(-1).tolist()
+            computed = by_method(method, *residuals)[0] if method in ANALYSIS_METHODS else None
+            if computed is not None and computed.shape == cached_direction.shape:  # per-layer unit directions [L, H]
+                result["cached_cosine"][method] = (computed * cached_direction).sum(-1).tolist()
     cone_line = None
     if args.categories:
         from objectives.analysis import analyze_categories
