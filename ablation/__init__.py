@@ -1,5 +1,6 @@
 """What is done to the model: load it, find its residual writers, capture residuals, compute
-refusal directions, bake an edit in place, restore it bit-exactly, export a checkpoint.
+refusal directions, bake an edit in place, restore it bit-exactly, export a checkpoint (and,
+for analyses, steer the residual stream at inference).
 
 Knows nothing of Optuna or databases. The names below are imported on first use, so that
 ``ablation.errors`` (or the CLI's ``--help``) does not pull in torch and transformers.

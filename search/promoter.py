@@ -55,6 +55,8 @@ class PromotionSettings:
     lease_seconds: float = 600.0
     checkpoints: str = "abliterate-checkpoints"
     device: str = "auto"
+    include_not_specific: bool = False  # promote trials that abliterate controls found not specific
+    controls: int = 0  # random directions of the specificity controls run in confirmation (0: none)
 
 
 class Promoter:
@@ -82,11 +84,25 @@ class Promoter:
     def pending(self) -> list[FrozenTrial]:
         """Front trials with no final promotion status yet, best refusal first."""
         done = {n for n, (status, _) in self.promotions.all().items() if status in FINAL}
-        return [t for t in feasible_front(self.study) if t.number not in done]
+        front = [t for t in feasible_front(self.study) if t.number not in done]
+        if self.settings.include_not_specific:
+            return front
+        # A trial whose refusal drop a random direction matches (abliterate controls) is skipped;
+        # one never controlled is promoted as before.
+        return [t for t in front if t.user_attrs.get("specific") is not False]
+
+    def skipped(self) -> list[FrozenTrial]:
+        """Front trials left out because abliterate controls found them not specific."""
+        if self.settings.include_not_specific:
+            return []
+        done = {n for n, (status, _) in self.promotions.all().items() if status in FINAL}
+        return [t for t in feasible_front(self.study) if t.number not in done and t.user_attrs.get("specific") is False]
 
     def run_once(self) -> int:
         """Promote every pending candidate no other promoter holds; how many reached a final status."""
         finished = 0
+        for trial in self.skipped():
+            self.log(f"trial {trial.number}: not specific (abliterate controls), skipped; --include-not-specific promotes it")
         for trial in self.pending():
             if stop_requested(self.study):
                 break
@@ -138,7 +154,8 @@ class Promoter:
                 confirmation = self.confirm(trial)
                 self.promotions.update(n, "confirming" if confirmation["passed"] else "dropped", confirmation=confirmation)
                 self.log(f"trial {n}: confirmation refusal {confirmation['refusal']:.3f} vs base {confirmation['base_refusal']:.3f}, "
-                         f"KL {confirmation['kl']:.4f}: {'passed' if confirmation['passed'] else 'dropped'}")
+                         f"KL {confirmation['kl']:.4f}: {'passed' if confirmation['passed'] else 'dropped'}"
+                         f"{' (not specific)' if confirmation.get('specific') is False else ''}")
                 if not confirmation["passed"]:
                     self._record(trial, "dropped", {"promotion_confirmation": confirmation})
                     return "dropped"
@@ -178,9 +195,20 @@ class Promoter:
         outcome = bench["scorer"].run(self._candidate(trial))
         refusal = outcome.values[0]
         passed = outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin
-        return {"refusal": refusal, "kl": outcome.kl, "feasible": outcome.feasible, "base_refusal": bench["base_refusal"],
-                "margin": self.settings.margin, "passed": bool(passed),
-                "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
+        found = {"refusal": refusal, "kl": outcome.kl, "feasible": outcome.feasible, "base_refusal": bench["base_refusal"],
+                 "margin": self.settings.margin, "passed": bool(passed),
+                 "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
+        if passed and self.settings.controls and "specific" not in trial.user_attrs:
+            from search.analysis import record_controls, run_controls, verdict
+
+            result = run_controls(bench["loaded"], self.config, self.config.prompts(), trial.params, bench["directions"],
+                                  self.settings.controls, holdout=False)
+            record_controls(self.storage, self.study, trial, result)
+            found["specific"] = result["specificity"]["specific"]
+            self.log(f"trial {trial.number}: controls: {verdict(result)}")
+        if found.get("specific", trial.user_attrs.get("specific")) is False and not self.settings.include_not_specific:
+            found |= {"passed": False, "specific": False}
+        return found
 
     def export(self, trial: FrozenTrial) -> Path:
         """The candidate's checkpoint folder with its model card and reproduction record, written

@@ -32,6 +32,7 @@ CONFIG_ATTR = "abliterate"
 STOP_ATTR = "abliterate_stop"  # set (with the reason) when an accepted promotion stops the study
 PURPOSES = ("extraction", "evaluation", "confirmation")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
+OBJECTIVES = ("refusal,kl", "refusal,kl,over-refusal")
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class StudyConfig:
     prompt_files: dict[str, str] = field(default_factory=dict)
     harmful_categories: str | None = None  # a column of the harmful source: the cone's categories (else k-means)
     sae: str | None = None  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
+    objectives: str = "refusal,kl"  # or "refusal,kl,over-refusal": the refusal rate on benign-but-edgy prompts too
+    edgy: str | None = None  # prompt source of the over-refusal objective
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -78,6 +81,10 @@ class StudyConfig:
             raise AblationError(f"starting points must be 0 to {MAX_STARTING_POINTS}, got {self.starting_points} (--starting-points)")
         if self.sampler not in SAMPLERS:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if self.objectives not in OBJECTIVES:
+            raise AblationError(f"unknown objectives {self.objectives!r}; use {' or '.join(OBJECTIVES)} (--objectives)")
+        if self.over_refusal and not self.edgy:
+            raise AblationError("the over-refusal objective needs benign-but-edgy prompts: pass --edgy SRC (e.g. rho-edgy)")
         self.judge_settings()  # a bad judge spec fails here, with its one-line message
         if self.harmful_categories is not None and "cone" not in self.space.methods:
             raise AblationError("--harmful-categories gives the cone its categories, but this space has no cone; "
@@ -99,14 +106,22 @@ class StudyConfig:
             bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
             return {p: f"{spec}[{bounds[i]}:{bounds[i + 1]}]" for i, p in enumerate(PURPOSES)}
         return cls(model=model, harmful=cut(harmful), harmless=cut(harmless),
-                   **({"prompt_files": file_digests([harmful, harmless])} | options))
+                   **({"prompt_files": file_digests([harmful, harmless] + ([options["edgy"]] if options.get("edgy") else []))}
+                      | options))
+
+    @property
+    def over_refusal(self) -> bool:
+        """Whether over-refusal on :attr:`edgy` prompts is a third objective."""
+        return self.objectives == OBJECTIVES[1]
 
     def prompts(self) -> dict[tuple[str, str], list[str]]:
-        """Every prompt set, loaded and checked to be pairwise disjoint, after
-        :meth:`check_prompt_files`."""
+        """Every prompt set, loaded and checked to be pairwise disjoint (the edgy set, when the
+        study has one, as ``("edgy", "evaluation")``), after :meth:`check_prompt_files`."""
         self.check_prompt_files()
         loaded = {(side, p): load_prompts(spec) for side, specs in (("harmful", self.harmful), ("harmless", self.harmless))
                   for p, spec in specs.items()}
+        if self.edgy:
+            loaded["edgy", "evaluation"] = load_prompts(self.edgy)
         check_disjoint(**{f"{side} {purpose}": prompts for (side, purpose), prompts in loaded.items()})
         return loaded
 
@@ -173,11 +188,12 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
     with _creating(storage, name):
         existing = _config_of(storage, name)
         if existing is None:
-            study = optuna.create_study(storage=storage, study_name=name, directions=["minimize", "minimize"],
+            names = config.objectives.split(",")
+            study = optuna.create_study(storage=storage, study_name=name, directions=["minimize"] * len(names),
                                         sampler=make_sampler(config))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                study.set_metric_names(["refusal", "kl"])  # the dashboard labels the axes with these
+                study.set_metric_names(names)  # the dashboard labels the axes with these
             study.set_user_attr(CONFIG_ATTR, config.to_json())
             return study, False
         # A changed file is named here. The digests are not compared as settings: the same specs

@@ -20,7 +20,7 @@ from ablation.directions import separation
 from ablation.loading import LoadedModel
 from ablation.residuals import capture_last_token
 from objectives.kl import KLScorer
-from objectives.refusal import ChatFormat, RefusalProxy, RefusalScore
+from objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
 from search.directions import bake_arguments, direction_for, directions_key, method_tensor, profile_for  # noqa: F401 - re-exported
 from search.space import Candidate, SearchSpace
 
@@ -70,15 +70,21 @@ class TrialOutcome:
     refusal: RefusalScore | None
     seconds: dict[str, float] = field(default_factory=dict)
     edited_layers: tuple[int, ...] = ()
+    over_refusal: RefusalScore | None = None  # on benign-but-edgy prompts, when the study has that objective
+    objectives: int = 2
 
     @property
     def pruned(self) -> bool:
         return self.refusal is not None and not self.refusal.complete
 
     @property
-    def values(self) -> tuple[float, float]:
-        """The two objectives, both minimised: (refusal proxy, KL)."""
-        return (self.refusal.value if self.refusal else INFEASIBLE_REFUSAL, self.kl)
+    def values(self) -> tuple[float, ...]:
+        """The objectives, all minimised: (refusal proxy, KL), and the over-refusal rate when the
+        study has three (the worst, 1.0, when the trial was over the KL cap)."""
+        values = (self.refusal.value if self.refusal else INFEASIBLE_REFUSAL, self.kl)
+        if self.objectives == 3:
+            values += (self.over_refusal.rate("refusal") if self.over_refusal else INFEASIBLE_REFUSAL,)
+        return values
 
 
 class TrialRunner:
@@ -86,8 +92,13 @@ class TrialRunner:
 
     def __init__(self, loaded: LoadedModel, directions: dict[str, torch.Tensor], harmful: Sequence[str],
                  harmless: Sequence[str], proxy: RefusalProxy, kl_cap: float, kl_tokens: int = 1,
-                 chat: ChatFormat = ChatFormat(), batch_size: int = 16):
+                 chat: ChatFormat = ChatFormat(), batch_size: int = 16, edgy: Sequence[str] | None = None,
+                 max_new_tokens: int = 48):
         self.loaded, self.directions, self.harmful = loaded, directions, list(harmful)
+        # Over-refusal (a third objective) is a refusal rate on benign-but-edgy prompts, judged by
+        # markers whatever proxy drives the search, like abliterate evaluate's.
+        self.edgy = list(edgy) if edgy else None
+        self.edgy_proxy = MarkerProxy(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat) if edgy else None
         self.proxy, self.kl_cap = proxy, kl_cap
         self.baker = Baker(find_writers(loaded.model))
         self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), kl_tokens, batch_size)
@@ -100,11 +111,10 @@ class TrialRunner:
         judged after the restore (see :meth:`RefusalProxy.score_edited`)."""
         seconds = {}
         start = time.perf_counter()
-        finish = None
+        finish = over_refusal = None
         extra = bake_arguments(candidate, self.directions, self.loaded.model, self.baker.writers)
         with self.baker.baked_into(direction_for(candidate, self.directions), profile_for(candidate, self.directions),
-                                   candidate.norm_preserving,
-                                   **extra) as report:
+                                   candidate.norm_preserving, **extra) as report:
             seconds["bake"] = time.perf_counter() - start
             kl = self.kl.score()
             seconds["kl"] = time.perf_counter() - start - seconds["bake"]
@@ -113,10 +123,14 @@ class TrialRunner:
                 mark = time.perf_counter()
                 finish = self.proxy.score_edited(self.loaded, self.harmful, give_up_at(kl) if give_up_at else None)
                 seconds["refusal"] = time.perf_counter() - mark
+                if self.edgy:
+                    mark = time.perf_counter()
+                    over_refusal = self.edgy_proxy.score(self.loaded, self.edgy)
+                    seconds["over_refusal"] = time.perf_counter() - mark
         refusal = None
         if finish is not None:
             mark = time.perf_counter()
             refusal = finish()
             seconds["judge"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
-        return TrialOutcome(kl, feasible, refusal, seconds, report.layers)
+        return TrialOutcome(kl, feasible, refusal, seconds, report.layers, over_refusal, 3 if self.edgy else 2)

@@ -104,9 +104,10 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
-                         proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size)
+                         proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size,
+                         prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens)
 
-    def objective(trial: optuna.Trial) -> tuple[float, float]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
         params = suggest(halt.Sampling(trial) if halt.wanted("sampling") else trial, config.space)
         # Every param is recorded: from here on a retry of this trial is this very candidate.
         storage.set_trial_system_attr(trial._trial_id, PARAMS_COMPLETE, True)
@@ -122,13 +123,16 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
             dominated_by.append(done[best].number)
             return math.ceil(done[best].values[0] * len(runner.harmful) - 1e-9)
 
-        outcome = runner.run(candidate_from_params(params, num_layers), give_up_at)
+        # Pruning compares (refusal, KL) only: with over-refusal as a third objective a trial
+        # dominated there may still reach the front, so every trial runs to its end.
+        outcome = runner.run(candidate_from_params(params, num_layers), None if config.over_refusal else give_up_at)
         record(trial, outcome, config.kl_cap, owner, dominated_by[-1] if outcome.pruned else None)
         if outcome.pruned:
             log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
                 f"(dominated by trial {dominated_by[-1]}), {outcome.seconds['total']:.1f} s")
             raise optuna.TrialPruned(f"dominated by trial {dominated_by[-1]}")
-        log(f"trial {trial.number}: refusal {outcome.values[0]:.3f}, KL {outcome.kl:.4f}"
+        over = f", over-refusal {outcome.values[2]:.3f}" if len(outcome.values) == 3 else ""
+        log(f"trial {trial.number}: refusal {outcome.values[0]:.3f}, KL {outcome.kl:.4f}{over}"
             f"{'' if outcome.feasible else ' (over the KL cap)'}, {outcome.seconds['total']:.1f} s")
         return outcome.values
 
@@ -190,7 +194,7 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
         time.sleep(poll)
 
 
-def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], tuple[float, float]],
+def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], tuple[float, ...]],
               heartbeat_interval: float) -> None:
     """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended.
 
@@ -284,6 +288,8 @@ def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str
     elif outcome.refusal:
         attrs |= {"refusal": outcome.refusal.value, "refusal_rate": outcome.refusal.rate("refusal"),
                   "degenerate_rate": outcome.refusal.rate("degenerate"), "counts": outcome.refusal.counts}
+    if outcome.over_refusal:
+        attrs["over_refusal"] = outcome.over_refusal.rate("refusal")
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     from optuna_dashboard import save_note
@@ -303,6 +309,8 @@ def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:
         return "\n".join(lines)
     score = outcome.refusal
     lines.append(f"**refusal** {score.value:.3f} (refusal rate {score.rate('refusal'):.2f}, degenerate {score.rate('degenerate'):.2f})")
+    if outcome.over_refusal:
+        lines.append(f"**over-refusal** {outcome.over_refusal.rate('refusal'):.3f} on {outcome.over_refusal.total} edgy prompts")
     for prompt, response in score.samples:
         lines += ["", f"> {prompt}", "", "```", response.strip()[:400], "```"]
     return "\n".join(lines)

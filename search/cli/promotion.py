@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import add_command, console, gate_options, gate_rule, positive, study_options
+from search.cli.common import add_command, console, gate_options, gate_rule, not_negative, positive, study_options
 
 
 def register(commands) -> None:
@@ -25,6 +25,11 @@ def register(commands) -> None:
     promote.add_argument("--confirm-tokens", type=positive, default=None, help="confirmation answer length (default: twice the study's)")
     gate_options(promote)
     promote.add_argument("--stop-at-first-lift", action="store_true", help="an accepted candidate stops the study and the promoter")
+    promote.add_argument("--controls", type=not_negative, default=0, metavar="N",
+                         help="in confirmation, bake N random directions with each candidate's profile (abliterate controls) "
+                              "and drop a candidate whose refusal drop they match (0: only read earlier controls)")
+    promote.add_argument("--include-not-specific", action="store_true",
+                         help="also promote trials that abliterate controls found not specific (skipped by default)")
     promote.add_argument("--checkpoints", default="abliterate-checkpoints", help="folder for exported checkpoints and sweep logs")
     promote.add_argument("--device", default="auto")
     promote.add_argument("--lease", type=float, default=600.0, help="seconds a crashed promoter's claim lasts")
@@ -83,7 +88,8 @@ def _promote(args) -> int:
 
     rule = gate_rule(args)
     settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
-                                 lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device)
+                                 lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device,
+                                 include_not_specific=args.include_not_specific, controls=args.controls)
     promoter = Promoter(open_storage(args.storage, create=False), args.study, _make_runner(args), settings)
     if args.once:
         promoter.run_once()

@@ -63,6 +63,12 @@ def register(commands) -> None:
     search.add_argument("--starting-points", type=int, default=5, help="designed first trials (0 to 6) before the sampler's own")
     search.add_argument("--sampler", default="tpe", help="tpe (multivariate), nsga2, gp or random")
     search.add_argument("--seed", type=int, default=None, help="sampler seed (default: random)")
+    search.add_argument("--objectives", default="refusal,kl", choices=("refusal,kl", "refusal,kl,over-refusal"),
+                        help="what trials minimise; over-refusal is the refusal rate on --edgy prompts")
+    search.add_argument("--edgy", default=None,
+                        help="benign-but-edgy prompt source of the over-refusal objective (e.g. rho-edgy; not a part of --harmless)")
+    search.add_argument("--warm-start", default=None, metavar="STORAGE_URL#STUDY",
+                        help="first enqueue that study's feasible front (positions are fractions of depth; directions are not carried)")
     heartbeat_options(search)
     search.set_defaults(run=_search)
 
@@ -91,6 +97,8 @@ def register(commands) -> None:
     dashboard.add_argument("--storage", default=None, help=STORAGE_HELP)
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=positive, default=8080)
+    dashboard.add_argument("--artifacts", default=None, metavar="DIR",
+                           help="an Optuna file-system artifact store to show (the plots analyze and controls attach)")
     dashboard.set_defaults(run=_dashboard)
 
     demo = add_command(commands, "demo", "the main job on the embedded default: a short study on the shipped refusing model")
@@ -108,7 +116,7 @@ def _search(args) -> int:
     args = settings.resolve(_search_parser(), args, args.argv[1:])
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
     extra = heartbeat_args(args) + (["--judge-device", args.judge_device] if args.judge_device else [])
-    return run_study(args.storage, args.study, search_config(args), devices, extra)
+    return run_study(args.storage, args.study, search_config(args), devices, extra, warm_start=args.warm_start)
 
 
 def _search_parser():
@@ -169,13 +177,16 @@ def search_config(args):
                              trust_remote_code=args.trust_remote_code, device_map=args.device_map,
                              judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter,
                              harmful_categories=args.harmful_categories,
-                             sae=str(Path(args.sae).expanduser().resolve()) if args.sae else None)
+                             sae=str(Path(args.sae).expanduser().resolve()) if args.sae else None,
+                             objectives=args.objectives, edgy=absolute_spec(args.edgy) if args.edgy else None)
 
 
-def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True) -> int:
+def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True,
+              warm_start: str | None = None) -> int:
     """Create or resume ``name`` and run local workers until it has ``config.n_trials`` finished trials.
 
-    Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
+    ``warm_start`` (``STORAGE_URL#STUDY``): that study's feasible front is enqueued first (see
+    search.warm). Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
     prints it once, after its promotions)."""
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
@@ -201,10 +212,20 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         config.judge_settings().build()  # a plug-in judge that cannot be imported or made fails here, in one line
     elif config.judge_model:
         check_model(config.judge_model)
+    warm = None
+    if warm_start:
+        from search.warm import front_points, parse_source
+
+        source_url, source_study = parse_source(warm_start)
+        warm = front_points(normalize_url(source_url), source_study, config.space)
     storage_url = normalize_url(storage)
     study, resumed = create_or_resume(open_storage(storage_url), name, config)
     out = console()
     out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
+    if warm:
+        from search.warm import enqueue_front
+
+        out.print(f"  warm start: {enqueue_front(study, warm)} trial(s) of {source_study!r}'s feasible front enqueued first")
 
     last = ""
 
@@ -289,7 +310,7 @@ def _front(args) -> int:
     study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
-                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate")}}
+                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "over_refusal", "specific")}}
                           for t in feasible_front(study)], indent=2))
         return 0
     print_front(study, console())
@@ -308,23 +329,37 @@ def front_table(study_name: str, trials):
     from rich.table import Table
 
     table = Table(title=f"feasible Pareto front of {study_name!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for column in ("trial", "refusal", "KL", "refused", "degenerate", "method", "scope"):
+    over = any(len(t.values) > 2 for t in trials)  # over-refusal is the third objective
+    # With a third column the table still fits 80 columns: "degenerate" is shortened.
+    for column in ("trial", "refusal", "KL", *(("over", "refused", "degen") if over else ("refused", "degenerate")), "method", "scope"):
         table.add_column(column, no_wrap=True, justify="left" if column in ("method", "scope") else "right")
-    for t in sorted(trials, key=lambda t: (t.values[0], t.values[1])):
-        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", f"{t.user_attrs.get('refusal_rate', 0):.0%}",
-                      f"{t.user_attrs.get('degenerate_rate', 0):.0%}", t.params.get("method", ""), t.params.get("scope", ""))
+    for t in sorted(trials, key=lambda t: tuple(t.values)):
+        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", *((f"{t.values[2]:.0%}",) if over else ()),
+                      f"{t.user_attrs.get('refusal_rate', 0):.0%}", f"{t.user_attrs.get('degenerate_rate', 0):.0%}",
+                      t.params.get("method", ""), t.params.get("scope", ""))
     return table
 
 
 def _dashboard(args) -> int:
+    from pathlib import Path
+
     from optuna_dashboard import run_server
 
     from storage.rdb import open_storage
 
     storage = open_storage(args.storage, create=False)
+    artifact_store = None
+    if args.artifacts:
+        from optuna.artifacts import FileSystemArtifactStore
+
+        if not Path(args.artifacts).expanduser().is_dir():
+            from ablation.errors import AblationError
+
+            raise AblationError(f"artifact folder {args.artifacts} does not exist; abliterate analyze and controls make it (--artifacts DIR)")
+        artifact_store = FileSystemArtifactStore(str(Path(args.artifacts).expanduser()))
     _check_port(args.host, args.port)
     print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    run_server(storage, host=args.host, port=args.port)
+    run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
     return 0
 
 

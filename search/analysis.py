@@ -1,0 +1,189 @@
+"""The analyses fed by a study: its prompts, its cached directions, a trial's own edit.
+
+``abliterate analyze``, ``dose`` and ``controls`` call these to find what a study holds; the
+measurements are in :mod:`objectives.analysis` and :mod:`objectives.dose`. Plots are attached
+to the study in an Optuna artifact store, which optuna-dashboard shows
+(``abliterate dashboard --artifacts DIR``); controls' findings go on the trial (user attrs
+``controls`` and ``specific``, and a note section) so that ``front --json`` and the dashboard
+show them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ablation.errors import AblationError
+
+SPECIFIC_ATTR = "specific"
+CONTROLS_ATTR = "controls"
+
+
+def open_study(storage_url: str | None, name: str):
+    """(storage, study, config) of an existing study; one-line errors otherwise."""
+    from search.study import load
+    from storage.rdb import open_storage
+
+    storage = open_storage(storage_url, create=False)
+    study, config = load(storage, name)
+    return storage, study, config
+
+
+def finished_trial(study, number: int):
+    """The study's finished trial ``number``; a one-line error naming what exists otherwise."""
+    for trial in study.get_trials(deepcopy=False):
+        if trial.number == number:
+            if trial.state.name != "COMPLETE":
+                raise AblationError(f"trial {number} of {study.study_name!r} is {trial.state.name}, not finished; pick one from abliterate front")
+            return trial
+    raise AblationError(f"study {study.study_name!r} has no trial {number}; pick one from abliterate front")
+
+
+def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tensor]:
+    from search.trial import directions_from_bytes, directions_key
+    from storage.cache import ArtifactCache
+
+    payload = ArtifactCache(storage.engine, study_name, "analysis").get(directions_key(config.space))
+    if payload is None:
+        raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
+    return directions_from_bytes(payload)
+
+
+def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
+    """(candidate, direction, profile) of a trial's params: exactly what the trial baked.
+
+    Dose and controls scale or replace one direction; a trial that edits otherwise (a subspace,
+    heads, an amplification) is refused in one line rather than measured as another edit."""
+    from search.directions import direction_for, profile_for
+    from search.space import candidate_from_params
+
+    candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
+    if candidate.method in ("cone", "sae") or candidate.intervention != "ablate":
+        what = candidate.method if candidate.method in ("cone", "sae") else f"the {candidate.intervention} intervention"
+        raise AblationError(f"dose and controls measure single-direction ablations; this trial uses {what}; "
+                            "pick a trial of method mean, mean-projected, pca or probe with intervention ablate")
+    return candidate, direction_for(candidate, directions), profile_for(candidate, directions)
+
+
+def load_study_model(config, device: str = "auto"):
+    from ablation.loading import load_model
+
+    return load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
+
+
+def chat_of(config):
+    from objectives.refusal import ChatFormat
+
+    return ChatFormat(enable_thinking=config.enable_thinking)
+
+
+def attach(storage, study, paths: list[Path], artifacts: str | Path, prefix: str = "") -> list[str]:
+    """Upload ``paths`` to a file-system artifact store at ``artifacts``, attached to the study,
+    each named ``prefix`` + its file name; returns the artifact ids. optuna-dashboard (0.13 and
+    later; 0.21 here) lists them on the study's page when started with that store. Optuna keeps
+    a trial's artifacts in its system attrs, which a finished trial no longer accepts, so a
+    trial's plots go on the study under a ``trial-N-`` prefix."""
+    import shutil
+    import tempfile
+    import warnings
+
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+    from optuna.exceptions import ExperimentalWarning
+
+    root = Path(artifacts).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(str(root))
+    ids = []
+    with warnings.catch_warnings(), tempfile.TemporaryDirectory() as staging:
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        for path in paths:
+            named = Path(staging) / f"{prefix}{Path(path).name}"
+            shutil.copyfile(path, named)
+            ids.append(upload_artifact(artifact_store=store, file_path=str(named), study_or_trial=study, storage=storage))
+    return ids
+
+
+def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction: torch.Tensor, profile, norm_preserving: bool,
+                    max_new_tokens: int, batch_size: int, log: Callable[[str], None] = lambda _: None) -> dict:
+    """The trial's edit with its direction learned on one half of the extraction prompts (even
+    positions) and scored on the other half and on the confirmation prompts, beside the study's
+    own direction on the confirmation prompts; and the cosine of the two directions."""
+    from ablation import Baker, find_writers
+    from ablation.directions import by_method
+    from objectives.dose import Scorer
+    from search.trial import capture_extraction
+
+    chat = chat_of(config)
+    harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+    if min(len(harmful), len(harmless)) < 4:
+        raise AblationError(f"a holdout direction needs at least 4 extraction prompts per side, the study has "
+                            f"{len(harmful)} harmful and {len(harmless)} harmless")
+    residuals = capture_extraction(loaded, harmful[0::2], harmless[0::2], chat, batch_size)
+    method = params["method"]
+    _, learned, _ = trial_edit(params, {method: by_method(method, *residuals)[0]})
+    cosine = float(torch.nn.functional.cosine_similarity(learned.float().reshape(-1, learned.shape[-1]),
+                                                         edit_direction.float().reshape(-1, learned.shape[-1])).mean())
+    baker = Baker(find_writers(loaded.model))
+    other_half = Scorer(loaded, harmful[1::2], harmless[1::2], None, max_new_tokens, batch_size, chat)
+    confirmation = Scorer(loaded, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"], None, max_new_tokens,
+                          batch_size, chat)
+    base_other, base_confirmation = other_half.score(), confirmation.score()
+    with baker.baked_into(learned, profile, norm_preserving):
+        heldout, held_confirmation = other_half.score(), confirmation.score()
+    with baker.baked_into(edit_direction, profile, norm_preserving):
+        edit_confirmation = confirmation.score()
+    log(f"holdout direction (cosine {cosine:.3f} to the study's): refusal {heldout['refusal']:.2f} on the other half "
+        f"(base {base_other['refusal']:.2f}), {held_confirmation['refusal']:.2f} on confirmation "
+        f"(the study's direction {edit_confirmation['refusal']:.2f}, base {base_confirmation['refusal']:.2f})")
+    return {"cosine_to_edit": cosine, "base_other_half": base_other, "heldout": heldout, "base_confirmation": base_confirmation,
+            "confirmation": held_confirmation, "edit_confirmation": edit_confirmation}
+
+
+def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, count: int, seed: int = 0, holdout: bool = True,
+                 log: Callable[[str], None] = lambda _: None) -> dict:
+    """The specificity controls of a trial's edit (``params`` with the study's ``directions``) on
+    the study's evaluation prompts: ``count`` random directions baked with the trial's profile
+    (:func:`objectives.dose.controls`) and, with ``holdout``, the holdout-learned direction."""
+    from ablation import Baker, find_writers
+    from objectives.dose import Scorer, controls
+
+    candidate, direction, profile = trial_edit(params, directions)
+    scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
+                    config.batch_size, chat_of(config))
+    with torch.no_grad():
+        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, count, seed, log)
+        if holdout:
+            result["holdout"] = holdout_control(loaded, config, prompts, params, direction, profile, candidate.norm_preserving,
+                                                config.max_new_tokens, config.batch_size, log)
+    return result
+
+
+def record_controls(storage, study, trial, result: dict) -> None:
+    """Controls' findings on the trial: user attrs ``controls`` (the summary) and ``specific``,
+    and a ``Specificity controls`` note section."""
+    from storage.trial_attrs import append_trial_note, set_trial_user_attrs
+
+    spec = result["specificity"]
+    summary = {"specific": spec["specific"], "spreads": spec["spreads"], "drop": spec["drop"], "random": result["random_refusal"],
+               "random_kl": result["random_kl"], "count": spec["band"]["count"], "seed": result["seed"]}
+    set_trial_user_attrs(storage, trial._trial_id, {CONTROLS_ATTR: summary, SPECIFIC_ATTR: spec["specific"]})
+    append_trial_note(storage, study._study_id, trial._trial_id, "Specificity controls", verdict(result))
+
+
+def verdict(result: dict) -> str:
+    """The controls' finding in one sentence."""
+    spec, band = result["specificity"], result["specificity"]["band"]
+    word = "specific" if spec["specific"] else "not specific"
+    return (f"{word}: refusal drop {spec['drop']:+.3f} against {band['count']} random directions' {band['mean']:+.3f} "
+            f"(spread {band['spread']:.3f}, used {spec['spread_used']:.3f}): {spec['spreads']:.1f} spreads away "
+            f"(specific above {spec['threshold_spreads']:g}); random KL {result['random_kl']['mean']:.4g} "
+            f"(spread {result['random_kl']['spread']:.2g}), the edit's {result['edit']['kl']:.4g}")
+
+
+def write_json(path: Path, value) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,364 @@
+"""Analyses of a model or a study: ``analyze`` (where refusal lives), ``dose`` (how behaviour
+responds to the strength of an intervention), ``controls`` (whether a trial's edit does more
+than a random direction would)."""
+
+from __future__ import annotations
+
+import re
+
+from search.cli.common import BATCH_HELP, add_command, positive, study_options
+
+DEFAULT_ALPHAS = "-2,-1,-0.5,0,0.5,1,2"
+ARTIFACTS_HELP = "Optuna file-system artifact store the plots are attached in (show them with abliterate dashboard --artifacts DIR)"
+
+
+def register(commands) -> None:
+    analyze = add_command(commands, "analyze", "per layer: direction strength per method, cosines, AUC, probe accuracy; JSON and plots")
+    analyze.add_argument("--model", default=None, help="a model (hub id, folder or .gguf); or leave out and give --study")
+    analyze.add_argument("--harmful", default=None, help="with --model: harmful prompt source spec")
+    analyze.add_argument("--harmless", default=None, help="with --model: harmless prompt source spec")
+    study_options(analyze)
+    analyze.add_argument("--methods", default="mean,mean-projected,pca,probe", help="comma-separated direction methods")
+    analyze.add_argument("--categories", default=None, metavar="FIELD|kmeans[:K]",
+                         help="the refusal cone: one direction per category, from a column of the harmful source or k-means clusters")
+    analyze.add_argument("--out", required=True, help="folder for analysis.json, layers.png, cosines.png")
+    analyze.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
+    _run_options(analyze)
+    analyze.set_defaults(run=_analyze)
+
+    dose = add_command(commands, "dose", "dose-response sweep of one direction: refusal, over-refusal, degenerate, KL per alpha")
+    dose.add_argument("--model", default=None, help="with --direction: the model (hub id, folder or .gguf)")
+    dose.add_argument("--direction", default=None, help="a directions file written by abliterate directions")
+    dose.add_argument("--direction-layer", type=int, default=None,
+                      help="with --direction: the layer whose direction is used (default: where the class means lie furthest apart)")
+    study_options(dose)
+    dose.add_argument("--trial", type=int, default=None, help="a finished trial of --study: its direction and profile")
+    dose.add_argument("--alphas", default=DEFAULT_ALPHAS, help="comma-separated doses")
+    # "--alphas -2,-1,0" reads as a value, not as an option: argparse only knows "-2" as a number.
+    dose._negative_number_matcher = re.compile(r"^-\.?\d[\d.,eE+-]*$")
+    dose.add_argument("--mode", choices=("ablate", "steer"), default="ablate",
+                      help="ablate: the edit's weights times alpha; steer: alpha x unit direction x mean residual norm, added at inference")
+    dose.add_argument("--layers", default=None, metavar="A:B",
+                      help="layers A to B inclusive (ablate: within the profile; steer: where the vector is added; "
+                           "default: every layer for ablate, the direction's layer for steer)")
+    dose.add_argument("--harmful", default=None, help="prompt source (default: the study's evaluation set, or advbench[0:64])")
+    dose.add_argument("--harmless", default=None, help="prompt source (default: the study's evaluation set, or benign[0:64])")
+    dose.add_argument("--edgy", default="rho-edgy[0:64]", help="benign-but-edgy prompts for over-refusal ('none' to skip)")
+    dose.add_argument("--max-new-tokens", type=positive, default=48)
+    dose.add_argument("--out", required=True, help="folder for dose.json and dose.png")
+    _run_options(dose)
+    dose.set_defaults(run=_dose)
+
+    controls = add_command(commands, "controls", "a trial's edit against random directions of the same norm and a holdout-learned direction")
+    study_options(controls)
+    controls.add_argument("--trial", type=int, required=True, help="a finished trial of --study")
+    controls.add_argument("--random", type=positive, default=20, help="random directions baked with the trial's profile")
+    controls.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    controls.add_argument("--no-holdout", action="store_true", help="skip the holdout-learned direction")
+    controls.add_argument("--out", default=None, help="folder for controls.json and controls.png (default: abliterate-controls/STUDY/trial-N)")
+    controls.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
+    controls.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    controls.set_defaults(run=_controls)
+
+
+def _run_options(parser) -> None:
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-thinking", action="store_true", help="turn thinking off in the chat template (Qwen3/3.5)")
+    parser.add_argument("--batch-size", type=positive, default=16, help=BATCH_HELP)
+
+
+def _error(message: str):
+    from ablation.errors import AblationError
+
+    return AblationError(message)
+
+
+def _layer_range(text: str | None, num_layers: int) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        first, last = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise _error(f"--layers {text!r} is not A:B (two layer numbers, e.g. 1:2)") from None
+    if not 0 <= first <= last < num_layers:
+        raise _error(f"--layers {text}: the model has layers 0 to {num_layers - 1}; give 0 <= A <= B <= {num_layers - 1}")
+    return first, last
+
+
+def _analyze(args) -> int:
+    from ablation.loading import load_model
+    from ablation.directions import METHODS as ANALYSIS_METHODS
+    from objectives.analysis import analyze_layers
+    from objectives.plots import cosine_heatmap, layer_curves
+    from objectives.prompts import load_prompts
+    from objectives.refusal import ChatFormat
+    from search.analysis import attach, write_json
+    from search.trial import capture_extraction
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ANALYSIS_METHODS]
+    if unknown or not methods:
+        raise _error(f"--methods: unknown {', '.join(unknown) or 'none given'}; use some of {', '.join(ANALYSIS_METHODS)}")
+    chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
+    storage = study = None
+    if args.model:
+        if not (args.harmful and args.harmless):
+            raise _error("--model needs --harmful and --harmless prompt sources (or leave --model out and give --storage/--study)")
+        harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
+        labels, k = _categories(args.categories, args.harmful, len(harmful))
+        loaded = load_model(args.model, args.dtype, args.device)
+        title = args.model
+    else:
+        from search.analysis import cached_directions, chat_of, load_study_model, open_study
+
+        storage, study, config = open_study(args.storage, args.study)
+        prompts = config.prompts()
+        harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+        labels, k = _categories(args.categories, config.harmful["extraction"], len(harmful))
+        cached = cached_directions(storage, args.study, config)
+        loaded, chat, title = load_study_model(config, args.device), chat_of(config), f"study {args.study} ({config.model})"
+    residuals = capture_extraction(loaded, harmful, harmless, chat, args.batch_size)
+    analysis = analyze_layers(*residuals, methods)
+    result = analysis.as_dict() | {"source": title}
+    if study is not None:
+        # The study's own directions beside the ones computed here from the same prompts: equal up
+        # to float noise unless the model or its prompts changed since the study was made.
+        from ablation.directions import by_method
+
+        result["cached_cosine"] = {}
+        for method, cached_direction in cached.items():
+            computed = by_method(method, *residuals)[0] if method in ANALYSIS_METHODS else None
+            if computed is not None and computed.shape == cached_direction.shape:  # per-layer unit directions [L, H]
+                result["cached_cosine"][method] = (computed * cached_direction).sum(-1).tolist()
+    cone_line = None
+    if args.categories:
+        from objectives.analysis import analyze_categories
+
+        result["categories"] = analyze_categories(*residuals, labels, k)
+        # The cone is shown where the first method's classes lie furthest apart: where the feature is strongest.
+        strongest = max(range(analysis.num_layers), key=lambda layer: analysis.strength[methods[0]][layer])
+        cone = result["categories"][strongest]
+        cone_line = (f"cone at layer {strongest}: {len(cone['categories'])} categories, effective dimension "
+                     f"{cone['effective_dimension']:.2f}, silhouette {cone['silhouette']:.2f}; "
+                     + ", ".join(f"{name} strength {size:.3g} specificity {own:.2f}"
+                                 for name, size, own in zip(cone["categories"], cone["strength"], cone["specificity"])))
+    from pathlib import Path
+
+    out = Path(args.out).expanduser()
+    paths = [write_json(out / "analysis.json", result), layer_curves(analysis, out / "layers.png", f"where refusal is readable: {title}"),
+             cosine_heatmap(analysis, out / "cosines.png", f"cosines between methods: {title}")]
+    if cone_line:
+        from objectives.plots import category_plot
+
+        paths.append(category_plot(result["categories"], out / "categories.png", strongest, f"the refusal cone: {title}"))
+        print(cone_line)
+    for method in methods:
+        print(f"{method}: highest AUC from layer {analysis.best_layer[method]} "
+              f"(AUC {analysis.auc[method][analysis.best_layer[method]]:.3f})")
+    print(f"mean difference, held out: highest AUC from layer {analysis.best_layer_heldout} "
+          f"(AUC {analysis.auc_heldout[analysis.best_layer_heldout]:.3f}); probe accuracy per layer "
+          + " ".join(f"{a:.2f}" for a in analysis.probe_accuracy))
+    if study is not None:
+        ids = attach(storage, study, paths[1:], args.artifacts)
+        print(f"attached {len(ids)} plots to study {args.study!r} in {Path(args.artifacts).expanduser().resolve()} "
+              f"(abliterate dashboard --artifacts {args.artifacts})")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+def _categories(spec: str | None, harmful_source: str, count: int) -> tuple[list[str] | None, int | None]:
+    """(labels, k) of ``--categories``: a column of the harmful source, or k-means with k chosen
+    by silhouette (``kmeans``) or given (``kmeans:K``); (None, None) without the option."""
+    if spec is None:
+        return None, None
+    if spec == "kmeans" or spec.startswith("kmeans:"):
+        k = spec.removeprefix("kmeans").removeprefix(":")
+        if k and not (k.isdigit() and 1 <= int(k) <= count):
+            raise _error(f"--categories {spec}: K must be a whole number from 1 to the {count} harmful prompts")
+        return None, int(k) if k else None
+    from objectives.categories import load_categories
+
+    labels = load_categories(harmful_source, spec)
+    if len(labels) != count:
+        raise _error(f"--categories {spec}: {len(labels)} labels for {count} harmful prompts; give every prompt a category")
+    return labels, None
+
+
+def _dose(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from ablation import Baker, find_writers
+    from ablation.profile import Profile
+    from objectives.analysis import parse_alphas
+    from objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
+    from objectives.plots import dose_curves
+    from search.analysis import write_json
+
+    alphas = parse_alphas(args.alphas)
+    if (args.direction is None) == (args.trial is None):
+        raise _error("give either --direction FILE (with --model) or --storage URL --study NAME --trial N")
+    edit = _file_edit(args) if args.direction else _trial_edit(args)
+    loaded, profile, num_layers = edit["loaded"], edit["profile"], edit["num_layers"]
+    span = _layer_range(args.layers, num_layers)
+    if args.mode == "ablate":
+        if span:
+            last = num_layers - 1 if profile.last_layer is None else profile.last_layer
+            profile = Profile(profile.kernels, max(span[0], profile.first_layer), min(span[1], last))
+        intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit["direction"], profile, edit["norm_preserving"])
+    else:
+        from ablation.residuals import capture_last_token
+
+        if span is None and edit["layer"] is None:
+            raise _error(f"{args.direction} holds one direction without its layer; say where to steer with --layers A:B")
+        layers = range(span[0], span[1] + 1) if span else [edit["layer"]]
+        residuals = capture_last_token(loaded.model, loaded.tokenizer, edit["chat"].apply(loaded, edit["harmless"]), args.batch_size)
+        norms = residuals.norm(dim=-1).mean(0)
+        stack = edit["stack"]
+        per_layer = {layer: stack[layer] if stack is not None else edit["direction"] for layer in layers}
+        intervention = steering_intervention(loaded.model, per_layer, {layer: float(norms[layer]) for layer in layers})
+    scorer = Scorer(loaded, edit["harmful"], edit["harmless"], edit["edgy"], args.max_new_tokens, args.batch_size, edit["chat"])
+    with torch.no_grad():
+        response = dose_sweep(scorer, intervention, alphas, log=print)
+
+    def dose_text(value):
+        return "not reached" if value is None else f"{value:+.3f}"
+
+    print(f"refusal crosses 50% at alpha {dose_text(response.refusal_50)}; over-refusal at {dose_text(response.over_refusal_50)}"
+          + ("" if edit["edgy"] else " (no --edgy prompts)")
+          + (f"; therapeutic index {response.therapeutic_index:.2f}" if response.therapeutic_index is not None else ""))
+    out = Path(args.out).expanduser()
+    result = response.as_dict() | {"mode": args.mode, "source": edit["title"], "layers": args.layers, "harmful": len(edit["harmful"]),
+                                   "harmless": len(edit["harmless"]), "edgy": len(edit["edgy"] or [])}
+    for path in (write_json(out / "dose.json", result), dose_curves(response, out / "dose.png", args.mode, f"dose response: {edit['title']}")):
+        print(f"wrote {path}")
+    return 0
+
+
+def _file_edit(args) -> dict:
+    """What ``dose --direction FILE --model M`` sweeps: the direction of one layer, baked
+    uniformly (ablate) or added at that layer (steer)."""
+    from ablation.architectures import decoder_layers
+    from ablation.loading import load_model
+    from ablation.profile import Profile
+    from objectives.prompts import load_prompts
+    from objectives.refusal import ChatFormat
+
+    if not args.model:
+        raise _error("--direction needs --model: the model the directions were computed on")
+    stack, means = _direction_file(args.direction)
+    edgy = _edgy(args)
+    harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
+    loaded = load_model(args.model, args.dtype, args.device)
+    hidden, num_layers = loaded.model.config.get_text_config().hidden_size, len(decoder_layers(loaded.model))
+    if stack.shape[-1] != hidden or (stack.dim() == 2 and stack.shape[0] != num_layers):
+        raise _error(f"{args.direction} holds directions of shape {list(stack.shape)}, but {args.model} has {num_layers} layers of "
+                     f"width {hidden}; compute them on this model with abliterate directions")
+    layer = None
+    if stack.dim() == 2:
+        layer = args.direction_layer if args.direction_layer is not None else _furthest_apart(means, stack)
+        if not 0 <= layer < num_layers:
+            raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
+    return {"loaded": loaded, "chat": ChatFormat(enable_thinking=False if args.no_thinking else None), "harmful": harmful,
+            "harmless": harmless, "edgy": edgy, "direction": stack if layer is None else stack[layer], "stack": None,
+            "profile": Profile.uniform(1.0), "norm_preserving": False, "layer": layer, "num_layers": num_layers,
+            "title": f"{args.model}, direction of layer {layer}" if layer is not None else args.model}
+
+
+def _trial_edit(args) -> dict:
+    """What ``dose --study NAME --trial N`` sweeps: the trial's own direction and profile on the
+    study's evaluation prompts (unless other sources are given)."""
+    from ablation.architectures import decoder_layers
+    from objectives.prompts import load_prompts
+    from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit
+
+    storage, study, config = open_study(args.storage, args.study)
+    trial = finished_trial(study, args.trial)
+    edgy = _edgy(args)
+    prompts = config.prompts()
+    harmful = load_prompts(args.harmful) if args.harmful else prompts["harmful", "evaluation"]
+    harmless = load_prompts(args.harmless) if args.harmless else prompts["harmless", "evaluation"]
+    candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
+    loaded = load_study_model(config, args.device)
+    # Steering without --layers adds the vector where the direction was read (the profile's peak for per-layer directions).
+    layer = round(candidate.direction_index if candidate.scope == "global" else profile.kernels["attn"].peak)
+    return {"loaded": loaded, "chat": chat_of(config), "harmful": harmful, "harmless": harmless, "edgy": edgy,
+            "direction": direction, "stack": direction if direction.dim() == 2 else None, "profile": profile,
+            "norm_preserving": candidate.norm_preserving, "layer": layer, "num_layers": len(decoder_layers(loaded.model)),
+            "title": f"trial {args.trial} of {args.study}"}
+
+
+def _edgy(args):
+    from objectives.prompts import load_prompts
+
+    return None if args.edgy in (None, "none") else load_prompts(args.edgy)
+
+
+def _direction_file(path: str):
+    """(directions [L, H] or [H], per-layer class means or None) from a directions file."""
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+
+    from ablation.residuals import load_residuals
+
+    if not Path(path).expanduser().is_file():
+        raise _error(f"direction file {path} does not exist; write one with abliterate directions --out FILE")
+    try:
+        tensors = load_residuals(Path(path).expanduser())
+    except (SafetensorError, OSError, ValueError) as error:
+        raise _error(f"{path} is not a safetensors directions file ({error}); write one with abliterate directions --out FILE") from None
+    stack = tensors.get("directions")
+    if stack is None or stack.dim() not in (1, 2):
+        raise _error(f"{path} holds no 'directions' tensor of shape [layers, hidden] or [hidden]; write one with abliterate directions")
+    means = (tensors["harmful_mean"], tensors["harmless_mean"]) if "harmful_mean" in tensors and "harmless_mean" in tensors else None
+    return stack.float(), means
+
+
+def _furthest_apart(means, stack) -> int:
+    """The layer whose class means lie furthest apart relative to the harmless mean's norm (the
+    middle layer when the file has no means)."""
+    if stack.dim() == 1:
+        return 0
+    if means is None:
+        return stack.shape[0] // 2
+    harmful, harmless = means
+    return int(((harmful - harmless).norm(dim=-1) / harmless.norm(dim=-1).clamp_min(1e-12)).argmax())
+
+
+def _controls(args) -> int:
+    from pathlib import Path
+
+    from objectives.plots import controls_plot
+    from search.analysis import (
+        attach,
+        cached_directions,
+        finished_trial,
+        load_study_model,
+        open_study,
+        record_controls,
+        run_controls,
+        verdict,
+        write_json,
+    )
+
+    storage, study, config = open_study(args.storage, args.study)
+    trial = finished_trial(study, args.trial)
+    prompts = config.prompts()
+    directions = cached_directions(storage, args.study, config)
+    loaded = load_study_model(config, args.device)
+    result = run_controls(loaded, config, prompts, trial.params, directions, args.random, args.seed, not args.no_holdout, log=print)
+    record_controls(storage, study, trial, result)
+    print(f"trial {args.trial}: {verdict(result)}")
+    out = Path(args.out or f"abliterate-controls/{args.study}/trial-{args.trial}").expanduser()
+    paths = [write_json(out / "controls.json", result | {"study": args.study, "trial": args.trial}),
+             controls_plot(result, out / "controls.png", f"controls: trial {args.trial} of {args.study}")]
+    attach(storage, study, paths[1:], args.artifacts, prefix=f"trial-{args.trial}-")
+    print(f"attached the plot to study {args.study!r} as trial-{args.trial}-controls.png in "
+          f"{Path(args.artifacts).expanduser().resolve()} (abliterate dashboard --artifacts {args.artifacts})")
+    for path in paths:
+        print(f"wrote {path}")
+    return 0

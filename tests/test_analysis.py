@@ -1,0 +1,349 @@
+"""analyze, dose and controls on the shipped refuser, and their statistics.
+
+The refuser's build trains refusal into layers 1 and 2 only (objectives/refuser/build.py,
+SAFETY_LAYERS); layer 0 is frozen and tells the classes apart only from the words (held-out AUC
+about 0.7 measured), layers 1 to 3 separate them completely (AUC 0.999 to 1.0).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from objectives.analysis import crossing, parse_alphas, random_band, specificity, therapeutic_index
+from objectives.refuser import prompt_path, refuser_path
+from objectives.refuser.build import SAFETY_LAYERS
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def run(capsys, *args):
+    from search.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def files(kind: str, purpose: str) -> str:
+    return str(prompt_path(kind, purpose))
+
+
+# ---- the statistics ----------------------------------------------------------------------------
+
+
+def test_crossing_interpolates_and_says_when_not_reached():
+    assert crossing([0, 0.5, 1], [1.0, 0.8, 0.0]) == pytest.approx(0.5 + 0.3 / 0.8 * 0.5)
+    assert crossing([0, 1, 2], [0.0, 0.2, 0.9]) == pytest.approx(1 + 0.3 / 0.7)
+    assert crossing([1, 0, 2], [0.9, 1.0, 0.6]) is None  # never gets to 50 %
+    assert crossing([0, 1], [0.5, 0.5]) is None
+    assert therapeutic_index(0.5, 1.5) == pytest.approx(3.0)
+    assert therapeutic_index(None, 1.5) is None and therapeutic_index(0.5, None) is None
+
+
+@pytest.mark.parametrize("text", ["1,x,2", "1,,2", "nan,1", "1", "2,2"])
+def test_alphas_that_do_not_parse_are_refused(text):
+    from ablation.errors import AblationError
+
+    with pytest.raises(AblationError, match="--alphas"):
+        parse_alphas(text)
+
+
+def test_alphas_are_sorted_and_distinct():
+    assert parse_alphas("1, -2,0.5,-0.5,0") == [-2, -0.5, 0, 0.5, 1]
+
+
+def test_specificity_counts_spreads_of_the_random_band_with_a_floor():
+    band = random_band([0.0, 0.02, 0.0, 0.04])
+    assert band.mean == pytest.approx(0.015) and band.count == 4
+    far = specificity(0.9, band, prompts=100)  # one prompt is 0.01, under the spread
+    assert far["specific"] and far["spreads"] == pytest.approx((0.9 - 0.015) / band.spread)
+    near = specificity(0.03, band, prompts=48)
+    assert not near["specific"]
+    flat = specificity(0.05, random_band([0.0, 0.0, 0.0]), prompts=20)  # zero spread: one prompt's rate is the floor
+    assert flat["spread_used"] == pytest.approx(0.05) and flat["spreads"] == pytest.approx(1.0) and not flat["specific"]
+
+
+# ---- analyze -------------------------------------------------------------------------------------
+
+
+def test_analyze_finds_the_safety_trained_layers(capsys, tmp_path):
+    status, out, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", files("harmful", "extraction"),
+                           "--harmless", files("harmless", "extraction"), "--out", tmp_path / "a", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert result["num_layers"] == 4 and result["methods"] == ["mean", "mean-projected", "pca", "probe"]
+    # Every method, and the held-out AUC, puts the start of the best region in the safety-trained layers,
+    # and the frozen layer 0 well below it.
+    for method in result["methods"]:
+        assert result["best_layer"][method] in SAFETY_LAYERS, method
+        assert max(result["auc"][method][1:]) - result["auc"][method][0] > 0.04, method
+    assert result["best_layer_heldout"] in SAFETY_LAYERS
+    assert result["auc_heldout"][0] < 0.9 < min(result["auc_heldout"][1:3])
+    # The feature is written by the safety layers: the separation grows through them, not in layer 0.
+    strength = result["strength"]["mean"]
+    assert strength[2] > 5 * strength[1] > 5 * strength[0]
+    cosines = torch.tensor(result["cosines"])
+    assert torch.allclose(cosines.diagonal(dim1=1, dim2=2), torch.ones(4, 4), atol=1e-5)
+    assert cosines[2].min() > 0.9  # where the feature is strong, every method finds the same direction
+    for name in ("analysis.json", "layers.png", "cosines.png"):
+        assert f"wrote {tmp_path / 'a' / name}" in out
+        assert (tmp_path / "a" / name).stat().st_size > 1000
+
+
+# ---- a study on the refuser ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, refuser):
+    """A SQLite study of the refuser with its directions cached and one finished trial, 0: layer 2's
+    direction removed from the safety layers (the real edit)."""
+    import optuna
+
+    from objectives.refuser import PROMPT_FILES, PROMPTS_DIR
+    from search.space import starting_points, suggest
+    from search.study import StudyConfig, create_or_resume
+    from search.trial import compute_directions, directions_key, directions_to_bytes
+    from storage.cache import ArtifactCache
+    from storage.rdb import open_storage
+
+    folder = tmp_path_factory.mktemp("analysis-study")
+    sides = {kind: {p: str(PROMPTS_DIR / PROMPT_FILES[kind, p]) for p in ("extraction", "evaluation", "confirmation")}
+             for kind in ("harmful", "harmless")}
+    config = StudyConfig(model=str(refuser_path()), harmful=sides["harmful"], harmless=sides["harmless"], dtype="float32",
+                         n_trials=2, batch_size=48, max_new_tokens=24, seed=3)
+    url = f"sqlite:///{folder / 'study.db'}"
+    storage = open_storage(url)
+    create_or_resume(storage, "r", config)
+    prompts = config.prompts()
+    directions = compute_directions(refuser, prompts["harmful", "extraction"], prompts["harmless", "extraction"],
+                                    config.space.methods, batch_size=config.batch_size)
+    ArtifactCache(storage.engine, "r", "test").get_or_compute(directions_key(config.space.methods), lambda: directions_to_bytes(directions))
+    created = optuna.load_study(study_name="r", storage=url)
+    edit = starting_points(config.space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3}
+    for group in ("attn", "mlp"):  # a flat tent over layers 1 and 2 at weight one
+        edit |= {f"{group}_peak": 0.5, f"{group}_peak_weight": 1.0, f"{group}_floor_fraction": 1.0, f"{group}_falloff": 1 / 3}
+    created.enqueue_trial(edit)
+    trial = created.ask()
+    suggest(trial, config.space)
+    for key, value in {"kl": 0.001, "feasible": True, "refusal_rate": 0.0, "degenerate_rate": 0.0}.items():
+        trial.set_user_attr(key, value)
+    created.tell(trial, [0.0, 0.001])
+    return {"url": url, "folder": folder, "config": config, "directions": directions, "params": dict(trial.params)}
+
+
+def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, tmp_path):
+    status, out, err = run(capsys, "dose", "--storage", study["url"], "--study", "r", "--trial", 0, "--alphas", "-0.5,0,0.5,1,1.5",
+                           "--edgy", files("harmless", "confirmation"), "--out", tmp_path / "d", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads((tmp_path / "d" / "dose.json").read_text())
+    rates = {p["alpha"]: p["refusal"] for p in result["points"]}
+    assert rates[0] == 1.0 and rates[1] <= 0.05 and rates[1.5] <= 0.05
+    assert all(rates[a] >= rates[b] for a, b in ((-0.5, 0), (0, 0.5), (0.5, 1), (1, 1.5)))
+    assert 0 < result["refusal_50"] <= 1  # interpolated between the doses that bracket it
+    kl = {p["alpha"]: p["kl"] for p in result["points"]}
+    assert kl[0] == 0 and kl[1.5] > kl[1] > 0
+    assert result["over_refusal_50"] is None and result["therapeutic_index"] is None
+    assert "over-refusal at not reached" in out
+    assert (tmp_path / "d" / "dose.png").stat().st_size > 1000
+
+
+def test_promotion_runs_the_controls_in_confirmation(study):
+    from objectives.sweep.local import LocalRunner
+    from search.analysis import open_study
+    from search.promoter import Promoter, PromotionSettings
+
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    assert "specific" not in loaded_study.trials[0].user_attrs
+    promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=2, device="cpu"), log=lambda _: None)
+    confirmation = promoter.confirm(loaded_study.trials[0])
+    assert confirmation["passed"] and confirmation["specific"] is True
+    trial = open_study(study["url"], "r")[1].trials[0]
+    assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 2
+
+
+def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path):
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search.analysis import open_study
+
+    status, out, err = run(capsys, "controls", "--storage", study["url"], "--study", "r", "--trial", 0, "--random", 4,
+                           "--out", tmp_path / "c0", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
+    assert status == 0, err
+    real = json.loads((tmp_path / "c0" / "controls.json").read_text())
+    assert real["specificity"]["specific"] and real["specificity"]["spreads"] > 10
+    assert real["random_refusal"]["mean"] >= 0.9 and real["edit"]["refusal"] <= 0.05
+    holdout = real["holdout"]
+    assert holdout["cosine_to_edit"] > 0.9 and holdout["heldout"]["refusal"] <= 0.1 and holdout["confirmation"]["refusal"] <= 0.1
+    assert "trial 0: specific" in out
+
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    trial = loaded_study.get_trials(deepcopy=False)[0]
+    assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 4
+    assert [m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)] == ["trial-0-controls.png"]
+    status, out, _ = run(capsys, "front", "--storage", study["url"], "--study", "r", "--json")
+    assert {row["trial"]: row["specific"] for row in json.loads(out)}[0] is True
+
+    # Promotion takes a specific trial, skips one found not specific, unless asked to include it.
+    from objectives.sweep.local import LocalRunner
+    from search.promoter import Promoter, PromotionSettings
+    from storage.trial_attrs import set_trial_user_attrs
+
+    def pending(**options):
+        promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(**options), log=lambda _: None)
+        return [t.number for t in promoter.pending()], [t.number for t in promoter.skipped()]
+
+    assert pending() == ([0], [])
+    set_trial_user_attrs(storage, trial._trial_id, {"specific": False})
+    try:
+        assert pending() == ([], [0])
+        assert pending(include_not_specific=True) == ([0], [])
+    finally:
+        set_trial_user_attrs(storage, trial._trial_id, {"specific": True})
+
+
+def test_a_random_direction_sits_inside_the_random_band(study, refuser):
+    from ablation import Baker, find_writers
+    from objectives.analysis import random_unit_directions
+    from objectives.dose import Scorer, controls
+    from search.analysis import trial_edit
+
+    _, direction, profile = trial_edit(study["params"], study["directions"])
+    prompts = study["config"].prompts()
+    scorer = Scorer(refuser, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], max_new_tokens=24, batch_size=48)
+    stranger = random_unit_directions(1, tuple(direction.shape), seed=12345)[0]
+    with torch.no_grad():
+        result = controls(scorer, Baker(find_writers(refuser.model)), stranger, profile, True, count=4, seed=0)
+    assert not result["specificity"]["specific"] and abs(result["specificity"]["spreads"]) <= 3
+
+
+def test_analyze_a_study_attaches_its_plots(study, capsys, tmp_path):
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search.analysis import open_study
+
+    status, out, err = run(capsys, "analyze", "--storage", study["url"], "--study", "r", "--methods", "mean,mean-projected",
+                           "--out", tmp_path / "a", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
+    assert status == 0, err
+    result = json.loads((tmp_path / "a" / "analysis.json").read_text())
+    assert min(result["cached_cosine"]["mean-projected"]) > 0.999  # the study's own directions, recomputed
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    assert {"layers.png", "cosines.png"} <= {m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)}
+    # What optuna-dashboard serves for the study's page lists them (its WSGI app, no server needed).
+    import io
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import wsgi
+
+    app = wsgi(storage, artifact_store=FileSystemArtifactStore(str(tmp_path / "artifacts")))
+    replies, environ = [], {"PATH_INFO": f"/api/studies/{loaded_study._study_id}", "wsgi.errors": io.StringIO()}
+    setup_testing_defaults(environ)
+    body = app(environ, lambda status, headers, *_: replies.append(status))
+    assert replies[0].startswith("200"), environ["wsgi.errors"].getvalue()
+    shown = {a["filename"] for a in json.loads(b"".join(body))["artifacts"]}
+    assert {"layers.png", "cosines.png"} <= shown
+
+
+# ---- bad input -------------------------------------------------------------------------------------
+
+
+def test_bad_dose_and_controls_input_is_one_line(study, capsys, tmp_path, tiny):
+    from safetensors.torch import save_file
+
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"directions": torch.ones(4, 64)}, str(wrong))
+    cases = [
+        (["dose", "--model", refuser_path(), "--direction", wrong, "--harmful", files("harmful", "evaluation"),
+          "--harmless", files("harmless", "evaluation"), "--edgy", "none", "--out", tmp_path / "x", "--device", "cpu"],
+         "holds directions of shape [4, 64]"),
+        (["dose", "--model", refuser_path(), "--direction", wrong, "--alphas", "0,one", "--out", tmp_path / "x"], "'one' is not a number"),
+        (["dose", "--storage", study["url"], "--study", "r", "--trial", 7, "--out", tmp_path / "x"], "has no trial 7"),
+        (["controls", "--storage", study["url"], "--study", "r", "--trial", 7], "has no trial 7"),
+        (["dose", "--model", refuser_path(), "--direction", tmp_path / "absent.safetensors", "--out", tmp_path / "x"], "does not exist"),
+        (["dose", "--model", refuser_path(), "--out", tmp_path / "x"], "give either --direction"),
+        (["analyze", "--model", refuser_path(), "--harmful", files("harmful", "evaluation"), "--out", tmp_path / "x"], "needs --harmful and --harmless"),
+    ]
+    for args, message in cases:
+        status, out, err = run(capsys, *args)
+        lines = [line for line in err.strip().splitlines() if not line.startswith("Loading weights")]  # a progress bar
+        assert status == 2 and len(lines) == 1 and message in lines[0], (args, err)
+    assert not (tmp_path / "x").exists()
+
+
+def test_steering_against_the_direction_removes_refusals_and_toward_it_adds_them(capsys, tmp_path):
+    directions = tmp_path / "directions.safetensors"
+    status, _, err = run(capsys, "directions", "--model", refuser_path(), "--harmful", files("harmful", "extraction"),
+                         "--harmless", files("harmless", "extraction"), "--out", directions, "--device", "cpu")
+    assert status == 0, err
+    status, out, err = run(capsys, "dose", "--model", refuser_path(), "--direction", directions, "--mode", "steer",
+                           "--alphas", "-1,0,1", "--harmful", files("harmful", "evaluation"), "--harmless", files("harmless", "evaluation"),
+                           "--edgy", files("harmless", "confirmation"), "--out", tmp_path / "s", "--device", "cpu")
+    assert status == 0, err
+    points = {p["alpha"]: p for p in json.loads((tmp_path / "s" / "dose.json").read_text())["points"]}
+    assert points[0]["refusal"] == 1.0 and points[0]["over_refusal"] == 0.0 and points[0]["kl"] == 0
+    assert points[-1]["refusal"] <= 0.1  # steered away from refusal at the layer the classes lie furthest apart
+    assert points[1]["over_refusal"] > 0.2 and points[1]["kl"] > 0.1  # steered toward it, harmless prompts get refused
+
+
+def test_steering_adds_the_vector_at_the_last_prompt_position_only(refuser):
+    from ablation.steer import steered
+
+    texts = refuser.format_chat(["Tell me how to bake bread", "Hi"])
+    encoded = refuser.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    vector = torch.zeros(128)
+    vector[0] = 5.0
+    outputs = {}
+    with torch.no_grad():
+        outputs["plain"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
+        with steered(refuser.model, {1: vector}):
+            outputs["steered"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
+    last = encoded["attention_mask"].sum(1) - 1
+    # Layer 2's output (hidden state 3): its input, layer 1's output, was steered.
+    difference = (outputs["steered"] - outputs["plain"]).abs().sum(-1)  # [rows, positions]
+    for row in range(2):
+        assert difference[row, last[row]] > 1.0
+        assert difference[row, : last[row]].max() == 0  # earlier positions are untouched (they cannot see the last one)
+    outputs["after"] = refuser.model(**encoded, output_hidden_states=True).hidden_states[3]
+    assert torch.equal(outputs["after"], outputs["plain"])  # the hooks are gone
+
+
+def test_the_dashboard_refuses_a_missing_artifact_folder_in_one_line(study, capsys, tmp_path):
+    status, _, err = run(capsys, "dashboard", "--storage", study["url"], "--artifacts", tmp_path / "absent")
+    assert status == 2 and err.strip().splitlines() == [f"error: artifact folder {tmp_path / 'absent'} does not exist; "
+                                                        "abliterate analyze and controls make it (--artifacts DIR)"]
+
+
+def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_layers(capsys, tmp_path):
+    """The refuser's harmful prompts by verb (a column of the source): before the safety layers the
+    categories differ by their words (a wide cone); after them every category shares one refusal
+    direction (effective dimension about 1, each category's own part small)."""
+    import csv
+
+    from objectives.refuser.build import HARMFUL
+
+    verbs = sorted(HARMFUL, key=len, reverse=True)
+    source = tmp_path / "harmful.csv"
+    with source.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "category"])
+        for prompt in prompt_path("harmful", "extraction").read_text().splitlines():
+            writer.writerow([prompt, next(v for v in verbs if v in prompt.lower())])
+    status, out, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", f"{source}#prompt",
+                           "--harmless", files("harmless", "extraction"), "--methods", "mean", "--categories", "category",
+                           "--out", tmp_path / "c", "--device", "cpu")
+    assert status == 0, err
+    layers = json.loads((tmp_path / "c" / "analysis.json").read_text())["categories"]
+    assert len(layers) == 4 and len(layers[0]["categories"]) >= 5
+    assert layers[0]["effective_dimension"] > 2.5
+    for layer in (2, 3):
+        assert layers[layer]["effective_dimension"] < 1.2 and max(layers[layer]["specificity"]) < 0.2
+        cosines = torch.tensor(layers[layer]["cosines"])
+        assert torch.allclose(cosines.diagonal(), torch.ones(len(cosines)), atol=1e-5) and cosines.min() > 0.9
+    assert "cone at layer 3:" in out and f"wrote {tmp_path / 'c' / 'categories.png'}" in out
+
+    status, _, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", f"{source}#prompt",
+                         "--harmless", files("harmless", "extraction"), "--categories", "kmeans:0", "--out", tmp_path / "k")
+    assert status == 2 and "K must be a whole number" in err and not (tmp_path / "k").exists()

@@ -1,0 +1,63 @@
+"""Over-refusal as a third objective: a short search on the shipped refuser minimises refusal,
+KL and the refusal rate on benign-but-edgy prompts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from objectives.refuser import prompt_path
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def run(capsys, *args):
+    from search.cli import main
+
+    status = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_a_search_with_three_objectives_records_over_refusal_and_prunes_nothing(tmp_path, capsys):
+    import optuna
+
+    from search.demo import demo_config
+    from search.study import create_or_resume
+    from search.worker import run_worker
+    from storage.rdb import open_storage
+
+    harmful, harmless = prompt_path("harmful", "evaluation"), prompt_path("harmless", "evaluation")
+    config = demo_config(2)
+    # Small sets keep it quick; half the harmless evaluation prompts stand in for the edgy set
+    # (the refuser knows no edgier ones).
+    config = replace(config, harmful=config.harmful | {"evaluation": f"{harmful}[0:16]"},
+                     harmless=config.harmless | {"evaluation": f"{harmless}[0:12]"}, edgy=f"{harmless}[24:36]",
+                     objectives="refusal,kl,over-refusal", starting_points=2, max_new_tokens=16)
+    url = f"sqlite:///{tmp_path / 'three.db'}"
+    create_or_resume(open_storage(url), "three", config)
+    assert run_worker(url, "three", "cpu", heartbeat_interval=2, grace_period=30, log=lambda _: None) == 2
+    study = optuna.load_study(study_name="three", storage=url)
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 3 and study.metric_names == ["refusal", "kl", "over-refusal"]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 2
+    for trial in trials:
+        assert len(trial.values) == 3 and trial.values[2] == trial.user_attrs["over_refusal"]
+    capsys.readouterr()
+    status, out, err = run(capsys, "front", "--storage", url, "--study", "three", "--json")
+    assert status == 0, err
+    front = json.loads(out)
+    assert front and all(row["over_refusal"] is not None for row in front)
+    status, out, err = run(capsys, "front", "--storage", url, "--study", "three")
+    header = next(line for line in out.splitlines() if "refusal" in line and "KL" in line)
+    assert status == 0 and header.split()[:4] == ["trial", "refusal", "KL", "over"] and max(len(line.rstrip()) for line in out.splitlines()) <= 80
+
+
+def test_over_refusal_needs_edgy_prompts(tmp_path, capsys):
+    status, _, err = run(capsys, "search", "--model", "unused", "--objectives", "refusal,kl,over-refusal", "--workers", 0,
+                         "--storage", f"sqlite:///{tmp_path / 'x.db'}")
+    assert status == 2 and err.strip().splitlines() == [
+        "error: the over-refusal objective needs benign-but-edgy prompts: pass --edgy SRC (e.g. rho-edgy)"]
+    assert not (tmp_path / "x.db").exists()
