@@ -453,7 +453,8 @@ def _plot(budget: int, pairs: list, label: str) -> None:
     axes[1][0].set_ylabel("KL (common evaluation)")
     figure.suptitle(f"After {budget} trials, Qwen2.5-Coder-0.5B-Instruct (bf16, CPU)")
     figure.tight_layout()
-    figure.savefig(ROOT / "bench" / f"front_vs_heretic_b{budget}.png", dpi=110)
+    suffix = "" if label == "ours" else f"_{label}"  # a variant's plot beside, not over, the default's
+    figure.savefig(ROOT / "bench" / f"front_vs_heretic_b{budget}{suffix}.png", dpi=110)
     plt.close(figure)
 
 

@@ -347,3 +347,19 @@ def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_la
     status, _, err = run(capsys, "analyze", "--model", refuser_path(), "--harmful", f"{source}#prompt",
                          "--harmless", files("harmless", "extraction"), "--categories", "kmeans:0", "--out", tmp_path / "k")
     assert status == 2 and "K must be a whole number" in err and not (tmp_path / "k").exists()
+
+
+@pytest.mark.parametrize("space", [{"interventions": ("heads",)}, {"interventions": ("amplify",)}, {"methods": ("cone",)}])
+def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
+    import optuna
+
+    from ablation.errors import AblationError
+    from search.analysis import trial_edit
+    from search.space import SearchSpace, suggest
+
+    directions = {"mean-projected": torch.randn(4, 8), "cone": torch.randn(4, 4, 8)}
+    plain = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), SearchSpace())
+    assert trial_edit(plain, directions)[1].shape in ((8,), (4, 8))  # one direction (global or per layer): measured
+    params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), SearchSpace(**space))
+    with pytest.raises(AblationError, match="single-direction ablations"):
+        trial_edit(params, directions)
