@@ -66,7 +66,7 @@ def test_pluggable_judge(loaded, tmp_path, monkeypatch):
         score = proxy.score(loaded, PROMPTS)
         assert score.rate("refusal") == 1.0 and score.value == 1.0
         assert score.generated_tokens == 4 * len(PROMPTS)  # a model-based judge sees whole answers
-    with pytest.raises(AblationError, match="cannot import judge"):
+    with pytest.raises(AblationError, match="has no attribute .Missing. for judge"):
         load_judge("my_judges:Missing")
 
 
