@@ -94,6 +94,11 @@ PRESETS = {
     # kernel shapes, norm-preserving on or off (fifteen free parameters).
     "wide": SearchSpace(methods=("mean", "mean-projected"), direction_index=(0.4, 0.9), first_layer=(0.0, 0.4),
                         last_layer=(0.7, 1.0), shapes=SHAPES, peak=(0.5, 0.9), falloff=(0.1, 0.6), norm_preserving=(False, True)),
+    # The default's edit with attention edited only in the heads that carry refusal (the heads
+    # intervention, how many searched): at Heretic's refusal level it reached about 0.7x the
+    # default's KL on every seed measured, but not the default's lowest refusal count
+    # (bench/RESULTS.md, "The research families").
+    "heads": SearchSpace(interventions=("heads",)),
 }
 
 

@@ -135,6 +135,15 @@ def test_the_default_space_is_unchanged():
     assert (candidate.intervention, candidate.rank, candidate.component, candidate.heads) == ("ablate", 1, 0, 0)
 
 
+def test_the_heads_preset_is_the_default_edit_in_the_heads_that_carry_refusal():
+    space = PRESETS["heads"]
+    params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), space)
+    default = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), PRESETS["default"])
+    assert set(params) == set(default) | {"intervention", "heads"}
+    candidate = candidate_from_params(params, 24)
+    assert candidate.intervention == "heads" and space.heads[0] <= candidate.heads <= space.heads[1]
+
+
 def test_research_spaces_sample_their_own_params_and_starting_points_lie_inside():
     space = SearchSpace(methods=("pca", "cone"), interventions=("ablate", "heads"), pca_component=(0, 3), cone_rank=(1, 3))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
