@@ -8,7 +8,7 @@ refused in one line.
 
 from __future__ import annotations
 
-from ablation.errors import ModelLoadError
+from ablation.errors import ModelLoadError, first_line
 
 PROBE_SECONDS = 5.0  # one request to the hub's address; an answer of any kind means it is reachable
 
@@ -41,6 +41,5 @@ def _unreachable(endpoint: str, timeout: float) -> str | None:
     try:
         get_session().head(endpoint, timeout=timeout)
     except Exception as error:  # noqa: BLE001 - refused, timed out, no DNS, TLS, proxy: all mean "not reachable from here"
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
-        return f"the hub at {endpoint} is unreachable: {reason}"
+        return f"the hub at {endpoint} is unreachable: {first_line(error, 120)}"
     return None

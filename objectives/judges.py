@@ -22,7 +22,7 @@ import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ablation.errors import AblationError
+from ablation.errors import AblationError, first_line
 from ablation.loading import LoadedModel
 from objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate
 
@@ -138,7 +138,7 @@ def load_judge(spec: str) -> Judge:
 
 def _reason(error: Exception) -> str:
     """``Type: first line of the message``."""
-    text = (str(error).strip().splitlines() or [""])[0][:200]
+    text = first_line(error, 200, fallback="")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 

@@ -50,7 +50,7 @@ from importlib import metadata, resources
 from itertools import zip_longest
 from pathlib import Path
 
-from ablation.errors import AblationError
+from ablation.errors import AblationError, first_line
 from objectives.prompt_files import field_values, read_file
 
 DEMO_HARMFUL = "demo_harmful.txt"
@@ -362,7 +362,7 @@ def _from_hub(rest: str) -> list[str]:
     try:
         rows = datasets.load_dataset(name, config or None, split=split)
     except Exception as exc:  # the hub and datasets raise many kinds; all mean "not available here"
-        reason = (str(exc).strip().splitlines() or [""])[0][:160]
+        reason = first_line(exc, 160, fallback="")
         raise AblationError(
             f"the Hugging Face hub could not provide {name}{':' + config if config else ''}@{split} "
             f"({type(exc).__name__}: {reason}); download it where the hub is reachable and pass a local .jsonl/.csv/.json file"

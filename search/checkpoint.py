@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ablation.errors import AblationError
+from ablation.errors import AblationError, first_line
 from search.card import CARD_FILE, card_header, front_matter, hub_id, model_card
 from search.reproduce import (
     DIRECTIONS_FILE,
@@ -273,8 +273,7 @@ def check_hub(repo: str) -> None:
     try:
         HfApi().whoami()
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise AblationError(f"cannot push to {repo}: the Hugging Face Hub did not answer or refused the token ({first}); "
+        raise AblationError(f"cannot push to {repo}: the Hugging Face Hub did not answer or refused the token ({first_line(error)}); "
                             "check the network and `hf auth login`, or export without --push-to-hub") from None
 
 
@@ -288,7 +287,6 @@ def push(folder: Path, repo: str) -> str:
         info = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
                                  commit_message="abliterate export")
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise AblationError(f"the checkpoint is in {folder} but pushing it to {repo} failed ({first}); "
+        raise AblationError(f"the checkpoint is in {folder} but pushing it to {repo} failed ({first_line(error)}); "
                             f"upload it later with: hf upload {repo} {folder}") from None
     return str(getattr(info, "commit_url", info))
