@@ -99,6 +99,9 @@ PRESETS = {
     # default's KL on every seed measured, but not the default's lowest refusal count
     # (bench/RESULTS.md, "The research families").
     "heads": SearchSpace(interventions=("heads",)),
+    # Both: the designed first trials take the strongest dose as a whole ablation and the others
+    # in the heads (see starting_points); the sampler then picks either per trial.
+    "mixed": SearchSpace(interventions=("ablate", "heads")),
 }
 
 
@@ -185,9 +188,12 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
 # after the separation peak, and per-layer directions cost several times the KL (bench/RESULTS.md).
 _STRONG, _WEAKER, _MILD, _MEDIUM = (0.6, 1.3, 0.4, 0.4), (0.6, 1.0, 0.2, 0.3), (0.6, 0.8, 0.1, 0.25), (0.6, 1.15, 0.3, 0.35)
 _EVERYWHERE = (0.6, 1.0, 1.0, 0.6)
-# (scope, shift of the direction from the strongest layer, kernel) in the order they are used.
-_STARTS = (("global", 0.1, _STRONG), ("global", 0.1, _WEAKER), ("global", 0.2, _STRONG), ("global", 0.1, _MILD),
-           ("global", 0.1, _MEDIUM), ("global", 0.0, _STRONG))
+# (scope, shift of the direction from the strongest layer, kernel, intervention) in the order they
+# are used. A space with both ablate and heads takes the strong dose from a fifth deeper as a whole
+# ablation (the fewest refusals measured) and the other doses in the heads that carry refusal
+# (about 0.7x the KL at each dose); a space with one of them uses it for every dose.
+_STARTS = (("global", 0.1, _STRONG, "heads"), ("global", 0.1, _WEAKER, "heads"), ("global", 0.2, _STRONG, "ablate"),
+           ("global", 0.1, _MILD, "heads"), ("global", 0.1, _MEDIUM, "heads"), ("global", 0.0, _STRONG, "ablate"))
 
 
 MAX_STARTING_POINTS = len(_STARTS)
@@ -202,10 +208,13 @@ def starting_points(space: SearchSpace, strongest: float, count: int) -> list[di
     :func:`ablation.directions.separation`) and remove it from the middle of the stack (a tent at
     60 % depth) at a ladder of doses: strong, weaker, from a fifth deeper, mild, medium, and last
     strong at the separation peak itself. The doses lay out a front from few refusals to little
-    KL before the sampler starts, so that even a short search has one to refine.
+    KL before the sampler starts, so that even a short search has one to refine. A space with
+    both interventions ablate and heads takes the strong dose from a fifth deeper (and the one at
+    the peak) as a whole ablation and every other dose in the heads only.
     Every value is held inside ``space``; fixed choices of ``space`` are kept as they are.
     """
-    return [_point(space, scope, strongest + shift, kernel) for scope, shift, kernel in _STARTS[:count]]
+    return [_point(space, scope, strongest + shift, kernel, intervention=intervention)
+            for scope, shift, kernel, intervention in _STARTS[:count]]
 
 
 def classic_seed(space: SearchSpace) -> dict:
@@ -214,7 +223,7 @@ def classic_seed(space: SearchSpace) -> dict:
 
 
 def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple[float, float, float, float],
-           method: str | None = None, norm_preserving: bool | None = None) -> dict:
+           method: str | None = None, norm_preserving: bool | None = None, intervention: str = "ablate") -> dict:
     def pick(choices, wanted):
         return wanted if wanted in choices else choices[0]
 
@@ -233,7 +242,7 @@ def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple
     if "sae" in space.methods:
         point["sae_features"] = space.sae_features[0]
     if space.intervention_params:
-        point["intervention"] = pick(space.interventions, "ablate")
+        point["intervention"] = pick(space.interventions, intervention if intervention in space.interventions else "ablate")
     if "amplify" in space.interventions:
         point["amplify_strength"] = space.amplify_strength[0]
     if "heads" in space.interventions:

@@ -144,6 +144,15 @@ def test_the_heads_preset_is_the_default_edit_in_the_heads_that_carry_refusal():
     assert candidate.intervention == "heads" and space.heads[0] <= candidate.heads <= space.heads[1]
 
 
+def test_the_mixed_preset_starts_with_the_strong_doses_ablated_and_the_rest_in_the_heads():
+    points = starting_points(PRESETS["mixed"], 0.5, 6)
+    assert [p["intervention"] for p in points] == ["heads", "heads", "ablate", "heads", "heads", "ablate"]
+    assert all(p["heads"] == PRESETS["mixed"].heads[1] for p in points)
+    assert {p["intervention"] for p in starting_points(PRESETS["heads"], 0.5, 6)} == {"heads"}
+    only_amplify = SearchSpace(interventions=("ablate", "amplify"))
+    assert {p["intervention"] for p in starting_points(only_amplify, 0.5, 6)} == {"ablate"}
+
+
 def test_research_spaces_sample_their_own_params_and_starting_points_lie_inside():
     space = SearchSpace(methods=("pca", "cone"), interventions=("ablate", "heads"), pca_component=(0, 3), cone_rank=(1, 3))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

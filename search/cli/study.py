@@ -43,9 +43,10 @@ def register(commands) -> None:
     search.add_argument("--max-new-tokens", type=positive, default=48, help="answer length of the refusal pass")
     judge_options(search, default_model="the base model itself, after each trial's edit is undone")
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
-    search.add_argument("--space", default="default", choices=("default", "wide", "heads"),
+    search.add_argument("--space", default="default", choices=("default", "wide", "heads", "mixed"),
                         help="search space preset: default (ten parameters), wide (fifteen: methods, layer range, kernel shapes, "
-                             "norm-preserving) or heads (the default with attention edited only in the heads that carry refusal)")
+                             "norm-preserving), heads (the default with attention edited only in the heads that carry refusal) "
+                             "or mixed (trials choose between the two)")
     search.add_argument("--methods", default=None,
                         help="direction methods the trials choose from, comma-separated: mean, mean-projected, pca, probe, cone, sae "
                              "(default: the --space preset's)")
