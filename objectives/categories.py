@@ -11,18 +11,18 @@ residuals by these labels instead of by k-means.
 from __future__ import annotations
 
 from ablation.errors import AblationError
-from objectives.prompts import _raw, _split_slice, normalise
+from objectives.prompts import normalise, raw_entries, split_slice
 
 
 def load_categories(spec: str, column: str) -> list[str]:
     """One label per prompt of ``spec``, read from ``column`` of the same rows (see the module docstring)."""
-    source, window = _split_slice(spec.strip())
+    source, window = split_slice(spec.strip())
     path, hash_, fragment = source.rpartition("#")
     if not hash_ or not fragment:
         raise AblationError(f"prompt source {spec!r} names no prompt field, so it has no category column {column!r}; "
                             "use a .csv, .jsonl or .json source written as FILE#PROMPT_FIELD")
     key = fragment.rsplit("/", 1)[0] + "/" if "/" in fragment else ""
-    prompts, labels = _raw(source), _raw(f"{path}#{key}{column}")
+    prompts, labels = raw_entries(source), raw_entries(f"{path}#{key}{column}")
     if len(prompts) != len(labels):
         raise AblationError(f"prompt source {spec!r} has {len(prompts)} prompts but {len(labels)} values in column {column!r}; "
                             "give every prompt a category")

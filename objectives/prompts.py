@@ -70,8 +70,8 @@ def load_prompts(spec: str) -> list[str]:
 
     Never returns an empty list; raises ``AblationError`` with a one-line message instead.
     """
-    source, window = _split_slice(spec.strip())
-    prompts = clean(_raw(source))
+    source, window = split_slice(spec.strip())
+    prompts = clean(raw_entries(source))
     if not prompts:
         raise AblationError(f"prompt source {source!r} has no prompts; check the file or the #field it names")
     if window is None:
@@ -86,7 +86,7 @@ def absolute_spec(spec: str, base: Path | None = None) -> str:
     """``spec`` with a local file's path made absolute (resolved against ``base``, default the
     current folder), so the spec means the same file to a worker started anywhere else on the
     machine. Presets, ``pkg:`` and ``hf:`` specs, and paths that do not exist, come back as given."""
-    source, window = _split_slice(spec.strip())
+    source, window = split_slice(spec.strip())
     path, hash_mark, field = source.partition("#")
     if path.startswith(("pkg:", "hf:")) or path in PRESETS:
         return spec
@@ -104,7 +104,7 @@ def file_digests(specs: Iterable[str]) -> dict[str, str]:
     do not exist (loading them says so)."""
     digests = {}
     for spec in specs:
-        path = _local_file(_split_slice(spec.strip())[0])
+        path = _local_file(split_slice(spec.strip())[0])
         if path is not None:
             digests[str(path.resolve())] = file_digest(path)
     return digests
@@ -265,7 +265,7 @@ DEFAULT_HARMLESS = "benign"
 # --- spec resolution --------------------------------------------------------------------
 
 
-def _split_slice(spec: str) -> tuple[str, slice | None]:
+def split_slice(spec: str) -> tuple[str, slice | None]:
     """The spec without a trailing ``[start:stop]``, and that slice."""
     match = _SLICE.search(spec)
     if not match:
@@ -278,7 +278,7 @@ def _show_slice(window: slice) -> str:
     return f"{'' if window.start is None else window.start}:{'' if window.stop is None else window.stop}"
 
 
-def _raw(source: str) -> list[str]:
+def raw_entries(source: str) -> list[str]:
     """The uncleaned entries of a spec without its slice."""
     if not source:
         raise AblationError("empty prompt source; pass a file path, a preset name, pkg:DIST/PATH or hf:NAME@SPLIT#COLUMN")
@@ -296,7 +296,7 @@ def _raw(source: str) -> list[str]:
 
 def _from_preset(name: str) -> list[str]:
     preset = PRESETS[name]
-    lists = [_raw(source) for source in preset.sources]
+    lists = [raw_entries(source) for source in preset.sources]
     return interleave(lists) if preset.interleave else [entry for entries in lists for entry in entries]
 
 
