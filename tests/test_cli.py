@@ -208,7 +208,7 @@ def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
     from types import SimpleNamespace
 
     from search.cli.promotion import summary_table
-    from search.cli.study import front_table
+    from search.cli.browse import front_table
 
     trials = [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
                               params={"method": "mean-projected", "scope": "per-layer"})

@@ -2,9 +2,9 @@
 
 Every user error surfaces as one line ``error: ...`` on stderr and exit status 2; a database
 that cannot be reached (or is lost mid-run) gives exit status 3, which the launcher treats as
-worth retrying after a pause. Commands live in one module per group (study, checkpoint, model,
-promotion, judge, analysis) and import torch, transformers and the database layers only when they
-run.
+worth retrying after a pause. Commands live in one module per group (study, browse, demo,
+checkpoint, model, promotion, judge, analysis) and import torch, transformers and the database
+layers only when they run.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from search.cli import analysis, checkpoint, judge, model, promotion, study
+from search.cli import analysis, browse, checkpoint, demo, judge, model, promotion, study
 from search.cli.common import Parser
 from search.launcher import DATABASE_UNREACHABLE
 
@@ -45,6 +45,6 @@ def parser() -> argparse.ArgumentParser:
     top = Parser(prog="abliterate", description=__doc__.split("\n\n")[0],
                  epilog="Run 'abliterate COMMAND --help' for a command's options and their defaults.")
     commands = top.add_subparsers(required=True, metavar="COMMAND")
-    for group in (study, checkpoint, model, promotion, judge, analysis):
+    for group in (study, browse, demo, checkpoint, model, promotion, judge, analysis):
         group.register(commands)
     return top

@@ -1,4 +1,4 @@
-"""Commands on a study: ``search``, ``worker``, ``launch``, ``front``, ``dashboard``, ``demo``."""
+"""Commands that run a study: ``search``, ``worker``, ``launch``."""
 
 from __future__ import annotations
 
@@ -89,27 +89,6 @@ def register(commands) -> None:
     launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
     heartbeat_options(launch)
     launch.set_defaults(run=_launch)
-
-    front = add_command(commands, "front", "the feasible Pareto front as a table")
-    study_options(front)
-    front.add_argument("--json", action="store_true")
-    front.set_defaults(run=_front)
-
-    dashboard = add_command(commands, "dashboard", "optuna-dashboard on the study storage")
-    dashboard.add_argument("--storage", default=None, help=STORAGE_HELP)
-    dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=positive, default=8080)
-    dashboard.add_argument("--artifacts", default=None, metavar="DIR",
-                           help="an Optuna file-system artifact store to show (the plots analyze and controls attach)")
-    dashboard.set_defaults(run=_dashboard)
-
-    demo = add_command(commands, "demo", "the main job on the embedded default: a short study on the shipped refusing model")
-    demo.add_argument("--storage", default=None, help="default sqlite:///abliterate-demo.db in this folder")
-    demo.add_argument("--trials", type=positive, default=40)
-    demo.add_argument("--workers", type=positive, default=2)
-    demo.add_argument("--no-promote", action="store_true", help="stop after the search, without the promotion step")
-    heartbeat_options(demo)
-    demo.set_defaults(run=_demo)
 
 
 def _search(args) -> int:
@@ -255,6 +234,8 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         extra = [*extra, "--threads", str(max(1, (os.cpu_count() or 1) // cpu_workers))]
     status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
               if finished(study) < config.n_trials else 0)
+    from search.cli.browse import print_front
+
     print_front(study, out)
     if closing:
         out.print(f"browse it: abliterate dashboard --storage {redacted(storage_url)}")
@@ -300,104 +281,3 @@ def _launch(args) -> int:
 
     devices = [d if not d.isdigit() else f"cuda:{d}" for d in args.devices.split(",")]
     return supervise(normalize_url(args.storage), args.study, devices, extra=heartbeat_args(args))
-
-
-def _front(args) -> int:
-    import json
-
-    from search.front import feasible_front
-    from search.study import load
-    from storage.rdb import open_storage
-
-    study, _ = load(open_storage(args.storage, create=False), args.study)
-    if args.json:
-        print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
-                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "over_refusal", "specific")}}
-                          for t in feasible_front(study)], indent=2))
-        return 0
-    print_front(study, console())
-    return 0
-
-
-def print_front(study, out) -> None:
-    from search.front import feasible_front
-
-    out.print(front_table(study.study_name, feasible_front(study)))
-
-
-def front_table(study_name: str, trials):
-    """The front as a table that fits 80 columns: one row per trial, fewest refusals first."""
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=f"feasible Pareto front of {study_name!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    over = any(len(t.values) > 2 for t in trials)  # over-refusal is the third objective
-    # With a third column the table still fits 80 columns: "degenerate" is shortened.
-    for column in ("trial", "refusal", "KL", *(("over", "refused", "degen") if over else ("refused", "degenerate")), "method", "scope"):
-        table.add_column(column, no_wrap=True, justify="left" if column in ("method", "scope") else "right")
-    for t in sorted(trials, key=lambda t: tuple(t.values)):
-        table.add_row(str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}", *((f"{t.values[2]:.0%}",) if over else ()),
-                      f"{t.user_attrs.get('refusal_rate', 0):.0%}", f"{t.user_attrs.get('degenerate_rate', 0):.0%}",
-                      t.params.get("method", ""), t.params.get("scope", ""))
-    return table
-
-
-def _dashboard(args) -> int:
-    from pathlib import Path
-
-    from optuna_dashboard import run_server
-
-    from storage.rdb import open_storage
-
-    storage = open_storage(args.storage, create=False)
-    artifact_store = None
-    if args.artifacts:
-        from optuna.artifacts import FileSystemArtifactStore
-
-        if not Path(args.artifacts).expanduser().is_dir():
-            from ablation.errors import AblationError
-
-            raise AblationError(f"artifact folder {args.artifacts} does not exist; abliterate analyze and controls make it (--artifacts DIR)")
-        artifact_store = FileSystemArtifactStore(str(Path(args.artifacts).expanduser()))
-    _check_port(args.host, args.port)
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/ (Ctrl-C to stop)")
-    run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store)
-    return 0
-
-
-def _check_port(host: str, port: int) -> None:
-    """A one-line error when ``host:port`` cannot be served (the server would print a traceback)."""
-    import socket
-
-    from ablation.errors import AblationError
-
-    with socket.socket() as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise AblationError(f"cannot serve on {host}:{port} ({error.strerror}); pass another --port") from None
-
-
-def _demo(args) -> int:
-    from objectives.sweep.local import LocalRunner
-    from search.cli.promotion import print_report
-    from search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
-    from search.promoter import Promoter, PromotionSettings, report
-    from storage.rdb import open_storage
-    from storage.urls import normalize_url
-
-    storage = args.storage or DEMO_STORAGE
-    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args),
-                       closing=False)
-    if status != 0 or args.no_promote:
-        console().print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
-        return status
-    out = console()
-    out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
-    promoter = Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"),
-                        PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
-    promoter.run_once()
-    print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
-    out.print(f"per-task tables: abliterate report --storage {storage} --study {DEMO_STUDY}")
-    out.print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
-    return 0
