@@ -159,6 +159,45 @@ def suggest(trial, space: SearchSpace) -> dict:
     return dict(trial.params)
 
 
+class _Recorder:
+    """Stands in for an Optuna trial in :func:`suggest` to read a space's distributions."""
+
+    def __init__(self):
+        self.distributions, self.params = {}, {}
+
+    def _record(self, name: str, distribution, value):
+        self.distributions[name], self.params[name] = distribution, value
+        return value
+
+    def suggest_categorical(self, name, choices):
+        from optuna.distributions import CategoricalDistribution
+
+        return self._record(name, CategoricalDistribution(choices), choices[0])
+
+    def suggest_float(self, name, low, high):
+        from optuna.distributions import FloatDistribution
+
+        return self._record(name, FloatDistribution(low, high), low)
+
+    def suggest_int(self, name, low, high):
+        from optuna.distributions import IntDistribution
+
+        return self._record(name, IntDistribution(low, high), low)
+
+
+def distributions(space: SearchSpace) -> dict:
+    """The Optuna distribution of every param a trial of ``space`` samples, by name: what
+    :func:`suggest` asks of a trial, read without a study."""
+    recorder = _Recorder()
+    suggest(recorder, space)
+    return recorder.distributions
+
+
+# What an edit is when its params lack these (a space that does not search them):
+# :func:`candidate_from_params` reads them so.
+IMPLIED = {"intervention": "ablate", "calibration": 0}
+
+
 def candidate_from_params(params: dict, num_layers: int) -> Candidate:
     """The edit a trial's params describe, on a model with ``num_layers`` decoder layers."""
     depth = num_layers - 1
@@ -173,13 +212,13 @@ def candidate_from_params(params: dict, num_layers: int) -> Candidate:
         for group in GROUPS
     }
     profile = Profile(kernels, first_layer=round(params["first_layer"] * depth), last_layer=round(params["last_layer"] * depth))
-    intervention = params.get("intervention", "ablate")
+    intervention = params.get("intervention", IMPLIED["intervention"])
     return Candidate(params["method"], params["scope"], params.get("direction_index", 0.0) * depth, profile,
                      bool(params["norm_preserving"]), component=int(params.get("pca_component", 0)),
                      rank=int(params.get("sae_features" if params["method"] == "sae" else "cone_rank", 1)), intervention=intervention,
                      amplify_strength=float(params.get("amplify_strength", 0.0)) if intervention == "amplify" else 0.0,
                      heads=int(params.get("heads", 0)) if intervention == "heads" else 0,
-                     calibration=int(params.get("calibration", 0)))
+                     calibration=int(params.get("calibration", IMPLIED["calibration"])))
 
 
 # The starting points' kernels, (peak, peak weight, floor fraction, falloff). Removing a direction

@@ -1,16 +1,32 @@
 """Warm start: another study's feasible front as the first trials of a new one.
 
-A trial's positions (direction index, kernel peaks, falloffs, layer range) are fractions of the
-depth, so a front found on one model is a meaningful start on another of a different depth.
-Directions are never carried over (hidden sizes differ); each study uses its own. A carried
-point is held inside the new study's space: a float outside its range is clipped, a choice the
-space does not offer is replaced by the space's first, and the trial's user attrs say so.
+Every param the new study's space samples (:func:`search.space.distributions`) is carried from
+the source trial, the options of the research spaces too (direction method, PCA component, cone
+rank, SAE features, intervention, amplification strength, heads, calibration percentile):
+
+* Positions (direction index, kernel peaks, falloffs, layer range) are fractions of the depth,
+  so a front found on one model is a meaningful start on another of a different depth.
+* ``heads`` (how many of the model's highest-scoring attention heads are edited) is a count,
+  carried as it is and clamped into the new space's range: the source model's head count is not
+  stored with its study, and the new space's range is the one chosen for the new model. The
+  other counts (PCA component, cone rank, SAE features) do not depend on the model's size and
+  are clamped the same way.
+* A value outside the new space is held inside it: a number is clipped to the range (an integer
+  rounded first); a choice the space does not offer becomes the nearest offered number
+  (calibration percentiles) or else the space's first choice.
+* A param the source lacks is what the source's edit implied (intervention ``ablate``,
+  calibration 0: :data:`search.space.IMPLIED`) or, when nothing is implied, left to the new
+  study's sampler. A param the new space does not sample is dropped.
+* Directions are never carried over (hidden sizes differ); each study uses its own.
+
+Each enqueued trial's user attr ``warm_start`` names its source trial and lists what changed,
+what was dropped and what was left to the sampler.
 """
 
 from __future__ import annotations
 
 from ablation.errors import AblationError
-from search.space import GROUPS, SearchSpace
+from search.space import IMPLIED, SearchSpace, distributions
 
 WARM_ATTR = "warm_start"  # on an enqueued trial: where its params came from
 
@@ -23,31 +39,49 @@ def parse_source(text: str) -> tuple[str, str]:
     return url, study
 
 
-# Each sampled param and the space field that bounds it.
-def _bounds(space: SearchSpace) -> dict[str, tuple]:
-    bounds = {"method": space.methods, "scope": space.scopes, "direction_index": space.direction_index,
-              "first_layer": space.first_layer, "last_layer": space.last_layer, "norm_preserving": space.norm_preserving}
-    for group in GROUPS:
-        bounds |= {f"{group}_shape": space.shapes, f"{group}_peak": space.peak, f"{group}_peak_weight": space.peak_weight,
-                   f"{group}_floor_fraction": space.floor_fraction, f"{group}_falloff": space.falloff}
-    return bounds
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def fit_to_space(params: dict, space: SearchSpace) -> tuple[dict, list[str]]:
-    """``params`` held inside ``space``, and a note per value that had to change."""
-    fitted, changes = {}, []
-    for name, bound in _bounds(space).items():
-        if name not in params:
+def held_inside(value, distribution):
+    """``value`` held inside an Optuna ``distribution`` (see the module's rules)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        choices = distribution.choices
+        if any(value == c and type(value) is type(c) for c in choices):
+            return value
+        numbers = [c for c in choices if _number(c)]
+        if _number(value) and numbers:
+            return min(numbers, key=lambda c: abs(c - value))  # the first of two as near
+        return choices[0]
+    if isinstance(distribution, IntDistribution):
+        return min(max(int(round(value)), distribution.low), distribution.high)
+    return min(max(float(value), distribution.low), distribution.high)
+
+
+def fit_to_space(params: dict, space: SearchSpace) -> tuple[dict, dict]:
+    """``params`` held inside ``space``, and what that took: ``changed`` (a note per value that
+    had to change), ``dropped`` (params ``space`` does not sample) and ``sampled`` (params of
+    ``space`` the source neither has nor implies, left to the sampler). A source lacking a param
+    every space samples was not made by this version's search space: a one-line error."""
+    core = distributions(SearchSpace())  # the params every space samples
+    fitted, changed, sampled = {}, [], []
+    for name, distribution in distributions(space).items():
+        if name in params:
+            value = params[name]
+        elif name in IMPLIED:
+            value = IMPLIED[name]
+        elif name in core:
             raise AblationError(f"the warm-start trial lacks the parameter {name!r}; it was not made by this version's search space")
-        value = params[name]
-        if isinstance(bound[0], (str, bool)):
-            new = value if value in bound else bound[0]
         else:
-            new = min(max(float(value), bound[0]), bound[1])
+            sampled.append(name)
+            continue
+        new = held_inside(value, distribution)
         if new != value:
-            changes.append(f"{name} {value!r} -> {new!r}")
+            changed.append(f"{name} {value!r} -> {new!r}")
         fitted[name] = new
-    return fitted, changes
+    return fitted, {"changed": changed, "dropped": sorted(set(params) - set(distributions(space))), "sampled": sampled}
 
 
 def front_points(url: str, study_name: str, space: SearchSpace) -> list[tuple[dict, dict]]:
@@ -64,11 +98,16 @@ def front_points(url: str, study_name: str, space: SearchSpace) -> list[tuple[di
         raise AblationError(f"study {study_name!r} in {redacted(url)} has no feasible finished trial to warm-start from")
     points = []
     for trial in front:
-        params, changes = fit_to_space(dict(trial.params), space)
+        params, fitting = fit_to_space(dict(trial.params), space)
         attrs = {WARM_ATTR: {"storage": redacted(url), "study": study_name, "trial": trial.number, "values": list(trial.values),
-                             "changed": changes}}
+                             **fitting}}
         points.append((params, attrs))
     return points
+
+
+def dropped(points: list[tuple[dict, dict]]) -> list[str]:
+    """The params of any of ``points``' source trials that the new space does not sample."""
+    return sorted({name for _, attrs in points for name in attrs[WARM_ATTR]["dropped"]})
 
 
 def enqueue_front(study, points: list[tuple[dict, dict]]) -> int:

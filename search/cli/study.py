@@ -204,9 +204,11 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     out = console()
     out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
     if warm:
-        from search.warm import enqueue_front
+        from search.warm import dropped, enqueue_front
 
         out.print(f"  warm start: {enqueue_front(study, warm)} trial(s) of {source_study!r}'s feasible front enqueued first")
+        if dropped(warm):
+            out.print(f"  warm start: dropped what this study's space does not search: {', '.join(dropped(warm))}", highlight=False)
 
     last = ""
 
