@@ -5,7 +5,10 @@ measurements are in :mod:`objectives.analysis` and :mod:`objectives.dose`. Plots
 to the study in an Optuna artifact store, which optuna-dashboard shows
 (``abliterate dashboard --artifacts DIR``); controls' findings go on the trial (user attrs
 ``controls`` and ``specific``, and a note section) so that ``front --json`` and the dashboard
-show them.
+show them. The promoter runs the controls in each candidate's confirmation
+(:class:`search.promoter.Promoter`); :func:`specificity_line` is their word in the promotion
+report, the trial's note and the model card. Importing this module imports no torch: the
+promoter's report and the card read the words only.
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ablation.errors import AblationError
+
+if TYPE_CHECKING:
+    import torch
 
 SPECIFIC_ATTR = "specific"
 CONTROLS_ATTR = "controls"
@@ -52,19 +57,28 @@ def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tenso
     return directions_from_bytes(payload)
 
 
-def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
-    """(candidate, direction, profile) of a trial's params: exactly what the trial baked.
+def not_measurable(params: dict) -> str | None:
+    """Why dose and controls cannot measure the edit of a trial's ``params``; None when they can.
 
-    Dose and controls scale or replace one direction; a trial that edits otherwise (a subspace,
-    heads, an amplification) is refused in one line rather than measured as another edit."""
+    They scale or replace one direction: an edit that is not one ablated direction (a subspace,
+    heads, an amplification) would be measured as another edit."""
+    method, intervention = params["method"], params.get("intervention", "ablate")
+    if method not in ("cone", "sae") and intervention == "ablate":
+        return None
+    what = method if method in ("cone", "sae") else f"the {intervention} intervention"
+    return f"dose and controls measure single-direction ablations; this trial uses {what}"
+
+
+def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
+    """(candidate, direction, profile) of a trial's params: exactly what the trial baked; an
+    edit that is not one direction (:func:`not_measurable`) is refused in one line."""
     from search.directions import direction_for, profile_for
     from search.space import candidate_from_params
 
+    reason = not_measurable(params)
+    if reason:
+        raise AblationError(f"{reason}; pick a trial of method mean, mean-projected, pca or probe with intervention ablate")
     candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
-    if candidate.method in ("cone", "sae") or candidate.intervention != "ablate":
-        what = candidate.method if candidate.method in ("cone", "sae") else f"the {candidate.intervention} intervention"
-        raise AblationError(f"dose and controls measure single-direction ablations; this trial uses {what}; "
-                            "pick a trial of method mean, mean-projected, pca or probe with intervention ablate")
     return candidate, direction_for(candidate, directions), profile_for(candidate, directions)
 
 
@@ -106,11 +120,27 @@ def attach(storage, study, paths: list[Path], artifacts: str | Path, prefix: str
     return ids
 
 
+# The holdout direction is learned on half the extraction prompts of each side: fewer than this
+# many per side leaves halves of one prompt.
+HOLDOUT_LEAST = 4
+
+
+def holdout_unavailable(prompts: dict) -> str | None:
+    """Why the holdout control cannot run on a study's ``prompts``; None when it can."""
+    harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+    if min(len(harmful), len(harmless)) >= HOLDOUT_LEAST:
+        return None
+    return (f"a holdout direction needs at least {HOLDOUT_LEAST} extraction prompts per side, the study has "
+            f"{len(harmful)} harmful and {len(harmless)} harmless")
+
+
 def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction: torch.Tensor, profile, norm_preserving: bool,
                     max_new_tokens: int, batch_size: int, log: Callable[[str], None] = lambda _: None) -> dict:
     """The trial's edit with its direction learned on one half of the extraction prompts (even
     positions) and scored on the other half and on the confirmation prompts, beside the study's
     own direction on the confirmation prompts; and the cosine of the two directions."""
+    import torch
+
     from ablation import Baker, find_writers
     from ablation.directions import by_method
     from objectives.dose import Scorer
@@ -118,9 +148,9 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
 
     chat = chat_of(config)
     harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
-    if min(len(harmful), len(harmless)) < 4:
-        raise AblationError(f"a holdout direction needs at least 4 extraction prompts per side, the study has "
-                            f"{len(harmful)} harmful and {len(harmless)} harmless")
+    reason = holdout_unavailable(prompts)
+    if reason:
+        raise AblationError(reason)
     residuals = capture_extraction(loaded, harmful[0::2], harmless[0::2], chat, batch_size)
     method = params["method"]
     _, learned, _ = trial_edit(params, {method: by_method(method, *residuals)[0]})
@@ -147,6 +177,8 @@ def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, 
     """The specificity controls of a trial's edit (``params`` with the study's ``directions``) on
     the study's evaluation prompts: ``count`` random directions baked with the trial's profile
     (:func:`objectives.dose.controls`) and, with ``holdout``, the holdout-learned direction."""
+    import torch
+
     from ablation import Baker, find_writers
     from objectives.dose import Scorer, controls
 
@@ -161,26 +193,75 @@ def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, 
     return result
 
 
-def record_controls(storage, study, trial, result: dict) -> None:
-    """Controls' findings on the trial: user attrs ``controls`` (the summary) and ``specific``,
-    and a ``Specificity controls`` note section."""
-    from storage.trial_attrs import append_trial_note, set_trial_user_attrs
-
+def controls_summary(result: dict) -> dict:
+    """What a trial keeps of its controls (the user attr ``controls``): the verdict, the spreads,
+    the random band and, when it ran, the holdout direction's refusal rates."""
     spec = result["specificity"]
     summary = {"specific": spec["specific"], "spreads": spec["spreads"], "drop": spec["drop"], "random": result["random_refusal"],
                "random_kl": result["random_kl"], "count": spec["band"]["count"], "seed": result["seed"]}
-    set_trial_user_attrs(storage, trial._trial_id, {CONTROLS_ATTR: summary, SPECIFIC_ATTR: spec["specific"]})
+    if "holdout" in result:
+        h = result["holdout"]
+        summary["holdout"] = {"cosine_to_edit": h["cosine_to_edit"], "other_half": h["heldout"]["refusal"],
+                              "base_other_half": h["base_other_half"]["refusal"], "confirmation": h["confirmation"]["refusal"],
+                              "edit_confirmation": h["edit_confirmation"]["refusal"],
+                              "base_confirmation": h["base_confirmation"]["refusal"]}
+    return summary
+
+
+def record_controls(storage, study, trial, result: dict) -> dict:
+    """Controls' findings on the trial: user attrs ``controls`` (:func:`controls_summary`, which
+    is returned) and ``specific``, and a ``Specificity controls`` note section."""
+    from storage.trial_attrs import append_trial_note, set_trial_user_attrs
+
+    summary = controls_summary(result)
+    set_trial_user_attrs(storage, trial._trial_id, {CONTROLS_ATTR: summary, SPECIFIC_ATTR: summary["specific"]})
     append_trial_note(storage, study._study_id, trial._trial_id, "Specificity controls", verdict(result))
+    return summary
 
 
 def verdict(result: dict) -> str:
-    """The controls' finding in one sentence."""
+    """The controls' finding in one sentence (two with the holdout direction)."""
     spec, band = result["specificity"], result["specificity"]["band"]
     word = "specific" if spec["specific"] else "not specific"
-    return (f"{word}: refusal drop {spec['drop']:+.3f} against {band['count']} random directions' {band['mean']:+.3f} "
+    text = (f"{word}: refusal drop {spec['drop']:+.3f} against {band['count']} random directions' {band['mean']:+.3f} "
             f"(spread {band['spread']:.3f}, used {spec['spread_used']:.3f}): {spec['spreads']:.1f} spreads away "
             f"(specific above {spec['threshold_spreads']:g}); random KL {result['random_kl']['mean']:.4g} "
             f"(spread {result['random_kl']['spread']:.2g}), the edit's {result['edit']['kl']:.4g}")
+    if "holdout" in result:
+        h = controls_summary(result)["holdout"]
+        text += (f". The direction learned on half the extraction prompts (cosine {h['cosine_to_edit']:.3f} to the study's): "
+                 f"refusal {h['other_half']:.2f} on the other half (base {h['base_other_half']:.2f}), {h['confirmation']:.2f} "
+                 f"on the confirmation prompts (the study's direction {h['edit_confirmation']:.2f}, base {h['base_confirmation']:.2f})")
+    return text
+
+
+def specificity_words(controls: dict | None) -> str:
+    """The controls' finding in a few words: ``specific, its refusal drop 12.3 spreads from the
+    band of 10 random directions``, ``not specific, ...``, or ``not run (why)``. ``controls`` is a
+    :func:`controls_summary`, possibly just ``{"specific": ...}``, or ``{"not_run": why}`` / None
+    when none ran."""
+    if not controls or controls.get("specific") is None:
+        why = (controls or {}).get("not_run")
+        return f"not run ({why})" if why else "not run"
+    word = "specific" if controls["specific"] else "not specific"
+    if "spreads" not in controls:
+        return word
+    band = f" of {controls['count']} random directions" if "count" in controls else " of random directions"
+    return f"{word}, its refusal drop {controls['spreads']:.1f} spreads from the band{band}"
+
+
+def specificity_line(confirmation: dict) -> str | None:
+    """The specificity controls' finding on a promotion's ``confirmation`` (see
+    :meth:`search.promoter.Promoter.confirm`), for the trial's note, the report and the model
+    card; None when the confirmation ran none (a candidate dropped before them, or an older
+    promotion)."""
+    if "controls" not in confirmation and "specific" not in confirmation:
+        return None
+    controls = confirmation.get("controls") or {"specific": confirmation.get("specific")}
+    line = f"specificity controls: {specificity_words(controls)}"
+    if controls.get("specific") is False:
+        line += "; promoted as --include-not-specific asks" if confirmation["passed"] else "; dropped (--include-not-specific promotes it)"
+    return line
 
 
 def write_json(path: Path, value) -> Path:

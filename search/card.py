@@ -13,6 +13,8 @@ import re
 
 import yaml
 
+from search.analysis import specificity_line
+
 CARD_FILE = "README.md"
 TAGS = ("abliterated", "abliteration", "abliterate")
 LICENSE_KEYS = ("license", "license_name", "license_link")
@@ -177,6 +179,9 @@ def promotion_text(promotion: dict | None) -> list[str]:
         lines += ["", f"Held-out confirmation: refusal {confirmation['refusal']:.3f} against the base model's "
                       f"{confirmation['base_refusal']:.3f} (margin {confirmation['margin']}), KL {confirmation['kl']:.4f}: "
                       f"{'passed' if confirmation['passed'] else 'dropped'}."]
+        specificity = specificity_line(confirmation)
+        if specificity:
+            lines += ["", specificity[0].upper() + specificity[1:] + "."]
     gate = details.get("gate")
     if gate:
         lines += ["", f"Agent sweep ({details.get('runner', 'runner')}, {details.get('attempts', '?')} attempts per task): {gate['reason']}",

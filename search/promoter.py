@@ -4,9 +4,10 @@ Each feasible front trial is claimed with a lease (two promoters never work on o
 promoter's lease expires and the candidate is taken again) and goes through these statuses:
 
 ``confirming`` -> ``dropped`` (no longer beats the base model on the held-out confirmation
-prompts) or ``sweeping`` (checkpoint written atomically, attempts being run) -> ``accepted`` or
-``no_lift`` (the gate's decision). When the runner cannot work (no Docker engine, a missing
-command) the candidate keeps its status with the error, and the next promoter run retries it.
+prompts, or random directions baked with its profile drop refusal as much: not specific) or
+``sweeping`` (checkpoint written atomically, attempts being run) -> ``accepted`` or ``no_lift``
+(the gate's decision). When the runner cannot work (no Docker engine, a missing command) the
+candidate keeps its status with the error, and the next promoter run retries it.
 
 Every step's findings are kept in the project's tables, so a restarted promoter continues where
 the last one stopped: confirmation is not redone, a stored attempt is never run again. The
@@ -32,6 +33,7 @@ from ablation.errors import AblationError
 from objectives.gate import GateResult, GateRule, TaskCounts, gate, underpowered
 from objectives.plan import Design, plan, summary
 from objectives.sweep.base import Runner, run_sweep
+from search.analysis import specificity_line
 from search.front import feasible_front
 from search.study import STOP_ATTR, load, stop_requested
 from storage.errors import StorageError
@@ -40,6 +42,10 @@ from storage.promotions import PromotionStore, SweepStore
 from storage.trial_attrs import append_trial_note, set_trial_user_attrs
 
 FINAL = ("dropped", "accepted", "no_lift")
+# Random directions of the specificity controls run in each candidate's confirmation: each costs
+# one refusal pass on the evaluation prompts, about a trial, where the agent sweep after it costs
+# hundreds of attempts; ten give a band whose spread is known to within about a quarter.
+DEFAULT_CONTROLS = 10
 
 
 @dataclass(frozen=True)
@@ -55,8 +61,8 @@ class PromotionSettings:
     lease_seconds: float = 600.0
     checkpoints: str = "abliterate-checkpoints"
     device: str = "auto"
-    include_not_specific: bool = False  # promote trials that abliterate controls found not specific
-    controls: int = 0  # random directions of the specificity controls run in confirmation (0: none)
+    include_not_specific: bool = False  # also promote candidates the specificity controls found not specific
+    controls: int = DEFAULT_CONTROLS  # random directions of the specificity controls in confirmation (0: none run)
 
 
 class Promoter:
@@ -83,20 +89,26 @@ class Promoter:
 
     def pending(self) -> list[FrozenTrial]:
         """Front trials with no final promotion status yet, best refusal first."""
-        done = {n for n, (status, _) in self.promotions.all().items() if status in FINAL}
+        done = {n for n, (status, details) in self.promotions.all().items() if self._settled(status, details)}
         front = [t for t in feasible_front(self.study) if t.number not in done]
         if self.settings.include_not_specific:
             return front
-        # A trial whose refusal drop a random direction matches (abliterate controls) is skipped;
-        # one never controlled is promoted as before.
+        # A trial whose refusal drop random directions match (abliterate controls, run before
+        # promotion) is skipped; the others are controlled in their confirmation.
         return [t for t in front if t.user_attrs.get("specific") is not False]
 
     def skipped(self) -> list[FrozenTrial]:
         """Front trials left out because abliterate controls found them not specific."""
         if self.settings.include_not_specific:
             return []
-        done = {n for n, (status, _) in self.promotions.all().items() if status in FINAL}
+        done = {n for n, (status, details) in self.promotions.all().items() if self._settled(status, details)}
         return [t for t in feasible_front(self.study) if t.number not in done and t.user_attrs.get("specific") is False]
+
+    def _settled(self, status: str, details: dict) -> bool:
+        """Whether a promotion needs nothing more under these settings: a final status, except a
+        candidate dropped only for being not specific when ``include_not_specific`` asks for it."""
+        return status in FINAL and not (self.settings.include_not_specific and status == "dropped"
+                                        and only_not_specific(details.get("confirmation") or {}))
 
     def run_once(self) -> int:
         """Promote every pending candidate no other promoter holds; how many reached a final status."""
@@ -113,7 +125,7 @@ class Promoter:
             with self.leases.held(key) as lost:
                 # The pending list was read before the lease: another promoter may have finished
                 # this candidate since, and its verdict must stand (other settings would overwrite it).
-                if (self.promotions.get(trial.number) or ("", {}))[0] in FINAL:
+                if self._settled(*(self.promotions.get(trial.number) or ("", {}))):
                     continue
                 status = self.promote(trial)
                 if lost.is_set():
@@ -160,7 +172,11 @@ class Promoter:
                     self._record(trial, "dropped", {"promotion_confirmation": confirmation})
                     return "dropped"
             elif not details["confirmation"]["passed"]:
-                return "dropped"
+                if not (self.settings.include_not_specific and only_not_specific(details["confirmation"])):
+                    return "dropped"
+                # Dropped by an earlier run for being not specific alone; asked for now.
+                self.promotions.update(n, "confirming", confirmation=details["confirmation"] | {"passed": True})
+                self.log(f"trial {n}: not specific, promoted as --include-not-specific asks")
             checkpoint = self.export(trial)
             self.promotions.update(n, "sweeping", checkpoint=str(checkpoint))
             baseline = self.sweep(self.base_model(), f"baseline:{self.config.model}:{self.runner.fingerprint()}", "baseline")
@@ -190,25 +206,58 @@ class Promoter:
         return len(earlier) + 1, sum(len(g["tasks"]) for g in earlier)
 
     def confirm(self, trial: FrozenTrial) -> dict:
-        """Re-score on the held-out confirmation prompts with longer answers, against the base model."""
+        """Re-score on the held-out confirmation prompts with longer answers, against the base
+        model; a candidate that beats it is then put to the specificity controls (:meth:`controls`).
+
+        ``beats_base``: the confirmation's own finding; ``passed``: that, and specific (or not
+        controlled, or ``include_not_specific``); ``controls``: what the controls found."""
         bench = self._load()
         outcome = bench["scorer"].run(self._candidate(trial))
         refusal = outcome.values[0]
-        passed = outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin
+        beats = bool(outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin)
         found = {"refusal": refusal, "kl": outcome.kl, "feasible": outcome.feasible, "base_refusal": bench["base_refusal"],
-                 "margin": self.settings.margin, "passed": bool(passed),
+                 "margin": self.settings.margin, "beats_base": beats, "passed": beats,
                  "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
-        if passed and self.settings.controls and "specific" not in trial.user_attrs:
-            from search.analysis import record_controls, run_controls, verdict
-
-            result = run_controls(bench["loaded"], self.config, self.config.prompts(), trial.params, bench["directions"],
-                                  self.settings.controls, holdout=False)
-            record_controls(self.storage, self.study, trial, result)
-            found["specific"] = result["specificity"]["specific"]
-            self.log(f"trial {trial.number}: controls: {verdict(result)}")
-        if found.get("specific", trial.user_attrs.get("specific")) is False and not self.settings.include_not_specific:
-            found |= {"passed": False, "specific": False}
+        if beats:  # the controls cost a dozen refusal passes: not for a candidate dropped anyway
+            found["controls"] = self.controls(trial)
+            found["specific"] = found["controls"].get("specific")
+            if found["specific"] is False and not self.settings.include_not_specific:
+                found["passed"] = False
         return found
+
+    def controls(self, trial: FrozenTrial) -> dict:
+        """The candidate's specificity controls (:func:`search.analysis.run_controls`): the
+        trial's own findings when ``abliterate controls`` or an earlier promoter ran them; else
+        ``settings.controls`` random directions baked with its profile, and the direction learned
+        on half the extraction prompts, scored on the other half and the confirmation prompts,
+        recorded on the trial. The verdict is the random band's; the holdout is reported beside
+        it. ``{"not_run": why}`` when none can run: ``--controls 0``, or an edit that is not one
+        direction (cone, sae, heads, amplify), which is then promoted as before."""
+        from search.analysis import (
+            CONTROLS_ATTR,
+            SPECIFIC_ATTR,
+            holdout_unavailable,
+            not_measurable,
+            record_controls,
+            run_controls,
+            verdict,
+        )
+
+        if SPECIFIC_ATTR in trial.user_attrs:
+            return dict(trial.user_attrs.get(CONTROLS_ATTR) or {}) | {"specific": trial.user_attrs[SPECIFIC_ATTR]}
+        reason = "--controls 0" if not self.settings.controls else not_measurable(trial.params)
+        if reason:
+            self.log(f"trial {trial.number}: specificity controls not run: {reason}")
+            return {"not_run": reason}
+        bench, prompts = self._load(), self.config.prompts()
+        no_holdout = holdout_unavailable(prompts)
+        if no_holdout:
+            self.log(f"trial {trial.number}: holdout control not run: {no_holdout}")
+        result = run_controls(bench["loaded"], self.config, prompts, trial.params, bench["directions"], self.settings.controls,
+                              holdout=no_holdout is None)
+        summary = record_controls(self.storage, self.study, trial, result)
+        self.log(f"trial {trial.number}: controls: {verdict(result)}")
+        return summary | ({"holdout": {"not_run": no_holdout}} if no_holdout else {})
 
     def export(self, trial: FrozenTrial) -> Path:
         """The candidate's checkpoint folder with its model card and reproduction record, written
@@ -298,12 +347,21 @@ class Promoter:
         append_trial_note(self.storage, self.study._study_id, trial._trial_id, "Promotion", promotion_note(status, attrs, result))
 
 
+def only_not_specific(confirmation: dict) -> bool:
+    """Whether a confirmation was failed by the specificity controls alone."""
+    return bool(confirmation.get("beats_base")) and confirmation.get("specific") is False
+
+
 def promotion_note(status: str, attrs: dict, result: GateResult | None) -> str:
-    """Markdown for the trial's dashboard note: the decision and the per-task table."""
+    """Markdown for the trial's dashboard note: the decision, the specificity controls' word and
+    the per-task table."""
     lines = [f"**{status}**"]
     if "promotion_confirmation" in attrs:
         c = attrs["promotion_confirmation"]
         lines.append(f"confirmation refusal {c['refusal']:.3f} vs base {c['base_refusal']:.3f} (margin {c['margin']}), KL {c['kl']:.4f}")
+        specificity = specificity_line(c)  # None: no controls (dropped before them, or an older promotion)
+        if specificity:
+            lines.append(specificity)
     if result is None:
         return "\n".join(lines)
     lines += [result.reason, "", "| task | candidate | baseline | p | p (Holm) | p (BH) |", "|---|---|---|---|---|---|"]
@@ -316,9 +374,12 @@ def promotion_note(status: str, attrs: dict, result: GateResult | None) -> str:
 
 
 def report(storage, study_name: str) -> list[dict]:
-    """Every promotion of the study with what each step found (for ``abliterate report``)."""
-    load(storage, study_name)  # a one-line error for an unknown study
-    rows = []
-    for number, (status, details) in PromotionStore(storage.engine, study_name).all().items():
-        rows.append({"trial": number, "status": status, **details})
-    return rows
+    """Every promotion of the study with what each step found (for ``abliterate report``), and
+    the front trials that ``abliterate controls`` found not specific before any promotion
+    (status ``skipped``, their ``controls`` beside), by trial number."""
+    study, _ = load(storage, study_name)  # a one-line error for an unknown study
+    promotions = PromotionStore(storage.engine, study_name).all()
+    rows = [{"trial": number, "status": status, **details} for number, (status, details) in promotions.items()]
+    rows += [{"trial": t.number, "status": "skipped", "controls": dict(t.user_attrs.get("controls") or {}) | {"specific": False}}
+             for t in feasible_front(study) if t.number not in promotions and t.user_attrs.get("specific") is False]
+    return sorted(rows, key=lambda row: row["trial"])

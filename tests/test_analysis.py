@@ -8,9 +8,12 @@ about 0.7 measured), layers 1 to 3 separate them completely (AUC 0.999 to 1.0).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
+
+from objectives.sweep.local import DEFAULT_TASKS
 
 from objectives.analysis import crossing, parse_alphas, random_band, specificity, therapeutic_index
 from objectives.refuser import prompt_path, refuser_path
@@ -153,15 +156,138 @@ def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, t
 def test_promotion_runs_the_controls_in_confirmation(study):
     from objectives.sweep.local import LocalRunner
     from search.analysis import open_study
-    from search.promoter import Promoter, PromotionSettings
+    from search.promoter import DEFAULT_CONTROLS, Promoter, PromotionSettings
 
+    assert PromotionSettings().controls == DEFAULT_CONTROLS == 10  # on unless --controls 0
     storage, loaded_study, _ = open_study(study["url"], "r")
     assert "specific" not in loaded_study.trials[0].user_attrs
     promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=2, device="cpu"), log=lambda _: None)
     confirmation = promoter.confirm(loaded_study.trials[0])
-    assert confirmation["passed"] and confirmation["specific"] is True
+    assert confirmation["passed"] and confirmation["beats_base"] and confirmation["specific"] is True
+    controls = confirmation["controls"]
+    assert controls["count"] == 2 and controls["spreads"] > 10
+    # The holdout direction: learned on half the extraction prompts, it removes refusals on the other
+    # half and on the confirmation prompts as the study's own direction does.
+    holdout = controls["holdout"]
+    assert holdout["cosine_to_edit"] > 0.9 and holdout["base_other_half"] >= 0.9 and holdout["other_half"] <= 0.1
+    assert holdout["confirmation"] <= 0.1 and holdout["edit_confirmation"] <= 0.1
     trial = open_study(study["url"], "r")[1].trials[0]
-    assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 2
+    assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"] == controls
+
+
+def test_promotion_reads_controls_already_run_and_runs_none_it_cannot(study):
+    import optuna
+
+    from objectives.sweep.local import LocalRunner
+    from search.analysis import open_study
+    from search.promoter import Promoter, PromotionSettings
+    from search.space import SearchSpace, suggest
+
+    storage = open_study(study["url"], "r")[0]
+    lines = []
+    promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(device="cpu"), log=lines.append)
+    lines.clear()  # the design's plan line
+    heads = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    suggest(heads, SearchSpace(interventions=("heads",)))
+    assert promoter.controls(heads) == {"not_run": "dose and controls measure single-direction ablations; "
+                                                    "this trial uses the heads intervention"}
+    assert lines == [f"trial {heads.number}: specificity controls not run: dose and controls measure single-direction "
+                     "ablations; this trial uses the heads intervention"]
+    heads.set_user_attr("specific", False)  # an earlier run's verdict stands, whatever the edit
+    heads.set_user_attr("controls", {"specific": False, "spreads": 0.5, "count": 20})
+    assert promoter.controls(heads) == {"specific": False, "spreads": 0.5, "count": 20}
+    off = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=0, device="cpu"), log=lambda _: None)
+    plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    suggest(plain, SearchSpace())
+    assert off.controls(plain) == {"not_run": "--controls 0"}
+
+
+@pytest.fixture(scope="module")
+def faint(study, tmp_path_factory):
+    """Study ``faint`` beside ``r`` (same model, prompts and directions) whose one trial removes
+    the direction at weight 0.03: it refuses as the base model does, as random directions do."""
+    import optuna
+
+    from search.space import SearchSpace, starting_points, suggest
+    from search.study import create_or_resume
+    from search.trial import directions_key, directions_to_bytes
+    from storage.cache import ArtifactCache
+    from storage.rdb import open_storage
+
+    space = SearchSpace(peak_weight=(0.0, 1.5))
+    config = replace(study["config"], space=space)
+    storage = open_storage(study["url"])
+    create_or_resume(storage, "faint", config)
+    ArtifactCache(storage.engine, "faint", "test").get_or_compute(directions_key(space.methods),
+                                                                  lambda: directions_to_bytes(study["directions"]))
+    created = optuna.load_study(study_name="faint", storage=study["url"])
+    edit = starting_points(space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3}
+    for group in ("attn", "mlp"):
+        edit |= {f"{group}_peak": 0.5, f"{group}_peak_weight": 0.03, f"{group}_floor_fraction": 1.0, f"{group}_falloff": 1 / 3}
+    created.enqueue_trial(edit)
+    trial = created.ask()
+    suggest(trial, space)
+    for key, value in {"kl": 0.0001, "feasible": True, "refusal_rate": 1.0, "degenerate_rate": 0.0}.items():
+        trial.set_user_attr(key, value)
+    created.tell(trial, [1.0, 0.0001])
+    tasks = tmp_path_factory.mktemp("one-task")
+    (tasks / "bake-pie.yaml").write_text((DEFAULT_TASKS / "bake-pie.yaml").read_text())
+    return {"tasks": tasks, "trial": trial.number}
+
+
+def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said_so_everywhere(study, faint, capsys, tmp_path):
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    from objectives.sweep.local import LocalRunner
+    from search.analysis import open_study
+    from search.promoter import Promoter, PromotionSettings
+
+    storage = open_study(study["url"], "faint")[0]
+    lines = []
+
+    def promoter(**options):
+        settings = PromotionSettings(attempts=3, margin=0.0, controls=3, checkpoints=str(tmp_path / "ck"), device="cpu", **options)
+        return Promoter(storage, "faint", LocalRunner(faint["tasks"], device="cpu", dtype="fp32"), settings, log=lines.append)
+
+    # margin 0: no worse than the base model passes confirmation, so the controls decide.
+    promoter().run_once()
+    number = faint["trial"]
+    status, details = promoter().promotions.get(number)
+    confirmation = details["confirmation"]
+    assert status == "dropped" and confirmation["beats_base"] and not confirmation["passed"]
+    assert confirmation["specific"] is False and confirmation["controls"]["count"] == 3
+    assert abs(confirmation["controls"]["spreads"]) < 3 and "holdout" in confirmation["controls"]
+    assert not (tmp_path / "ck").exists()  # nothing exported, nothing swept
+    assert any(line.startswith(f"trial {number}: controls: not specific: refusal drop") for line in lines)
+
+    # The note, the report and front --json say it.
+    study_now = open_study(study["url"], "faint")[1]
+    trial = study_now.trials[number]
+    assert trial.user_attrs["specific"] is False and trial.user_attrs["promotion"] == "dropped"
+    note = get_note_from_system_attrs(storage.get_study_system_attrs(study_now._study_id), trial._trial_id)["body"]
+    assert "## Specificity controls\nnot specific: refusal drop" in note
+    assert "specificity controls: not specific, its refusal drop" in note and "dropped (--include-not-specific promotes it)" in note
+    status, out, err = run(capsys, "report", "--storage", study["url"], "--study", "faint")
+    assert status == 0, err
+    assert any(line.split()[:2] == [str(number), "dropped"] and line.split()[-1] == "no" for line in out.splitlines()), out
+    assert f"trial {number}: specificity controls: not specific, its refusal drop" in " ".join(out.split())
+    status, out, _ = run(capsys, "report", "--storage", study["url"], "--study", "faint", "--json")
+    assert json.loads(out)[0]["confirmation"]["specific"] is False
+    status, out, _ = run(capsys, "front", "--storage", study["url"], "--study", "faint", "--json")
+    row = json.loads(out)[0]
+    assert row["specific"] is False and row["controls"]["count"] == 3
+
+    # Settled for the default settings; asked for, it goes on to the checkpoint and the gate.
+    assert promoter().pending() == []
+    lines.clear()
+    include = promoter(include_not_specific=True)
+    assert [t.number for t in include.pending()] == [number]
+    include.run_once()
+    status, details = include.promotions.get(number)
+    assert status in ("accepted", "no_lift") and details["confirmation"]["passed"] and details["confirmation"]["specific"] is False
+    assert f"trial {number}: not specific, promoted as --include-not-specific asks" in lines
+    assert (tmp_path / "ck" / "faint" / f"trial-{number}" / "README.md").read_text().count(
+        "Specificity controls: not specific, its refusal drop") == 1
 
 
 def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path):

@@ -102,6 +102,7 @@ def test_demo_runs_a_study_and_resumes(tmp_path):
     assert "promotions of 'demo'" in result.stdout
     assert any(t.user_attrs.get("promotion") in ("accepted", "no_lift", "dropped") for t in study.trials)
     assert any((tmp_path / "abliterate-demo-checkpoints" / "demo").glob("trial-*/config.json"))
+    assert any(t.user_attrs.get("specific") is True for t in study.trials)  # the controls ran in confirmation
     again = abliterate("demo", "--trials", "12", cwd=tmp_path)
     assert "resumed study 'demo'" in again.stdout and len(optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'abliterate-demo.db'}").trials) == len(study.trials)
 
@@ -225,4 +226,37 @@ def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
                 {"trial": 7, "status": "dropped", "confirmation": {"refusal": 0.9, "base_refusal": 1.0}}]
     lines = _render(summary_table(promoted, "a-study-with-a-long-name"))
     assert max(map(len, lines)) <= 80
-    assert any(line.split() == ["1234", "no_lift", "0.047", "1.000", "0.222", "1", "0.0312", "1", "(1)"] for line in lines)
+    assert any(line.split() == ["1234", "no_lift", "0.047", "1.000", "0.222", "1", "0.0312", "1", "(1)", "not", "run"] for line in lines)
+
+
+def test_the_report_says_what_the_specificity_controls_found():
+    from search.cli.promotion import print_report
+
+    gate = {"reason": "trial passed", "tasks": [{"p": 0.01, "p_holm": 0.1}], "pooled_p": 0.01, "look": 12, "tested": 1068,
+            "pooled_odds_ratio": None, "flags": []}
+    confirmed = {"refusal": 0.05, "base_refusal": 1.0, "margin": 0.1, "beats_base": True}
+    rows = [{"trial": 3, "status": "accepted", "gate": gate,
+             "confirmation": confirmed | {"passed": True, "specific": True, "controls": {"specific": True, "spreads": 123.44, "count": 10}}},
+            {"trial": 7, "status": "dropped",
+             "confirmation": confirmed | {"passed": False, "specific": False, "controls": {"specific": False, "spreads": 1.2, "count": 10}}},
+            {"trial": 8, "status": "skipped", "controls": {"specific": False, "spreads": -0.5, "count": 20}},
+            {"trial": 9, "status": "sweeping", "confirmation": confirmed | {"passed": True, "specific": None,
+                                                                             "controls": {"not_run": "--controls 0"}}},
+            {"trial": 10, "status": "dropped", "confirmation": {"refusal": 0.95, "base_refusal": 1.0, "passed": False}}]
+    import io
+
+    from rich.console import Console
+
+    out = Console(width=80, file=io.StringIO(), color_system=None)
+    print_report(rows, "s", out, details=False)
+    lines = out.file.getvalue().splitlines()
+    assert max(map(len, lines)) <= 80
+    cells = {line.split()[0]: line.split()[-1] for line in lines if line.split() and line.split()[0].isdigit()}
+    assert cells == {"3": "yes", "7": "no", "8": "no", "9": "run", "10": "run"}  # "not run": nothing decided
+    prose = " ".join(" ".join(lines).split())
+    assert "trial 3: specificity controls: specific, its refusal drop 123.4 spreads from the band of 10 random directions" in prose
+    assert ("trial 7: specificity controls: not specific, its refusal drop 1.2 spreads from the band of 10 random directions; "
+            "dropped (--include-not-specific promotes it)") in prose
+    assert ("trial 8: not specific, its refusal drop -0.5 spreads from the band of 20 random directions (abliterate controls); "
+            "skipped, --include-not-specific promotes it") in prose
+    assert "trial 9: specificity controls: not run (--controls 0)" in prose and "trial 10: specificity" not in prose

@@ -51,7 +51,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     study_with_front(postgres_url)
     engine = open_storage(postgres_url).engine
     promote = ["promote", "--storage", postgres_url, "--study", "s", "--once", "--attempts", ATTEMPTS, "--device", "cpu",
-               "--checkpoints", tmp_path / "ck", "--lease", 3]
+               "--checkpoints", tmp_path / "ck", "--lease", 3, "--controls", 2]  # a small band: the controls are not what is tested
     first = cli(*promote)
     while len(attempt_rows(engine)) < 12:  # a state, whatever the time it takes
         assert first.poll() is None, first.communicate()[0]
@@ -81,6 +81,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner().tasks()) for r in decided)
     row = decided[0]
     assert row["confirmation"]["passed"] and row["attempts"] == ATTEMPTS
+    assert row["confirmation"]["specific"] is True and row["confirmation"]["controls"]["count"] == 2  # run in confirmation
     tasks = row["gate"]["tasks"]
     assert len(tasks) == len(LocalRunner().tasks())
     assert all(t["counts"]["candidate_n"] == ATTEMPTS and t["counts"]["baseline_n"] == ATTEMPTS for t in tasks)
@@ -111,7 +112,8 @@ def test_accepted_lift_stops_the_study_and_its_workers(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     study_with_front(url)
     promoter = Promoter(open_storage(url), "s", LocalRunner(device="cpu", dtype="fp32"),
-                        PromotionSettings(attempts=ATTEMPTS, stop_at_first_lift=True, checkpoints=str(tmp_path / "ck"), device="cpu"),
+                        PromotionSettings(attempts=ATTEMPTS, stop_at_first_lift=True, checkpoints=str(tmp_path / "ck"), device="cpu",
+                                          controls=2),
                         log=lambda s: None)
     promoter.run_once()
     statuses = [s for s, _ in promoter.promotions.all().values()]

@@ -30,7 +30,7 @@ def _front(args) -> int:
     study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
-                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "over_refusal", "specific")}}
+                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "over_refusal", "specific", "controls")}}
                           for t in feasible_front(study)], indent=2))
         return 0
     print_front(study, console())

@@ -25,11 +25,15 @@ def register(commands) -> None:
     promote.add_argument("--confirm-tokens", type=positive, default=None, help="confirmation answer length (default: twice the study's)")
     gate_options(promote)
     promote.add_argument("--stop-at-first-lift", action="store_true", help="an accepted candidate stops the study and the promoter")
-    promote.add_argument("--controls", type=not_negative, default=0, metavar="N",
-                         help="in confirmation, bake N random directions with each candidate's profile (abliterate controls) "
-                              "and drop a candidate whose refusal drop they match (0: only read earlier controls)")
+    # Literal 10, not imported from search.promoter (DEFAULT_CONTROLS): --help must not import it.
+    promote.add_argument("--controls", type=not_negative, default=10, metavar="N",
+                         help="specificity controls in each candidate's confirmation (as abliterate controls): N random "
+                              "directions baked with its profile, and its direction learned on half the extraction prompts; "
+                              "a candidate whose refusal drop the random band matches is dropped as not specific "
+                              "(0: none run, earlier controls still read)")
     promote.add_argument("--include-not-specific", action="store_true",
-                         help="also promote trials that abliterate controls found not specific (skipped by default)")
+                         help="also promote candidates the controls found not specific (dropped or skipped by default; "
+                              "a later run with it takes the ones dropped for that alone)")
     promote.add_argument("--checkpoints", default="abliterate-checkpoints", help="folder for exported checkpoints and sweep logs")
     promote.add_argument("--device", default="auto")
     promote.add_argument("--lease", type=float, default=600.0, help="seconds a crashed promoter's claim lasts")
@@ -130,9 +134,9 @@ def _report(args) -> int:
 def print_report(rows: list[dict], study: str, out, details: bool) -> None:
     out.print(summary_table(rows, study))
     for row in rows:  # decisions are prose: below the table, where a long one wraps as a paragraph
-        decision = (row.get("gate") or {}).get("reason", row.get("error", ""))
-        if decision:
-            out.print(f"  trial {row['trial']}: {decision}", highlight=False)
+        for line in (specificity_prose(row), (row.get("gate") or {}).get("reason", row.get("error", ""))):
+            if line:
+                out.print(f"  trial {row['trial']}: {line}", highlight=False)
     for row in rows if details else []:
         g = row.get("gate")
         if not g:
@@ -150,18 +154,46 @@ def summary_table(rows: list[dict], study: str):
     from rich import box
     from rich.table import Table
 
-    summary = Table(title=f"promotions of {study!r}", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    # "look": which candidate of the study this decision is (its task tests so far in brackets)
-    for column in ("trial", "status", "refusal", "base", "best p", "Holm p", "pooled p", "look"):
-        summary.add_column(column, no_wrap=True, justify="left" if column == "status" else "right")
+    # Collapsed padding, no edge: nine columns in 80 (the specificity column came last).
+    summary = Table(title=f"promotions of {study!r}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
+                    title_justify="left")
+    # "look": which candidate of the study this decision is (its task tests so far in brackets);
+    # "specific": the specificity controls' verdict, its spreads in the prose below the table
+    for column in ("trial", "status", "refusal", "base", "best p", "Holm p", "pooled p", "look", "specific"):
+        summary.add_column(column, no_wrap=True, justify="left" if column in ("status", "specific") else "right")
     for row in rows:
         c, g = row.get("confirmation") or {}, row.get("gate") or {}
         tasks = g.get("tasks", [])
         summary.add_row(str(row["trial"]), row["status"], f"{c['refusal']:.3f}" if c else "", f"{c['base_refusal']:.3f}" if c else "",
                         f"{min(t['p'] for t in tasks):.3g}" if tasks else "",
                         f"{min(t['p_holm'] for t in tasks):.3g}" if tasks else "",
-                        f"{g['pooled_p']:.3g}" if g else "", f"{g.get('look', 1)} ({g.get('tested', len(tasks))})" if g else "")
+                        f"{g['pooled_p']:.3g}" if g else "", f"{g.get('look', 1)} ({g.get('tested', len(tasks))})" if g else "",
+                        specific_cell(row))
     return summary
+
+
+def _controls(row: dict) -> dict | None:
+    """A report row's specificity controls: its confirmation's, or a skipped trial's own."""
+    c = row.get("confirmation") or {}
+    return row.get("controls") or c.get("controls") or ({"specific": c["specific"]} if "specific" in c else None)
+
+
+def specific_cell(row: dict) -> str:
+    """``yes`` / ``no`` / ``not run`` (a confirmation that ran no controls), or blank (no confirmation)."""
+    controls = _controls(row)
+    if not controls and not row.get("confirmation"):
+        return ""
+    verdict = (controls or {}).get("specific")
+    return "not run" if verdict is None else "yes" if verdict else "no"
+
+
+def specificity_prose(row: dict) -> str:
+    """The controls' finding on a report row in words (see search.analysis), when there is one."""
+    from search.analysis import specificity_line, specificity_words
+
+    if row["status"] == "skipped":
+        return f"{specificity_words(_controls(row))} (abliterate controls); skipped, --include-not-specific promotes it"
+    return specificity_line(row.get("confirmation") or {}) or ""
 
 
 def _task_table(trial: int, status: str, g: dict):
