@@ -13,11 +13,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from objectives.sweep.local import DEFAULT_TASKS
-
 from objectives.analysis import crossing, parse_alphas, random_band, specificity, therapeutic_index
 from objectives.refuser import prompt_path, refuser_path
 from objectives.refuser.build import SAFETY_LAYERS
+from objectives.sweep.local import DEFAULT_TASKS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -230,6 +230,10 @@ def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
 
 
 def test_the_report_says_what_the_specificity_controls_found():
+    import io
+
+    from rich.console import Console
+
     from search.cli.promotion import print_report
 
     gate = {"reason": "trial passed", "tasks": [{"p": 0.01, "p_holm": 0.1}], "pooled_p": 0.01, "look": 12, "tested": 1068,
@@ -243,10 +247,6 @@ def test_the_report_says_what_the_specificity_controls_found():
             {"trial": 9, "status": "sweeping", "confirmation": confirmed | {"passed": True, "specific": None,
                                                                              "controls": {"not_run": "--controls 0"}}},
             {"trial": 10, "status": "dropped", "confirmation": {"refusal": 0.95, "base_refusal": 1.0, "passed": False}}]
-    import io
-
-    from rich.console import Console
-
     out = Console(width=80, file=io.StringIO(), color_system=None)
     print_report(rows, "s", out, details=False)
     lines = out.file.getvalue().splitlines()
