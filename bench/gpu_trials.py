@@ -2,7 +2,7 @@
 
 Directions are computed once; at each batch size the real :class:`~search.trial.TrialRunner` is
 built (base log-probs) and runs the same candidates: the classic full-depth edit, then random
-points of the default space. The KL cap is out of reach and no trial is pruned, so that every
+points of the ablate space (the default before heads joined it, so figures stay comparable). The KL cap is out of reach and no trial is pruned, so that every
 trial runs its whole refusal pass. Seconds are split by timing the runner's own bake, KL, refusal and restore calls, waiting
 for the device before and after each, so work queued on a GPU is counted where it was asked for.
 """
@@ -14,13 +14,12 @@ import math
 import statistics
 import time
 
-
 def trial_loop(bench, deadline: float) -> dict:
     """Directions once, then at each batch size the base log-probs and N timed trials."""
     import torch
 
     from objectives.refusal import MarkerProxy
-    from search.space import SearchSpace
+    from search.space import PRESETS
     from search.trial import TrialRunner, compute_directions
 
     plan, loaded = bench.plan, bench.loaded
@@ -28,7 +27,7 @@ def trial_loop(bench, deadline: float) -> dict:
     evaluation = slice(plan.extraction, plan.extraction + plan.evaluation)
     out: dict = {"new_tokens": plan.new_tokens, "batch_sizes": {}}
     start = time.perf_counter()
-    directions = compute_directions(loaded, harmful[:plan.extraction], harmless[:plan.extraction], SearchSpace().methods,
+    directions = compute_directions(loaded, harmful[:plan.extraction], harmless[:plan.extraction], PRESETS["ablate"].methods,
                                     bench.chat, plan.batch_sizes[0])
     bench.sync()
     out["directions_s"] = round(time.perf_counter() - start, 2)
@@ -86,13 +85,13 @@ def trial_loop(bench, deadline: float) -> dict:
 
 
 def sample_candidates(count: int, num_layers: int) -> list:
-    """The classic full-depth edit, then random points of the default space (fixed seed)."""
+    """The classic full-depth edit, then random points of the ablate space (fixed seed)."""
     import optuna
 
-    from search.space import SearchSpace, candidate_from_params, classic_seed, suggest
+    from search.space import PRESETS, candidate_from_params, classic_seed, suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = SearchSpace()
+    space = PRESETS["ablate"]
     study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     params = [classic_seed(space)] + [suggest(study.ask(), space) for _ in range(count - 1)]
     return [candidate_from_params(p, num_layers) for p in params]

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ablation.bake import Baker
+from ablation.bake import Baker, HeadColumns
 from ablation.profile import Profile
 from ablation.steer import steered
 from objectives.analysis import crossing, random_band, random_unit_directions, specificity, therapeutic_index
@@ -33,10 +33,12 @@ def scaled(profile: Profile, alpha: float) -> Profile:
     return replace(profile, kernels=kernels)
 
 
-def ablation_intervention(baker: Baker, direction: torch.Tensor, profile: Profile, norm_preserving: bool = False) -> Intervention:
-    """Dose alpha: ``direction`` baked with ``scaled(profile, alpha)``; alpha 0 leaves the model as it is."""
+def ablation_intervention(baker: Baker, direction: torch.Tensor, profile: Profile, norm_preserving: bool = False,
+                          heads: HeadColumns | None = None) -> Intervention:
+    """Dose alpha: ``direction`` baked with ``scaled(profile, alpha)`` (attention only in ``heads``'
+    columns when given); alpha 0 leaves the model as it is."""
     def apply(alpha: float):
-        return nullcontext() if alpha == 0 else baker.baked_into(direction, scaled(profile, alpha), norm_preserving)
+        return nullcontext() if alpha == 0 else baker.baked_into(direction, scaled(profile, alpha), norm_preserving, heads=heads)
     return apply
 
 
@@ -111,18 +113,19 @@ def dose_sweep(scorer: Scorer, intervention: Intervention, alphas: Sequence[floa
 
 
 def controls(scorer: Scorer, baker: Baker, direction: torch.Tensor, profile: Profile, norm_preserving: bool,
-             count: int, seed: int = 0, log: Callable[[str], None] = lambda _: None) -> dict:
-    """The edit (``direction`` baked with ``profile``) against ``count`` random directions of the
-    same shape and norm (unit rows) baked with the same profile: the base figures, the edit's,
+             count: int, seed: int = 0, log: Callable[[str], None] = lambda _: None, heads: HeadColumns | None = None) -> dict:
+    """The edit (``direction`` baked with ``profile``, attention only in ``heads``' columns when
+    given) against ``count`` random directions of the same shape and norm (unit rows) baked with
+    the same profile into the same heads: the base figures, the edit's,
     each random direction's, the band (mean, spread) of refusal and KL, and the specificity of
     the edit's refusal drop (see :func:`objectives.analysis.specificity`)."""
     base = scorer.score()
-    with baker.baked_into(direction, profile, norm_preserving):
+    with baker.baked_into(direction, profile, norm_preserving, heads=heads):
         edit = scorer.score()
     log(f"base refusal {base['refusal']:.2f}; the edit: refusal {edit['refusal']:.2f}, KL {edit['kl']:.4g}")
     randoms = []
     for i, random_direction in enumerate(random_unit_directions(count, tuple(direction.shape), seed)):
-        with baker.baked_into(random_direction, profile, norm_preserving):
+        with baker.baked_into(random_direction, profile, norm_preserving, heads=heads):
             randoms.append(scorer.score())
         log(f"random {i + 1}/{count}: refusal {randoms[-1]['refusal']:.2f}, KL {randoms[-1]['kl']:.4g}")
     refusal_band, kl_band = random_band([r["refusal"] for r in randoms]), random_band([r["kl"] for r in randoms])

@@ -60,10 +60,11 @@ def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tenso
 def not_measurable(params: dict) -> str | None:
     """Why dose and controls cannot measure the edit of a trial's ``params``; None when they can.
 
-    They scale or replace one direction: an edit that is not one ablated direction (a subspace,
-    heads, an amplification) would be measured as another edit."""
+    They scale or replace one direction, removed from every writer or from the heads that carry
+    refusal (the same heads whatever direction takes its place): a subspace or an amplification
+    would be measured as another edit."""
     method, intervention = params["method"], params.get("intervention", "ablate")
-    if method not in ("cone", "sae") and intervention == "ablate":
+    if method not in ("cone", "sae") and intervention in ("ablate", "heads"):
         return None
     what = method if method in ("cone", "sae") else f"the {intervention} intervention"
     return f"dose and controls measure single-direction ablations; this trial uses {what}"
@@ -77,9 +78,22 @@ def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
 
     reason = not_measurable(params)
     if reason:
-        raise AblationError(f"{reason}; pick a trial of method mean, mean-projected, pca or probe with intervention ablate")
+        raise AblationError(f"{reason}; pick a trial of method mean, mean-projected, pca or probe with intervention ablate or heads")
     candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
     return candidate, direction_for(candidate, directions), profile_for(candidate, directions)
+
+
+def trial_heads(candidate, directions: dict[str, torch.Tensor], loaded):
+    """The heads' columns a heads trial edits, chosen on the unedited ``loaded`` model by the
+    trial's own direction; None for a trial that ablates every writer. Dose and controls bake
+    every direction they try into these same heads, so a random direction is compared with the
+    trial's at the same place."""
+    if candidate.intervention != "heads":
+        return None
+    from ablation import find_writers
+    from search.directions import bake_arguments
+
+    return bake_arguments(candidate, directions, loaded.model, find_writers(loaded.model))["heads"]
 
 
 def load_study_model(config, device: str = "auto"):
@@ -135,10 +149,11 @@ def holdout_unavailable(prompts: dict) -> str | None:
 
 
 def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction: torch.Tensor, profile, norm_preserving: bool,
-                    max_new_tokens: int, batch_size: int, log: Callable[[str], None] = lambda _: None) -> dict:
+                    max_new_tokens: int, batch_size: int, log: Callable[[str], None] = lambda _: None, heads=None) -> dict:
     """The trial's edit with its direction learned on one half of the extraction prompts (even
     positions) and scored on the other half and on the confirmation prompts, beside the study's
-    own direction on the confirmation prompts; and the cosine of the two directions."""
+    own direction on the confirmation prompts; and the cosine of the two directions. A heads
+    trial's directions are both baked into ``heads`` (:func:`trial_heads`)."""
     import torch
 
     from ablation import Baker, find_writers
@@ -161,9 +176,9 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
     confirmation = Scorer(loaded, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"], None, max_new_tokens,
                           batch_size, chat)
     base_other, base_confirmation = other_half.score(), confirmation.score()
-    with baker.baked_into(learned, profile, norm_preserving):
+    with baker.baked_into(learned, profile, norm_preserving, heads=heads):
         heldout, held_confirmation = other_half.score(), confirmation.score()
-    with baker.baked_into(edit_direction, profile, norm_preserving):
+    with baker.baked_into(edit_direction, profile, norm_preserving, heads=heads):
         edit_confirmation = confirmation.score()
     log(f"holdout direction (cosine {cosine:.3f} to the study's): refusal {heldout['refusal']:.2f} on the other half "
         f"(base {base_other['refusal']:.2f}), {held_confirmation['refusal']:.2f} on confirmation "
@@ -186,10 +201,12 @@ def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, 
     scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
                     config.batch_size, chat_of(config))
     with torch.no_grad():
-        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, count, seed, log)
+        heads = trial_heads(candidate, directions, loaded)
+        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, count, seed, log,
+                          heads=heads)
         if holdout:
             result["holdout"] = holdout_control(loaded, config, prompts, params, direction, profile, candidate.norm_preserving,
-                                                config.max_new_tokens, config.batch_size, log)
+                                                config.max_new_tokens, config.batch_size, log, heads=heads)
     return result
 
 

@@ -170,7 +170,8 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
 
 def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str], None]) -> dict:
     """{name: tensor} as recorded (the method's directions, and what its intervention reads): from
-    the file beside the record, or computed again (the method's directions only)."""
+    the file beside the record, or computed again (all but an amplification's compliance direction,
+    which needs the study's refusal judge)."""
     from safetensors.torch import load_file
 
     wanted = record["directions"]
@@ -183,7 +184,7 @@ def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str],
         where = str(stored)
     else:
         log(f"{stored} is missing: computing the {method} directions again from the recorded prompt sources")
-        directions = {method: _recompute(record, loaded)}
+        directions = _recompute(record, loaded)
         where = "the recomputed directions"
     found = tensor_sha256(directions[method])
     if found != wanted["sha256"]:
@@ -197,11 +198,14 @@ def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str],
     return {name: directions[name] for name in (method, *wanted.get("extra", {}))}
 
 
-def _recompute(record: dict, loaded):
+def _recompute(record: dict, loaded) -> dict:
+    from dataclasses import replace
+
     from objectives.prompts import load_prompts
     from objectives.refusal import ChatFormat
+    from search.directions import compute_payload
     from search.study import StudyConfig
-    from search.trial import compute_directions
+    from search.trial import capture_extraction
 
     config = StudyConfig.from_json(json.dumps(record["study"]["config"]))
     sets = {}
@@ -216,9 +220,12 @@ def _recompute(record: dict, loaded):
             raise AblationError(f"prompt source {entry['source']!r} has changed since the export (its sha256 differs); "
                                 f"the directions cannot be computed again: copy the checkpoint's directions/ folder beside the record")
         sets[entry["side"]] = prompts
-    return compute_directions(loaded, sets["harmful"], sets["harmless"], [record["directions"]["method"]],
-                              ChatFormat(enable_thinking=config.enable_thinking), config.batch_size,
-                              config.space, config.categories(), config.sae)[record["directions"]["method"]]
+    chat = ChatFormat(enable_thinking=config.enable_thinking)
+    heads = ("heads",) if "heads:input" in record["directions"].get("extra", {}) else ("ablate",)
+    space = replace(config.space, methods=(record["directions"]["method"],), interventions=heads)
+    residuals = capture_extraction(loaded, sets["harmful"], sets["harmless"], chat, config.batch_size)
+    return compute_payload(loaded, sets["harmful"], sets["harmless"], residuals, space, chat=chat, batch_size=config.batch_size,
+                           labels=config.categories(), sae=config.sae)
 
 
 def prompt_records(config) -> list[dict]:

@@ -232,7 +232,7 @@ class Promoter:
         on half the extraction prompts, scored on the other half and the confirmation prompts,
         recorded on the trial. The verdict is the random band's; the holdout is reported beside
         it. ``{"not_run": why}`` when none can run: ``--controls 0``, or an edit that is not one
-        direction (cone, sae, heads, amplify), which is then promoted as before."""
+        direction (cone, sae, amplify), which is then promoted as before."""
         from search.analysis import (
             CONTROLS_ATTR,
             SPECIFIC_ATTR,

@@ -30,11 +30,12 @@ class SearchSpace:
     A tuple of one choice, or a range whose two ends are equal, fixes that parameter. The default
     is the small space that finds the best front per trial (bench/RESULTS.md): one direction
     method (mean difference projected against the harmless mean), norm-preserving edits, a tent
-    kernel per component over every layer, ten free parameters. :data:`PRESETS` names it and a
-    wider one.
+    kernel per component over every layer, removed from every writer (``ablate``) or only from
+    the attention heads that carry refusal (``heads``), twelve free parameters. :data:`PRESETS`
+    names it, each of its two interventions alone, and a wider space.
 
-    The research options are opt-in: their parameters are sampled only by a space that uses
-    them, so the default space's params stay what they were. ``pca_component`` (0-based) with
+    The other research options are opt-in: their parameters are sampled only by a space that
+    uses them. ``pca_component`` (0-based) with
     method ``pca``; ``cone_rank`` (directions removed together) with ``cone``;
     ``amplify_strength`` with intervention ``amplify``; ``heads`` (how many) with ``heads``;
     ``calibration`` (the target percentile of a calibrated profile, see
@@ -52,7 +53,7 @@ class SearchSpace:
     floor_fraction: tuple[float, float] = (0.0, 1.0)
     falloff: tuple[float, float] = (0.05, 0.6)
     norm_preserving: tuple[bool, ...] = (True,)
-    interventions: tuple[str, ...] = ("ablate",)
+    interventions: tuple[str, ...] = ("ablate", "heads")
     pca_component: tuple[int, int] = (0, 2)
     cone_rank: tuple[int, int] = (1, 4)
     amplify_strength: tuple[float, float] = (0.0, 0.5)
@@ -89,19 +90,20 @@ class SearchSpace:
 
 
 PRESETS = {
+    # The designed first trials take the strong doses as whole ablations and the others in the
+    # heads (see starting_points); the sampler then picks either per trial. Beside Heretic 1.4.0
+    # it found the better front at 10 and 30 trials on every seed measured, where either
+    # intervention alone fell short on one count (bench/RESULTS.md, "The default: ablate or heads").
     "default": SearchSpace(),
+    # The default before heads joined it: the direction removed from every writer.
+    "ablate": SearchSpace(interventions=("ablate",)),
+    # Attention edited only in the heads that carry refusal: about 0.7x the KL of ablate at each
+    # dose, but not ablate's lowest refusal count.
+    "heads": SearchSpace(interventions=("heads",)),
     # Every option the engine has: both mean-difference methods, truncated layer ranges, both
-    # kernel shapes, norm-preserving on or off (fifteen free parameters).
+    # kernel shapes, norm-preserving on or off, both interventions (seventeen free parameters).
     "wide": SearchSpace(methods=("mean", "mean-projected"), direction_index=(0.4, 0.9), first_layer=(0.0, 0.4),
                         last_layer=(0.7, 1.0), shapes=SHAPES, peak=(0.5, 0.9), falloff=(0.1, 0.6), norm_preserving=(False, True)),
-    # The default's edit with attention edited only in the heads that carry refusal (the heads
-    # intervention, how many searched): at Heretic's refusal level it reached about 0.7x the
-    # default's KL on every seed measured, but not the default's lowest refusal count
-    # (bench/RESULTS.md, "The research families").
-    "heads": SearchSpace(interventions=("heads",)),
-    # Both: the designed first trials take the strongest dose as a whole ablation and the others
-    # in the heads (see starting_points); the sampler then picks either per trial.
-    "mixed": SearchSpace(interventions=("ablate", "heads")),
 }
 
 

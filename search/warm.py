@@ -65,7 +65,7 @@ def fit_to_space(params: dict, space: SearchSpace) -> tuple[dict, dict]:
     had to change), ``dropped`` (params ``space`` does not sample) and ``sampled`` (params of
     ``space`` the source neither has nor implies, left to the sampler). A source lacking a param
     every space samples was not made by this version's search space: a one-line error."""
-    core = distributions(SearchSpace())  # the params every space samples
+    core = distributions(SearchSpace(interventions=("ablate",)))  # the params every space samples
     fitted, changed, sampled = {}, [], []
     for name, distribution in distributions(space).items():
         if name in params:

@@ -107,7 +107,8 @@ def study(tmp_path_factory, refuser):
     from objectives.refuser import PROMPT_FILES, PROMPTS_DIR
     from search.space import starting_points, suggest
     from search.study import StudyConfig, create_or_resume
-    from search.trial import compute_directions, directions_key, directions_to_bytes
+    from search.directions import compute_payload
+    from search.trial import capture_extraction, directions_key, directions_to_bytes
     from storage.cache import ArtifactCache
     from storage.rdb import open_storage
 
@@ -120,11 +121,12 @@ def study(tmp_path_factory, refuser):
     storage = open_storage(url)
     create_or_resume(storage, "r", config)
     prompts = config.prompts()
-    directions = compute_directions(refuser, prompts["harmful", "extraction"], prompts["harmless", "extraction"],
-                                    config.space.methods, batch_size=config.batch_size)
-    ArtifactCache(storage.engine, "r", "test").get_or_compute(directions_key(config.space.methods), lambda: directions_to_bytes(directions))
+    harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+    residuals = capture_extraction(refuser, harmful, harmless, batch_size=config.batch_size)
+    directions = compute_payload(refuser, harmful, harmless, residuals, config.space, batch_size=config.batch_size)
+    ArtifactCache(storage.engine, "r", "test").get_or_compute(directions_key(config.space), lambda: directions_to_bytes(directions))
     created = optuna.load_study(study_name="r", storage=url)
-    edit = starting_points(config.space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3}
+    edit = starting_points(config.space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3, "intervention": "ablate"}
     for group in ("attn", "mlp"):  # a flat tent over layers 1 and 2 at weight one
         edit |= {f"{group}_peak": 0.5, f"{group}_peak_weight": 1.0, f"{group}_floor_fraction": 1.0, f"{group}_falloff": 1 / 3}
     created.enqueue_trial(edit)
@@ -186,15 +188,15 @@ def test_promotion_reads_controls_already_run_and_runs_none_it_cannot(study):
     lines = []
     promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(device="cpu"), log=lines.append)
     lines.clear()  # the design's plan line
-    heads = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    suggest(heads, SearchSpace(interventions=("heads",)))
-    assert promoter.controls(heads) == {"not_run": "dose and controls measure single-direction ablations; "
-                                                    "this trial uses the heads intervention"}
-    assert lines == [f"trial {heads.number}: specificity controls not run: dose and controls measure single-direction "
-                     "ablations; this trial uses the heads intervention"]
-    heads.set_user_attr("specific", False)  # an earlier run's verdict stands, whatever the edit
-    heads.set_user_attr("controls", {"specific": False, "spreads": 0.5, "count": 20})
-    assert promoter.controls(heads) == {"specific": False, "spreads": 0.5, "count": 20}
+    amplify = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    suggest(amplify, SearchSpace(interventions=("amplify",)))
+    assert promoter.controls(amplify) == {"not_run": "dose and controls measure single-direction ablations; "
+                                                      "this trial uses the amplify intervention"}
+    assert lines == [f"trial {amplify.number}: specificity controls not run: dose and controls measure single-direction "
+                     "ablations; this trial uses the amplify intervention"]
+    amplify.set_user_attr("specific", False)  # an earlier run's verdict stands, whatever the edit
+    amplify.set_user_attr("controls", {"specific": False, "spreads": 0.5, "count": 20})
+    assert promoter.controls(amplify) == {"specific": False, "spreads": 0.5, "count": 20}
     off = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=0, device="cpu"), log=lambda _: None)
     plain = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     suggest(plain, SearchSpace())
@@ -217,10 +219,9 @@ def faint(study, tmp_path_factory):
     config = replace(study["config"], space=space)
     storage = open_storage(study["url"])
     create_or_resume(storage, "faint", config)
-    ArtifactCache(storage.engine, "faint", "test").get_or_compute(directions_key(space.methods),
-                                                                  lambda: directions_to_bytes(study["directions"]))
+    ArtifactCache(storage.engine, "faint", "test").get_or_compute(directions_key(space), lambda: directions_to_bytes(study["directions"]))
     created = optuna.load_study(study_name="faint", storage=study["url"])
-    edit = starting_points(space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3}
+    edit = starting_points(space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3, "intervention": "ablate"}
     for group in ("attn", "mlp"):
         edit |= {f"{group}_peak": 0.5, f"{group}_peak_weight": 0.03, f"{group}_floor_fraction": 1.0, f"{group}_falloff": 1 / 3}
     created.enqueue_trial(edit)
@@ -474,7 +475,7 @@ def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_la
     assert status == 2 and "K must be a whole number" in err and not (tmp_path / "k").exists()
 
 
-@pytest.mark.parametrize("space", [{"interventions": ("heads",)}, {"interventions": ("amplify",)}, {"methods": ("cone",)}])
+@pytest.mark.parametrize("space", [{"interventions": ("amplify",)}, {"methods": ("cone",)}])
 def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
     import optuna
 
@@ -488,3 +489,41 @@ def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
     params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), SearchSpace(**space))
     with pytest.raises(AblationError, match="single-direction ablations"):
         trial_edit(params, directions)
+
+
+def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_heads(study, refuser):
+    """A heads trial is measured as itself: the edit and each random direction change attention
+    only in the columns of the heads the trial's own direction chose, and the same ones each time."""
+    from ablation import Baker, find_writers
+    from objectives.dose import controls
+    from search.analysis import trial_edit, trial_heads
+
+    candidate, direction, profile = trial_edit(study["params"] | {"intervention": "heads", "heads": 2}, study["directions"])
+    heads = trial_heads(candidate, study["directions"], refuser)
+    assert sum(len(columns) for columns in heads.values()) == 2
+    attention = [w for w in find_writers(refuser.model) if w.group == "attn"]
+    before = [w.weight.detach().clone() for w in attention]
+
+    class Spy:  # the measurement, replaced by a look at the weights at each point controls scores
+        harmful = ["one"] * 8
+
+        def __init__(self):
+            self.edited = []
+
+        def score(self):
+            changed = set()
+            for writer, original in zip(attention, before):
+                inside = torch.zeros(original.shape[1], dtype=torch.bool)
+                for start, stop in heads.get(writer.layer, ()):
+                    inside[start:stop] = True
+                assert torch.equal(writer.weight[:, ~inside], original[:, ~inside]), writer.name
+                changed |= {(writer.layer, c) for c in range(original.shape[1]) if not torch.equal(writer.weight[:, c], original[:, c])}
+            self.edited.append(changed)
+            return {"refusal": 0.5, "kl": 0.0, "degenerate": 0.0}
+
+    spy = Spy()
+    result = controls(spy, Baker(find_writers(refuser.model)), direction, profile, candidate.norm_preserving, 3, heads=heads)
+    inside = {(layer, c) for layer, columns in heads.items() for start, stop in columns for c in range(start, stop)}
+    assert spy.edited[0] == set() and len(spy.edited) == 5  # base, the edit, three random directions
+    assert all(edited and edited <= inside for edited in spy.edited[1:])
+    assert len(result["random"]) == 3

@@ -183,9 +183,10 @@ def study(tmp_path_factory):
 
     from ablation.tiny import tiny_model
     from objectives.gate import GateRule, TaskCounts, gate
+    from search.directions import compute_payload
     from search.space import starting_points, suggest
     from search.study import StudyConfig, create_or_resume
-    from search.trial import compute_directions, directions_key, directions_to_bytes
+    from search.trial import capture_extraction, directions_key, directions_to_bytes
     from storage.cache import ArtifactCache
     from storage.promotions import PromotionStore
     from storage.rdb import open_storage
@@ -200,9 +201,11 @@ def study(tmp_path_factory):
     storage = open_storage(url)
     created, _ = create_or_resume(storage, "s", config)
     prompts = config.prompts()
-    directions = compute_directions(LoadedModel(model, tokenizer, config.model), prompts["harmful", "extraction"],
-                                    prompts["harmless", "extraction"], config.space.methods, batch_size=config.batch_size)
-    ArtifactCache(storage.engine, "s", "test").get_or_compute(directions_key(config.space.methods), lambda: directions_to_bytes(directions))
+    loaded = LoadedModel(model, tokenizer, config.model)
+    harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+    residuals = capture_extraction(loaded, harmful, harmless, batch_size=config.batch_size)
+    directions = compute_payload(loaded, harmful, harmless, residuals, config.space, batch_size=config.batch_size)
+    ArtifactCache(storage.engine, "s", "test").get_or_compute(directions_key(config.space), lambda: directions_to_bytes(directions))
     created = optuna.load_study(study_name="s", storage=url)  # ask/tell without the workers' heartbeat
     created.enqueue_trial(starting_points(config.space, 0.5, 1)[0])
     trial = created.ask()

@@ -123,31 +123,33 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
         rebuild(str(out / "reproduce.json"), config.model, str(tmp_path / f"r{number}"), device="cpu", log=lambda line: None)
 
 
-def test_the_default_space_is_unchanged():
-    space = PRESETS["default"]
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    trial = study.ask()
-    params = suggest(trial, space)
-    assert set(params) == {"method", "scope", "direction_index", "first_layer", "last_layer", "norm_preserving",
-                           *(f"{g}_{p}" for g in ("attn", "mlp") for p in ("shape", "peak", "peak_weight", "floor_fraction", "falloff"))}
+KERNEL_PARAMS = {"method", "scope", "direction_index", "first_layer", "last_layer", "norm_preserving",
+                 *(f"{g}_{p}" for g in ("attn", "mlp") for p in ("shape", "peak", "peak_weight", "floor_fraction", "falloff"))}
+
+
+def test_the_ablate_preset_is_the_former_default_space():
+    space = PRESETS["ablate"]
+    params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), space)
+    assert set(params) == KERNEL_PARAMS
     assert all(set(point) == set(params) for point in starting_points(space, 0.5, 6))
     candidate = candidate_from_params(params, 24)
     assert (candidate.intervention, candidate.rank, candidate.component, candidate.heads) == ("ablate", 1, 0, 0)
 
 
-def test_the_heads_preset_is_the_default_edit_in_the_heads_that_carry_refusal():
-    space = PRESETS["heads"]
+@pytest.mark.parametrize("preset", ["default", "heads"])
+def test_the_default_and_heads_presets_add_the_intervention_and_the_head_count(preset):
+    space = PRESETS[preset]
     params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), space)
-    default = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), PRESETS["default"])
-    assert set(params) == set(default) | {"intervention", "heads"}
-    candidate = candidate_from_params(params, 24)
+    assert set(params) == KERNEL_PARAMS | {"intervention", "heads"}
+    candidate = candidate_from_params(params | {"intervention": "heads"}, 24)
     assert candidate.intervention == "heads" and space.heads[0] <= candidate.heads <= space.heads[1]
+    assert candidate_from_params(params | {"intervention": "ablate"}, 24).heads == 0  # an ablation edits every head
 
 
-def test_the_mixed_preset_starts_with_the_strong_doses_ablated_and_the_rest_in_the_heads():
-    points = starting_points(PRESETS["mixed"], 0.5, 6)
+def test_the_default_starts_with_the_strong_doses_ablated_and_the_rest_in_the_heads():
+    points = starting_points(PRESETS["default"], 0.5, 6)
     assert [p["intervention"] for p in points] == ["heads", "heads", "ablate", "heads", "heads", "ablate"]
-    assert all(p["heads"] == PRESETS["mixed"].heads[1] for p in points)
+    assert all(p["heads"] == PRESETS["default"].heads[1] for p in points)
     assert {p["intervention"] for p in starting_points(PRESETS["heads"], 0.5, 6)} == {"heads"}
     only_amplify = SearchSpace(interventions=("ablate", "amplify"))
     assert {p["intervention"] for p in starting_points(only_amplify, 0.5, 6)} == {"ablate"}

@@ -32,7 +32,7 @@ def test_default_space_fixes_method_layers_shape_and_norm_preservation():
     assert {(c.method, c.norm_preserving, c.profile.first_layer, c.profile.last_layer) for c in candidates} == {("mean-projected", True, 0, 23)}
     assert {c.profile.kernels["attn"].shape for c in candidates} == {"tent"}
     free = {name for name, d in study.trials[0].distributions.items() if not d.single()}
-    assert len(free) == 10 and {"scope", "direction_index"} <= free
+    assert len(free) == 12 and {"scope", "direction_index", "intervention", "heads"} <= free
 
 
 def test_candidate_from_params_exact():

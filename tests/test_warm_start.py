@@ -110,9 +110,9 @@ def test_params_outside_the_default_space_are_carried_held_inside_and_the_rest_l
         {"method": "pca", "pca_component": 1, "intervention": "heads", "heads": 8, "calibration": 75}
     assert "amplify_strength" not in fitted and fitting["dropped"] == ["amplify_strength"]
     assert sorted(fitting["changed"]) == ["heads 30 -> 8", "pca_component 2 -> 1"]
-    # A trial of the default space: its edit was an uncalibrated ablation, so it is carried as one;
-    # the heads count it never searched is the sampler's.
-    plain = starting_points(SearchSpace(), 0.5, 1)[0]
+    # A trial of the ablate-only space: its edit was an uncalibrated ablation, so it is carried as
+    # one; the heads count it never searched is the sampler's.
+    plain = starting_points(SearchSpace(interventions=("ablate",)), 0.5, 1)[0]
     fitted, fitting = fit_to_space(plain, SearchSpace(interventions=("heads", "ablate"), calibration=(0, 95)))
     assert fitted["intervention"] == "ablate" and fitted["calibration"] == 0
     assert "heads" not in fitted and fitting["sampled"] == ["heads"] and fitting["changed"] == fitting["dropped"] == []

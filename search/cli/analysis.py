@@ -208,7 +208,8 @@ def _dose(args) -> int:
         if span:
             last = num_layers - 1 if profile.last_layer is None else profile.last_layer
             profile = Profile(profile.kernels, max(span[0], profile.first_layer), min(span[1], last))
-        intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit["direction"], profile, edit["norm_preserving"])
+        intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit["direction"], profile, edit["norm_preserving"],
+                                             heads=edit["heads"])
     else:
         from ablation.residuals import capture_last_token
 
@@ -264,7 +265,7 @@ def _file_edit(args) -> dict:
             raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
     return {"loaded": loaded, "chat": ChatFormat(enable_thinking=False if args.no_thinking else None), "harmful": harmful,
             "harmless": harmless, "edgy": edgy, "direction": stack if layer is None else stack[layer], "stack": None,
-            "profile": Profile.uniform(1.0), "norm_preserving": False, "layer": layer, "num_layers": num_layers,
+            "profile": Profile.uniform(1.0), "norm_preserving": False, "heads": None, "layer": layer, "num_layers": num_layers,
             "title": f"{args.model}, direction of layer {layer}" if layer is not None else args.model}
 
 
@@ -273,7 +274,7 @@ def _trial_edit(args) -> dict:
     study's evaluation prompts (unless other sources are given)."""
     from ablation.architectures import decoder_layers
     from objectives.prompts import load_prompts
-    from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit
+    from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit, trial_heads
 
     storage, study, config = open_study(args.storage, args.study)
     trial = finished_trial(study, args.trial)
@@ -281,14 +282,15 @@ def _trial_edit(args) -> dict:
     prompts = config.prompts()
     harmful = load_prompts(args.harmful) if args.harmful else prompts["harmful", "evaluation"]
     harmless = load_prompts(args.harmless) if args.harmless else prompts["harmless", "evaluation"]
-    candidate, direction, profile = trial_edit(trial.params, cached_directions(storage, args.study, config))
+    directions = cached_directions(storage, args.study, config)
+    candidate, direction, profile = trial_edit(trial.params, directions)
     loaded = load_study_model(config, args.device)
     # Steering without --layers adds the vector where the direction was read (the profile's peak for per-layer directions).
     layer = round(candidate.direction_index if candidate.scope == "global" else profile.kernels["attn"].peak)
     return {"loaded": loaded, "chat": chat_of(config), "harmful": harmful, "harmless": harmless, "edgy": edgy,
             "direction": direction, "stack": direction if direction.dim() == 2 else None, "profile": profile,
-            "norm_preserving": candidate.norm_preserving, "layer": layer, "num_layers": len(decoder_layers(loaded.model)),
-            "title": f"trial {args.trial} of {args.study}"}
+            "norm_preserving": candidate.norm_preserving, "heads": trial_heads(candidate, directions, loaded), "layer": layer,
+            "num_layers": len(decoder_layers(loaded.model)), "title": f"trial {args.trial} of {args.study}"}
 
 
 def _edgy(args):

@@ -43,16 +43,16 @@ def register(commands) -> None:
     search.add_argument("--max-new-tokens", type=positive, default=48, help="answer length of the refusal pass")
     judge_options(search, default_model="the base model itself, after each trial's edit is undone")
     search.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
-    search.add_argument("--space", default="default", choices=("default", "wide", "heads", "mixed"),
-                        help="search space preset: default (ten parameters), wide (fifteen: methods, layer range, kernel shapes, "
-                             "norm-preserving), heads (the default with attention edited only in the heads that carry refusal) "
-                             "or mixed (trials choose between the two)")
+    search.add_argument("--space", default="default", choices=("default", "ablate", "heads", "wide"),
+                        help="search space preset: default (twelve parameters: the direction removed from every writer or only "
+                             "from the attention heads that carry refusal), ablate or heads (one of the two), wide (seventeen: "
+                             "also methods, layer range, kernel shapes, norm-preserving)")
     search.add_argument("--methods", default=None,
                         help="direction methods the trials choose from, comma-separated: mean, mean-projected, pca, probe, cone, sae "
                              "(default: the --space preset's)")
     search.add_argument("--interventions", default=None,
                         help="what trials do with the direction, comma-separated: ablate, amplify (also amplify the "
-                             "compliance direction), heads (only the attention heads that carry refusal) (default: ablate)")
+                             "compliance direction), heads (only the attention heads that carry refusal) (default: the --space preset's)")
     search.add_argument("--calibrated", action="store_true",
                         help="calibrated profiles: each layer's weight scaled by its refusal strength on the harmful prompts, "
                              "the target percentile (25, 75, 95) searched, the factor held in [0.5, 2]")
