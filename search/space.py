@@ -35,11 +35,10 @@ class SearchSpace:
     names it, each of its two interventions alone, and a wider space.
 
     The other research options are opt-in: their parameters are sampled only by a space that
-    uses them. ``pca_component`` (0-based) with
-    method ``pca``; ``cone_rank`` (directions removed together) with ``cone``;
-    ``amplify_strength`` with intervention ``amplify``; ``heads`` (how many) with ``heads``;
-    ``calibration`` (the target percentile of a calibrated profile, see
-    :func:`search.directions.profile_for`) when the space lists any.
+    uses them. ``pca_component`` (0-based) with method ``pca``; ``cone_rank`` (directions
+    removed together) with ``cone``; ``amplify_strength`` with intervention ``amplify``;
+    ``heads`` (how many) with ``heads``; ``calibration`` (the target percentile of a calibrated
+    profile, see :func:`search.directions.profile_for`) when the space lists any.
     """
 
     methods: tuple[str, ...] = ("mean-projected",)
