@@ -26,7 +26,7 @@ what was dropped and what was left to the sampler.
 from __future__ import annotations
 
 from ablation.errors import AblationError
-from search.space import IMPLIED, SearchSpace, distributions
+from search.space import IMPLIED, PRESETS, SearchSpace, distributions
 
 WARM_ATTR = "warm_start"  # on an enqueued trial: where its params came from
 
@@ -65,9 +65,9 @@ def fit_to_space(params: dict, space: SearchSpace) -> tuple[dict, dict]:
     had to change), ``dropped`` (params ``space`` does not sample) and ``sampled`` (params of
     ``space`` the source neither has nor implies, left to the sampler). A source lacking a param
     every space samples was not made by this version's search space: a one-line error."""
-    core = distributions(SearchSpace(interventions=("ablate",)))  # the params every space samples
+    core, wanted = distributions(PRESETS["ablate"]), distributions(space)  # core: the params every space samples
     fitted, changed, sampled = {}, [], []
-    for name, distribution in distributions(space).items():
+    for name, distribution in wanted.items():
         if name in params:
             value = params[name]
         elif name in IMPLIED:
@@ -81,7 +81,7 @@ def fit_to_space(params: dict, space: SearchSpace) -> tuple[dict, dict]:
         if new != value:
             changed.append(f"{name} {value!r} -> {new!r}")
         fitted[name] = new
-    return fitted, {"changed": changed, "dropped": sorted(set(params) - set(distributions(space))), "sampled": sampled}
+    return fitted, {"changed": changed, "dropped": sorted(set(params) - set(wanted)), "sampled": sampled}
 
 
 def front_points(url: str, study_name: str, space: SearchSpace) -> list[tuple[dict, dict]]:

@@ -495,7 +495,7 @@ def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_hea
     """A heads trial is measured as itself: the edit and each random direction change attention
     only in the columns of the heads the trial's own direction chose, and the same ones each time."""
     from ablation import Baker, find_writers
-    from objectives.dose import controls
+    from objectives.dose import Scorer, controls
     from search.analysis import trial_edit, trial_heads
 
     candidate, direction, profile = trial_edit(study["params"] | {"intervention": "heads", "heads": 2}, study["directions"])
@@ -504,10 +504,9 @@ def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_hea
     attention = [w for w in find_writers(refuser.model) if w.group == "attn"]
     before = [w.weight.detach().clone() for w in attention]
 
-    class Spy:  # the measurement, replaced by a look at the weights at each point controls scores
-        harmful = ["one"] * 8
-
-        def __init__(self):
+    class Spy(Scorer):  # the real measurement, and a look at the weights each time controls scores
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             self.edited = []
 
         def score(self):
@@ -519,9 +518,10 @@ def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_hea
                 assert torch.equal(writer.weight[:, ~inside], original[:, ~inside]), writer.name
                 changed |= {(writer.layer, c) for c in range(original.shape[1]) if not torch.equal(writer.weight[:, c], original[:, c])}
             self.edited.append(changed)
-            return {"refusal": 0.5, "kl": 0.0, "degenerate": 0.0}
+            return super().score()
 
-    spy = Spy()
+    prompts = study["config"].prompts()
+    spy = Spy(refuser, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], max_new_tokens=8, batch_size=48)
     result = controls(spy, Baker(find_writers(refuser.model)), direction, profile, candidate.norm_preserving, 3, heads=heads)
     inside = {(layer, c) for layer, columns in heads.items() for start, stop in columns for c in range(start, stop)}
     assert spy.edited[0] == set() and len(spy.edited) == 5  # base, the edit, three random directions
