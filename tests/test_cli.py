@@ -260,3 +260,11 @@ def test_the_report_says_what_the_specificity_controls_found():
     assert ("trial 8: not specific, its refusal drop -0.5 spreads from the band of 20 random directions (abliterate controls); "
             "skipped, --include-not-specific promotes it") in prose
     assert "trial 9: specificity controls: not run (--controls 0)" in prose and "trial 10: specificity" not in prose
+
+
+def test_promote_runs_the_promoter_s_default_controls():
+    from search.cli import parser
+    from search.promoter import DEFAULT_CONTROLS
+
+    # The flag's default is a literal so that --help imports no torch; it must say what the promoter does.
+    assert parser().parse_args(["promote"]).controls == DEFAULT_CONTROLS
