@@ -191,7 +191,9 @@ def _children_cpu() -> float:
 
 def _revision(code: Path) -> str:
     head = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    # bench/front is where records land (a snapshot checkout links it to the main one's): not code
+    dirty = subprocess.run(["git", "-C", str(code), "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/front"],
+                           capture_output=True, text=True).stdout
     return head + ("+changes" if dirty.strip() else "")
 
 
