@@ -79,3 +79,16 @@ def test_bad_study_files_are_one_line(tmp_path, monkeypatch, text, env, message)
     path.write_text(text)
     with pytest.raises(AblationError, match=message):
         config_of(["search", "--config", str(path)], monkeypatch, env)
+
+
+def test_calibrated_offers_the_uncalibrated_profile_where_the_designed_trials_start(tmp_path):
+    from search.space import starting_points
+
+    (tmp_path / "model").mkdir()
+    plain = config_of(["search", "--model", str(tmp_path / "model")]).space
+    calibrated = config_of(["search", "--model", str(tmp_path / "model"), "--calibrated"]).space
+    assert plain.calibration == () and calibrated.calibration == (0, 25, 75, 95)
+    designed = starting_points(calibrated, 0.5, 6)
+    assert [p["calibration"] for p in designed] == [0] * 6
+    # Apart from the calibration param itself, the designed trials are the plain space's.
+    assert [{k: v for k, v in p.items() if k != "calibration"} for p in designed] == starting_points(plain, 0.5, 6)

@@ -55,7 +55,8 @@ def register(commands) -> None:
                              "compliance direction), heads (only the attention heads that carry refusal) (default: the --space preset's)")
     search.add_argument("--calibrated", action="store_true",
                         help="calibrated profiles: each layer's weight scaled by its refusal strength on the harmful prompts, "
-                             "the target percentile (25, 75, 95) searched, the factor held in [0.5, 2]")
+                             "the target percentile (25, 75, 95) searched beside 0 (uncalibrated, where the designed first "
+                             "trials start), the factor held in [0.5, 2]")
     search.add_argument("--sae", default=None, metavar="DIR",
                         help="a folder of per-layer sparse autoencoders (W_enc, b_enc, W_dec, b_dec; layer_N.safetensors) "
                              "for --methods sae: the span of the top features' decoder rows is removed, their number searched")
@@ -148,7 +149,10 @@ def search_config(args):
     chosen = {name: tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
               for name, value in (("methods", args.methods), ("interventions", args.interventions)) if value is not None}
     if args.calibrated:
-        chosen["calibration"] = (25, 75, 95)
+        # 0 first: the designed trials keep the kernels' weights and the sampler weighs calibration
+        # against them; without it every trial is calibrated (at 10 trials it cost 1.7x the KL at
+        # Heretic's refusal count while reaching 0/40 held-out; bench/RESULTS.md)
+        chosen["calibration"] = (0, 25, 75, 95)
     space = replace(space, **chosen) if chosen else space
     return StudyConfig.split(model, absolute_spec(args.harmful), absolute_spec(args.harmless), sizes, dtype=args.dtype,
                              n_trials=args.trials, kl_cap=args.kl_cap, proxy=args.proxy, max_new_tokens=args.max_new_tokens,
