@@ -12,6 +12,9 @@ One bake applies, to every writer its profile gives a non-zero weight w:
   :func:`ablation.edit.ablate_subspace`;
 * then, with ``amplify``, :func:`ablation.edit.amplify` of a compliance direction c by b
   (``W <- W + b c c^T W``, biases too);
+* a writer whose output passes through a norm (Gemma) is edited against the corrected
+  directions of :func:`ablation.edit.post_norm_direction`, so that the removal and the
+  amplification act on what the norm passes on, not on the writer's raw output;
 * with ``heads``, an attention writer is edited only in the input columns of the heads named for
   its layer (o_proj's input is heads x head_dim), and not at all in other layers; its bias, which
   belongs to no head, is left alone. MLP writers are edited as usual.
@@ -106,6 +109,8 @@ class Baker:
             if amplify is not None:
                 c = amplify.direction[writer.layer] if amplify.direction.dim() == 2 else amplify.direction
                 c = c.to(writer.weight.device, torch.float32)
+                if writer.post_norm_scale is not None:
+                    c = post_norm_direction(c, writer.post_norm_scale)
 
             def rule(tensor, axis, keep_norm, r=r, c=c, weight=weight):
                 edited = (ablate_subspace if r.dim() == 2 else ablate)(tensor, r, weight, axis, keep_norm)

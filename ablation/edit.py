@@ -61,11 +61,13 @@ def ablate(
 
 
 def post_norm_direction(direction: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """The direction to project out of a component whose output passes through a norm.
+    """The direction to edit along in a component whose output passes through a norm.
 
     A norm after the projection (Gemma) maps the component output ``y`` to
     ``scale * y / rms(y)``. That has no component along ``r`` exactly when ``y`` has none
     along ``scale * r``, so the edit must project against ``unit(scale * r)`` instead of ``r``.
+    The same holds for :func:`amplify`: scaling ``y``'s component along ``unit(scale * c)`` by
+    ``1 + b`` scales ``(scale * y) . c`` by exactly ``1 + b`` (the rms is one factor for all).
     """
     return unit(scale.float().to(direction.device) * direction.float())
 

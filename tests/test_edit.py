@@ -110,3 +110,20 @@ def test_amplify_scales_only_the_c_component(gen):
     assert torch.allclose(rest @ out, rest @ w, atol=1e-5)
     assert torch.allclose(amplify(w.T, c, 0.3, residual_axis=1), out.T, atol=1e-6)
     assert torch.equal(amplify(w, c, 0.0), w)
+
+
+def test_amplify_through_a_post_norm_scales_what_the_norm_passes_on(gen):
+    from ablation.edit import amplify
+
+    scale = 1.0 + torch.rand(16, generator=gen)
+    c = unit(torch.randn(16, generator=gen))
+    w = torch.randn(16, 24, generator=gen)
+    x = torch.randn(5, 24, generator=gen)
+
+    def along_c(weight):  # the norm's output along c, before the rms (one factor for every component)
+        return (scale * (x @ weight.T)) @ c
+
+    corrected = amplify(w, post_norm_direction(c, scale), 0.3)
+    assert torch.allclose(along_c(corrected), 1.3 * along_c(w), atol=1e-4)
+    naive = amplify(w, c, 0.3)
+    assert not torch.allclose(along_c(naive), 1.3 * along_c(w), atol=1e-2)

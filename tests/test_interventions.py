@@ -67,6 +67,28 @@ def test_full_subspace_bake_leaves_no_writer_writing_in_the_span(tiny, one_torch
             assert (writer.weight.float().movedim(writer.residual_axis, -1) @ span.T).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("model_type", ["qwen3", "gemma3_text"])
+def test_amplify_scales_what_each_writer_passes_on_along_c(tiny, one_torch_thread, model_type):
+    # Through Gemma's post-norms too: there the scale times the output is what reaches the residual.
+    model, _ = tiny(model_type)
+    g = torch.Generator().manual_seed(8)
+    r, c = torch.randn(hidden_of(model), generator=g), unit(torch.randn(LAYERS, hidden_of(model), generator=g))
+    baker = Baker(find_writers(model))
+    profile = Profile.uniform(0.7)
+
+    def passed_on():
+        return {w.name: w.weight.float().movedim(w.residual_axis, -1)
+                * (1 if w.post_norm_scale is None else w.post_norm_scale.float()) @ c[w.layer] for w in baker.writers}
+
+    with baker.baked_into(r, profile):
+        removed = passed_on()
+    with baker.baked_into(r, profile, amplify=Amplification(c, 0.3)):
+        amplified = passed_on()
+    assert any(w.post_norm_scale is not None for w in baker.writers) == (model_type == "gemma3_text")
+    for name, before in removed.items():
+        assert torch.allclose(amplified[name], 1.3 * before, atol=1e-4, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("model_type", ["qwen3", "qwen3_5_text", "gpt_oss"])
 def test_heads_edit_only_their_columns_and_leave_every_other_bit_identical(tiny, model_type):
     model, _ = tiny(model_type)
