@@ -49,7 +49,7 @@ def current_umask() -> int:
 def publish(folder: Path, umask: int | None = None) -> None:
     """Give ``folder`` and everything under it the modes of :func:`published_modes`."""
     folder_mode, file_mode = published_modes(current_umask() if umask is None else umask)
-    for root, folders, files in os.walk(folder):
+    for root, _folders, files in os.walk(folder):
         os.chmod(root, folder_mode)
         for name in files:
             os.chmod(os.path.join(root, name), file_mode)

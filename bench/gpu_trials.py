@@ -14,6 +14,7 @@ import math
 import statistics
 import time
 
+
 def trial_loop(bench, deadline: float) -> dict:
     """Directions once, then at each batch size the base log-probs and N timed trials."""
     import torch

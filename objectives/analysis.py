@@ -24,6 +24,7 @@ import torch
 from ablation.directions import METHODS as ANALYSIS_METHODS
 from ablation.directions import by_method, linear_probe, mean_difference
 from ablation.errors import AblationError
+
 # A layer whose AUC is within this of the best is part of the best region: AUC saturates at 1.0
 # on every layer after the one where the feature is written, and the first of them is the answer.
 AUC_TIE = 0.005

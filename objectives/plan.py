@@ -22,7 +22,7 @@ from functools import lru_cache
 import numpy as np
 from scipy.stats import binom, norm
 
-from objectives.gate import TaskCounts, GateRule, below, can_pass, exact_p, smallest_passing_n
+from objectives.gate import GateRule, TaskCounts, below, can_pass, exact_p, smallest_passing_n
 
 EXACT_RULES = ("any", "holm", "study")
 POWER_TARGET = 0.8

@@ -48,7 +48,8 @@ def finished_trial(study, number: int):
 
 
 def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tensor]:
-    from search.trial import directions_from_bytes, directions_key
+    from search.directions import directions_key
+    from search.trial import directions_from_bytes
     from storage.cache import ArtifactCache
 
     payload = ArtifactCache(storage.engine, study_name, "analysis").get(directions_key(config.space))

@@ -41,8 +41,9 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     """Write trial ``trial_number`` of ``study_name`` to ``out`` with its card and record; a trial
     over the study's KL cap only with ``force``."""
     from ablation.loading import load_model
+    from search.directions import directions_key
     from search.study import load
-    from search.trial import directions_from_bytes, directions_key
+    from search.trial import directions_from_bytes
     from storage.cache import ArtifactCache
     from storage.promotions import PromotionStore
     from storage.rdb import open_storage

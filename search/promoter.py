@@ -310,7 +310,8 @@ class Promoter:
         if self._bench is None:
             from ablation.loading import load_model
             from objectives.refusal import ChatFormat, make_proxy
-            from search.trial import TrialRunner, directions_from_bytes, directions_key
+            from search.directions import directions_key
+            from search.trial import TrialRunner, directions_from_bytes
             from storage.cache import ArtifactCache
 
             payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(directions_key(self.config.space))

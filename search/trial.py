@@ -21,7 +21,7 @@ from ablation.loading import LoadedModel
 from ablation.residuals import capture_last_token
 from objectives.kl import KLScorer
 from objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
-from search.directions import bake_arguments, direction_for, directions_key, method_tensor, profile_for  # noqa: F401 - re-exported
+from search.directions import bake_arguments, direction_for, method_tensor, profile_for
 from search.space import Candidate, SearchSpace
 
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst

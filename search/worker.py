@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
 from search import halt
-from search.directions import compute_payload
+from search.directions import compute_payload, directions_key
 from search.front import dominating_point
 from search.space import candidate_from_params, starting_points, suggest
 from search.study import load, stop_requested
@@ -32,7 +32,6 @@ from search.trial import (
     TrialRunner,
     capture_extraction,
     directions_from_bytes,
-    directions_key,
     directions_to_bytes,
     strongest_layer,
 )
@@ -40,7 +39,6 @@ from storage.cache import ArtifactCache
 from storage.leases import Leases
 from storage.rdb import open_storage
 from storage.stale import PARAMS_COMPLETE
-
 
 DIRECTIONS_REPORT_ATTR = "abliterate_directions_report"
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.

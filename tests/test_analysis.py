@@ -105,10 +105,10 @@ def study(tmp_path_factory, refuser):
     import optuna
 
     from objectives.refuser import PROMPT_FILES, PROMPTS_DIR
+    from search.directions import compute_payload, directions_key
     from search.space import starting_points, suggest
     from search.study import StudyConfig, create_or_resume
-    from search.directions import compute_payload
-    from search.trial import capture_extraction, directions_key, directions_to_bytes
+    from search.trial import capture_extraction, directions_to_bytes
     from storage.cache import ArtifactCache
     from storage.rdb import open_storage
 
@@ -209,9 +209,10 @@ def faint(study, tmp_path_factory):
     the direction at weight 0.03: it refuses as the base model does, as random directions do."""
     import optuna
 
+    from search.directions import directions_key
     from search.space import SearchSpace, starting_points, suggest
     from search.study import create_or_resume
-    from search.trial import directions_key, directions_to_bytes
+    from search.trial import directions_to_bytes
     from storage.cache import ArtifactCache
     from storage.rdb import open_storage
 

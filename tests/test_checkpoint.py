@@ -89,7 +89,7 @@ def test_layers_as_ranges():
 
 
 def test_hashes_are_of_exact_contents():
-    assert prompts_sha256(["a", "b\nc"]) == hashlib.sha256('["a","b\\nc"]'.encode()).hexdigest()
+    assert prompts_sha256(["a", "b\nc"]) == hashlib.sha256(b'["a","b\\nc"]').hexdigest()
     t = torch.tensor([1.0, -2.0], dtype=torch.bfloat16)
     assert tensor_sha256(t) == hashlib.sha256(t.view(torch.uint8).numpy().tobytes()).hexdigest()
     assert tensor_sha256(t) != tensor_sha256(torch.nextafter(t, torch.full_like(t, 9.0)))
@@ -183,10 +183,10 @@ def study(tmp_path_factory):
 
     from ablation.tiny import tiny_model
     from objectives.gate import GateRule, TaskCounts, gate
-    from search.directions import compute_payload
+    from search.directions import compute_payload, directions_key
     from search.space import starting_points, suggest
     from search.study import StudyConfig, create_or_resume
-    from search.trial import capture_extraction, directions_key, directions_to_bytes
+    from search.trial import capture_extraction, directions_to_bytes
     from storage.cache import ArtifactCache
     from storage.promotions import PromotionStore
     from storage.rdb import open_storage

@@ -174,10 +174,8 @@ def test_help_is_quick_and_imports_nothing_heavy():
 
 def test_cli_choices_are_the_library_names():
     from ablation.directions import METHODS
-    from objectives import gate, refusal
+    from objectives import gate, judges, refusal
     from search.cli import common
-
-    from objectives import judges
 
     assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES and common.JUDGES == judges.JUDGES
     assert common.RULES == gate.RULES and common.TESTS == gate.TESTS
@@ -208,8 +206,8 @@ def _render(renderable) -> list[str]:
 def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
     from types import SimpleNamespace
 
-    from search.cli.promotion import summary_table
     from search.cli.browse import front_table
+    from search.cli.promotion import summary_table
 
     trials = [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
                               params={"method": "mean-projected", "scope": "per-layer"})

@@ -7,7 +7,6 @@ as judge are in bench/RESULTS.md. About 70 s on a loaded 2-core machine, hence s
 """
 
 import pytest
-import torch
 
 from ablation.architectures import find_writers
 from ablation.bake import Baker

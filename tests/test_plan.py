@@ -78,7 +78,10 @@ def test_acceptance_over_candidates_sharing_one_baseline_agrees_with_enumeration
 def test_smallest_n_for_power_is_the_first_n_that_reaches_the_target():
     design = Design(GateRule("any"), tasks=1, attempts=5, base_rate=0.3, lift=0.5)
     n = smallest_n_for_power(design)
-    power = lambda k: acceptance(design.rule, k, *Design(design.rule, 1, k, 0.3, 0.5).rates())["value"]
+
+    def power(k):
+        return acceptance(design.rule, k, *Design(design.rule, 1, k, 0.3, 0.5).rates())["value"]
+
     assert power(n) >= 0.8 > max(power(k) for k in range(3, n))
 
 

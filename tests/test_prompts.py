@@ -3,7 +3,6 @@
 import json
 import sys
 import types
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -11,10 +10,10 @@ import pytest
 import objectives.prompts
 from ablation.errors import AblationError
 from objectives.prompts import (
-    DEMO_HARMFUL,
-    DEMO_HARMLESS,
     DEFAULT_HARMFUL,
     DEFAULT_HARMLESS,
+    DEMO_HARMFUL,
+    DEMO_HARMLESS,
     PRESETS,
     PromptSplit,
     check_disjoint,

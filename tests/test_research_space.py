@@ -88,9 +88,9 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
     from ablation import Baker, find_writers, load_model
     from search.checkpoint import export_loaded, rebuild
-    from search.directions import bake_arguments, direction_for, profile_for
+    from search.directions import bake_arguments, direction_for, directions_key, profile_for
     from search.study import load
-    from search.trial import directions_from_bytes, directions_key
+    from search.trial import directions_from_bytes
     from storage.cache import ArtifactCache
 
     url, study, _ = research_study

@@ -87,8 +87,8 @@ def _layer_range(text: str | None, num_layers: int) -> tuple[int, int] | None:
 
 
 def _analyze(args) -> int:
-    from ablation.loading import load_model
     from ablation.directions import METHODS as ANALYSIS_METHODS
+    from ablation.loading import load_model
     from objectives.analysis import analyze_layers
     from objectives.plots import cosine_heatmap, layer_curves
     from objectives.prompts import load_prompts

@@ -18,7 +18,6 @@ from search.cli.common import (
     positive,
 )
 
-
 # evaluate's prompt sets without --study or --harmful/--harmless: small, so that a first try is quick
 DEFAULT_SETS = {"harmful": "demo-harmful", "harmless": "demo-harmless"}
 
