@@ -432,7 +432,7 @@ def _plot(budget: int, pairs: list, label: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 7.0), squeeze=False, sharey="row")
+    figure, axes = plt.subplots(2, len(pairs), figsize=(max(4.2 * len(pairs), 6.4), 7.0), squeeze=False, sharey="row")
     for column, (seed, h, o) in enumerate(pairs):
         own, common = axes[0][column], axes[1][column]
         for run, colour, name in ((h, "tab:red", "Heretic 1.4.0"), (o, "tab:blue", "abliterate")):
