@@ -356,9 +356,10 @@ def _from_hub(rest: str) -> list[str]:
     if not name or not split:
         raise AblationError(f"hf:{rest} does not name a dataset; write hf:NAME[:CONFIG]@SPLIT#COLUMN")
     try:
-        import datasets  # only hf: specs need it; it is not a dependency of the project
+        import datasets  # only hf: specs need it: the extra abliterate[hf]
     except ImportError:
-        raise AblationError("hf: prompt sources need the datasets library; run: pip install datasets (or pass a local file)") from None
+        raise AblationError("hf: prompt sources need the datasets library, which a plain install leaves out; "
+                            "run: pip install 'abliterate[hf]' (or pass a local file)") from None
     try:
         rows = datasets.load_dataset(name, config or None, split=split)
     except Exception as exc:  # the hub and datasets raise many kinds; all mean "not available here"

@@ -297,7 +297,7 @@ def test_unknown_preset_lists_the_known_ones():
 
 def test_hf_without_datasets_gives_the_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    assert "need the datasets library; run: pip install datasets" in _error("hf:walledai/AdvBench@train#prompt")
+    assert "run: pip install 'abliterate[hf]'" in _error("hf:walledai/AdvBench@train#prompt")
 
 
 def _fake_datasets(monkeypatch, load_dataset):
