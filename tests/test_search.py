@@ -398,7 +398,6 @@ def test_a_postgres_restart_under_two_busy_workers_loses_nothing(private_postgre
     logs = [log + process.stdout.read() for log, process in zip(logs, (search, second))]
     search.wait()
     second.wait()
-    print(logs[0]); print("=====");  print(logs[1])
     assert [search.returncode, second.returncode] == [0, 0], logs
     assert all("Traceback" not in log and "database reachable again" in log for log in logs), logs
     everything = every_trial(url)
