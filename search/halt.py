@@ -1,14 +1,16 @@
 """Named points at which a worker can be told to stop itself, so that a test interrupts it at a
 known state instead of racing it with a timer.
 
-``ABLITERATE_HALT=POINT`` or ``POINT@TRIAL`` (a trial number) names the point;
-``ABLITERATE_HALT_ACTION`` says what happens there: ``kill`` (the default, SIGKILL: a crash with
-nothing cleaned up) or ``wait`` (block until a line arrives on stdin or it closes). Either way the
-worker first prints ``halt: POINT trial N`` on stdout. Unset, every call is a no-op.
+``ABLITERATE_HALT=POINT`` or ``POINT@TRIAL`` (a trial number) names the point (several:
+comma-separated); ``ABLITERATE_HALT_ACTION`` says what happens there: ``kill`` (the default,
+SIGKILL: a crash with nothing cleaned up) or ``wait`` (block until a line arrives on stdin or it
+closes). Either way the worker first prints ``halt: POINT trial N`` on stdout. Unset, every call
+is a no-op.
 
 Points: ``asked`` (the trial is RUNNING, before its first heartbeat: waiting there, the trial
 counts as crashed once the grace period passes), ``sampling`` (part of its params recorded),
-``sampled`` (all params recorded), ``told`` (its result stored).
+``sampled`` (all params recorded), ``recorded`` (its figures written, the trial not yet told),
+``told`` (its result stored).
 """
 
 from __future__ import annotations
@@ -17,15 +19,17 @@ import os
 import signal
 import sys
 
-POINTS = ("asked", "sampling", "sampled", "told")
+POINTS = ("asked", "sampling", "sampled", "recorded", "told")
 VARIABLE, ACTION = "ABLITERATE_HALT", "ABLITERATE_HALT_ACTION"
 
 
 def wanted(point: str, trial_number: int | None = None) -> bool:
     """True when the environment asks to halt at ``point`` (of trial ``trial_number``)."""
-    spec = os.environ.get(VARIABLE, "")
-    name, _, number = spec.partition("@")
-    return name == point and (not number or trial_number is None or int(number) == trial_number)
+    for spec in os.environ.get(VARIABLE, "").split(","):
+        name, _, number = spec.partition("@")
+        if name == point and (not number or trial_number is None or int(number) == trial_number):
+            return True
+    return False
 
 
 def at(point: str, trial_number: int) -> None:

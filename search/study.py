@@ -70,6 +70,10 @@ class StudyConfig:
     sae: str | None = None  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
     objectives: str = "refusal,kl"  # or "refusal,kl,over-refusal": the refusal rate on benign-but-edgy prompts too
     edgy: str | None = None  # prompt source of the over-refusal objective
+    # Every process of the study beats and judges heartbeats alike: a worker with a shorter grace
+    # period than another's heartbeat interval would fail that worker's live trials.
+    heartbeat_interval: int = 60  # seconds between a running trial's heartbeats
+    grace_period: int = 600  # seconds without a heartbeat before a trial counts as crashed
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):
@@ -92,6 +96,7 @@ class StudyConfig:
         if (self.sae is None) == ("sae" in self.space.methods):
             raise AblationError("the sae method needs --sae DIR (a folder of per-layer SAE files)" if self.sae is None else
                                 "--sae gives the sae method its autoencoders, but this space has no sae; add sae to --methods or drop --sae")
+        check_heartbeat(self.heartbeat_interval, self.grace_period)
         if self.judge != "markers" and self.proxy != "markers":
             raise AblationError(f"--judge {self.judge} applies to the markers proxy only, not {self.proxy!r}; drop --judge or use --proxy markers")
 
@@ -155,6 +160,13 @@ class StudyConfig:
         values["space"] = SearchSpace.from_dict(values["space"])
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def check_heartbeat(interval: int, grace: int) -> None:
+    """Refuse a grace period that a live worker's heartbeats could not beat."""
+    if not 0 < interval < grace:
+        raise AblationError(f"the grace period ({grace} s, --grace) must be longer than the heartbeat interval ({interval} s, "
+                            "--heartbeat), or live trials count as crashed; e.g. --heartbeat 60 --grace 600")
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
@@ -225,11 +237,15 @@ CREATION_LEASE_SECONDS = 60.0  # creating a study takes milliseconds
 
 
 def load(storage, name: str) -> tuple[optuna.Study, StudyConfig]:
-    """An existing abliterate study and its config; a one-line error when there is none."""
+    """An existing abliterate study and its config; a one-line error when there is none.
+
+    ``storage`` takes the study's heartbeat interval and grace period (whatever it was opened
+    with), so that whoever fails stale trials of this study judges them as its workers beat."""
     config = _config_of(storage, name, settle=True)
     if config is None:
         names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
         raise StorageError(f"no abliterate study named {name!r} in this storage (studies: {names}); start one with abliterate search")
+    storage.heartbeat_interval, storage.grace_period = config.heartbeat_interval, config.grace_period
     return optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config)), config
 
 

@@ -12,13 +12,12 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext, suppress
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
-from sqlalchemy.exc import SQLAlchemyError
 
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
@@ -36,7 +35,9 @@ from search.trial import (
     strongest_layer,
 )
 from storage.cache import ArtifactCache
+from storage.errors import DatabaseUnreachable
 from storage.leases import Leases
+from storage.outage import describe
 from storage.rdb import open_storage
 from storage.stale import PARAMS_COMPLETE
 
@@ -49,18 +50,21 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbeat_interval: int = 60,
-               grace_period: int = 600, max_retry: int = 3, log: Callable[[str], None] | None = None,
-               judge_device: str | None = None) -> int:
+def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retry: int = 3,
+               log: Callable[[str], None] | None = None, judge_device: str | None = None) -> int:
     """Run trials of ``study_name`` until it has enough finished trials; returns how many ran here.
 
     Each line is flushed as it is logged (default: stdout): a launcher or log collector reading a
     pipe sees a trial when it ends, not when a buffer fills. ``judge_device``: where a separate
-    judge model (the study's ``judge_model``) runs; default ``device``."""
+    judge model (the study's ``judge_model``) runs; default ``device``. Heartbeats follow the
+    study's interval and grace period. A lost database is waited for up to the grace period (after
+    that, the running trial counts as crashed anyway): then DatabaseUnreachable."""
     log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
-    storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry, create=False)
+    storage = open_storage(storage_url, max_retry=max_retry, create=False)
     study, config = load(storage, study_name)
+    heartbeat_interval, grace_period = config.heartbeat_interval, config.grace_period
+    storage.tolerate_outages(grace_period, log)
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
         return 0
@@ -125,6 +129,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
         # dominated there may still reach the front, so every trial runs to its end.
         outcome = runner.run(candidate_from_params(params, num_layers), None if config.over_refusal else give_up_at)
         record(trial, outcome, config.kl_cap, owner, dominated_by[-1] if outcome.pruned else None)
+        halt.at("recorded", trial.number)
         if outcome.pruned:
             log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
                 f"(dominated by trial {dominated_by[-1]}), {outcome.seconds['total']:.1f} s")
@@ -137,9 +142,9 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     ran = 0
     asking = Leases(storage.engine, owner, ttl=ASK_LEASE_SECONDS)
     with interrupted_once():
-        while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log)) is not None:
-            run_trial(study, trial, objective, heartbeat_interval)
-            ran += 1
+        while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log,
+                              ride_out=storage.ride_out)) is not None:
+            ran += run_trial(study, trial, objective, heartbeat_interval, grace_period, log)
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
     return ran
@@ -153,14 +158,15 @@ ASK_LEASE_SECONDS = 30.0  # counting and asking take milliseconds; a dead asker 
 
 
 def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
-          log: Callable[[str], None] | None = None) -> optuna.Trial | None:
+          log: Callable[[str], None] | None = None, ride_out: Callable = lambda call: call()) -> optuna.Trial | None:
     """The next trial for this worker, or None when the study needs no more.
 
     Stale trials of dead workers are failed first (and re-queued as the same candidate). A trial
     is asked only while finished plus running trials stay below ``n_trials``, counted and asked
     under one lease so that two workers never both take the last one. While the running trials
     of other workers would reach ``n_trials``, this one waits: they may finish, or die and be
-    re-queued for it to take.
+    re-queued for it to take. ``ride_out`` carries the lease's calls over a lost database, as the
+    study storage does its own (storage.outage).
     """
     log = log or say
     key = f"ask:{study.study_name}"
@@ -171,7 +177,7 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
             fail_stale_trials(study)
         if stop_requested(study):
             return None
-        while not asking.acquire(key):
+        while not ride_out(lambda: asking.acquire(key)):
             time.sleep(0.05)
         try:
             states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))]
@@ -184,7 +190,7 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
                     warnings.simplefilter("ignore", UserWarning)
                     return study.ask()
         finally:
-            asking.release(key)
+            ride_out(lambda: asking.release(key))
         line = f"waiting: {running} running trial(s) would make {n_trials}; a trial of a dead worker comes back here"
         if line != said:
             log(line)
@@ -193,27 +199,64 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
 
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], tuple[float, ...]],
-              heartbeat_interval: float) -> None:
-    """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended.
+              heartbeat_interval: float, grace_period: float = 600, log: Callable[[str], None] | None = None) -> bool:
+    """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended. False when
+    another process failed the trial meanwhile (its heartbeats missed the grace period): its
+    result is dropped with one line, and the retry queued in its place runs the candidate again.
 
     Interrupted (Ctrl-C, SIGTERM), the trial is failed and re-queued at once when its params are
-    complete, so a resume runs the same candidate without waiting out the grace period.
+    complete, so a resume runs the same candidate without waiting out the grace period. With the
+    database lost for longer than the grace period (DatabaseUnreachable) the trial stays RUNNING:
+    once the database is back it counts as crashed and is retried.
     """
+    log = log or say
     halt.at("asked", trial.number)
-    with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
+    with Heartbeat(study._storage, trial, heartbeat_interval, grace_period, log):
         try:
             values = objective(trial)
         except optuna.TrialPruned:
-            study.tell(trial, state=TrialState.PRUNED)
+            kept = tell(study, trial, state=TrialState.PRUNED)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            kept = False  # a param or result written after another process failed the trial
         except KeyboardInterrupt:
-            requeue(study, trial)
+            # An interrupted worker does not wait out an outage: its trial then counts as crashed
+            # once the grace period passes, and is retried.
+            with _impatient(study), suppress(DatabaseUnreachable):
+                requeue(study, trial)
+            raise
+        except DatabaseUnreachable:
             raise
         except Exception:
-            study.tell(trial, state=TrialState.FAIL)
+            tell(study, trial, state=TrialState.FAIL)
             raise
         else:
-            study.tell(trial, values)
+            kept = tell(study, trial, values)
+    if not kept:
+        log(f"trial {trial.number} was failed by another worker meanwhile (no heartbeat seen for the study's grace "
+            f"period, {grace_period:.0f} s); dropped, its retry runs the candidate again")
+        return False
     halt.at("told", trial.number)
+    return True
+
+
+def tell(study: optuna.Study, trial: optuna.Trial, values: tuple[float, ...] | None = None,
+         state: TrialState | None = None) -> bool:
+    """``study.tell``; False, writing nothing, when the trial was finished already by another
+    process (a worker tells its trial once, so a finished one was failed by a reaper)."""
+    try:
+        study.tell(trial, values, state=state)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        # ValueError: Optuna's own check found it finished ("Cannot tell a FAIL trial").
+        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+            raise
+        return False
+    return True
+
+
+def _impatient(study: optuna.Study):
+    """A block in which the study's storage reports a lost database at once (storage.outage)."""
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDB storage in a cache
+    return storage.patience(0) if hasattr(storage, "patience") else nullcontext()
 
 
 @contextmanager
@@ -251,19 +294,30 @@ def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
 
 
 class Heartbeat:
-    """Writes a trial's heartbeat now and every ``interval`` seconds until the block ends."""
+    """Writes ``trial``'s heartbeat now and every ``interval`` seconds until the block ends.
 
-    def __init__(self, storage, trial_id: int, interval: float):
-        self.storage, self.trial_id, self.interval = storage, trial_id, interval
+    The thread outlives any failure: one that died would let another worker fail a live trial. A
+    beat that fails is tried again at the next; after ``grace`` seconds without one stored, one
+    line says the trial may be failed meanwhile (run_trial then drops its result).
+    """
+
+    def __init__(self, storage, trial: optuna.Trial, interval: float, grace: float = 600,
+                 log: Callable[[str], None] | None = None):
+        self.storage, self.trial, self.interval, self.grace, self.log = storage, trial, interval, grace, log or say
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._beat, daemon=True)
 
     def _beat(self) -> None:
+        stored, warned = time.monotonic(), False
         while True:
             try:
-                self.storage.record_heartbeat(self.trial_id)
-            except SQLAlchemyError:
-                pass  # a brief outage: the trial survives until the grace period passes
+                self.storage.record_heartbeat(self.trial._trial_id)
+                stored, warned = time.monotonic(), False
+            except Exception as error:  # any failure at all: see the class docstring
+                if not warned and time.monotonic() - stored > self.grace:
+                    warned = True
+                    self.log(f"trial {self.trial.number}: no heartbeat stored for {time.monotonic() - stored:.0f} s "
+                             f"({describe(error)}); other workers may count it crashed; still trying")
             if self.stop.wait(self.interval):
                 return
 

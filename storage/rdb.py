@@ -16,7 +16,8 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from storage.errors import DatabaseUnreachable, StorageError
-from storage.stale import HeartbeatStorage, RetrySameCandidate
+from storage.outage import OutageTolerantStorage
+from storage.stale import RetrySameCandidate
 from storage.tables import ensure_schema
 from storage.urls import normalize_url, redacted
 
@@ -32,7 +33,10 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
     is an error, never created.
 
     Heartbeats only mark a trial stale after ``grace_period`` seconds without one, so a GPU
-    trial that takes minutes between heartbeats is never failed while its worker lives.
+    trial that takes minutes between heartbeats is never failed while its worker lives (a
+    study's own settings replace both: search.study.load). A database lost later, mid-command,
+    raises DatabaseUnreachable; a long-running process rides such an outage out first
+    (storage.outage).
     """
     url = normalize_url(url)
     database = sqlite_path(url)
@@ -43,7 +47,7 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
         with schema_lock(url), warnings.catch_warnings():
             # Heartbeats are "experimental" in Optuna 5 but are exactly what crash recovery needs.
             warnings.simplefilter("ignore", ExperimentalWarning)
-            storage = HeartbeatStorage(
+            storage = OutageTolerantStorage(
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                 heartbeat_stale_trial_callback=RetrySameCandidate(max_retry=max_retry),
             )

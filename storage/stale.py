@@ -48,9 +48,18 @@ class HeartbeatStorage(RDBStorage):
             return stale + [trial_id for (trial_id,) in rows if trial_id not in stale]
 
 
+# What a retry carries besides its params: where the candidate came from (designed starting points,
+# a warm start's source trial) and the retry's own bookkeeping. Nothing the failed attempt measured
+# (KL, refusal, its constraint, the sampler's notes on it) goes along: the retry records its own.
+PROVENANCE_USER_ATTRS = ("starting_point", "warm_start")
+PROVENANCE_SYSTEM_ATTRS = ("fixed_params", PARAMS_COMPLETE)
+
+
 class RetrySameCandidate:
     """Heartbeat-stale callback: re-queue a failed trial with its whole candidate, at most
-    ``max_retry`` times in a row; a trial with part of a candidate is not re-queued."""
+    ``max_retry`` times in a row; a trial with part of a candidate is not re-queued. The retry
+    starts clean: its params and their provenance (:data:`PROVENANCE_USER_ATTRS`), nothing else.
+    A trial is re-queued once, however many processes saw it fail."""
 
     def __init__(self, max_retry: int | None = 3):
         self.max_retry = max_retry
@@ -59,12 +68,17 @@ class RetrySameCandidate:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if self.max_retry is not None and len(history) > self.max_retry:
             return
-        system_attrs: dict[str, Any] = {**copy.deepcopy(trial.system_attrs), "retry_history": history,
-                                        "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
+        if not trial.system_attrs.get(PARAMS_COMPLETE) and not trial.system_attrs.get("fixed_params"):
+            return
+        if any(t.system_attrs.get("retry_history", [None])[-1] == trial.number for t in study.get_trials(deepcopy=False)):
+            return  # queued already by whoever failed it first (a state change repeated after a lost connection)
+        user_attrs = {k: copy.deepcopy(v) for k, v in trial.user_attrs.items() if k in PROVENANCE_USER_ATTRS}
+        system_attrs: dict[str, Any] = {k: copy.deepcopy(v) for k, v in trial.system_attrs.items() if k in PROVENANCE_SYSTEM_ATTRS}
+        system_attrs |= {"retry_history": history, "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
         if trial.system_attrs.get(PARAMS_COMPLETE):
             study.add_trial(optuna.create_trial(state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
-                                                user_attrs=trial.user_attrs, system_attrs=system_attrs))
-        elif trial.system_attrs.get("fixed_params"):
+                                                user_attrs=user_attrs, system_attrs=system_attrs))
+        else:
             # An enqueued point killed while sampling: its fixed params are the candidate; queue
             # it as it was queued, without the part recorded so far.
-            study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs=trial.user_attrs, system_attrs=system_attrs))
+            study.add_trial(optuna.create_trial(state=TrialState.WAITING, user_attrs=user_attrs, system_attrs=system_attrs))

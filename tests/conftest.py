@@ -1,5 +1,11 @@
+import glob
+import shutil
+import socket
+import subprocess
+import tempfile
 import uuid
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -30,6 +36,53 @@ def postgres_url():
     with admin.connect() as connection:
         connection.execute(sqlalchemy.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+class Cluster:
+    """A PostgreSQL server of one test's own (trust authentication, database ``test``), which the
+    test may stop and start at will. It runs as the user postgres, in a folder that user owns."""
+
+    def __init__(self, bin_dir: Path, folder: Path, port: int):
+        self.bin_dir, self.folder, self.port = bin_dir, folder, port
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/test"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(self.bin_dir / program), *args], check=True,
+                       capture_output=True, timeout=120)
+
+    def _ctl(self, *args: str) -> None:
+        self._run("pg_ctl", "-D", str(self.folder / "data"), "-w", *args)
+
+    def start(self) -> None:
+        self._ctl("-l", str(self.folder / "log"), "-o", f"-p {self.port} -k {self.folder} -h 127.0.0.1 -c fsync=off", "start")
+
+    def stop(self) -> None:
+        """Stop the server (mode fast: open connections are cut, as in a restart)."""
+        self._ctl("-m", "fast", "stop")
+
+
+@pytest.fixture
+def private_postgres():
+    """A PostgreSQL cluster of this test's own on a free port, to restart under running workers:
+    the machine's server serves other tests at the same time and is never restarted."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins or shutil.which("runuser") is None:
+        pytest.skip("needs PostgreSQL's server programs (/usr/lib/postgresql/*/bin) and runuser")
+    folder = Path(tempfile.mkdtemp(prefix="abl-pg-"))
+    shutil.chown(folder, "postgres")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cluster = Cluster(Path(bins[-1]).parent, folder, port)
+    try:
+        cluster._run("initdb", "-D", str(folder / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+        cluster.start()
+        cluster._run("createdb", "-h", "127.0.0.1", "-p", str(port), "test")
+        yield cluster
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(cluster.bin_dir / "pg_ctl"), "-D", str(folder / "data"),
+                        "-m", "immediate", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -47,11 +47,20 @@ def test_search_checks_model_and_device_before_writing_the_study(tmp_path, monke
     (["--kl-cap", "-1"], "error: the KL cap must be a positive number, got -1.0"),
     (["--kl-cap", "nan"], "error: the KL cap must be a positive number, got nan"),
     (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
+    (["--heartbeat", "60", "--grace", "1"], "error: the grace period (1 s, --grace) must be longer than the heartbeat interval (60 s"),
 ])
 def test_nonsense_settings_are_refused(tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.chdir(tmp_path)
     status, err = run(capsys, *SEARCH, "--model", "/nonexistent", *extra)
     assert status == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("command", [["worker"], ["launch", "--devices", "cpu"]])
+def test_a_grace_period_within_the_heartbeat_is_refused(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, *command, "--storage", "sqlite:///s.db", "--heartbeat", "60", "--grace", "60")
+    assert status == 2 and err.startswith("error: the grace period (60 s, --grace) must be longer") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "s.db").exists()
 
 

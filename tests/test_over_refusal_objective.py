@@ -35,10 +35,11 @@ def test_a_search_with_three_objectives_records_over_refusal_and_prunes_nothing(
     # (the refuser knows no edgier ones).
     config = replace(config, harmful=config.harmful | {"evaluation": f"{harmful}[0:16]"},
                      harmless=config.harmless | {"evaluation": f"{harmless}[0:12]"}, edgy=f"{harmless}[24:36]",
-                     objectives="refusal,kl,over-refusal", starting_points=2, max_new_tokens=16)
+                     objectives="refusal,kl,over-refusal", starting_points=2, max_new_tokens=16,
+                     heartbeat_interval=2, grace_period=30)
     url = f"sqlite:///{tmp_path / 'three.db'}"
     create_or_resume(open_storage(url), "three", config)
-    assert run_worker(url, "three", "cpu", heartbeat_interval=2, grace_period=30, log=lambda _: None) == 2
+    assert run_worker(url, "three", "cpu", log=lambda _: None) == 2
     study = optuna.load_study(study_name="three", storage=url)
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 3 and study.metric_names == ["refusal", "kl", "over-refusal"]
     trials = study.get_trials(deepcopy=False)

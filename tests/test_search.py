@@ -8,12 +8,15 @@ import time
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from search.study import CONFIG_ATTR, StudyConfig, create_or_resume, load
 from storage.rdb import open_storage
 
-FAST = dict(n_trials=8, max_new_tokens=16, batch_size=8, seed=0)
+# A short heartbeat; the grace period stays long unless a test needs a dead worker's trial taken
+# over: a live worker starved of CPU on a loaded machine can miss a short one.
+FAST = dict(n_trials=8, max_new_tokens=16, batch_size=8, seed=0, heartbeat_interval=1)
 
 
 @pytest.fixture
@@ -56,11 +59,9 @@ def every_trial(url, name="s"):
     return {t.number: t for t in optuna.load_study(study_name=name, storage=url).trials}
 
 
-def worker(url, env=None, grace=600, **popen):
-    """A worker process. Give a short ``grace`` only to a worker that must take over a dead one's
-    trial: a live worker starved of CPU on a loaded machine can miss a short grace period."""
-    return abliterate("worker", "--device", "cpu", "--heartbeat", 1, "--grace", grace, "--storage", url, "--study", "s",
-                      env=env, **popen)
+def worker(url, env=None, **popen):
+    """A worker process; it beats and reaps by the study's heartbeat settings."""
+    return abliterate("worker", "--device", "cpu", "--storage", url, "--study", "s", env=env, **popen)
 
 
 def test_two_workers_share_one_study(postgres_url, model_dir):
@@ -96,13 +97,13 @@ def test_the_last_trial_is_taken_once(postgres_url, model_dir):
 
 def test_killed_worker_trial_is_retried_with_same_params(postgres_url, model_dir):
     # No designed starting points: the killed trial's params come from the sampler.
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=3, starting_points=0))
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=3, starting_points=0, grace_period=2))
     first = worker(postgres_url, halting("sampled@1"))
     log = first.communicate()[0]
     assert first.returncode == -signal.SIGKILL and "halt: sampled trial 1" in log, log
     killed = every_trial(postgres_url)[1]
     assert killed.state == TrialState.RUNNING and killed.user_attrs == {}
-    second = worker(postgres_url, grace=2)
+    second = worker(postgres_url)
     log = second.communicate()[0]
     assert second.returncode == 0, log
     everything = every_trial(postgres_url)
@@ -116,13 +117,13 @@ def test_killed_worker_trial_is_retried_with_same_params(postgres_url, model_dir
 def test_trial_killed_before_its_first_heartbeat_is_reaped(postgres_url, model_dir):
     """Killed right after asking (RUNNING, no heartbeat yet): failed after the grace period, and
     the designed point it was is queued again whole."""
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=1))
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=1, grace_period=2))
     first = worker(postgres_url, halting("asked@0"))
     log = first.communicate()[0]
     assert first.returncode == -signal.SIGKILL and "halt: asked trial 0" in log, log
     zombie = every_trial(postgres_url)[0]
     assert zombie.state == TrialState.RUNNING and zombie.params == {}
-    second = worker(postgres_url, grace=2)
+    second = worker(postgres_url)
     log = second.communicate()[0]
     assert second.returncode == 0, log
     everything = every_trial(postgres_url)
@@ -137,12 +138,12 @@ def test_trial_killed_before_its_first_heartbeat_is_reaped(postgres_url, model_d
 def test_trial_killed_while_sampling_is_not_retried_half_new(postgres_url, model_dir):
     """Killed with part of its params recorded: failed, not re-queued (a copy would sample the rest
     anew, another candidate under its name); a new trial takes its place."""
-    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=0))
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=0, grace_period=2))
     first = worker(postgres_url, halting("sampling@0"))
     log = first.communicate()[0]
     assert first.returncode == -signal.SIGKILL and "halt: sampling trial 0" in log, log
     assert 0 < len(every_trial(postgres_url)[0].params) < 10
-    second = worker(postgres_url, grace=2)
+    second = worker(postgres_url)
     log = second.communicate()[0]
     assert second.returncode == 0, log
     everything = every_trial(postgres_url)
@@ -226,6 +227,10 @@ def test_the_database_password_is_neither_printed_nor_in_argv(postgres_url, mode
         (["front", "--storage", "postgresql+psycopg2://postgres@127.0.0.1:1/x"], "error: cannot reach the database", 3),
         (["worker", "--storage", "STORAGE", "--study", "nope"], "error: no abliterate study named 'nope'", 2),
         (["worker", "--storage", "STORAGE", "--study", "s", "--model", "other/model"], "error: these options contradict the study", 2),
+        # The study's heartbeat settings hold for every worker: one that would judge others' trials
+        # by a shorter grace period is refused.
+        (["worker", "--storage", "STORAGE", "--study", "s", "--grace", "5"],
+         "error: these options contradict the study: grace_period: study has 600, you gave 5", 2),
         (["export", "--storage", "STORAGE", "--study", "s", "--trial", "99", "--out", "x"], "error: study 's' has no finished trial 99", 2),
     ],
 )
@@ -252,6 +257,69 @@ def test_conflicting_settings_on_resume(postgres_url, model_dir):
         create_or_resume(storage, "s", config(model_dir, kl_cap=0.5, batch_size=16))
 
 
+def test_heartbeat_settings_are_the_study_s(postgres_url, model_dir):
+    """Whoever fails stale trials of a study (a worker, a promoter) judges them by the study's grace
+    period, whatever its own storage was opened with; a study stored before these settings were
+    kept has the old defaults."""
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, heartbeat_interval=5, grace_period=50))
+    storage = open_storage(postgres_url)
+    assert (storage.heartbeat_interval, storage.grace_period) == (60, 600)
+    load(storage, "s")
+    assert (storage.heartbeat_interval, storage.grace_period) == (5, 50)
+    import json
+
+    stored = json.loads(config(model_dir).to_json())
+    del stored["heartbeat_interval"], stored["grace_period"]
+    old = StudyConfig.from_json(json.dumps(stored))
+    assert (old.heartbeat_interval, old.grace_period) == (60, 600)
+
+
+def test_a_worker_whose_trial_was_failed_under_it_drops_it_and_goes_on(postgres_url, model_dir):
+    """A worker frozen past the grace period (SIGSTOP, as a suspended machine) finds its trial failed
+    by another worker and retried: one line, no traceback, and it goes on; nothing counts twice."""
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=2, starting_points=0, grace_period=2))
+    first = worker(postgres_url, halting("sampled@0", "wait"), stdin=subprocess.PIPE)
+    head = read_until(first, "halt: sampled trial 0")
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = worker(postgres_url)  # fails trial 0 once it has no heartbeat for 2 s, runs its retry
+        log = second.communicate()[0]
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert second.returncode == 0, log
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.FAIL
+    log = head + first.communicate("go\n")[0]
+    assert first.returncode == 0 and "Traceback" not in log, log
+    assert log.count("trial 0 was failed by another worker") == 1, log
+    everything = every_trial(postgres_url)
+    assert everything[0].state == TrialState.FAIL and everything[0].user_attrs == {}  # its late figures are not written
+    retries = [t for t in everything.values() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == everything[0].params
+    assert len(trials(postgres_url, states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    assert not trials(postgres_url, states=(TrialState.RUNNING, TrialState.WAITING))
+
+
+def test_a_retry_starts_clean(postgres_url, model_dir):
+    """A trial killed after writing its figures, before it was told, is retried with its params and
+    where they came from, and nothing of the killed attempt (figures, constraint)."""
+    create_or_resume(open_storage(postgres_url), "s", config(model_dir, n_trials=1, starting_points=1, grace_period=2))
+    first = worker(postgres_url, halting("recorded@0"))
+    log = first.communicate()[0]
+    assert first.returncode == -signal.SIGKILL and "halt: recorded trial 0" in log, log
+    killed = every_trial(postgres_url)[0]
+    assert killed.state == TrialState.RUNNING and "kl" in killed.user_attrs and "constraints:kl_over_cap" in killed.system_attrs
+    # A figure that only a pruned attempt writes: the retry, alone in the study, is not pruned.
+    open_storage(postgres_url).set_trial_user_attr(killed._trial_id, "refusal_at_least", 0.5)
+    second = worker(postgres_url)
+    log = second.communicate()[0]
+    assert second.returncode == 0 and "already set" not in log, log  # its own constraint is not discarded
+    retry = [t for t in every_trial(postgres_url).values() if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == killed.params
+    assert retry[0].user_attrs["starting_point"] and "refusal_at_least" not in retry[0].user_attrs
+    assert retry[0].user_attrs["worker"] != killed.user_attrs["worker"]
+
+
 def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
     from search.launcher import DATABASE_UNREACHABLE, supervise
 
@@ -268,23 +336,74 @@ def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
     assert waits >= 1
 
 
-def _restart_postgres():
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True, timeout=120)
+def read_until_all(process, *texts):
+    """Lines of ``process`` up to the one where the last of ``texts`` has appeared."""
+    lines, missing = [], set(texts)
+    for line in process.stdout:
+        lines.append(line)
+        missing -= {text for text in missing if text in line}
+        if not missing:
+            break
+    return "".join(lines)
 
 
-@pytest.mark.disruptive
-def test_search_survives_a_postgres_restart(postgres_url, model_dir):
-    """Restarts the machine's PostgreSQL under a running search: run alone, with -m disruptive."""
-    args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
-            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 32, "--batch-size", 8, "--seed", 0,
-            "--device", "cpu", "--heartbeat", 1, "--grace", 3, "--trials", 10]
-    search = abliterate(*args, env=halting("told@1", "wait"), stdin=subprocess.PIPE)
-    head = read_until(search, "halt: told trial 1")
-    _restart_postgres()
-    log = head + search.communicate("go\n")[0]  # the worker goes on, on a restarted database
-    assert search.returncode == 0, log
-    assert len(trials(postgres_url)) >= 10
+def release(process):
+    """Let a worker waiting at a halt point go on, and pass every later one."""
+    process.stdin.write("go\n")
+    process.stdin.close()
+
+
+def test_a_postgres_restart_under_two_busy_workers_loses_nothing(private_postgres, model_dir):
+    """PostgreSQL stopped while two workers are mid-trial, and started again after both have met
+    the outage: they wait for it, keep their trials beating, and finish the study exactly."""
+    url = private_postgres.url
+    args = ["search", "--model", model_dir, "--storage", url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
+            "--device", "cpu", "--heartbeat", 1, "--grace", 120, "--trials", 2, "--starting-points", 2]
+    # Its one worker and a second one halt at a trial's sampled params and again once its
+    # figures are written (stdin: a line, or its end, lets them on).
+    halts = halting("sampled,recorded", "wait")
+    search = abliterate(*args, env=halts, stdin=subprocess.PIPE)
+    logs = [read_until(search, "halt: sampled trial")]
+    second = worker(url, halts, stdin=subprocess.PIPE)
+    logs.append(read_until(second, "halt: sampled trial"))
+    private_postgres.stop()
+    for process in (search, second):
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    # Both meet the outage: each worker while it runs its trial, the search at its progress tick.
+    logs[0] += read_until_all(search, "database unreachable (", "database unreachable; the workers wait")
+    logs[1] += read_until(second, "database unreachable (")
+    private_postgres.start()
+    logs[0] += read_until(search, "halt: recorded trial")
+    logs[1] += read_until(second, "halt: recorded trial")
+    # Both trials are held again, after the restart: only their heartbeat threads write now.
+    storage = open_storage(url)
+    running = [t for t in every_trial(url).values() if t.state == TrialState.RUNNING]
+    assert len(running) == 2, logs
+    with storage.engine.connect() as connection:
+        restarted = connection.execute(sqlalchemy.text("select now()")).scalar()
+
+    def beaten_since_restart():
+        with storage.engine.connect() as connection:
+            return connection.execute(sqlalchemy.text("select count(*) from trial_heartbeats where heartbeat > :t"),
+                                      {"t": restarted.replace(tzinfo=None)}).scalar()
+
+    deadline = time.monotonic() + 60  # beats come every second; a dead heartbeat thread never gets here
+    while beaten_since_restart() < 2:
+        assert search.poll() is None and second.poll() is None and time.monotonic() < deadline, logs
+        time.sleep(0.2)
+    for process in (search, second):
+        release(process)
+    logs = [log + process.stdout.read() for log, process in zip(logs, (search, second))]
+    search.wait()
+    second.wait()
+    assert [search.returncode, second.returncode] == [0, 0], logs
+    assert all("Traceback" not in log and "database reachable again" in log for log in logs), logs
+    everything = every_trial(url)
+    assert all(everything[t.number].state == TrialState.COMPLETE for t in running), logs  # the trials held through it
+    assert len(trials(url, states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    assert not trials(url, states=(TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING))
 
 
 @pytest.fixture(scope="module")

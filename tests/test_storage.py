@@ -124,3 +124,63 @@ def test_killed_worker_trial_fails_and_is_retried_with_same_params(postgres_url,
     assert [t.number for t in failed] == [running[0].number]
     assert len(waiting) == 1 and waiting[0].params == running[0].params
     assert waiting[0].system_attrs["failed_trial"] == running[0].number
+
+
+@pytest.mark.filterwarnings("ignore", category=ExperimentalWarning)
+def test_a_retry_carries_its_candidate_and_provenance_only(tmp_path):
+    """Params, distributions and where they came from; not the failed attempt's figures, its
+    constraint (a retry that carried it would have its own ignored, with a warning) or the
+    sampler's notes. Queued once, however many processes saw the trial fail."""
+    import warnings
+
+    from search.warm import WARM_ATTR
+    from storage.stale import PARAMS_COMPLETE, PROVENANCE_USER_ATTRS, RetrySameCandidate
+
+    assert WARM_ATTR in PROVENANCE_USER_ATTRS and "starting_point" in PROVENANCE_USER_ATTRS  # the names search uses
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage, study_name="s", directions=["minimize", "minimize"])
+    study.enqueue_trial({"x": 0.5}, user_attrs={"starting_point": True, WARM_ATTR: {"trial": 3}})
+    failed = study.ask()
+    failed.suggest_float("x", 0, 1)
+    storage.set_trial_system_attr(failed._trial_id, PARAMS_COMPLETE, True)
+    for key, value in {"kl": 0.1, "refusal": 0.0, "feasible": True}.items():
+        failed.set_user_attr(key, value)
+    failed.set_constraint("kl_over_cap", -0.9)
+    storage.set_trial_system_attr(failed._trial_id, "nsga2:generation", 0)
+    storage.set_trial_state_values(failed._trial_id, TrialState.FAIL)
+    for _ in range(2):  # two processes that both saw it fail
+        RetrySameCandidate()(study, storage.get_trial(failed._trial_id))
+    [retry] = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.params == {"x": 0.5} and retry.distributions == storage.get_trial(failed._trial_id).distributions
+    assert retry.user_attrs == {"starting_point": True, WARM_ATTR: {"trial": 3}}
+    assert retry.system_attrs == {"fixed_params": {"x": 0.5}, PARAMS_COMPLETE: True, "retry_history": [0], "failed_trial": 0}
+    again = study.ask()
+    assert again.number == retry.number
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.set_constraint("kl_over_cap", 0.2)
+
+
+def test_a_lost_database_is_one_line_or_waited_for(private_postgres):
+    """Without patience a lost database is one line (DatabaseUnreachable: exit 3 at the command
+    line); with it, the call waits for the server, says so, and returns as if nothing happened."""
+    import threading
+
+    from storage.errors import DatabaseUnreachable
+
+    storage = open_storage(private_postgres.url)
+    study_id = optuna.create_study(storage=storage, study_name="s")._study_id
+    private_postgres.stop()
+    with pytest.raises(DatabaseUnreachable, match=r"^lost the database \(") as error:
+        storage.get_all_studies()
+    assert "\n" not in str(error.value)
+    lines, got = [], []
+    storage.tolerate_outages(120, lines.append)
+    waiting = threading.Thread(target=lambda: got.append(storage.get_study_id_from_name("s")))
+    waiting.start()
+    while not lines:  # the call has met the outage
+        time.sleep(0.05)
+    private_postgres.start()
+    waiting.join()
+    assert got == [study_id]
+    assert lines[0].startswith("database unreachable (") and lines[-1].startswith("database reachable again after")

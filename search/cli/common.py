@@ -87,13 +87,21 @@ def study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--study", default="abliterate", help="study name")
 
 
-def heartbeat_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--heartbeat", type=positive, default=60, help="seconds between a running trial's heartbeats")
-    parser.add_argument("--grace", type=positive, default=600, help="seconds without a heartbeat before a trial counts as crashed")
+def heartbeat_options(parser: argparse.ArgumentParser, study: bool = True) -> None:
+    """--heartbeat and --grace: settings of a study made here (``study``), else only checked
+    against the study's (a worker started with other values is refused)."""
+    if study:
+        parser.add_argument("--heartbeat", type=positive, default=60, help="seconds between a running trial's heartbeats (kept with the study)")
+        parser.add_argument("--grace", type=positive, default=600,
+                            help="seconds without a heartbeat before a trial counts as crashed; longer than --heartbeat (kept with the study)")
+    else:
+        parser.add_argument("--heartbeat", type=positive, default=None, help="only to check it matches the study's (set by abliterate search)")
+        parser.add_argument("--grace", type=positive, default=None, help="only to check it matches the study's (set by abliterate search)")
 
 
 def heartbeat_args(args) -> list[str]:
-    return ["--heartbeat", str(args.heartbeat), "--grace", str(args.grace)]
+    """The heartbeat options given, for a worker to check against its study."""
+    return [*(["--heartbeat", str(args.heartbeat)] if args.heartbeat else []), *(["--grace", str(args.grace)] if args.grace else [])]
 
 
 def model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import add_command, console, heartbeat_args, heartbeat_options, positive
+from search.cli.common import add_command, console, heartbeat_options, positive
 
 
 def register(commands) -> None:
@@ -16,6 +16,8 @@ def register(commands) -> None:
 
 
 def _demo(args) -> int:
+    from dataclasses import replace
+
     from objectives.sweep.local import LocalRunner
     from search.cli.promotion import print_report
     from search.cli.study import run_study
@@ -25,8 +27,8 @@ def _demo(args) -> int:
     from storage.urls import normalize_url
 
     storage = args.storage or DEMO_STORAGE
-    status = run_study(storage, DEMO_STUDY, demo_config(args.trials), ["cpu"] * args.workers, heartbeat_args(args),
-                       closing=False)
+    config = replace(demo_config(args.trials), heartbeat_interval=args.heartbeat, grace_period=args.grace)
+    status = run_study(storage, DEMO_STUDY, config, ["cpu"] * args.workers, [], closing=False)
     if status != 0 or args.no_promote:
         console().print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
         return status

@@ -82,13 +82,13 @@ def register(commands) -> None:
     worker.add_argument("--threads", type=positive, default=None, help="CPU threads for torch (default: torch's choice)")
     worker.add_argument("--judge-device", default=None, help="device of the study's separate judge model, if it has one (default: --device)")
     worker.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)  # started by a launcher, which reports
-    heartbeat_options(worker)
+    heartbeat_options(worker, study=False)
     worker.set_defaults(run=_worker)
 
     launch = add_command(commands, "launch", "one worker process per device, restarted if it dies")
     study_options(launch)
     launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
-    heartbeat_options(launch)
+    heartbeat_options(launch, study=False)
     launch.set_defaults(run=_launch)
 
 
@@ -97,7 +97,7 @@ def _search(args) -> int:
 
     args = settings.resolve(_search_parser(), args, args.argv[1:])
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
-    extra = heartbeat_args(args) + (["--judge-device", args.judge_device] if args.judge_device else [])
+    extra = ["--judge-device", args.judge_device] if args.judge_device else []
     return run_study(args.storage, args.study, search_config(args), devices, extra, warm_start=args.warm_start)
 
 
@@ -163,7 +163,8 @@ def search_config(args):
                              judge=args.judge, judge_model=args.judge_model, judge_prefilter=args.judge_prefilter,
                              harmful_categories=args.harmful_categories,
                              sae=str(Path(args.sae).expanduser().resolve()) if args.sae else None,
-                             objectives=args.objectives, edgy=absolute_spec(args.edgy) if args.edgy else None)
+                             objectives=args.objectives, edgy=absolute_spec(args.edgy) if args.edgy else None,
+                             heartbeat_interval=args.heartbeat, grace_period=args.grace)
 
 
 def run_study(storage: str | None, name: str, config, devices: list[str], extra: list[str], closing: bool = True,
@@ -174,12 +175,12 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     search.warm). Ends with the front and, when ``closing``, the command that opens the dashboard (the demo
     prints it once, after its promotions)."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
 
     from ablation.loading import check_model
     from search.launcher import supervise
     from search.study import create_or_resume
     from search.worker import finished
+    from storage.errors import DatabaseUnreachable
     from storage.rdb import open_storage
     from storage.urls import normalize_url, redacted
 
@@ -204,8 +205,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         source_url, source_study = parse_source(warm_start)
         warm = front_points(normalize_url(source_url), source_study, config.space)
     storage_url = normalize_url(storage)
-    study, resumed = create_or_resume(open_storage(storage_url), name, config)
+    opened = open_storage(storage_url)
+    study, resumed = create_or_resume(opened, name, config)
     out = console()
+    opened.tolerate_outages(config.grace_period, lambda line: out.print(line, highlight=False))
     out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
     if warm:
         from search.warm import dropped, enqueue_front
@@ -219,9 +222,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     def progress():
         nonlocal last
         try:
-            states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        except SQLAlchemyError:
-            line = "  database unreachable; workers will be restarted and their trials retried"
+            with opened.patience(0):  # a tick must not hold up the supervision of the workers
+                states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        except DatabaseUnreachable:
+            line = f"  database unreachable; the workers wait for it (up to {config.grace_period} s) and go on"
             if line != last:
                 out.print(line, highlight=False)
                 last = line
@@ -258,18 +262,21 @@ def _worker(args) -> int:
     from sqlalchemy.exc import OperationalError
 
     from search.launcher import DATABASE_UNREACHABLE
-    from search.study import check_local, load
+    from search.study import check_heartbeat, check_local, load
     from search.worker import run_worker
     from storage.rdb import open_storage
 
-    if args.model:
-        check_local(load(open_storage(args.storage, create=False), args.study)[1], model=args.model)
+    if args.heartbeat and args.grace:
+        check_heartbeat(args.heartbeat, args.grace)
+    local = {"model": args.model, "heartbeat_interval": args.heartbeat, "grace_period": args.grace}
+    if any(value is not None for value in local.values()):
+        check_local(load(open_storage(args.storage, create=False), args.study)[1], **local)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
-        run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace, judge_device=args.judge_device)
+        run_worker(args.storage, args.study, args.device, judge_device=args.judge_device)
     except KeyboardInterrupt:
         if not args.supervised:
             raise
@@ -285,5 +292,9 @@ def _launch(args) -> int:
     from search.launcher import supervise
     from storage.urls import normalize_url
 
+    from search.study import check_heartbeat
+
+    if args.heartbeat and args.grace:
+        check_heartbeat(args.heartbeat, args.grace)
     devices = [d if not d.isdigit() else f"cuda:{d}" for d in args.devices.split(",")]
     return supervise(normalize_url(args.storage), args.study, devices, extra=heartbeat_args(args))
