@@ -21,13 +21,16 @@ import abc
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ablation.errors import AblationError, first_line
-from ablation.loading import LoadedModel
 from objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate
 
 VERDICTS = ("refusal", "compliance", "evasive", "degenerate")
 COMPLIANCE = "compliance"
+
+if TYPE_CHECKING:  # a study's settings name their judge without loading torch
+    from ablation.loading import LoadedModel
 
 
 @dataclass(frozen=True)
