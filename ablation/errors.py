@@ -13,6 +13,17 @@ def first_line(error: BaseException, limit: int | None = None, fallback: str | N
     return line[:limit] if limit is not None else line
 
 
+def write_failure(error: Exception) -> str:
+    """The OS's words for a failed write, from an ``OSError`` or from the ``SafetensorError`` that
+    wraps one ("I/O error: No space left on device (os error 28)"), with the path when given."""
+    import re
+
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    found = re.search(r"I/O error: (.+?) \(os error \d+\)", str(error))
+    return found[1] if found else first_line(error, 160)
+
+
 class AblationError(Exception):
     """A problem with the user's input, explained in one line."""
 

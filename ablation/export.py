@@ -20,7 +20,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ablation.errors import AblationError
+from safetensors import SafetensorError
+
+from ablation.errors import AblationError, write_failure
 from ablation.loading import LoadedModel
 
 WEIGHTS_SUFFIX = ".safetensors"
@@ -75,19 +77,21 @@ def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bo
 
     The architecture class is the loaded one (a multimodal model stays multimodal).
     ``finish(staging)``, when given, runs once the model files are in the staging folder and
-    may add files (a model card) or raise to abandon the export: then nothing is written.
-    Staging folders that a killed export of the same target left behind are removed first (and
-    said so through ``log``, default stderr).
+    may add files (a model card) or raise to abandon the export: then nothing is written, and
+    neither when the disk fills (a one-line error). Staging folders that killed exports, of any
+    target, left in the target's folder are removed first (and said so through ``log``, default
+    stderr).
     """
-    target = Path(out).expanduser().resolve()
-    if target.exists() and not overwrite:
-        raise AblationError(f"{target} already exists; choose another --out or pass --overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in stale_staging(target):
-        size = sum(f.stat().st_size for f in stale.rglob("*") if f.is_file())
-        shutil.rmtree(stale, ignore_errors=True)
-        (log or _stderr)(f"removed {stale.name} ({size / 2**20:.0f} MiB), left beside {target.name} by an export that was killed")
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{_me()}-", dir=target.parent))
+    target = check_target(out, overwrite)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in stale_staging(target.parent):
+            size = sum(f.stat().st_size for f in stale.rglob("*") if f.is_file())
+            shutil.rmtree(stale, ignore_errors=True)
+            (log or _stderr)(f"removed {stale.name} ({size / 2**20:.0f} MiB), left in {target.parent} by an export that was killed")
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-{_me()}-", dir=target.parent))
+    except OSError as error:
+        raise _unwritable(target, error) from None
     try:
         loaded.model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
         _forget_last_call(loaded.tokenizer)
@@ -98,10 +102,43 @@ def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bo
             finish(staging)
         publish(staging)
         _swap_into_place(staging, target)
+    except (OSError, SafetensorError) as error:  # a full disk, a quota, a folder gone read-only
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _unwritable(target, error) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def check_target(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The absolute target of an export to ``out``, or a one-line error, before any work: it
+    exists (without ``overwrite``), or it cannot be made (a file stands where a folder must, a
+    read-only or full file system). Writes nothing."""
+    target = Path(out).expanduser().resolve()
+    if target.exists() and not overwrite:
+        raise AblationError(f"{target} already exists; choose another --out or pass --overwrite")
+    check_writable(target, "the checkpoint")
+    return target
+
+
+def check_writable(path: Path, what: str) -> None:
+    """A one-line error when ``path`` (and any missing folder above it) cannot be made: the
+    nearest existing folder above it must take a new entry, which is tried and removed."""
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise AblationError(f"cannot write {what} to {path}: {folder} is a file, not a folder; choose another --out")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".abliterate-probe-", dir=folder))
+    except OSError as error:
+        raise AblationError(f"cannot write {what} to {path}: {folder} is not writable ({error.strerror}); choose another --out") from None
+
+
+def _unwritable(target: Path, error: Exception) -> AblationError:
+    return AblationError(f"cannot write the checkpoint to {target} ({write_failure(error)}); nothing was written: "
+                         "free some space or choose another --out")
 
 
 def _forget_last_call(tokenizer) -> None:
@@ -117,20 +154,21 @@ def _forget_last_call(tokenizer) -> None:
         backend.no_truncation()
 
 
-def stale_staging(target: Path) -> list[Path]:
-    """Hidden staging folders beside ``target`` whose exporting process, on this machine, is dead.
+def stale_staging(folder: Path) -> list[Path]:
+    """Hidden staging folders in ``folder``, of any export target, whose exporting process on
+    this machine is dead.
 
     Their names carry the host and process id (``.NAME.partial-HOST-PID-XXXX``), so a live
-    export of the same target, here or on another machine sharing the folder, is left alone.
+    export, here or on another machine sharing the folder, is left alone.
     """
     host = socket.gethostname()
     found = []
     for kind in ("partial", "old"):
-        for folder in target.parent.glob(f".{target.name}.{kind}-*"):
-            match = re.fullmatch(rf"\.{re.escape(target.name)}\.{kind}-(.+)-(\d+)-[^-]+", folder.name)
-            if match and match[1] == host and not _alive(int(match[2])):
-                found.append(folder)
-    return found
+        for staging in folder.glob(f".*.{kind}-*"):
+            match = re.fullmatch(rf"\..+\.{kind}-(.+)-(\d+)-[^-]+", staging.name)
+            if match and match[1] == host and not _alive(int(match[2])) and staging.is_dir():
+                found.append(staging)
+    return sorted(found)
 
 
 def _me() -> str:

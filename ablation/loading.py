@@ -8,6 +8,7 @@ what gets edited. ``trust_remote_code`` stays off unless asked for; safetensors 
 from __future__ import annotations
 
 import pickle
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from transformers import (
 )
 
 from ablation.architectures import architecture_of
-from ablation.errors import ModelLoadError
+from ablation.errors import ModelLoadError, first_line
 from ablation.hub import hub_options
 
 _GGUF_MAGIC = b"GGUF"
@@ -133,9 +134,13 @@ def check_device(device: str) -> None:
             raise ModelLoadError(f"device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
 
 
-def check_model(spec: str, devices: Sequence[str] = ("auto",), trust_remote_code: bool = False) -> None:
+def check_model(spec: str, devices: Sequence[str] = ("auto",), trust_remote_code: bool = False, dtype: str = "auto") -> None:
     """Fail now, in one line, on what would make every worker fail: a missing or unreadable model,
-    an unknown architecture, no tokenizer, or a device this machine lacks. Reads no weights."""
+    an unknown architecture or dtype, no tokenizer, a device this machine lacks, or a local
+    folder's weight file that is damaged or that the loader would refuse. Reads the weight
+    files' headers, not the weights."""
+    if dtype not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     for device in devices:
         check_device(device)
     location, options = _resolve(spec)
@@ -145,8 +150,58 @@ def check_model(spec: str, devices: Sequence[str] = ("auto",), trust_remote_code
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(_explain(spec, error)) from None
     architecture_of(config)
+    if "gguf_file" not in options and Path(location).is_dir():
+        _check_weight_files(spec, Path(location))
     _check_tokenizer_files(spec, location, options)
     _tokenizer(spec, location, common)
+
+
+def _check_weight_files(spec: str, folder: Path) -> None:
+    """A one-line error for a folder whose weights transformers would fail on: none at all, a
+    safetensors file whose header is damaged or does not cover the file (a truncated copy), a
+    shard its index names that is missing, or a pickled ``.bin`` that torch's weights-only
+    unpickler refuses (it would run code). Looks where transformers looks, in its order."""
+    from safetensors import safe_open
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
+
+    for single, index in ((SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME), (WEIGHTS_NAME, WEIGHTS_INDEX_NAME)):
+        if (folder / single).is_file():
+            files = [folder / single]
+        elif (folder / index).is_file():
+            files = [folder / name for name in _shards(spec, folder / index)]
+        else:
+            continue
+        for path in files:
+            try:
+                if path.suffix == ".safetensors":
+                    with safe_open(path, "pt"):
+                        pass
+                else:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # "pickle protocol 4" notes
+                        # The pickle alone is read and checked: on the meta device no tensor data is.
+                        torch.load(path, map_location="meta", weights_only=True)
+            except FileNotFoundError:
+                raise ModelLoadError(f"cannot load {spec}: {path.name}, which {index} names, is missing; copy the whole model folder") from None
+            except pickle.UnpicklingError:
+                raise ModelLoadError(f"cannot load {spec}: {path.name} is a pickle that torch refuses to load (it could run code); "
+                                     "use the model's safetensors files instead") from None
+            except (OSError, SafetensorError, RuntimeError, EOFError) as error:
+                raise ModelLoadError(f"cannot load {spec}: {path.name} is damaged ({first_line(error, 120)}); "
+                                     "copy the model again") from None
+        return
+    raise ModelLoadError(f"cannot load {spec}: the folder holds no weights ({SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME}, "
+                         f"{WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}); copy the whole model folder")
+
+
+def _shards(spec: str, index: Path) -> list[str]:
+    """The weight files a sharded checkpoint's index names."""
+    import json
+
+    try:
+        return sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ModelLoadError(f"cannot load {spec}: {index.name} is not a weight index (no weight_map); copy the model again") from None
 
 
 # A tokenizer is built from one of these (besides its tokenizer_config.json): the fast tokenizer's

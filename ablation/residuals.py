@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils.logging import tqdm
 
 from ablation.architectures import decoder_layers
-from ablation.errors import AblationError
+from ablation.errors import AblationError, write_failure
 
 
 @torch.no_grad()
@@ -75,7 +76,9 @@ def save_residuals(
 ) -> None:
     """Write per-layer means (and the directions, and optionally every sample) to safetensors.
 
-    The file appears complete or not at all: it is written beside the target and renamed.
+    The file appears complete or not at all: it is written beside the target and renamed. A
+    target that cannot be written (a read-only or full disk, a folder in its place) is a
+    one-line error.
     """
     tensors = {"harmful_mean": harmful.mean(0), "harmless_mean": harmless.mean(0)}
     if directions is not None:
@@ -85,8 +88,11 @@ def save_residuals(
     target = Path(path)
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata or {})
         os.replace(partial, target)
+    except (OSError, SafetensorError) as error:
+        raise AblationError(f"cannot write {target} ({write_failure(error)}); choose another --out") from None
     finally:
         partial.unlink(missing_ok=True)
 

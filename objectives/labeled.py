@@ -63,8 +63,12 @@ def load_labeled(spec: str) -> list[LabeledAnswer]:
 
 
 def read_jsonl(path: Path) -> list[LabeledAnswer]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AblationError(f"{path} is not UTF-8 text; give a .jsonl file of {{prompt, response, label}} rows") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

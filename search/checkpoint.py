@@ -19,6 +19,7 @@ from search.card import CARD_FILE, card_header, front_matter, hub_id, model_card
 from search.reproduce import (
     DIRECTIONS_FILE,
     REPRO_FILE,
+    check_fits,
     differing_files,
     edit_summary,
     package_versions,
@@ -126,6 +127,7 @@ def rebuild(path: str, model: str, out: str, device: str | None = None, overwrit
     record = read_reproduction(path)
     base = record["base"]
     loaded = load_model(model, base["dtype"], device or base["device"])
+    check_fits(record, loaded.model, model)
     directions = recorded_directions(record, Path(path).expanduser().parent, loaded, log)
 
     def record_for(layers, weights: dict[str, str]) -> dict:

@@ -113,7 +113,42 @@ def parse_reproduction(text: str, where: str) -> dict:
     missing = [key for key in REQUIRED if key not in record]
     if missing:
         raise AblationError(f"{where} lacks {', '.join(missing)}; it is damaged, export the trial again from its study")
+    _check_edit(record, where)
     return record
+
+
+def _check_edit(record: dict, where: str) -> None:
+    """A one-line error when the record's params do not describe an edit its directions can make."""
+    from search.space import INTERVENTIONS, METHODS
+
+    params, directions = record["params"], record["directions"]
+    damaged = "it is damaged, export the trial again from its study"
+    if not isinstance(params, dict) or not isinstance(directions, dict) or not directions.get("shape"):
+        raise AblationError(f"{where} holds params or directions unlike an export's; {damaged}")
+    method, intervention = params.get("method"), params.get("intervention", "ablate")
+    if method not in METHODS or intervention not in INTERVENTIONS:
+        unknown = f"direction method {method!r}" if method not in METHODS else f"intervention {intervention!r}"
+        raise AblationError(f"{where} names an unknown {unknown} (this version knows methods {', '.join(METHODS)}; "
+                            f"interventions {', '.join(INTERVENTIONS)}); rebuild it with the abliterate version it records "
+                            f"({record.get('abliterate')}), or export the trial again from its study")
+    if method != directions.get("method"):
+        raise AblationError(f"{where} takes the {method!r} directions in its params but records {directions.get('method')!r} ones; {damaged}")
+    try:
+        candidate_from_params(params, directions["shape"][0])
+    except (KeyError, TypeError, ValueError) as error:
+        raise AblationError(f"{where} holds params that describe no edit ({type(error).__name__}: {error}); {damaged}") from None
+
+
+def check_fits(record: dict, model, spec: str) -> None:
+    """A one-line error when ``model`` (loaded from ``spec``) is not shaped like the base model the
+    record's directions were taken from (a bake would fail on mismatched matrices)."""
+    text = model.config.get_text_config()
+    recorded = record["directions"]["shape"]
+    found = [text.num_hidden_layers, text.hidden_size]
+    if [recorded[0], recorded[-1]] != found:
+        raise AblationError(f"{spec} is not the record's base model: its directions are {recorded[0]} layers x {recorded[-1]} wide, "
+                            f"{spec} has {found[0]} layers x {found[1]}; pass the base model it was exported from "
+                            f"({record['base'].get('hub_id') or record['base'].get('model')})")
 
 
 def read_reproduction(path: str | Path) -> dict:

@@ -23,7 +23,7 @@ from optuna.exceptions import ExperimentalWarning
 
 from ablation.errors import AblationError
 from objectives.judges import JudgeSettings
-from objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts
+from objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts, split_slice
 from search.space import MAX_STARTING_POINTS, SearchSpace
 from storage.errors import StorageError
 from storage.leases import Leases
@@ -106,11 +106,18 @@ class StudyConfig:
 
     @classmethod
     def split(cls, model: str, harmful: str, harmless: str, sizes: tuple[int, int, int], **options) -> StudyConfig:
-        """One source per side cut into consecutive slices for the three purposes."""
-        def cut(spec):
-            bounds = [0, sizes[0], sizes[0] + sizes[1], sum(sizes)]
-            return {p: f"{spec}[{bounds[i]}:{bounds[i + 1]}]" for i, p in enumerate(PURPOSES)}
-        return cls(model=model, harmful=cut(harmful), harmless=cut(harmless),
+        """One source per side cut into consecutive slices for the three purposes; a source spec
+        that ends in a slice (``h.txt[0:120]``) is cut within it. A source with fewer prompts than
+        ``sizes`` take is refused, naming the largest split that fits."""
+        def cut(side, spec):
+            source, window = split_slice(spec.strip())
+            available = range(len(load_prompts(source)))[window or slice(None)]
+            if len(available) < sum(sizes):
+                raise AblationError(f"the {side} source {spec!r} has {len(available)} prompts, fewer than the {sum(sizes)} that "
+                                    f"split {','.join(map(str, sizes))} takes; {_fitting(sizes, len(available))}")
+            bounds = [available.start + n for n in (0, sizes[0], sizes[0] + sizes[1], sum(sizes))]
+            return {p: f"{source}[{bounds[i]}:{bounds[i + 1]}]" for i, p in enumerate(PURPOSES)}
+        return cls(model=model, harmful=cut("harmful", harmful), harmless=cut("harmless", harmless),
                    **({"prompt_files": file_digests([harmful, harmless] + ([options["edgy"]] if options.get("edgy") else []))}
                       | options))
 
@@ -167,6 +174,14 @@ def check_heartbeat(interval: int, grace: int) -> None:
     if not 0 < interval < grace:
         raise AblationError(f"the grace period ({grace} s, --grace) must be longer than the heartbeat interval ({interval} s, "
                             "--heartbeat), or live trials count as crashed; e.g. --heartbeat 60 --grace 600")
+
+
+def _fitting(sizes: tuple[int, int, int], available: int) -> str:
+    """How to split ``available`` prompts in the proportions of ``sizes`` (--split), or that it cannot be."""
+    scaled = [n * available // sum(sizes) for n in sizes]
+    if min(scaled) < 1:
+        return "pass a bigger source"
+    return f"pass --split {','.join(map(str, scaled))} (the largest in these proportions that fits) or a bigger source"
 
 
 def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:

@@ -42,6 +42,8 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
     database = sqlite_path(url)
     if not create and database is not None and not database.exists():
         raise StorageError(f"no study database at {database}; start a study with abliterate search, or pass --storage")
+    if database is not None:
+        _check_sqlite_file(database)
     engine_kwargs = {"pool_pre_ping": True} if url.startswith("postgresql") else {"connect_args": {"timeout": 30}}
     try:
         with schema_lock(url), warnings.catch_warnings():
@@ -52,12 +54,48 @@ def open_storage(url: str | None = None, heartbeat_interval: int = 60, grace_per
                 heartbeat_stale_trial_callback=RetrySameCandidate(max_retry=max_retry),
             )
             ensure_schema(storage.engine)
-    except OperationalError as error:
-        first = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
-        raise DatabaseUnreachable(f"cannot reach the database at {redacted(url)} ({first}); check the URL, that the server runs and that the database exists") from None
     except SQLAlchemyError as error:
-        raise StorageError(f"cannot open storage {redacted(url)}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        raise _storage_error(url, error) from None
     return storage
+
+
+def check_storage(url: str | None = None) -> str:
+    """The normalized ``url`` once it is known to work, writing nothing: a PostgreSQL database
+    answers a connection, a SQLite file's folder exists (the file may not yet). Run before a
+    study's model checks, it reports a typo in the URL within a second, not after them."""
+    url = normalize_url(url)
+    database = sqlite_path(url)
+    if database is not None:
+        _check_sqlite_file(database)
+    elif url.startswith("postgresql"):
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as error:
+            raise _storage_error(url, error) from None
+        finally:
+            engine.dispose()
+    return url
+
+
+def _storage_error(url: str, error: SQLAlchemyError) -> StorageError:
+    """One line for a database error, in the driver's words with every secret of ``url`` hidden
+    (:class:`DatabaseUnreachable` when the database did not answer)."""
+    if isinstance(error, OperationalError):
+        first = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        return DatabaseUnreachable(f"cannot reach the database at {redacted(url)} ({redacted(url, first)}); "
+                                   "check the URL, that the server runs and that the database exists")
+    first = str(error).strip().splitlines()[0]
+    return StorageError(f"cannot open storage {redacted(url)}: {type(error).__name__}: {redacted(url, first)}")
+
+
+def _check_sqlite_file(database: Path) -> None:
+    """A one-line error when a SQLite study database cannot be at ``database``."""
+    if database.is_dir():
+        raise StorageError(f"{database} is a folder, not a study database; name a file in it, like sqlite:///{database / 'abliterate.db'}")
+    if not database.parent.is_dir():
+        raise StorageError(f"folder {database.parent} for the study database does not exist; create it or pass another --storage")
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -76,9 +114,11 @@ def schema_lock(url: str) -> Iterator[None]:
     if database is not None:
         # flock on the database file itself: SQLite's own locks are fcntl byte ranges, which
         # flock does not touch on Linux, and no extra file is left beside the database.
-        if not database.parent.is_dir():
-            raise StorageError(f"folder {database.parent} for the study database does not exist; create it or pass another --storage")
-        with database.open("a") as handle:
+        try:
+            handle = database.open("a")
+        except OSError as error:
+            raise StorageError(f"cannot open the study database {database} ({error.strerror}); pass another --storage") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield

@@ -1,4 +1,8 @@
-"""Storage URLs: SQLite by default on one machine, PostgreSQL for several workers or machines."""
+"""Storage URLs: SQLite by default on one machine, PostgreSQL for several workers or machines.
+
+Every message and log line that shows a storage URL, or passes on a database driver's words
+about one, goes through :func:`redacted`: no password is ever printed.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from storage.errors import StorageError
@@ -14,11 +18,13 @@ from storage.errors import StorageError
 DEFAULT_URL = "sqlite:///abliterate.db"
 ENVIRONMENT = "ABLITERATE_STORAGE"  # the storage URL when --storage is not given (keeps passwords out of argv)
 _HINT = "use sqlite:///PATH.db or postgresql+psycopg2://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+HIDDEN = "***"
 
 
 def normalize_url(url: str | None) -> str:
     """A SQLAlchemy URL for ``url``: None means $ABLITERATE_STORAGE or else the default SQLite
-    file, a bare ``*.db`` path a SQLite file, ``postgresql://`` the psycopg2 driver. Anything
+    file, a bare ``*.db`` path a SQLite file, ``postgresql://`` the psycopg2 driver. An ``@``
+    left unencoded in the password is taken as part of it (a host name holds none). Anything
     else is a one-line error."""
     url = url or os.environ.get(ENVIRONMENT)
     if not url:
@@ -26,11 +32,11 @@ def normalize_url(url: str | None) -> str:
     if "://" not in url and url.endswith((".db", ".sqlite", ".sqlite3")):
         return f"sqlite:///{Path(url).expanduser().resolve()}"
     try:
-        parsed = make_url(url)
+        parsed = _parse(url)
     except ArgumentError:
         raise StorageError(f"bad storage URL {redacted(url)!r}; {_HINT}") from None
-    except ValueError as error:  # e.g. a port that is not a number
-        raise StorageError(f"bad storage URL {redacted(url)!r} ({error}); {_HINT}") from None
+    except ValueError:  # e.g. a port that is not a number (Python's words would repeat the URL)
+        raise StorageError(f"bad storage URL {redacted(url)!r} (the port is not a number); {_HINT}") from None
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg2")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
@@ -40,10 +46,58 @@ def normalize_url(url: str | None) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def redacted(url: str) -> str:
-    """``url`` with any password hidden, for messages and logs."""
+def redacted(url: str, text: str | None = None) -> str:
+    """``url`` with its password hidden, both the one before ``@`` and any ``password=`` (or
+    ``sslpassword=``) query parameter; with ``text`` (a database driver's message about ``url``),
+    that text with every secret of ``url`` hidden instead. For messages and logs."""
+    if text is not None:
+        for secret in sorted(_secrets(url), key=len, reverse=True):
+            text = text.replace(secret, HIDDEN)
+        return text
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = _parse(url)
+        query = {key: HIDDEN if _is_secret(key) else value for key, value in parsed.query.items()}
+        return parsed.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", HIDDEN)
     except (ArgumentError, ValueError):
-        # Unparseable: still hide whatever sits between "user:" and "@".
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        # Unparseable: still hide all that sits between "user:" and the last "@" of the
+        # authority, and every password parameter.
+        url = re.sub(r"(://[^:/@]*:).*@", rf"\1{HIDDEN}@", _encode_userinfo(url))
+        return re.sub(r"([?&][^=&]*password=)[^&]*", rf"\1{HIDDEN}", url, flags=re.IGNORECASE)
+
+
+def _parse(url: str) -> URL:
+    return make_url(_encode_userinfo(url))
+
+
+def _encode_userinfo(url: str) -> str:
+    """``url`` with every ``@`` of its user info percent-encoded. The user info ends at the last
+    ``@`` before the path or query that follows the first ``@``: SQLAlchemy (like libpq) ends it
+    at the first, and would take the rest of such a password for the host."""
+    scheme, separator, rest = url.partition("://")
+    first = rest.find("@")
+    if not separator or first < 0:
+        return url
+    end = min((i for i in (rest.find("/", first), rest.find("?", first)) if i >= 0), default=len(rest))
+    userinfo, _, host = rest[:end].rpartition("@")
+    return f"{scheme}://{userinfo.replace('@', '%40')}@{host}{rest[end:]}"
+
+
+def _is_secret(key: str) -> bool:
+    return "password" in key.lower()
+
+
+def _secrets(url: str) -> set[str]:
+    """Every form of a secret of ``url`` that a message could quote: the password as given and
+    as parsed, and the values of its password parameters."""
+    try:
+        parsed = _parse(url)
+    except (ArgumentError, ValueError):
+        match = re.search(r"://[^:/@]*:(.*)@", _encode_userinfo(url))
+        return {match[1], match[1].replace("%40", "@")} - {""} if match else set()
+    values = [parsed.password] + [v for key, value in parsed.query.items() if _is_secret(key)
+                                  for v in (value if isinstance(value, tuple) else (value,))]
+    found = set()
+    for value in values:
+        if value:
+            found |= {str(value), str(value).replace("@", "%40")}
+    return found

@@ -259,3 +259,80 @@ def test_inspect_needs_no_tokenizer_and_the_others_name_the_missing_files(tmp_pa
     status, err = run(capsys, *SEARCH, "--model", "model")
     assert status == 2 and err.startswith(f"error: {tmp_path / 'model'} has no tokenizer: none of tokenizer.json")
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.fixture
+def model_folder(tmp_path, tiny):
+    model, tokenizer = tiny("qwen3")
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def _damage(folder, damage):
+    import pickle
+
+    weights = folder / "model.safetensors"
+    if damage == "truncated safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "refused pickle":
+        class Payload:
+            def __reduce__(self):
+                return (print, ("this ran: pickles must never be loaded",))
+
+        weights.rename(folder / "kept")
+        (folder / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    elif damage == "no weights":
+        weights.rename(folder / "kept")
+
+
+def _repair(folder, damage, good):
+    (folder / "pytorch_model.bin").unlink(missing_ok=True)
+    (folder / "kept").unlink(missing_ok=True)
+    (folder / "model.safetensors").write_bytes(good)
+
+
+@pytest.mark.parametrize("damage, extra, message", [
+    ("unknown dtype", ["--dtype", "fp7"], "error: unknown dtype 'fp7'; use one of auto, float32"),
+    ("truncated safetensors", [], "error: cannot load MODEL: model.safetensors is damaged (Error while deserializing header"),
+    ("refused pickle", [], "error: cannot load MODEL: pytorch_model.bin is a pickle that torch refuses to load"),
+    ("no weights", [], "error: cannot load MODEL: the folder holds no weights"),
+])
+def test_weights_and_dtype_are_checked_before_the_study_is_written(tmp_path, monkeypatch, capsys, model_folder, damage, extra, message):
+    """Refused before anything is stored, so the corrected command is welcome (not "exists with
+    other settings"). Weight files are checked by their headers, not loaded."""
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # the fixture's progress bar
+    good = (model_folder / "model.safetensors").read_bytes()
+    _damage(model_folder, damage)
+    args = [*SEARCH, "--model", model_folder, "--workers", 0]
+    status, err = run(capsys, *args, *extra)
+    assert status == 2 and err.startswith(message.replace("MODEL", str(model_folder))) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s.db").exists()
+    _repair(model_folder, damage, good)
+    status, err = run(capsys, *args)
+    assert status == 0, err
+
+
+@pytest.mark.parametrize("storage, message, code", [
+    ("postgresql+psycopg2://postgres@127.0.0.1:1/x", "error: cannot reach the database at postgresql+psycopg2://postgres@127.0.0.1:1/x", 3),
+    ("postgresql+psycopg2://postgres@127.0.0.1:5432/abl_no_such_db", "error: cannot reach the database", 3),
+    ("sqlite:///no/such/folder/s.db", "error: folder", 2),
+])
+def test_the_storage_is_checked_before_the_model(tmp_path, monkeypatch, capsys, storage, message, code):
+    """A URL typo is told at once: before the model checks (which take a minute on a real model)
+    and before torch and the prompt sources are loaded. Here the model does not exist and the
+    split does not fit its sources, and it is the storage that is named."""
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, "search", "--model", "/nonexistent", "--split", "1000,1000,1000", "--storage", storage)
+    assert status == code and err.startswith(message) and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["search", "--model", "/nonexistent"], ["front"], ["worker"], ["export", "--trial", "0", "--out", "x"]])
+def test_an_empty_study_name_is_refused(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    status, err = run(capsys, *command, "--storage", "sqlite:///s.db", "--study", "")
+    assert status == 2 and err == (f"abliterate {command[0]}: error: argument --study: a study needs a name, got an empty one "
+                                   f"(see abliterate {command[0]} --help)")
+    assert not list(tmp_path.iterdir())

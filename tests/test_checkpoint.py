@@ -341,3 +341,59 @@ def test_directions_are_not_recomputed_from_prompts_other_than_the_recorded(expo
             entry["sha256"] = change
     with pytest.raises(AblationError, match=message):
         recorded_directions(record, tmp_path, loaded=None, log=lambda line: None)  # no directions/ folder in tmp_path
+
+
+def _abliterate(*args, limit_file_size=None):
+    """The command as a subprocess; ``limit_file_size`` (bytes) makes every write past it fail as
+    on a full disk (RLIMIT_FSIZE: the write returns EFBIG, Python ignoring SIGXFSZ), root or not."""
+    import resource
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
+
+    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=limit if limit_file_size else None)
+
+
+def _one_error(result):
+    return [line for line in result.stderr.splitlines() if "Writing model shards" not in line]
+
+
+@pytest.mark.parametrize("where", ["read-only", "file", "full"])
+def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(study, tmp_path, where):
+    """A read-only file system (sysfs refuses new entries, to root too), a file where a folder
+    must be, and a disk that fills mid-export: one line naming the target, exit 2, no staging
+    folder left. The first two are told before the model is loaded."""
+    (tmp_path / "a-file").write_text("")
+    out = {"read-only": "/sys/abliterate-test/out", "file": tmp_path / "a-file" / "out", "full": tmp_path / "out"}[where]
+    result = _abliterate("export", "--storage", study["url"], "--study", "s", "--trial", "0", "--out", out, "--device", "cpu",
+                         limit_file_size=20000 if where == "full" else None)
+    assert result.returncode == 2, result.stderr
+    lines = _one_error(result)
+    expected = {"read-only": "error: cannot write the checkpoint to /sys/abliterate-test/out: /sys is not writable (",
+                "file": f"error: cannot write the checkpoint to {out}: {tmp_path / 'a-file'} is a file, not a folder",
+                "full": f"error: cannot write the checkpoint to {out} (File too large"}[where]
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["a-file"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ("method", "error: RECORD names an unknown direction method 'magic'"),
+    ("base", "error: REFUSER is not the record's base model: its directions are 4 layers x 64 wide, REFUSER has 4 layers x 128"),
+])
+def test_a_record_that_does_not_fit_is_one_line(exported, tmp_path, change, message):
+    """An unknown method (a KeyError) or another base model (mat1 and mat2 shapes) gave tracebacks."""
+    from objectives.refuser import refuser_path
+
+    shutil.copytree(exported, tmp_path / "record")
+    record = json.loads((tmp_path / "record" / "reproduce.json").read_text())
+    if change == "method":
+        record["params"]["method"] = "magic"
+    (tmp_path / "record" / "reproduce.json").write_text(json.dumps(record))
+    base = refuser_path() if change == "base" else json.loads((exported / "reproduce.json").read_text())["base"]["model"]
+    result = _abliterate("export", "--from-file", tmp_path / "record" / "reproduce.json", "--model", base, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    lines = _one_error(result)
+    expected = message.replace("RECORD", str(tmp_path / "record" / "reproduce.json")).replace("REFUSER", str(base))
+    assert len(lines) == 1 and lines[0].startswith(expected), result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["record"]

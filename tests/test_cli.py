@@ -71,6 +71,7 @@ def test_bad_input_is_one_line_and_nonzero(args, message):
         (["promote", "--storage", "sqlite:///x.db", "--study", "s", "--attempts", "two"],
          "argument --attempts: 'two' is not a whole number"),
         (["evaluate", "--model", "m"], "the following arguments are required: --base"),
+        (["dashboard", "--port", "99999"], "argument --port: a port is at most 65535, got 99999"),  # was an OverflowError
     ],
 )
 def test_bad_arguments_are_one_line_before_anything_runs(args, message, tmp_path):
@@ -86,6 +87,26 @@ def test_empty_prompt_file(model_dir, tmp_path):
     result = abliterate("directions", "--model", model_dir, "--harmful", empty, "--harmless", empty, "--out", tmp_path / "o")
     assert result.returncode == 2 and "has no prompts" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["read-only", "file"])
+def test_directions_to_a_place_that_cannot_be_written_is_one_line_before_the_capture(model_dir, tmp_path, where):
+    """sysfs refuses new entries (to root too, so this holds in CI); a file stands where a folder must."""
+    (tmp_path / "a-file").write_text("")
+    out = {"read-only": "/sys/abliterate-test.safetensors", "file": tmp_path / "a-file" / "d.safetensors"}[where]
+    result = abliterate("directions", "--model", model_dir, "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--out", out)
+    assert result.returncode == 2
+    expected = {"read-only": "error: cannot write the directions to /sys/abliterate-test.safetensors: /sys is not writable (",
+                "file": f"error: cannot write the directions to {out}: {tmp_path / 'a-file'} is a file, not a folder"}[where]
+    assert result.stderr.startswith(expected) and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_judge_check_on_a_binary_file_is_one_line(tmp_path):
+    binary = tmp_path / "answers.jsonl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    result = abliterate("judge-check", "--labeled", binary)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {binary} is not UTF-8 text; give a .jsonl file of {{prompt, response, label}} rows"]
 
 
 def test_demo_runs_a_study_and_resumes(tmp_path):

@@ -61,9 +61,10 @@ def test_interrupted_export_leaves_nothing(tiny, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_staging_left_by_a_killed_export_is_removed_next_time(tiny, tmp_path):
+def test_staging_left_by_a_killed_export_is_removed_by_the_next_export_there(tiny, tmp_path):
     """A SIGKILLed export leaves its hidden staging folder (gigabytes on a real model): the next
-    export of that target removes it and says so; a live export's staging is left alone."""
+    export into that folder, of any target, removes it and says so; a live export's staging is
+    left alone."""
     import socket
     import subprocess
     import sys
@@ -72,7 +73,7 @@ def test_staging_left_by_a_killed_export_is_removed_next_time(tiny, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a process id that no longer runs
     host = socket.gethostname()
-    stale = tmp_path / f".out.partial-{host}-{dead.pid}-abc123"
+    stale = tmp_path / f".trial-3.partial-{host}-{dead.pid}-abc123"  # another target than this export's
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"x" * 2**20)
     live = tmp_path / f".out.partial-{host}-{os.getpid()}-def456"
@@ -80,4 +81,4 @@ def test_staging_left_by_a_killed_export_is_removed_next_time(tiny, tmp_path):
     said = []
     export_checkpoint(LoadedModel(model, tokenizer, "tiny"), tmp_path / "out", log=said.append)
     assert sorted(os.listdir(tmp_path)) == [live.name, "out"]
-    assert said == [f"removed {stale.name} (1 MiB), left beside out by an export that was killed"]
+    assert said == [f"removed {stale.name} (1 MiB), left in {tmp_path} by an export that was killed"]

@@ -212,7 +212,7 @@ def test_study_config_keeps_the_judge_and_old_studies_read_as_markers():
     from search.study import StudyConfig
 
     def config(**options):
-        return StudyConfig.split("m", "a.txt", "b.txt", (1, 1, 1), **options)
+        return StudyConfig.split("m", "demo-harmful", "demo-harmless", (1, 1, 1), **options)
 
     judged = config(judge="llm", judge_prefilter=True)
     assert StudyConfig.from_json(judged.to_json()) == judged

@@ -219,6 +219,20 @@ def test_the_database_password_is_neither_printed_nor_in_argv(postgres_url, mode
     assert "browse it: abliterate dashboard --storage postgresql+psycopg2://postgres:***@" in log
 
 
+@pytest.mark.parametrize("secret", ["?password=s3cret-pw", "@ss-s3cret"])
+def test_a_password_parameter_or_one_holding_an_at_is_never_printed(postgres_url, model_dir, secret):
+    """Both forms reach the database (trust authentication ignores the password) and are hidden
+    in every line that shows the URL."""
+    url = postgres_url + secret if secret.startswith("?") else postgres_url.replace("postgres@", f"postgres:p{secret}@")
+    search = abliterate("search", "--model", model_dir, "--storage", url, "--study", "s", "--harmful", "demo-harmful",
+                        "--harmless", "demo-harmless", "--split", "4,6,6", "--workers", 0)
+    log = search.communicate()[0]
+    assert search.returncode == 0, log
+    assert "s3cret" not in log, log
+    shown = postgres_url.replace("postgres@", "postgres:***@") if secret.startswith("@") else postgres_url + "?password=***"
+    assert f"created study 's' in {shown}: 0/100 finished" in log and f"browse it: abliterate dashboard --storage {shown}" in log
+
+
 @pytest.mark.parametrize(
     "args, message, status",
     [

@@ -54,6 +54,53 @@ def test_redacted_hides_password():
     assert "secret" not in redacted("postgresql://u:secret@h/db")
 
 
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://u@h/db?password=s3cret&sslmode=require", "postgresql://u@h/db?password=***&sslmode=require"),
+    ("postgresql://u@h/db?sslpassword=s3cret", "postgresql://u@h/db?sslpassword=***"),
+    ("postgresql://u:p@s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u:p@s3c:ret@h:5432/db", "postgresql://u:***@h:5432/db"),
+    ("postgresql://u:p@s3cret@h:port/db", "postgresql://u:***@h:port/db"),  # unparseable: still hidden
+])
+def test_redacted_hides_password_parameters_and_passwords_holding_an_at(url, shown):
+    assert redacted(url) == shown
+
+
+def test_an_unencoded_at_belongs_to_the_password():
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(normalize_url("postgresql://u:p@ss@db.example:5432/studies?application_name=a@b"))
+    assert (parsed.username, parsed.password, parsed.host, parsed.port) == ("u", "p@ss", "db.example", 5432)
+    assert parsed.query == {"application_name": "a@b"}
+
+
+def test_a_driver_message_is_passed_on_without_the_password():
+    url = "postgresql://u:p@s3cret@h/db?password=other-s3cret"
+    assert redacted(url, 'could not translate host name "s3cret@h": p@s3cret other-s3cret') == (
+        'could not translate host name "s3cret@h": *** ***')
+    assert "s3cret" not in redacted(url, "p%40s3cret")  # as the URL spells it
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg2://postgres:p@s3cret@127.0.0.1:1/x",
+                                 "postgresql+psycopg2://postgres@127.0.0.1:1/x?password=s3cret"])
+def test_an_unreachable_database_is_told_without_the_password(url):
+    """The driver would have tried host "s3cret@127.0.0.1" and quoted it; now it tries 127.0.0.1."""
+    result = subprocess.run([sys.executable, "-m", "search.cli", "front", "--storage", url, "--study", "s"],
+                            capture_output=True, text=True)
+    assert result.returncode == 3 and result.stderr.startswith("error: cannot reach the database at postgresql+psycopg2://postgres")
+    assert "s3cret" not in result.stderr and '"127.0.0.1"' in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_a_folder_is_not_a_study_database(tmp_path):
+    """sqlite:////tmp gave a traceback (IsADirectoryError) in every command that opens storage."""
+    for command in (["front", "--study", "s"], ["worker", "--study", "s"], ["search", "--model", "/nonexistent"]):
+        result = subprocess.run([sys.executable, "-m", "search.cli", *command, "--storage", f"sqlite:///{tmp_path}"],
+                                capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"error: {tmp_path} is a folder, not a study database; name a file in it, "
+                                              f"like sqlite:///{tmp_path / 'abliterate.db'}"]
+    assert not list(tmp_path.iterdir())
+
+
 def test_sqlite_schema_created_once_and_versioned(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url)

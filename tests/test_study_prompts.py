@@ -119,3 +119,45 @@ def test_a_study_made_before_digests_resumes(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     create_or_resume(storage, "s", replace(config, prompt_files={}))
     assert create_or_resume(storage, "s", config)[1]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("h.txt", ["h.txt[0:64]", "h.txt[64:84]", "h.txt[84:100]"]),
+    ("h.txt[0:120]", ["h.txt[0:64]", "h.txt[64:84]", "h.txt[84:100]"]),  # the README's trailing slice: cut within it
+    ("h.txt[50:]", ["h.txt[50:114]", "h.txt[114:134]", "h.txt[134:150]"]),
+    ("h.txt[-100:]", ["h.txt[76:140]", "h.txt[140:160]", "h.txt[160:176]"]),
+    ("advbench[0:100]", ["advbench[0:64]", "advbench[64:84]", "advbench[84:100]"]),
+])
+def test_a_source_that_ends_in_a_slice_is_split_within_it(tmp_path, monkeypatch, spec, expected):
+    from search.study import StudyConfig
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "h.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(176)))
+    config = StudyConfig.split("some/model", spec, "benign", (64, 20, 16))
+    assert list(config.harmful.values()) == expected
+    assert [len(prompts) for (side, _), prompts in config.prompts().items() if side == "harmful"] == [64, 20, 16]
+
+
+@pytest.mark.parametrize("split, source, message", [
+    ("100,50,50", "harmful.txt", "the harmful source '{folder}/harmful.txt' has 176 prompts, fewer than the 200 that split "
+                                 "100,50,50 takes; pass --split 88,44,44 (the largest in these proportions that fits) or a bigger source"),
+    ("64,20,20", "harmful.txt[0:100]", "the harmful source '{folder}/harmful.txt[0:100]' has 100 prompts, fewer than the 104 that "
+                                       "split 64,20,20 takes; pass --split 61,19,19"),
+])
+def test_a_split_larger_than_its_source_is_refused(tmp_path, split, source, message):
+    """It used to shorten the confirmation set without a word (26 prompts of 50 here)."""
+    (tmp_path / "harmful.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(176)))
+    result = abliterate("search", "--model", "/nonexistent", "--harmful", source, "--harmless", "benign", "--split", split,
+                        "--storage", "sqlite:///s.db", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: " + message.format(folder=tmp_path)) and len(result.stderr.splitlines()) == 1, result.stderr
+    assert sorted(os.listdir(tmp_path)) == ["harmful.txt"]
+
+
+def test_search_takes_a_source_that_ends_in_a_slice(made):
+    result = abliterate("search", "--model", "model", "--harmful", "harmful.txt[1:5]", "--harmless", "harmless.txt[0:3]",
+                        "--split", "1,1,1", "--workers", 0, "--storage", "sqlite:///t.db", "--study", "t", cwd=made)
+    assert result.returncode == 0, result.stderr
+    config = load(open_storage(f"sqlite:///{made / 't.db'}", create=False), "t")[1]
+    assert [config.harmful[p] for p in ("extraction", "evaluation", "confirmation")] == [
+        f"{made / 'harmful.txt'}[{a}:{a + 1}]" for a in (1, 2, 3)]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import STORAGE_HELP, add_command, console, positive, study_options
+from search.cli.common import STORAGE_HELP, add_command, console, port, study_options
 
 
 def register(commands) -> None:
@@ -14,7 +14,7 @@ def register(commands) -> None:
     dashboard = add_command(commands, "dashboard", "optuna-dashboard on the study storage")
     dashboard.add_argument("--storage", default=None, help=STORAGE_HELP)
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=positive, default=8080)
+    dashboard.add_argument("--port", type=port, default=8080)
     dashboard.add_argument("--artifacts", default=None, metavar="DIR",
                            help="an Optuna file-system artifact store to show (the plots analyze and controls attach)")
     dashboard.set_defaults(run=_dashboard)

@@ -34,16 +34,15 @@ def register(commands) -> None:
 
 
 def _export(args) -> int:
-    from pathlib import Path
-
     from ablation.errors import AblationError
 
     if args.from_file and not args.model:
         raise AblationError("--from-file needs --model BASE: the base model the record was exported from")
     if args.trial is not None and args.model:
         raise AblationError("--model goes with --from-file; a study knows its model (use --trial alone)")
-    if Path(args.out).expanduser().exists() and not args.overwrite:
-        raise AblationError(f"{Path(args.out).expanduser().resolve()} already exists; choose another --out or pass --overwrite")
+    from ablation.export import check_target
+
+    check_target(args.out, args.overwrite)  # before a model is loaded: a read-only or misnamed --out is told at once
     from search.checkpoint import check_hub, export_trial, push, rebuild
 
     if args.push_to_hub:

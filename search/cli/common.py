@@ -55,6 +55,21 @@ def positive(text: str) -> int:
     return _whole_number(text, 1)
 
 
+def port(text: str) -> int:
+    """argparse type for a TCP port: 1 to 65535."""
+    value = _whole_number(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
+def study_name(text: str) -> str:
+    """argparse type for a study name: not empty (an empty name would be stored, and shown as nothing)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a study needs a name, got an empty one")
+    return text
+
+
 def not_negative(text: str) -> int:
     """argparse type for counts that may be zero (workers: none means create the study only)."""
     return _whole_number(text, 0)
@@ -84,7 +99,7 @@ def gate_rule(args):
 
 def study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=None, help=STORAGE_HELP)
-    parser.add_argument("--study", default="abliterate", help="study name")
+    parser.add_argument("--study", type=study_name, default="abliterate", help="study name")
 
 
 def heartbeat_options(parser: argparse.ArgumentParser, study: bool = True) -> None:

@@ -24,13 +24,13 @@ def _demo(args) -> int:
     from search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
     from search.promoter import Promoter, PromotionSettings, report
     from storage.rdb import open_storage
-    from storage.urls import normalize_url
+    from storage.urls import normalize_url, redacted
 
     storage = args.storage or DEMO_STORAGE
     config = replace(demo_config(args.trials), heartbeat_interval=args.heartbeat, grace_period=args.grace)
     status = run_study(storage, DEMO_STUDY, config, ["cpu"] * args.workers, [], closing=False)
     if status != 0 or args.no_promote:
-        console().print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
+        console().print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")
         return status
     out = console()
     out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
@@ -38,6 +38,6 @@ def _demo(args) -> int:
                         PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
     promoter.run_once()
     print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
-    out.print(f"per-task tables: abliterate report --storage {storage} --study {DEMO_STUDY}")
-    out.print(f"browse it: abliterate dashboard --storage {normalize_url(storage)}")
+    out.print(f"per-task tables: abliterate report --storage {redacted(normalize_url(storage))} --study {DEMO_STUDY}")
+    out.print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")
     return 0

@@ -16,6 +16,7 @@ from search.cli.common import (
     load,
     model_options,
     positive,
+    study_name,
 )
 
 # evaluate's prompt sets without --study or --harmful/--harmless: small, so that a first try is quick
@@ -41,7 +42,7 @@ def register(commands) -> None:
     model_options(evaluate)
     evaluate.add_argument("--base", required=True, help="the unedited model (hub id, folder or .gguf)")
     evaluate.add_argument("--storage", default=None, help="with --study: the study's storage (" + STORAGE_HELP + ")")
-    evaluate.add_argument("--study", default=None,
+    evaluate.add_argument("--study", type=study_name, default=None,
                           help="take the prompt sets (and proxy, judge, answer length, thinking) of this study, so the figures compare with its own")
     evaluate.add_argument("--prompt-set", choices=("confirmation", "evaluation"), default="confirmation",
                           help="with --study: the held-out confirmation sets, or the evaluation sets its trials were scored on")
@@ -87,11 +88,15 @@ def print_writers(writers, title: str) -> None:
 
 
 def _directions(args) -> int:
+    from pathlib import Path
+
     from ablation.directions import by_method
+    from ablation.export import check_writable
     from ablation.residuals import capture_last_token, save_residuals
     from objectives.prompts import load_prompts
 
     harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
+    check_writable(Path(args.out).expanduser().resolve(), "the directions")  # before minutes of capture, not after
     loaded = load(args)
     thinking = False if args.no_thinking else None
     captured = {

@@ -18,6 +18,7 @@ from search.cli.common import (
     model_options,
     not_negative,
     positive,
+    study_name,
     study_options,
 )
 
@@ -29,7 +30,7 @@ def register(commands) -> None:
                              "ABLITERATE_* environment variables sit between them")
     model_options(search, required=False)
     search.add_argument("--storage", default=None, help=STORAGE_HELP)
-    search.add_argument("--study", default="abliterate", help="study name")
+    search.add_argument("--study", type=study_name, default="abliterate", help="study name")
     search.add_argument("--trials", type=positive, default=100, help="finished trials to reach, counted across all workers")
     search.add_argument("--workers", type=not_negative, default=1, help="local worker processes (0: create or extend the study only)")
     search.add_argument("--devices", default=None, help="comma-separated devices, one worker each (e.g. cuda:0,cuda:1)")
@@ -94,8 +95,10 @@ def register(commands) -> None:
 
 def _search(args) -> int:
     from search.cli import settings
+    from storage.rdb import check_storage
 
     args = settings.resolve(_search_parser(), args, args.argv[1:])
+    check_storage(args.storage)  # a typo in the URL is told at once, before torch and the prompt sources are loaded
     devices = args.devices.split(",") if args.devices else [args.device] * args.workers
     extra = ["--judge-device", args.judge_device] if args.judge_device else []
     return run_study(args.storage, args.study, search_config(args), devices, extra, warm_start=args.warm_start)
@@ -181,10 +184,11 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     from search.study import create_or_resume
     from search.worker import finished
     from storage.errors import DatabaseUnreachable
-    from storage.rdb import open_storage
+    from storage.rdb import check_storage, open_storage
     from storage.urls import normalize_url, redacted
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line repeats ours
+    storage_url = check_storage(storage)  # before the model checks, which take a minute on a large model
     # Everything a worker would trip over is checked before the study is written: a study stored
     # with a bad model would then refuse the right one ("exists with other settings").
     config.prompts()  # bad or overlapping prompt sets
@@ -193,18 +197,17 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         from ablation.sae import load_saes
 
         load_saes(config.sae, None)  # no SAE files, or damaged ones (their fit to the model is checked by the worker)
-    check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
+    check_model(config.model, [] if config.device_map else devices, config.trust_remote_code, config.dtype)
     if config.judge not in ("markers", "llm"):
         config.judge_settings().build()  # a plug-in judge that cannot be imported or made fails here, in one line
     elif config.judge_model:
-        check_model(config.judge_model)
+        check_model(config.judge_model, dtype=config.dtype)
     warm = None
     if warm_start:
         from search.warm import front_points, parse_source
 
         source_url, source_study = parse_source(warm_start)
         warm = front_points(normalize_url(source_url), source_study, config.space)
-    storage_url = normalize_url(storage)
     opened = open_storage(storage_url)
     study, resumed = create_or_resume(opened, name, config)
     out = console()
@@ -282,7 +285,9 @@ def _worker(args) -> int:
             raise
         return 130  # the launcher says it once for all its workers
     except OperationalError as error:
-        first = str(error.orig or error).strip().splitlines()[0]
+        from storage.urls import normalize_url, redacted
+
+        first = redacted(normalize_url(args.storage), str(error.orig or error).strip().splitlines()[0])
         print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
         return DATABASE_UNREACHABLE
     return 0
