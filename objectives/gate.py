@@ -37,6 +37,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
+from numbers import Integral, Real
 
 import numpy as np
 from scipy.stats import boschloo_exact, norm
@@ -169,10 +170,12 @@ class GateRule:
             raise ValueError(f"unknown gate rule {self.rule!r}; use one of {', '.join(RULES)}")
         if self.test not in TESTS:
             raise ValueError(f"unknown test {self.test!r}; use one of {', '.join(TESTS)}")
-        if not 0 < self.alpha < 1:
+        if not (isinstance(self.alpha, Real) and 0 < self.alpha < 1):  # NaN fails too
             raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
-        if self.min_attempts < 1 or self.candidates < 1:
-            raise ValueError(f"min_attempts and candidates must be at least 1, got {self.min_attempts} and {self.candidates}")
+        for name in ("min_attempts", "candidates"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
 
     def level(self, look: int = 1) -> float:
         """The alpha one candidate is tested at: all of it for the per-candidate rules; for
@@ -252,6 +255,16 @@ def gate(counts: Sequence[TaskCounts], rule: GateRule = GateRule(), look: int = 
         flags.append(f"uncorrected across candidates: candidate {look} of the study, {tested_before + len(counts)} task tests so far; "
                      "use --rule study to hold alpha over the whole study")
     return GateResult(rule, tasks, pooled_p, ratio, accepted, reason, flags, look, tested_before + len(counts))
+
+
+def no_evidence(counts: Sequence[TaskCounts], rule: GateRule) -> str | None:
+    """Why ``counts`` hold nothing the gate can decide on: no task has ``rule.min_attempts``
+    valid attempts in each arm (its own eligibility), as when every attempt was invalid; None
+    when some task has. :func:`gate` would reject such counts, for want of data, not on it."""
+    if any(min(c.candidate_n, c.baseline_n) >= rule.min_attempts for c in counts):
+        return None
+    return (f"no task has {rule.min_attempts} valid attempts in each arm ({sum(c.candidate_n for c in counts)} valid candidate "
+            f"and {sum(c.baseline_n for c in counts)} valid baseline attempts over {len(counts)} task(s); the others were invalid)")
 
 
 # ---- what a design can show at all ------------------------------------------------------------

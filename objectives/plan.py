@@ -18,14 +18,25 @@ import math
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from functools import lru_cache
+from numbers import Integral
 
 import numpy as np
 from scipy.stats import binom, norm
 
-from objectives.gate import GateRule, TaskCounts, below, can_pass, exact_p, smallest_passing_n
+from objectives.gate import TOLERANCE, GateRule, TaskCounts, below, can_pass, exact_p, smallest_passing_n
 
 EXACT_RULES = ("any", "holm", "study")
 POWER_TARGET = 0.8
+# What plan computes at all (plan_problem), from timings of whole plans on a shared 2-core CPU.
+# The exact p-value table holds (N + 1)^2 outcomes: Fisher's fractions grow with N (rule any,
+# 20 tasks: 1 s at N = 200, 6 s at 400, 70 s at 800); each Boschloo value is a scipy
+# maximisation of a few ms (4 s at N = 20, 8 s at 30, 16 s at 40; N = 200 about half an hour).
+MAX_ATTEMPTS = {"fisher": 400, "boschloo": 30}
+MAX_TASKS = 1000  # terminal-bench 2 has 89
+MAX_STUDIES = 1_000_000  # the standard error of a simulated share is below 0.0005 there
+# Binomial draws of a simulated plan (bh, cmh; see plan_problem): 9.7e7 took 15 s and 340 MB
+# (cmh, 89 tasks, 60,000 studies); memory grows with studies x tasks (1e6 x 20: 0.9 GB).
+MAX_SIMULATED = 10**8
 
 
 @lru_cache(maxsize=64)
@@ -44,6 +55,26 @@ def _p_table(attempts: int, test: str) -> tuple[tuple, ...]:
         return tuple(map(tuple, table))
     return tuple(tuple(exact_p(TaskCounts("", a, attempts, b, attempts), test) for b in range(attempts + 1))
                  for a in range(attempts + 1))
+
+
+@lru_cache(maxsize=64)
+def _bh_table(attempts: int, test: str, tasks: int, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, ok) for :func:`decide` under ``bh``: ``rank[a, b]`` is outcome (a, b)'s place among
+    the distinct p-values, ``ok[r, j - 1]`` whether the r-th of them times tasks / j is below
+    ``level``, decided as ``gate.below`` decides it: exactly for fractions, with its tolerance for
+    floats."""
+    table = _p_table(attempts, test)
+    values = sorted({p for row in table for p in row})
+    index = {p: i for i, p in enumerate(values)}
+    rank = np.array([[index[p] for p in row] for row in table])
+    ranks = np.arange(1, tasks + 1)
+    if isinstance(values[0], Fraction):  # v * tasks / j < a exactly when j > v * tasks / a
+        a = Fraction(repr(float(level)))
+        first = np.array([min(math.floor(v * tasks / a) + 1, tasks + 1) for v in values])
+        ok = ranks[None, :] >= first[:, None]
+    else:  # the same float operations as below(v * tasks / j, level)
+        ok = np.array(values, dtype=float)[:, None] * tasks / ranks[None, :] < level * (1 - TOLERANCE)
+    return rank, ok
 
 
 def task_accepts(rule: GateRule, attempts: int, tasks: int, look: int = 1) -> np.ndarray:
@@ -69,10 +100,7 @@ def decide(rule: GateRule, attempts: int, cand: np.ndarray, base: np.ndarray, lo
     if rule.rule in EXACT_RULES:
         return task_accepts(rule, attempts, tasks, look)[cand, base].any(axis=1)
     if rule.rule == "bh":  # accepted iff the j-th smallest p times T / j is below alpha for some j
-        values = sorted({p for row in _p_table(attempts, rule.test) for p in row})
-        index = {p: i for i, p in enumerate(values)}
-        rank = np.array([[index[p] for p in row] for row in _p_table(attempts, rule.test)])
-        ok = np.array([[below(v * tasks / j, level) for j in range(1, tasks + 1)] for v in values], dtype=bool)
+        rank, ok = _bh_table(attempts, rule.test, tasks, level)
         ordered = np.sort(rank[cand, base], axis=1)
         return ok[ordered, np.arange(tasks)].any(axis=1)
     n, total_pass = 2 * attempts, cand + base  # cmh, by the formula the tests check against statsmodels
@@ -105,6 +133,20 @@ class Design:
     base_rate: float = 0.4
     lift: float = 0.3
     on: str = "one"  # the lift is on one task or on all of them
+
+    def __post_init__(self):
+        for name in ("tasks", "attempts"):
+            value = getattr(self, name)
+            if not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        for name in ("base_rate", "lift"):
+            if not 0 <= getattr(self, name) <= 1:  # NaN fails too
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.base_rate + self.lift > 1 + 1e-12:  # a pass rate above 1 would be clipped: the lift asked for is not the one computed
+            raise ValueError(f"a lift of {self.lift:g} on a base rate of {self.base_rate:g} is a pass rate above 1; "
+                             f"the largest lift on that base rate is {1 - self.base_rate:g}")
+        if self.on not in ("one", "all"):
+            raise ValueError(f"on must be one or all, got {self.on!r}")
 
     def rates(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-task pass rates of (a better candidate, the baseline)."""
@@ -170,11 +212,44 @@ def smallest_n_for_power(design: Design, candidates: int = 1, target: float = PO
     return None
 
 
+def _n_limit(test: str) -> int:
+    """Up to which N :func:`plan` looks for the smallest N with the power target."""
+    return 60 if test == "fisher" else 20  # Boschloo's tables cost scipy seconds per N
+
+
+def plan_problem(design: Design, candidates: int = 1, studies: int = 20000) -> str | None:
+    """Why :func:`plan` will not compute this design (its cost is out of proportion, see
+    ``MAX_ATTEMPTS`` and the others), naming the limit; None when it will."""
+    rule, tasks = design.rule, design.tasks
+    if not (isinstance(candidates, Integral) and isinstance(studies, Integral) and candidates >= 1 and studies >= 1):
+        return f"candidates and studies must be whole numbers of at least 1, got {candidates!r} and {studies!r}"
+    if design.attempts > MAX_ATTEMPTS[rule.test]:
+        return (f"plan computes designs up to N = {MAX_ATTEMPTS[rule.test]} attempts per arm with {rule.test}'s test "
+                f"(its exact table of (N + 1)^2 outcomes takes seconds there and minutes to hours beyond); got --attempts {design.attempts}")
+    if tasks > MAX_TASKS:
+        return f"plan computes designs up to {MAX_TASKS} tasks; got --tasks {tasks}"
+    if studies > MAX_STUDIES:
+        return f"--studies is at most {MAX_STUDIES:,} (a simulated share's standard error is below 0.0005 there); got {studies:,}"
+    simulated = rule.rule not in EXACT_RULES or (rule.rule == "study" and candidates > rule.candidates)
+    # Binomial draws: one baseline and one candidate arm per simulated figure and look, and the
+    # same at up to 4000 studies for each N the power search tries.
+    draws = tasks * (studies * (candidates + 5) + 2 * min(studies, 4000) * (_n_limit(rule.test) + 1))
+    if simulated and draws > MAX_SIMULATED:
+        return (f"rule {rule.rule} is simulated, and {studies:,} studies of {tasks} tasks with {candidates} candidates take "
+                f"{draws:.2g} binomial draws, more than the {MAX_SIMULATED:.0e} plan makes (about 15 s); "
+                "lower --studies, --tasks or --candidates")
+    return None
+
+
 def plan(design: Design, candidates: int = 1, studies: int = 20000) -> dict:
-    """Every figure of a design (see ``abliterate plan``)."""
+    """Every figure of a design (see ``abliterate plan``); ValueError when :func:`plan_problem`
+    finds its cost out of proportion."""
+    problem = plan_problem(design, candidates, studies)
+    if problem:
+        raise ValueError(problem)
     rule, n = design.rule, design.attempts
     better, base = design.rates()
-    limit = 60 if rule.test == "fisher" else 20  # Boschloo's tables cost scipy seconds per N
+    limit = _n_limit(rule.test)
     return {
         "design": {**asdict(design), "rule": asdict(rule), "candidates": candidates},
         "can_pass": can_pass(rule, n, design.tasks),

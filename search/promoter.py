@@ -6,8 +6,11 @@ promoter's lease expires and the candidate is taken again) and goes through thes
 ``confirming`` -> ``dropped`` (no longer beats the base model on the held-out confirmation
 prompts, or random directions baked with its profile drop refusal as much: not specific) or
 ``sweeping`` (checkpoint written atomically, attempts being run) -> ``accepted`` or ``no_lift``
-(the gate's decision). When the runner cannot work (no Docker engine, a missing command) the
-candidate keeps its status with the error, and the next promoter run retries it.
+(the gate's decision). The runner is checked before any candidate (a missing program, no Docker
+engine: one error, nothing confirmed or exported); when it fails later anyway the candidate keeps
+its status with the error, and the next promoter run retries it. So does a candidate whose sweeps
+gave the gate nothing to decide on (no task with ``min_attempts`` valid attempts in each arm:
+every attempt invalid): no verdict rests on no results, and it does not count as a look.
 
 Every step's findings are kept in the project's tables, so a restarted promoter continues where
 the last one stopped: confirmation is not redone, a stored attempt is never run again. The
@@ -22,7 +25,6 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from optuna.exceptions import ExperimentalWarning
@@ -30,11 +32,13 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import AblationError
-from objectives.gate import GateResult, GateRule, TaskCounts, gate, underpowered
-from objectives.plan import Design, plan, summary
+from objectives.gate import GateResult, TaskCounts, gate, no_evidence, underpowered
+from objectives.plan import Design, plan, plan_problem, summary
 from objectives.sweep.base import Runner, run_sweep
 from search.analysis import specificity_line
 from search.front import feasible_front
+from search.paths import study_folder
+from search.promotion_settings import DEFAULT_CONTROLS, MAX_SECONDS, PromotionSettings
 from search.study import STOP_ATTR, load, stop_requested
 from storage.errors import StorageError
 from storage.leases import Leases
@@ -42,27 +46,8 @@ from storage.promotions import PromotionStore, SweepStore
 from storage.trial_attrs import append_trial_note, set_trial_user_attrs
 
 FINAL = ("dropped", "accepted", "no_lift")
-# Random directions of the specificity controls run in each candidate's confirmation: each costs
-# one refusal pass on the evaluation prompts, about a trial, where the agent sweep after it costs
-# hundreds of attempts; ten give a band whose spread is known to within about a quarter.
-DEFAULT_CONTROLS = 10
-
-
-@dataclass(frozen=True)
-class PromotionSettings:
-    """How candidates are confirmed, swept and gated."""
-
-    attempts: int = 5
-    margin: float = 0.1
-    confirm_tokens: int | None = None  # default: twice the study's max_new_tokens
-    rule: GateRule = field(default_factory=GateRule)
-    stop_at_first_lift: bool = False
-    max_invalid: int = 2
-    lease_seconds: float = 600.0
-    checkpoints: str = "abliterate-checkpoints"
-    device: str = "auto"
-    include_not_specific: bool = False  # also promote candidates the specificity controls found not specific
-    controls: int = DEFAULT_CONTROLS  # random directions of the specificity controls in confirmation (0: none run)
+# The settings live beside, and are this module's too (callers import them from here).
+__all__ = ["DEFAULT_CONTROLS", "FINAL", "Promoter", "PromotionSettings", "only_not_specific", "promotion_note", "report"]
 
 
 class Promoter:
@@ -73,23 +58,31 @@ class Promoter:
         self.storage, self.runner, self.settings, self.log = storage, runner, settings, log
         self.study, self.config = load(storage, study_name)
         self.config.check_prompt_files()  # now, not at the first candidate's confirmation
+        runner.check()  # now, not after a candidate's confirmation and export
         self.name = study_name
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.leases = Leases(storage.engine, self.owner, settings.lease_seconds)
         self.promotions = PromotionStore(storage.engine, study_name)
-        self.root = Path(settings.checkpoints).expanduser().resolve() / study_name
+        self.root = study_folder(Path(settings.checkpoints).expanduser().resolve(), study_name)
         self._bench = None  # model, directions and confirmation scorer, loaded on first need
+        self.without_verdict: set[int] = set()  # candidates this run left without a verdict (no valid results)
+        self._retried: set[str] = set()  # sweeps whose given-up attempts this run tried again
         tasks = len(runner.tasks())
         warning = underpowered(settings.rule, settings.attempts, tasks)
         if warning:  # refused before any sweep: a week of agent runs that can never pass is worth one line now
             raise AblationError(f"this design can never accept a candidate: {warning}")
-        self.log(summary(plan(Design(settings.rule, tasks, settings.attempts), settings.rule.candidates, studies=4000)))
+        design = Design(settings.rule, tasks, settings.attempts)
+        too_costly = plan_problem(design, settings.rule.candidates, studies=4000)
+        self.log(f"design: plan figures not computed: {too_costly}" if too_costly else
+                 summary(plan(design, settings.rule.candidates, studies=4000)))
 
     # ---- what to promote -------------------------------------------------------------------
 
     def pending(self) -> list[FrozenTrial]:
-        """Front trials with no final promotion status yet, best refusal first."""
+        """Front trials with no final promotion status yet, best refusal first; not those this
+        run left without a verdict (the next run tries them again)."""
         done = {n for n, (status, details) in self.promotions.all().items() if self._settled(status, details)}
+        done |= self.without_verdict
         front = [t for t in feasible_front(self.study) if t.number not in done]
         if self.settings.include_not_specific:
             return front
@@ -138,6 +131,8 @@ class Promoter:
 
         Trials of dead workers are failed here too (see storage.stale), so a study whose workers
         all died does not hold this loop forever on trials that stay RUNNING."""
+        if not 0 < poll <= MAX_SECONDS:
+            raise ValueError(f"poll must be above 0 seconds and at most {MAX_SECONDS}, got {poll}")
         while True:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
@@ -179,14 +174,22 @@ class Promoter:
                 self.log(f"trial {n}: not specific, promoted as --include-not-specific asks")
             checkpoint = self.export(trial)
             self.promotions.update(n, "sweeping", checkpoint=str(checkpoint))
-            baseline = self.sweep(self.base_model(), f"baseline:{self.config.model}:{self.runner.fingerprint()}", "baseline")
-            candidate = self.sweep(str(checkpoint), f"{self.name}/trial/{n}:{self.runner.fingerprint()}", f"trial-{n}")
+            # An earlier run found no valid results: its invalid attempts get another round.
+            retry = "no_verdict" in details
+            baseline = self.sweep(self.base_model(), f"baseline:{self.config.model}:{self.runner.fingerprint()}", "baseline", retry)
+            candidate = self.sweep(str(checkpoint), f"{self.name}/trial/{n}:{self.runner.fingerprint()}", f"trial-{n}", retry)
         except AblationError as error:
             self.promotions.update(n, self.promotions.get(n)[0], error=str(error))
             raise
+        counts = [TaskCounts(task, *candidate.get(task, (0, 0)), *baseline.get(task, (0, 0))) for task in self.runner.tasks()]
+        missing = no_evidence(counts, self.settings.rule)
+        if missing:  # pending, with the reason; not a look: no alpha is spent on no data
+            self.promotions.update(n, "sweeping", error=f"no verdict: {missing}", no_verdict=details.get("no_verdict", 0) + 1)
+            self.without_verdict.add(n)
+            self.log(f"trial {n}: no verdict: {missing}; it stays pending and the next promote run retries its invalid attempts")
+            return "sweeping"
         look, tested_before = self.looks(n)
-        result = gate([TaskCounts(task, *candidate.get(task, (0, 0)), *baseline.get(task, (0, 0))) for task in self.runner.tasks()],
-                      self.settings.rule, look, tested_before)
+        result = gate(counts, self.settings.rule, look, tested_before)
         status = "accepted" if result.accepted else "no_lift"
         self.promotions.update(n, status, gate=result.as_dict(), runner=self.runner.name, attempts=self.settings.attempts)
         self._restate(checkpoint, status, self.promotions.get(n)[1])
@@ -284,8 +287,9 @@ class Promoter:
             export_checkpoint(self._load()["loaded"], target, overwrite=True)
         return str(target)
 
-    def sweep(self, model: str, key: str, label: str) -> dict[str, tuple[int, int]]:
-        """task -> (passes, valid attempts) of ``model``, running only what is not stored yet.
+    def sweep(self, model: str, key: str, label: str, retry: bool = False) -> dict[str, tuple[int, int]]:
+        """task -> (passes, valid attempts) of ``model``, running only what is not stored yet;
+        with ``retry``, attempts given up as invalid get one more round (once per sweep and run).
 
         The baseline is shared: under its own lease, so two promoters do not run it together.
         """
@@ -296,8 +300,10 @@ class Promoter:
             time.sleep(max(1.0, self.settings.lease_seconds / 10))
         with self.leases.held(lease):
             self.log(f"  {label} sweep ({self.runner.name}, {self.settings.attempts} attempts per task)")
+            fresh = retry and key not in self._retried
+            self._retried |= {key} if fresh else set()
             return run_sweep(self.runner, model, self.settings.attempts, store, self.root / "sweeps" / label,
-                             self.settings.max_invalid, self.log)
+                             self.settings.max_invalid, self.log, fresh=fresh)
 
     # ---- helpers ---------------------------------------------------------------------------
 

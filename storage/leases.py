@@ -8,6 +8,7 @@ key is free again once ``expires_at`` passes.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,8 @@ class Leases:
     """Leases of one owner on the project's tables."""
 
     def __init__(self, engine: Engine, owner: str, ttl: float = 600.0):
+        if not 0 < ttl < math.inf:  # a lease that has expired when taken holds nothing
+            raise ValueError(f"a lease lasts a finite number of seconds above 0, got {ttl}")
         self.engine, self.owner, self.ttl = engine, owner, ttl
 
     def acquire(self, key: str) -> bool:

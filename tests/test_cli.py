@@ -287,3 +287,11 @@ def test_promote_runs_the_promoter_s_default_controls():
 
     # The flag's default is a literal so that --help imports no torch; it must say what the promoter does.
     assert parser().parse_args(["promote"]).controls == DEFAULT_CONTROLS
+
+
+def test_promote_refuses_the_leases_the_promoter_refuses():
+    from search import promotion_settings
+    from search.cli import promotion
+
+    # Literals in the CLI, for the same reason as above.
+    assert (promotion.MIN_LEASE_SECONDS, promotion.MAX_SECONDS) == (promotion_settings.MIN_LEASE_SECONDS, promotion_settings.MAX_SECONDS)

@@ -21,6 +21,7 @@ from objectives.gate import (
     exact_p,
     gate,
     lift_p,
+    no_evidence,
     pooled_lift,
     smallest_p,
     smallest_passing_n,
@@ -145,9 +146,18 @@ def test_adjusted_rules_are_stricter_than_the_raw_one():
 
 
 def test_rule_rejects_bad_settings():
-    for bad in ({"rule": "best"}, {"test": "z"}, {"alpha": 1.5}):
+    for bad in ({"rule": "best"}, {"test": "z"}, {"alpha": 1.5}, {"alpha": math.nan}, {"alpha": math.inf}, {"alpha": 0},
+                {"min_attempts": 0}, {"min_attempts": 2.5}, {"candidates": 0}, {"candidates": 1.5}):
         with pytest.raises(ValueError):
             GateRule(**bad)
+
+
+def test_no_evidence_is_no_task_with_min_attempts_valid_attempts_in_each_arm():
+    rule = GateRule(min_attempts=3)
+    assert no_evidence([TaskCounts("a", 0, 0, 0, 0), TaskCounts("b", 2, 2, 0, 3)], rule) == (
+        "no task has 3 valid attempts in each arm (2 valid candidate and 3 valid baseline attempts over 2 task(s); "
+        "the others were invalid)")
+    assert no_evidence([TaskCounts("a", 0, 0, 0, 0), TaskCounts("b", 0, 3, 0, 3)], rule) is None  # a 0/3 vs 0/3 task is data
 
 
 def test_null_simulation_default_rule_inflates_and_adjusted_rules_hold_alpha(capsys):

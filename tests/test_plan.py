@@ -10,7 +10,18 @@ import pytest
 from scipy.stats import binom
 
 from objectives.gate import GateRule, TaskCounts, gate
-from objectives.plan import Design, acceptance, decide, exact_acceptance, plan, simulated_acceptance, smallest_n_for_power, summary
+from objectives.plan import (
+    MAX_ATTEMPTS,
+    Design,
+    acceptance,
+    decide,
+    exact_acceptance,
+    plan,
+    plan_problem,
+    simulated_acceptance,
+    smallest_n_for_power,
+    summary,
+)
 
 
 def as_counts(cand_row, base_row, attempts):
@@ -31,11 +42,13 @@ def test_vectorised_decisions_are_the_gates_own(rule, tasks, attempts):
     assert 0 < sum(slow) or rule.min_attempts > attempts or rule.rule == "study"
 
 
-def test_vectorised_decisions_with_boschloo():
-    rule, attempts = GateRule("any", test="boschloo"), 4
+@pytest.mark.parametrize("name", ["any", "bh"])
+def test_vectorised_decisions_with_boschloo(name):
+    rule, attempts = GateRule(name, test="boschloo"), 4
     rng = np.random.default_rng(8)
-    cand, base = rng.binomial(attempts, 0.7, size=(40, 2)), rng.binomial(attempts, 0.3, size=(40, 2))
-    assert decide(rule, attempts, cand, base).tolist() == [gate(as_counts(c, b, attempts), rule).accepted for c, b in zip(cand, base)]
+    cand, base = rng.binomial(attempts, 0.7, size=(40, 3)), rng.binomial(attempts, 0.3, size=(40, 3))
+    slow = [gate(as_counts(c, b, attempts), rule).accepted for c, b in zip(cand, base)]
+    assert decide(rule, attempts, cand, base).tolist() == slow and 0 < sum(slow) < len(slow)
 
 
 def enumerate_acceptance(rule, attempts, cand_rates, base_rates):
@@ -115,10 +128,34 @@ def test_plan_command_prints_the_users_criterion_and_json_with_every_figure():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--base-rate", "2"], "--base-rate must be between 0 and 1"),
-    (["--alpha", "0"], "alpha must be between 0 and 1"),
+    (["--base-rate", "2"], "--base-rate: must be between 0 and 1, got 2"),
+    (["--lift", "nan"], "--lift: must be between 0 and 1, got nan"),
+    (["--alpha", "0"], "--alpha: must be above 0 and below 1, got 0"),
     (["--on", "some"], "invalid choice"),
+    # Not clipped to a smaller lift than the one asked for.
+    (["--lift", "0.9", "--base-rate", "0.9"], "--base-rate 0.9 plus --lift 0.9 is a pass rate above 1; lower --lift to 0.1 or less"),
+    # Refused before any work, not a MemoryError or minutes without output.
+    (["--rule", "cmh", "--studies", "1000000000"], "--studies is at most 1,000,000"),
+    (["--attempts", "1000000"], "plan computes designs up to N = 400 attempts per arm with fisher's test"),
+    (["--test", "boschloo", "--attempts", "200", "--tasks", "20"], "up to N = 30 attempts per arm with boschloo's test"),
+    (["--rule", "bh", "--tasks", "1000"], "rule bh is simulated, and 20,000 studies of 1000 tasks with 5 candidates take 6.9e+08"),
+    (["--tasks", "100000"], "plan computes designs up to 1000 tasks"),
 ])
 def test_plan_bad_input_is_one_line(args, message):
     result = abliterate("plan", *args)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_design_states_only_what_it_can_compute():
+    with pytest.raises(ValueError, match="a lift of 0.9 on a base rate of 0.9 is a pass rate above 1"):
+        Design(GateRule(), 5, 3, base_rate=0.9, lift=0.9)
+    for bad in ({"tasks": 0}, {"attempts": 2.5}, {"base_rate": float("nan")}, {"lift": -0.1}, {"on": "some"}):
+        with pytest.raises(ValueError):
+            Design(**{"rule": GateRule(), "tasks": 5, "attempts": 3, **bad})
+    assert Design(GateRule(), 5, 3, base_rate=0.7, lift=0.3).rates()[0][0] == 1.0  # exactly 1 is allowed
+    fisher, boschloo = Design(GateRule(), 5, MAX_ATTEMPTS["fisher"]), Design(GateRule(test="boschloo"), 5, MAX_ATTEMPTS["boschloo"])
+    assert plan_problem(fisher) is None and plan_problem(boschloo) is None
+    assert "N = 30" in plan_problem(Design(GateRule(test="boschloo"), 5, 31))
+    assert plan_problem(Design(GateRule("cmh"), 89, 5), 5, 20000) is None  # terminal-bench 2 at the defaults
+    with pytest.raises(ValueError, match="studies"):
+        plan(Design(GateRule("cmh"), 5, 3), 5, studies=10**9)

@@ -2,7 +2,9 @@
 local agent sweep -> gate -> report, with a real promoter process killed mid-sweep on PostgreSQL."""
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +15,12 @@ import pytest
 from optuna_dashboard._note import get_note_from_system_attrs
 from sqlalchemy import text
 
-from objectives.sweep.base import run_sweep
+from objectives.gate import GateRule
+from objectives.sweep.base import Attempt, Runner, run_sweep
 from objectives.sweep.local import LocalRunner
 from search.checkpoint import rebuild
 from search.demo import demo_config
+from search.paths import folder_name
 from search.promoter import Promoter, PromotionSettings
 from search.study import create_or_resume, stop_requested
 from search.worker import run_worker
@@ -45,6 +49,62 @@ def attempt_rows(engine):
 def live_leases(engine):
     with engine.connect() as connection:
         return connection.execute(text("select key from abl_lease where expires_at > now()")).all()
+
+
+STUDY = "../escaped"  # a hostile name: as a path it would leave --checkpoints
+
+
+class Scripted(Runner):
+    """Three tasks whose attempts end as ``outcome(task, attempt)`` says; a log file per attempt.
+    Same name and settings whatever the outcome, so a fixed runner resumes a broken one's sweeps."""
+
+    name = "scripted"
+
+    def __init__(self, outcome):
+        self.outcome, self.ran = outcome, []
+
+    def tasks(self):
+        return ["t0", "t1", "t2"]
+
+    def settings(self):
+        return {}
+
+    def run(self, model, todo, record, log_dir):
+        log_dir.mkdir(parents=True, exist_ok=True)
+        for task, attempt in todo:
+            (log_dir / f"{task}__{attempt}.log").write_text(model)
+            self.ran.append((model, task, attempt))
+            record(Attempt(task, attempt, self.outcome(task, attempt), 0.0))
+
+
+def invalid(task, attempt):
+    return "invalid"
+
+
+def lifted(task, attempt):
+    return "pass"
+
+
+@pytest.fixture(scope="module")
+def escaped_db(tmp_path_factory):
+    """A SQLite file holding study ``../escaped`` with a front (a worker's 6 demo trials)."""
+    path = tmp_path_factory.mktemp("escaped") / "s.db"
+    create_or_resume(open_storage(f"sqlite:///{path}"), STUDY, demo_config(6))
+    run_worker(f"sqlite:///{path}", STUDY, "cpu", log=lambda s: None)
+    return path
+
+
+@pytest.fixture
+def escaped(escaped_db, tmp_path):
+    """A copy of ``escaped_db`` for one test, in a folder of its own: its URL."""
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(escaped_db, work / "s.db")
+    return f"sqlite:///{work / 's.db'}"
+
+
+def settings(tmp_path, **options):
+    return PromotionSettings(attempts=3, controls=0, checkpoints=str(tmp_path / "work" / "ck"), device="cpu", **options)
 
 
 def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_same_verdict(postgres_url, tmp_path):
@@ -133,16 +193,14 @@ def test_accepted_lift_stops_the_study_and_its_workers(tmp_path):
     assert len(study.trials) == 6
 
 
-def test_a_candidate_that_no_longer_beats_the_base_is_dropped(tmp_path):
-    url = f"sqlite:///{tmp_path}/s.db"
-    study_with_front(url)
-    promoter = Promoter(open_storage(url), "s", LocalRunner(device="cpu", dtype="fp32"),
-                        PromotionSettings(attempts=ATTEMPTS, margin=1.5, checkpoints=str(tmp_path / "ck"), device="cpu"),
-                        log=lambda s: None)
+def test_a_candidate_that_no_longer_beats_the_base_is_dropped(escaped, tmp_path):
+    # One-token answers at a margin of the whole scale: no candidate refuses 1.0 less than the base.
+    promoter = Promoter(open_storage(escaped), STUDY, LocalRunner(device="cpu", dtype="fp32"),
+                        settings(tmp_path, margin=1.0, confirm_tokens=1), log=lambda s: None)
     promoter.run_once()
     assert {s for s, _ in promoter.promotions.all().values()} == {"dropped"}
-    assert not (tmp_path / "ck").exists()  # nothing exported, nothing swept
-    trial = optuna.load_study(study_name="s", storage=url).trials[next(iter(promoter.promotions.all()))]
+    assert not (tmp_path / "work" / "ck").exists()  # nothing exported, nothing swept
+    trial = optuna.load_study(study_name=STUDY, storage=escaped).trials[next(iter(promoter.promotions.all()))]
     assert trial.user_attrs["promotion"] == "dropped"
 
 
@@ -150,7 +208,21 @@ def test_a_candidate_that_no_longer_beats_the_base_is_dropped(tmp_path):
     (["--runner", "command", "--tasks", "TASKS"], "needs --command"),
     (["--runner", "harbor"], "needs --tasks FILE"),
     (["--runner", "local", "--tasks", "/nonexistent"], "does not exist"),
-    (["--alpha", "2"], "alpha must be between 0 and 1"),
+    (["--alpha", "2"], "--alpha: must be above 0 and below 1, got 2"),
+    (["--alpha", "nan"], "--alpha: must be above 0 and below 1, got nan"),
+    (["--margin", "nan"], "--margin: must be between 0 and 1, got nan"),
+    (["--margin", "-0.1"], "--margin: must be between 0 and 1"),
+    (["--margin", "inf"], "--margin: must be between 0 and 1"),
+    (["--lease", "-5"], "--lease: must be between 1 and 604800, got -5"),  # a lease over when taken: two promoters, one candidate
+    (["--lease", "0.01"], "--lease: must be between 1 and 604800"),
+    (["--lease", "1e12"], "--lease: must be between 1 and 604800"),  # past year 9999: no clock holds it
+    (["--poll", "0"], "--poll: must be above 0"),
+    (["--poll", "1e12"], "--poll: must be above 0 and at most 604800"),
+    (["--poll", "nan"], "--poll: must be above 0"),
+    (["--temperature", "nan"], "--temperature: must be above 0"),
+    (["--port", "70000"], "a port is at most 65535"),
+    (["--runner", "command", "--tasks", "TASKS", "--command", "'unclosed {task}"], "is not a command line"),
+    (["--runner", "harbor", "--tasks", "TASKS", "--serve", "'unclosed"], "is not a command line"),
     (["--attempts", "0"], "at least 1"),
     (["--attempts", "2"], "no task can be eligible with 2 attempts per arm and --min-attempts 3; use --attempts 3 or more"),
     (["--attempts", "5", "--min-attempts", "10"], "use --attempts 10 or more"),
@@ -172,3 +244,90 @@ def test_report_on_an_unknown_study_is_one_line(tmp_path):
     process = cli("report", "--storage", url, "--study", "nope")
     output = process.communicate()[0]
     assert process.returncode == 2 and "no abliterate study named 'nope'" in output
+
+
+# ---- no verdict without results, runner checks, study names as folders -----------------------------
+
+def test_no_valid_attempt_gives_no_verdict_and_a_later_run_decides(escaped, tmp_path):
+    lines = []
+    broken = Scripted(invalid)
+    first = Promoter(open_storage(escaped), STUDY, broken, settings(tmp_path), log=lines.append)
+    finished = first.run_once()
+    swept = {n: details for n, (status, details) in first.promotions.all().items() if status != "dropped"}
+    assert swept and finished == len(first.promotions.all()) - len(swept), first.promotions.all()  # the dropped ones
+    for n, details in swept.items():
+        assert first.promotions.get(n)[0] == "sweeping" and "gate" not in details
+        assert details["error"].startswith("no verdict: no task has 3 valid attempts in each arm (0 valid candidate")
+        assert sum(line.startswith(f"trial {n}: no verdict: ") for line in lines) == 1
+    assert first.without_verdict == set(swept) and first.pending() == []  # this run does not spin on them
+    assert first.looks(-1) == (1, 0)  # no look was spent on no data
+    tries = len(broken.ran)
+
+    fixed = Scripted(lifted)
+    second = Promoter(open_storage(escaped), STUDY, fixed, settings(tmp_path), log=lambda s: None)
+    assert second.run_once() == len(swept)
+    # The given-up attempts got another round: every one of them ran again, the baseline's once.
+    assert len(fixed.ran) == 9 * (1 + len(swept)) and tries == 3 * 9 * (1 + len(swept))
+    decided = {n: second.promotions.get(n) for n in swept}
+    assert all(status in ("accepted", "no_lift") for status, _ in decided.values())
+    assert sorted(d["gate"]["look"] for _, d in decided.values()) == list(range(1, len(swept) + 1))
+
+
+def test_a_nan_margin_or_a_lapsing_lease_is_refused_by_the_library_too(tmp_path):
+    for options in ({"margin": math.nan}, {"margin": -0.1}, {"margin": 2.0}, {"lease_seconds": -5}, {"lease_seconds": math.inf}, {"lease_seconds": 1e12},
+                    {"attempts": 0}, {"controls": -1}, {"confirm_tokens": 0}, {"max_invalid": -1}, {"rule": "any"}):
+        with pytest.raises(ValueError):
+            PromotionSettings(**options)
+    with pytest.raises(ValueError, match="alpha must be between 0 and 1, got nan"):
+        GateRule(alpha=math.nan)
+
+
+def test_the_runner_is_checked_before_any_confirmation_or_export(escaped, tmp_path):
+    tasks = tmp_path / "tasks.txt"
+    tasks.write_text("t0\n")
+    promote = ["promote", "--storage", escaped, "--study", STUDY, "--once", "--attempts", 3, "--controls", 0, "--device", "cpu",
+               "--checkpoints", tmp_path / "ck", "--runner", "command", "--tasks", tasks]
+    missing = cli(*promote, "--command", "no-such-runner-xyz {task} {attempt}")
+    output = missing.communicate()[0]
+    assert missing.returncode == 2 and output.strip().splitlines() == [
+        "error: the runner command 'no-such-runner-xyz' was not found or is not executable; check --command"], output
+    assert not (tmp_path / "ck").exists() and open_storage(escaped).engine.connect().execute(
+        text("select count(*) from abl_promotion")).scalar() == 0
+
+    # A runner that runs but whose every attempt is invalid: no verdict, said last, exit 2.
+    broken = cli(*promote, "--command", """echo '{"status": "invalid"}'""")
+    output = broken.communicate()[0]
+    assert broken.returncode == 2, output
+    assert output.strip().splitlines()[-1].startswith("error: trial(s) ") and "got no verdict" in output
+    statuses = {status for status, _ in Promoter(open_storage(escaped), STUDY, Scripted(lifted), settings(tmp_path),
+                                                  log=lambda s: None).promotions.all().values()}
+    assert "sweeping" in statuses and not statuses & {"accepted", "no_lift"}
+
+
+def test_a_study_name_never_leads_the_promoter_outside_its_checkpoints_folder(escaped, tmp_path):
+    root = tmp_path / "work" / "ck"
+    promoter = Promoter(open_storage(escaped), STUDY, Scripted(lifted), settings(tmp_path), log=lambda s: None)
+    assert promoter.root == root / folder_name(STUDY)
+    promoter.run_once()
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ck", "s.db"] and not (tmp_path / "escaped").exists()
+    assert [p.name for p in root.iterdir()] == [folder_name(STUDY)]
+    exported = [n for n, (status, _) in promoter.promotions.all().items() if status != "dropped"]
+    assert exported and all((promoter.root / f"trial-{n}" / "config.json").is_file() for n in exported)
+    assert (promoter.root / "sweeps" / "baseline" / "t0__0.log").is_file()
+
+    # An absolute name does not replace the root either.
+    storage = open_storage(escaped)
+    create_or_resume(storage, "/abs", demo_config(2))
+    assert Promoter(storage, "/abs", Scripted(lifted), settings(tmp_path), log=lambda s: None).root == root / folder_name("/abs")
+
+
+def test_ctrl_c_in_promote_is_one_line_and_exit_130(tmp_path):
+    url = f"sqlite:///{tmp_path}/s.db"
+    create_or_resume(open_storage(url), "s", demo_config(2))  # no trials yet: the promoter watches
+    process = subprocess.Popen([sys.executable, "-m", "search.cli", "promote", "--storage", url, "--study", "s", "--poll", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    assert process.stdout.readline().startswith("design: ")  # it started, and now waits for the front
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate()
+    assert process.returncode == 130 and err == "error: interrupted\n", err

@@ -86,6 +86,9 @@ def test_a_second_promoter_leaves_a_finished_verdict_alone(tmp_path, monkeypatch
         def tasks(self):
             return ["t0", "t1", "t2"]  # a design that can pass, so the promoter starts
 
+        def check(self):
+            pass
+
     promoter = Promoter(storage, "s", Runner(), log=lambda line: None)
     monkeypatch.setattr(promoter, "pending", lambda: [trial])  # read before the other promoter finished
     PromotionStore(storage.engine, "s").update(0, "no_lift", gate={"by": "the first promoter"})

@@ -16,7 +16,7 @@ from objectives.sweep.base import Attempt, Runner, progress_marks, run_sweep
 from objectives.sweep.check import verdict
 from objectives.sweep.command import CommandRunner, fill, parse_verdict
 from objectives.sweep.harbor import HarborRunner, ModelServer, docker_engine_error, parse_job, trial_outcome
-from objectives.sweep.local import DEFAULT_TASKS, LocalTask, load_tasks, verify_attempt
+from objectives.sweep.local import DEFAULT_TASKS, LocalRunner, LocalTask, load_tasks, verify_attempt
 from storage.leases import Leases
 from storage.promotions import SweepStore
 from storage.rdb import open_storage
@@ -124,6 +124,38 @@ def test_fill_replaces_known_placeholders_once_and_keeps_other_braces():
 ])
 def test_parse_verdict(stdout, expected):
     assert parse_verdict(stdout) == expected
+
+
+def test_runners_check_their_programs_before_anything_runs(tmp_path, monkeypatch):
+    CommandRunner([PY, "x.py"], ["t"]).check()
+    CommandRunner(["{model}/run.sh"], ["t"]).check()  # known only when run
+    with pytest.raises(AblationError, match="'no-such-runner-xyz' was not found or is not executable; check --command"):
+        CommandRunner("no-such-runner-xyz {task}", ["t"]).check()
+    with pytest.raises(AblationError, match="is not a command line"):
+        CommandRunner("'unclosed {task}", ["t"])
+    # Harbor: a Docker engine, the harbor CLI and the model server's program, in that order.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(AblationError, match="needs a running Docker engine .*docker command is not installed"):
+        HarborRunner(["fix-git"]).check()
+    for program, message in (("docker", "harbor command 'harbor' was not found"), ("harbor", "model server command 'vllm' was not found"),
+                             ("vllm", None)):
+        (bin_dir / program).write_text("#!/bin/sh\necho 27.0\n")
+        (bin_dir / program).chmod(0o755)
+        if message:
+            with pytest.raises(AblationError, match=message):
+                HarborRunner(["fix-git"]).check()
+    HarborRunner(["fix-git"]).check()
+    with pytest.raises(AblationError, match="is not a command line"):
+        HarborRunner(["fix-git"], serve="'unclosed")
+    # Local: each task's verifier (a relative path may be one of the task's files).
+    (tmp_path / "a.yaml").write_text("prompt: hi\nverify: ['{python}', '-c', 'pass']\n")
+    (tmp_path / "b.yaml").write_text("prompt: hi\nverify: [./check.sh]\n")
+    LocalRunner(tmp_path).check()
+    (tmp_path / "c.yaml").write_text("prompt: hi\nverify: [no-such-verifier-xyz, response.txt]\n")
+    with pytest.raises(AblationError, match="task c .*its verifier 'no-such-verifier-xyz' was not found"):
+        LocalRunner(tmp_path).check()
 
 
 def test_command_runner_without_verdict_or_command_is_invalid_or_an_error(tmp_path):
@@ -275,6 +307,10 @@ def test_run_sweep_retries_invalid_attempts_and_resumes_only_what_is_missing(eng
     assert more.calls == [[("a", 3), ("b", 3)]]
     assert counts == {"a": (2, 3), "b": (2, 4)}
     assert store.counts(3) == {"a": (1, 2), "b": (1, 3)}
+    # Fresh (a promoter's later run, after a sweep that decided nothing): given-up attempts get another round.
+    again = ScriptedRunner(lambda t, a, round: "invalid" if round < 3 else "pass")
+    assert run_sweep(again, "m", 3, store, tmp_path, max_invalid=2, log=lambda s: None, fresh=True) == {"a": (2, 3), "b": (1, 3)}
+    assert again.calls == [[("a", 2)]] * 3 and store.invalid_tries()[("a", 2)] == 5
 
 
 def test_progress_marks_are_about_ten_even_steps_ending_at_the_total():
@@ -301,6 +337,9 @@ def test_a_valid_result_is_stored_once(engine):
 
 
 def test_leases_one_holder_expiry_and_release(engine):
+    for ttl in (0, -5, float("nan"), float("inf")):  # over when taken, or never over
+        with pytest.raises(ValueError):
+            Leases(engine, "p", ttl=ttl)
     first, second = Leases(engine, "p1", ttl=0.5), Leases(engine, "p2", ttl=0.5)
     assert first.acquire("k") and first.acquire("k")  # re-entrant for its owner
     assert not second.acquire("k")

@@ -51,6 +51,11 @@ class Runner(abc.ABC):
     def settings(self) -> dict:
         """Everything that changes results (JSON-able): sweeps are cached under its fingerprint."""
 
+    def check(self) -> None:
+        """Raise :class:`~ablation.errors.AblationError` (one line naming the fix) when this
+        runner cannot work here: a missing program, no Docker engine. Cheap; the promoter calls
+        it before confirming or exporting anything. The default checks nothing."""
+
     @abc.abstractmethod
     def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
         """Run each (task, attempt) in ``todo`` on ``model`` and ``record`` each as it finishes.
@@ -79,16 +84,20 @@ class AttemptStore(Protocol):
 
 
 def run_sweep(runner: Runner, model: str, attempts: int, store: AttemptStore, log_dir: Path,
-              max_invalid: int = 2, log: Callable[[str], None] = print) -> dict[str, tuple[int, int]]:
+              max_invalid: int = 2, log: Callable[[str], None] = print, fresh: bool = False) -> dict[str, tuple[int, int]]:
     """Bring ``store`` to ``attempts`` valid attempts per task where possible; task -> (passes, valid).
 
     An attempt is retried after an invalid try up to ``max_invalid`` more times (counted across
     resumes); one that stays invalid is left out of the counts, and the gate sees fewer attempts.
+    ``fresh``: invalid tries stored before this call do not count, so attempts given up earlier
+    get another ``max_invalid + 1`` tries.
     """
     wanted = [(task, a) for task in runner.tasks() for a in range(attempts)]
+    earlier = store.invalid_tries() if fresh else Counter()
     while True:
         done, invalid = store.done(), store.invalid_tries()
-        todo = [x for x in wanted if x not in done and invalid[x] <= max_invalid]
+        spent = invalid - earlier
+        todo = [x for x in wanted if x not in done and spent[x] <= max_invalid]
         if not todo:
             break
         log(f"  {runner.name}: running {len(todo)} of {len(wanted)} attempts ({len(done & set(wanted))} stored)")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -65,7 +66,10 @@ class CommandRunner(Runner):
     name = "command"
 
     def __init__(self, template: str | Sequence[str], tasks: Sequence[str], timeout: float = 3600.0, endpoint: str = ""):
-        self.template = shlex.split(template) if isinstance(template, str) else list(template)
+        try:
+            self.template = shlex.split(template) if isinstance(template, str) else list(template)
+        except ValueError as error:  # an unclosed quote
+            raise AblationError(f"the command template {template!r} is not a command line ({error}); check --command") from None
         if not self.template:
             raise AblationError("the command runner needs a command template, e.g. --command 'my-runner {model} {task}'")
         if not tasks:
@@ -77,6 +81,12 @@ class CommandRunner(Runner):
 
     def settings(self) -> dict:
         return {"template": self.template, "tasks": self._tasks, "timeout": self.timeout}
+
+    def check(self) -> None:
+        """The template's program exists and can be run (one with a placeholder is left to run time)."""
+        program = self.template[0]
+        if "{" not in program and shutil.which(program) is None:
+            raise AblationError(f"the runner command {program!r} was not found or is not executable; check --command")
 
     def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -159,6 +159,12 @@ class HarborRunner(Runner):
         if not tasks:
             raise AblationError("the harbor runner needs the task names to run (--tasks FILE, one per line)")
         self._tasks = list(dict.fromkeys(tasks))
+        try:
+            self.server_program = shlex.split(serve)[0] if serve.strip() else ""
+        except ValueError as error:  # an unclosed quote
+            raise AblationError(f"the model server template {serve!r} is not a command line ({error}); check --serve") from None
+        if not self.server_program:
+            raise AblationError("the model server template is empty; set --serve or leave it out for vllm serve")
         self.dataset, self.agent, self.serve, self.port = dataset, agent, serve, port
         self.concurrency, self.max_retries, self.served_name = concurrency, max_retries, served_name
         self.harbor, self.jobs_dir, self.health_timeout = harbor, Path(jobs_dir), health_timeout
@@ -179,13 +185,19 @@ class HarborRunner(Runner):
             args += ["-i", task]
         return args
 
-    def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
+    def check(self) -> None:
+        """A Docker engine answers, and the harbor and model server programs exist."""
         problem = docker_engine_error()
         if problem:
             raise AblationError(f"the harbor runner needs a running Docker engine and there is none here ({problem}); "
                                 "start Docker or use --runner local")
         if shutil.which(self.harbor) is None:
             raise AblationError(f"the harbor command {self.harbor!r} was not found; install harbor (Python >= 3.12) or use --runner local")
+        if "{" not in self.server_program and shutil.which(self.server_program) is None:
+            raise AblationError(f"the model server command {self.server_program!r} was not found; install it or set --serve")
+
+    def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
+        self.check()  # again: the engine may have stopped since the promoter started
         missing: dict[str, list[int]] = defaultdict(list)
         for task, attempt in todo:
             missing[task].append(attempt)

@@ -21,6 +21,7 @@ everyday requests on the bundled refusing model.
 from __future__ import annotations
 
 import hashlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,6 +121,15 @@ class LocalRunner(Runner):
     def settings(self) -> dict:
         return {"temperature": self.temperature, "enable_thinking": self.enable_thinking,
                 "tasks": {n: hashlib.sha256(t.source.encode()).hexdigest()[:12] for n, t in self._tasks.items()}}
+
+    def check(self) -> None:
+        """Every task's verifier program exists: a missing one would make every attempt invalid.
+        A relative path is left alone (it may be one of the task's files)."""
+        for task in self._tasks.values():
+            program = task.verify[0].replace("{python}", sys.executable)
+            if (Path(program).is_absolute() or "/" not in program) and shutil.which(program) is None:
+                raise AblationError(f"task {task.name} ({self.tasks_dir}): its verifier {program!r} was not found; "
+                                    "every attempt would be invalid")
 
     def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
         import torch

@@ -4,6 +4,7 @@ the console. Imports nothing heavy: ``abliterate --help`` must not load torch.""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 # The names the library accepts. Kept here so that building the parser imports no torch or scipy;
@@ -50,6 +51,37 @@ def _whole_number(text: str, least: int) -> int:
     return value
 
 
+def real(least: float | None = None, most: float | None = None, above: float | None = None, below: float | None = None):
+    """argparse type for a finite decimal number in a range: at least ``least`` / at most
+    ``most``, or strictly ``above`` / ``below``. NaN and infinity are refused."""
+    if least is not None and most is not None:
+        span = f"between {least:g} and {most:g}"
+    else:
+        parts = [f"at least {least:g}" if least is not None else f"above {above:g}" if above is not None else "",
+                 f"at most {most:g}" if most is not None else f"below {below:g}" if below is not None else ""]
+        span = " and ".join(p for p in parts if p) or "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and (least is None or value >= least) and (most is None or value <= most)
+                and (above is None or value > above) and (below is None or value < below)):
+            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
+        return value
+
+    return parse
+
+
+def port(text: str) -> int:
+    """argparse type for a TCP port."""
+    value = _whole_number(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
+    return value
+
+
 def positive(text: str) -> int:
     """argparse type for counts, sizes and seconds: a whole number of at least 1."""
     return _whole_number(text, 1)
@@ -80,7 +112,7 @@ def gate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rule", choices=RULES, default="any",
                         help="any (raw p, the default criterion; uncorrected), holm, bh, cmh (pooled) or study (alpha held over all candidates)")
     parser.add_argument("--test", choices=TESTS, default="fisher", help="per-task exact test")
-    parser.add_argument("--alpha", type=float, default=0.10)
+    parser.add_argument("--alpha", type=real(above=0, below=1), default=0.10, help="significance level, between 0 and 1")
     parser.add_argument("--min-attempts", type=positive, default=3, help="valid attempts per arm for a task to count")
     parser.add_argument("--candidates", type=positive, default=5,
                         help="candidates the study will gate: --rule study tests each at alpha / candidates")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from search.cli.common import add_command, console, gate_options, gate_rule, not_negative, positive, study_options
+from search.cli.common import add_command, console, gate_options, gate_rule, not_negative, port, positive, real, study_options
+
+# Literals, not imported from search.promotion_settings: --help must not import the gate's scipy
+# (tests/test_cli.py checks that they agree).
+MIN_LEASE_SECONDS, MAX_SECONDS = 1.0, 7 * 86400
 
 
 def register(commands) -> None:
@@ -17,11 +21,12 @@ def register(commands) -> None:
     promote.add_argument("--serve", default=None, help="harbor: model server template with {model} {name} {port} (default: vllm serve)")
     promote.add_argument("--dataset", default="terminal-bench@2.0", help="harbor dataset")
     promote.add_argument("--agent", default="terminus-2", help="harbor agent")
-    promote.add_argument("--port", type=positive, default=8000, help="harbor: the model server's port")
+    promote.add_argument("--port", type=port, default=8000, help="harbor: the model server's port")
     promote.add_argument("--concurrency", type=positive, default=4, help="harbor: trials run at once")
     promote.add_argument("--jobs-dir", default="harbor-jobs", help="harbor: where job folders go")
-    promote.add_argument("--temperature", type=float, default=0.8, help="local: sampling temperature")
-    promote.add_argument("--margin", type=float, default=0.1, help="confirmation: refusal must beat the base model's by this much")
+    promote.add_argument("--temperature", type=real(above=0), default=0.8, help="local: sampling temperature")
+    promote.add_argument("--margin", type=real(least=0, most=1), default=0.1,
+                         help="confirmation: refusal must beat the base model's by this much (a share of prompts, 0 to 1)")
     promote.add_argument("--confirm-tokens", type=positive, default=None, help="confirmation answer length (default: twice the study's)")
     gate_options(promote)
     promote.add_argument("--stop-at-first-lift", action="store_true", help="an accepted candidate stops the study and the promoter")
@@ -36,8 +41,9 @@ def register(commands) -> None:
                               "a later run with it takes the ones dropped for that alone)")
     promote.add_argument("--checkpoints", default="abliterate-checkpoints", help="folder for exported checkpoints and sweep logs")
     promote.add_argument("--device", default="auto")
-    promote.add_argument("--lease", type=float, default=600.0, help="seconds a crashed promoter's claim lasts")
-    promote.add_argument("--poll", type=float, default=30.0, help="seconds between looks at the front")
+    promote.add_argument("--lease", type=real(least=MIN_LEASE_SECONDS, most=MAX_SECONDS), default=600.0,
+                         help=f"seconds a crashed promoter's claim lasts ({MIN_LEASE_SECONDS:g} to a week: a live one renews it every third)")
+    promote.add_argument("--poll", type=real(above=0, most=MAX_SECONDS), default=30.0, help="seconds between looks at the front")
     promote.set_defaults(run=_promote)
 
     planner = add_command(commands, "plan", "what a promotion design can show: false acceptance, power, smallest N",
@@ -49,10 +55,12 @@ def register(commands) -> None:
     planner.add_argument("--tasks", type=positive, default=5, help="tasks in the sweep")
     planner.add_argument("--attempts", type=positive, default=3, help="attempts per task and arm")
     gate_options(planner)
-    planner.add_argument("--lift", type=float, default=0.3, help="pass-rate lift the candidate should be found with")
+    planner.add_argument("--lift", type=real(least=0, most=1), default=0.3,
+                         help="pass-rate lift the candidate should be found with (base rate + lift at most 1)")
     planner.add_argument("--on", choices=("one", "all"), default="one", help="the lift is on one task or on every task")
-    planner.add_argument("--base-rate", type=float, default=0.4, help="the baseline's pass rate on every task")
-    planner.add_argument("--studies", type=positive, default=20000, help="simulated studies where a figure is simulated")
+    planner.add_argument("--base-rate", type=real(least=0, most=1), default=0.4, help="the baseline's pass rate on every task")
+    planner.add_argument("--studies", type=positive, default=20000,
+                         help="simulated studies where a figure is simulated (at most 1,000,000)")
     planner.add_argument("--json", action="store_true", help="one JSON object with every figure")
     planner.set_defaults(run=_plan)
 
@@ -87,18 +95,26 @@ def _make_runner(args):
 
 
 def _promote(args) -> int:
+    from ablation.errors import AblationError
     from search.promoter import Promoter, PromotionSettings
     from storage.rdb import open_storage
 
     rule = gate_rule(args)
-    settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
-                                 lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device,
-                                 include_not_specific=args.include_not_specific, controls=args.controls)
+    try:
+        settings = PromotionSettings(args.attempts, args.margin, args.confirm_tokens, rule, args.stop_at_first_lift,
+                                     lease_seconds=args.lease, checkpoints=args.checkpoints, device=args.device,
+                                     include_not_specific=args.include_not_specific, controls=args.controls)
+    except ValueError as error:  # the options' types check the same first, naming the option
+        raise AblationError(str(error)) from None
     promoter = Promoter(open_storage(args.storage, create=False), args.study, _make_runner(args), settings)
     if args.once:
         promoter.run_once()
     else:
         promoter.watch(args.poll)
+    if promoter.without_verdict:  # a run that decided nothing on them has not done its work
+        numbers = ", ".join(map(str, sorted(promoter.without_verdict)))
+        raise AblationError(f"trial(s) {numbers} got no verdict: their sweeps gave no task enough valid attempts (see the "
+                            "lines above); fix the runner and run promote again, which retries their invalid attempts")
     return 0
 
 
@@ -106,13 +122,17 @@ def _plan(args) -> int:
     import json
 
     from ablation.errors import AblationError
-    from objectives.plan import Design, plan, summary
+    from objectives.plan import Design, plan, plan_problem, summary
 
     rule = gate_rule(args)
-    for name, value in (("--base-rate", args.base_rate), ("--lift", args.lift)):
-        if not 0 <= value <= 1:
-            raise AblationError(f"{name} must be between 0 and 1, got {value}")
-    figures = plan(Design(rule, args.tasks, args.attempts, args.base_rate, args.lift, args.on), args.candidates, args.studies)
+    if args.base_rate + args.lift > 1 + 1e-12:  # not clipped to a smaller lift than the one asked for
+        raise AblationError(f"--base-rate {args.base_rate:g} plus --lift {args.lift:g} is a pass rate above 1; "
+                            f"lower --lift to {1 - args.base_rate:g} or less")
+    design = Design(rule, args.tasks, args.attempts, args.base_rate, args.lift, args.on)
+    problem = plan_problem(design, args.candidates, args.studies)
+    if problem:
+        raise AblationError(problem)
+    figures = plan(design, args.candidates, args.studies)
     print(json.dumps(figures, indent=2) if args.json else summary(figures))
     return 0
 
