@@ -51,7 +51,7 @@ class Runner(abc.ABC):
     def settings(self) -> dict:
         """Everything that changes results (JSON-able): sweeps are cached under its fingerprint."""
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - optional hook: most runners have nothing to check
         """Raise :class:`~ablation.errors.AblationError` (one line naming the fix) when this
         runner cannot work here: a missing program, no Docker engine. Cheap; the promoter calls
         it before confirming or exporting anything. The default checks nothing."""

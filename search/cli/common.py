@@ -74,14 +74,6 @@ def real(least: float | None = None, most: float | None = None, above: float | N
     return parse
 
 
-def port(text: str) -> int:
-    """argparse type for a TCP port."""
-    value = _whole_number(text, 1)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
-    return value
-
-
 def positive(text: str) -> int:
     """argparse type for counts, sizes and seconds: a whole number of at least 1."""
     return _whole_number(text, 1)

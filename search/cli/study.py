@@ -295,9 +295,8 @@ def _worker(args) -> int:
 
 def _launch(args) -> int:
     from search.launcher import supervise
-    from storage.urls import normalize_url
-
     from search.study import check_heartbeat
+    from storage.urls import normalize_url
 
     if args.heartbeat and args.grace:
         check_heartbeat(args.heartbeat, args.grace)
