@@ -21,10 +21,13 @@ import abc
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ablation.errors import AblationError, first_line
-from ablation.loading import LoadedModel
 from objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate
+
+if TYPE_CHECKING:
+    from ablation.loading import LoadedModel
 
 VERDICTS = ("refusal", "compliance", "evasive", "degenerate")
 COMPLIANCE = "compliance"

@@ -176,10 +176,9 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ablation.loading import check_model
+    from ablation.locate import local_model
     from search.launcher import supervise
     from search.study import create_or_resume
-    from search.worker import finished
     from storage.rdb import open_storage
     from storage.urls import normalize_url, redacted
 
@@ -192,6 +191,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         from ablation.sae import load_saes
 
         load_saes(config.sae, None)  # no SAE files, or damaged ones (their fit to the model is checked by the worker)
+    local_model(config.model)  # a wrong path is refused before torch and transformers are imported (seconds)
+    from ablation.loading import check_model
+    from search.worker import FINISHED, finished
+
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code)
     if config.judge not in ("markers", "llm"):
         config.judge_settings().build()  # a plug-in judge that cannot be imported or made fails here, in one line
@@ -214,10 +217,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         if dropped(warm):
             out.print(f"  warm start: dropped what this study's space does not search: {', '.join(dropped(warm))}", highlight=False)
 
-    last = ""
+    last, advised = "", False
 
     def progress():
-        nonlocal last
+        nonlocal last, advised
         try:
             states = [t.state.name for t in study.get_trials(deepcopy=False)]
         except SQLAlchemyError:
@@ -232,6 +235,15 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         if line != last:
             out.print(line, highlight=False)
             last = line
+        if cpu_workers and not advised and done:
+            try:
+                seconds = [t.user_attrs["seconds_total"] for t in study.get_trials(deepcopy=False, states=FINISHED)
+                           if "seconds_total" in t.user_attrs]
+            except SQLAlchemyError:
+                return
+            if seconds and done < config.n_trials:
+                out.print(cpu_advice(seconds, config.n_trials - done, len(devices)), highlight=False)
+            advised = bool(seconds)
 
     cpu_workers = sum(d == "cpu" or (d == "auto" and not _has_gpu()) for d in devices)
     if cpu_workers:
@@ -248,6 +260,21 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     return status
 
 
+def cpu_advice(seconds: list[float], remaining: int, workers: int) -> str:
+    """What the rest of a study costs on the CPU, from the ``seconds`` its finished trials took
+    there, and, when that is an hour or more, how to spend less: said once, after the first trial."""
+    per_trial = sum(seconds) / len(seconds)
+    left = remaining * per_trial / workers
+    time_left = f"{left / 3600:.1f} h" if left >= 3600 else f"{left / 60:.0f} min" if left >= 60 else f"{left:.0f} s"
+    line = (f"  on the CPU a trial took {per_trial:.0f} s (mean of {len(seconds)}): the {remaining} to go take about {time_left} "
+            f"with {workers} worker(s)")
+    if left < 3600:
+        return line
+    return (f"{line}\n  to spend less: stop early (Ctrl-C keeps what is done; --trials extends it later), or start a study "
+            f"with fewer evaluation prompts (--split 64,50,100: each trial answers all of them), shorter answers "
+            f"(--max-new-tokens 24) and fewer trials (--trials 30); a larger --batch-size where memory allows")
+
+
 def _has_gpu() -> bool:
     import torch
 
@@ -259,11 +286,14 @@ def _worker(args) -> int:
 
     from search.launcher import DATABASE_UNREACHABLE
     from search.study import check_local, load
-    from search.worker import run_worker
     from storage.rdb import open_storage
 
+    # A missing database or study is refused before torch is imported (seconds on a busy machine).
+    config = load(open_storage(args.storage, create=False), args.study)[1]
     if args.model:
-        check_local(load(open_storage(args.storage, create=False), args.study)[1], model=args.model)
+        check_local(config, model=args.model)
+    from search.worker import run_worker
+
     if args.threads:
         import torch
 
