@@ -177,15 +177,19 @@ def test_simple_errors_come_before_torch_is_imported(tmp_path):
     takes seconds (about 30 on a loaded machine) and such an error needs neither."""
     commands = [["front"], ["export", "--trial", "0", "--out", "x"], ["worker"], ["dashboard"], ["controls", "--trial", "0"],
                 ["dose", "--trial", "0"], ["analyze"]]
+    wrong_path = [["search", "--model", "/no/such/model", "--storage", "missing.db"], ["inspect", "--model", "/no/such/model"],
+                  ["directions", "--model", "/no/such/model", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--out", "d"],
+                  ["evaluate", "--model", "/no/such/model", "--base", "/no/such/model"]]
     probe = ("import sys, contextlib, io\n"
              "from search.cli import main\n"
              f"for command in {commands!r}:\n"
              "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
              "        status = main([*command, '--storage', 'missing.db'])\n"
              "    assert status == 2 and err.getvalue().startswith('error: no study database at'), (command, err.getvalue())\n"
-             "with contextlib.redirect_stderr(io.StringIO()) as err:\n"
-             "    status = main(['search', '--model', '/no/such/model', '--storage', 'missing.db'])\n"
-             "assert status == 2 and err.getvalue().startswith('error: model path /no/such/model does not exist'), err.getvalue()\n"
+             f"for command in {wrong_path!r}:\n"
+             "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+             "        status = main(command)\n"
+             "    assert status == 2 and err.getvalue().startswith('error: model path /no/such/model does not exist'), (command, err.getvalue())\n"
              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -199,7 +203,7 @@ def test_cpu_advice_is_the_measured_cost_of_the_rest_and_how_to_cut_it():
     lines = cpu_advice([250.0, 310.0], 98, 2).splitlines()  # two trials of a 0.5B model took 280 s on average
     assert lines[0] == "  on the CPU a trial took 280 s (mean of 2): the 98 to go take about 3.8 h with 2 worker(s)"
     assert all(option in lines[1] for option in ("to spend less", "--trials", "--split", "--max-new-tokens", "--batch-size"))
-    assert cpu_advice([5.0], 99, 1).splitlines() == ["  on the CPU a trial took 5 s (mean of 1): the 99 to go take about 8 min with 1 worker(s)"]
+    assert cpu_advice([5.0], 99, 1).splitlines() == ["  on the CPU a trial took 5.0 s (mean of 1): the 99 to go take about 8 min with 1 worker(s)"]
 
 
 def test_cli_choices_are_the_library_names():

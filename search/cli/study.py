@@ -266,7 +266,8 @@ def cpu_advice(seconds: list[float], remaining: int, workers: int) -> str:
     per_trial = sum(seconds) / len(seconds)
     left = remaining * per_trial / workers
     time_left = f"{left / 3600:.1f} h" if left >= 3600 else f"{left / 60:.0f} min" if left >= 60 else f"{left:.0f} s"
-    line = (f"  on the CPU a trial took {per_trial:.0f} s (mean of {len(seconds)}): the {remaining} to go take about {time_left} "
+    took = f"{per_trial:.0f}" if per_trial >= 10 else f"{per_trial:.1f}"
+    line = (f"  on the CPU a trial took {took} s (mean of {len(seconds)}): the {remaining} to go take about {time_left} "
             f"with {workers} worker(s)")
     if left < 3600:
         return line
