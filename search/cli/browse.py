@@ -75,7 +75,7 @@ def front_table(study_name: str, trials, base: dict | None = None):
     # go, the widest first; figures are never cut (at worst a long method name is).
     degenerate, hidden = "degen" if over else "degenerate", {}
     table = _table(study_name, rows, base, over, degenerate, described, hidden)
-    for name in ("degenerate", *sorted(constant, key=lambda name: -max(len(name), len(constant[name])))):
+    for name in ("degenerate", *sorted(constant, key=lambda column: -max(len(column), len(constant[column])))):
         if _width(table) <= WIDTH:
             break
         if name == "degenerate":
