@@ -19,11 +19,14 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
 from ablation.errors import AblationError, write_failure
-from ablation.loading import LoadedModel
+
+if TYPE_CHECKING:  # the target checks run before torch is imported
+    from ablation.loading import LoadedModel
 
 WEIGHTS_SUFFIX = ".safetensors"
 

@@ -27,9 +27,9 @@ from transformers import (
 from ablation.architectures import architecture_of
 from ablation.errors import ModelLoadError, first_line
 from ablation.hub import hub_options
+from ablation.locate import local_model
 
-_GGUF_MAGIC = b"GGUF"
-DTYPES = {"auto": None, "float32": torch.float32, "fp32": torch.float32,
+DTYPES = {"auto": None, "stored": None, "float32": torch.float32, "fp32": torch.float32,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 
@@ -79,7 +79,8 @@ def load_model(
 ) -> LoadedModel:
     """Load ``spec`` (hub id, local folder or .gguf file) for editing.
 
-    ``dtype="auto"`` means bfloat16 on a GPU and float32 on the CPU. ``device_map`` (for
+    ``dtype="auto"`` means bfloat16 on a GPU and float32 on the CPU; ``"stored"``, the dtype the
+    checkpoint's config states (else its weights'; a GGUF file's, dequantised, get auto's). ``device_map`` (for
     example ``"auto"``) spreads a model over several GPUs and overrides ``device``.
     ``tokenizer=False`` loads the weights alone (``LoadedModel.tokenizer`` is None), for what
     needs no text, like listing the residual writers; otherwise a folder without tokenizer files
@@ -92,6 +93,8 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = DTYPES[dtype] or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     location, options = _resolve(spec)
+    if dtype == "stored" and "gguf_file" not in options:  # a GGUF file's weights are dequantised to the default
+        torch_dtype = "auto"
     common = dict(trust_remote_code=trust_remote_code, **options)
     try:
         config = AutoConfig.from_pretrained(location, **common)
@@ -234,24 +237,7 @@ def _tokenizer(spec: str, location: str, common: dict):
 def _resolve(spec: str) -> tuple[str, dict]:
     """(folder or hub id, the ``from_pretrained`` options it needs: a GGUF file's name, or to stay
     off an unreachable hub), or a one-line error for a bad path or a name nothing can provide."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        with path.open("rb") as handle:
-            if handle.read(4) != _GGUF_MAGIC:
-                raise ModelLoadError(f"{spec} is a file but not a GGUF model (no GGUF header); pass a model folder, a .gguf file or a hub id")
-        return str(path.parent), {"gguf_file": path.name}
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{spec} has no config.json; pass a Hugging Face model folder, a .gguf file or a hub id")
-        return str(path), {}
-    if spec.startswith((".", "/", "~")) or not _is_hub_id(spec):
-        raise ModelLoadError(f"model path {spec} does not exist; pass a model folder, a .gguf file or a hub id like org/name")
-    return spec, hub_options(spec)
-
-
-def _is_hub_id(spec: str) -> bool:
-    parts = spec.split("/")
-    return 1 <= len(parts) <= 2 and all(p and not p.startswith(".") for p in parts)
+    return local_model(spec) or (spec, hub_options(spec))
 
 
 def _is_multimodal(config) -> bool:

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING
 from ablation.errors import AblationError, first_line
 from objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate
 
+if TYPE_CHECKING:
+    from ablation.loading import LoadedModel
+
 VERDICTS = ("refusal", "compliance", "evasive", "degenerate")
 COMPLIANCE = "compliance"
 

@@ -38,13 +38,12 @@ def trial_figures(values, user_attrs: dict) -> dict:
 
 
 def export_trial(storage_url: str | None, study_name: str, trial_number: int, out: str, device: str = "auto",
-                 overwrite: bool = False, base_model_id: str | None = None, force: bool = False) -> Path:
+                 overwrite: bool = False, base_model_id: str | None = None, force: bool = False, dtype: str = "stored") -> Path:
     """Write trial ``trial_number`` of ``study_name`` to ``out`` with its card and record; a trial
-    over the study's KL cap only with ``force``."""
-    from ablation.loading import load_model
-    from search.directions import directions_key
+    over the study's KL cap only with ``force``. The edit is baked into the base model loaded in
+    ``dtype``: by default the one its checkpoint is stored in, whatever the study searched in (a
+    bf16 base searched in fp32 on a CPU is exported in bf16, not at twice the size)."""
     from search.study import load
-    from search.trial import directions_from_bytes
     from storage.cache import ArtifactCache
     from storage.promotions import PromotionStore
     from storage.rdb import open_storage
@@ -59,12 +58,17 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     if kl is not None and kl > config.kl_cap and not force:
         raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
                             "pick a trial from abliterate front, or pass --force to export it anyway")
+    # torch and transformers only now: a missing database, study or trial is told at once
+    from ablation.loading import load_model
+    from search.directions import directions_key
+    from search.trial import directions_from_bytes
+
     payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space))
     if payload is None:
         raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
     directions = directions_from_bytes(payload)
     promotion = PromotionStore(storage.engine, study_name).get(trial_number)
-    loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
+    loaded = load_model(config.model, dtype, device, config.device_map, config.trust_remote_code)
     return export_loaded(loaded, directions, study_name, config, trial, promotion, out, overwrite, base_model_id)
 
 

@@ -10,7 +10,8 @@ is a no-op.
 Points: ``asked`` (the trial is RUNNING, before its first heartbeat: waiting there, the trial
 counts as crashed once the grace period passes), ``sampling`` (part of its params recorded),
 ``sampled`` (all params recorded), ``recorded`` (its figures written, the trial not yet told),
-``told`` (its result stored).
+``told`` (its result stored); and, of no trial, ``baseline`` (the base model's refusals stored,
+the directions not yet).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import signal
 import sys
 
-POINTS = ("asked", "sampling", "sampled", "recorded", "told")
+POINTS = ("asked", "sampling", "sampled", "recorded", "told", "baseline")
 VARIABLE, ACTION = "ABLITERATE_HALT", "ABLITERATE_HALT_ACTION"
 
 
@@ -32,11 +33,11 @@ def wanted(point: str, trial_number: int | None = None) -> bool:
     return False
 
 
-def at(point: str, trial_number: int) -> None:
-    """Halt here when the environment asks for ``point`` of this trial; otherwise return at once."""
+def at(point: str, trial_number: int | None = None) -> None:
+    """Halt here when the environment asks for ``point`` (of this trial); otherwise return at once."""
     if not wanted(point, trial_number):
         return
-    print(f"halt: {point} trial {trial_number}", flush=True)
+    print(f"halt: {point}" + ("" if trial_number is None else f" trial {trial_number}"), flush=True)
     if os.environ.get(ACTION, "kill") == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     sys.stdin.readline()

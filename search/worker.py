@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from ablation.loading import load_model
 from objectives.refusal import ChatFormat, make_proxy
-from search import halt
+from search import baseline, halt
 from search.directions import compute_payload, directions_key
 from search.front import dominating_point
 from search.space import candidate_from_params, starting_points, suggest
@@ -73,7 +73,15 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         return 0
     prompts = config.prompts()
     chat = ChatFormat(enable_thinking=config.enable_thinking)
+    started = time.monotonic()
+
+    def step(line: str) -> None:
+        """A start-up step, with the seconds since the worker began: start-up takes minutes on a CPU."""
+        log(f"[{time.monotonic() - started:5.0f} s] {line}")
+
+    step(f"loading {config.model} (dtype {config.dtype}, device {device})")
     loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
+    step(f"loaded: {str(loaded.model.dtype).removeprefix('torch.')} on {loaded.device}")
     owner = f"{socket.gethostname()}:{os.getpid()}"
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
@@ -84,11 +92,15 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         nonlocal computed_here
         computed_here = True
         harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
+        step(f"computing the directions ({', '.join(methods)}) from {len(harmful)} harmful and {len(harmless)} harmless prompts")
         residuals = capture_extraction(loaded, harmful, harmless, chat, config.batch_size)
         # Once per study, with the directions: the designed first trials (a retried computation
         # enqueues nothing twice).
-        for point in starting_points(config.space, strongest_layer(*residuals), config.starting_points):
+        points = starting_points(config.space, strongest_layer(*residuals), config.starting_points)
+        for point in points:
             study.enqueue_trial(point, user_attrs={"starting_point": True}, skip_if_exists=True)
+        if points:
+            step(f"{len(points)} designed starting points queued as the first trials")
         report = []
 
         def note(line: str) -> None:
@@ -99,15 +111,25 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
                                   config.categories(), config.sae)
         if report:  # what the directions look like (cone geometry, cos(r, c)), for whoever reads the study later
             study.set_user_attr(DIRECTIONS_REPORT_ATTR, report)
+        if baseline.baseline_of(study) is None:  # a computation retried after a crash does not measure it again
+            harmful_evaluation = prompts["harmful", "evaluation"]
+            step(f"measuring the base model's refusals on the {len(harmful_evaluation)} evaluation prompts (one refusal pass)")
+            base = baseline.measure(loaded, proxy, harmful_evaluation, prompts["edgy", "evaluation"] if config.over_refusal else None,
+                                    chat, config.max_new_tokens, config.batch_size)
+            study.set_user_attr(baseline.BASELINE_ATTR, base)
+            step(baseline.baseline_line(base))
+            halt.at("baseline")
         return directions_to_bytes(payload)
 
     payload = cache.get_or_compute(directions_key(config.space), compute)
-    log(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
+    step(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]
+    step(f"the base model's log-probs on the {len(prompts['harmless', 'evaluation'])} harmless evaluation prompts (KL's reference)")
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
                          proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size,
                          prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens)
+    step("ready: running trials")
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         params = suggest(halt.Sampling(trial) if halt.wanted("sampling") else trial, config.space)

@@ -138,11 +138,24 @@ def study(tmp_path_factory, refuser):
     return {"url": url, "folder": folder, "config": config, "directions": directions, "params": dict(trial.params)}
 
 
-def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, tmp_path):
+def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, tmp_path, monkeypatch):
+    from optuna.artifacts import get_all_artifact_meta
+
+    from search.analysis import open_study
+
+    # Without --out a trial's dose goes in the study's artifact folder, beside its database; the
+    # current folder gets nothing.
+    monkeypatch.chdir(tmp_path)
     status, out, err = run(capsys, "dose", "--storage", study["url"], "--study", "r", "--trial", 0, "--alphas", "-0.5,0,0.5,1,1.5",
-                           "--edgy", files("harmless", "confirmation"), "--out", tmp_path / "d", "--device", "cpu")
+                           "--edgy", files("harmless", "confirmation"), "--device", "cpu")
     assert status == 0, err
-    result = json.loads((tmp_path / "d" / "dose.json").read_text())
+    assert not list(tmp_path.iterdir())
+    folder = study["folder"] / "abliterate-artifacts" / "r" / "trial-0"
+    assert f"wrote {folder / 'dose.json'}" in out.splitlines() and f"wrote {folder / 'dose.png'}" in out.splitlines()
+    storage, loaded_study, _ = open_study(study["url"], "r")
+    assert "trial-0-dose.png" in {m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)}
+    assert f"attached trial-0-dose.png to study 'r' in {study['folder'] / 'abliterate-artifacts'}" in out
+    result = json.loads((folder / "dose.json").read_text())
     rates = {p["alpha"]: p["refusal"] for p in result["points"]}
     assert rates[0] == 1.0 and rates[1] <= 0.05 and rates[1.5] <= 0.05
     assert all(rates[a] >= rates[b] for a, b in ((-0.5, 0), (0, 0.5), (0.5, 1), (1, 1.5)))
@@ -151,7 +164,7 @@ def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, t
     assert kl[0] == 0 and kl[1.5] > kl[1] > 0
     assert result["over_refusal_50"] is None and result["therapeutic_index"] is None
     assert "over-refusal at not reached" in out
-    assert (tmp_path / "d" / "dose.png").stat().st_size > 1000
+    assert (folder / "dose.png").stat().st_size > 1000
 
 
 def test_promotion_runs_the_controls_in_confirmation(study):
@@ -291,15 +304,23 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
         "Specificity controls: not specific, its refusal drop") == 1
 
 
-def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path):
+def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path, monkeypatch):
     from optuna.artifacts import get_all_artifact_meta
 
     from search.analysis import open_study
 
+    # Run where the user happens to be: nothing lands there unasked. The JSON and the plot go in
+    # the study's artifact folder (beside its SQLite database), the plot attached to the study.
+    monkeypatch.chdir(tmp_path)
     status, out, err = run(capsys, "controls", "--storage", study["url"], "--study", "r", "--trial", 0, "--random", 4,
-                           "--out", tmp_path / "c0", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
+                           "--device", "cpu")
     assert status == 0, err
-    real = json.loads((tmp_path / "c0" / "controls.json").read_text())
+    assert not list(tmp_path.iterdir())
+    artifacts = study["folder"] / "abliterate-artifacts"
+    folder = artifacts / "r" / "trial-0"
+    assert f"wrote {folder / 'controls.json'}" in out.splitlines() and f"wrote {folder / 'controls.png'}" in out.splitlines()
+    assert f"attached trial-0-controls.png to study 'r' in {artifacts} (abliterate dashboard --storage {study['url']} shows them)" in out
+    real = json.loads((folder / "controls.json").read_text())
     assert real["specificity"]["specific"] and real["specificity"]["spreads"] > 10
     assert real["random_refusal"]["mean"] >= 0.9 and real["edit"]["refusal"] <= 0.05
     holdout = real["holdout"]
@@ -309,7 +330,7 @@ def test_controls_put_the_real_direction_far_outside_the_random_band(study, caps
     storage, loaded_study, _ = open_study(study["url"], "r")
     trial = loaded_study.get_trials(deepcopy=False)[0]
     assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 4
-    assert [m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)] == ["trial-0-controls.png"]
+    assert "trial-0-controls.png" in [m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)]
     status, out, _ = run(capsys, "front", "--storage", study["url"], "--study", "r", "--json")
     assert {row["trial"]: row["specific"] for row in json.loads(out)}[0] is True
 
@@ -392,6 +413,10 @@ def test_bad_dose_and_controls_input_is_one_line(study, capsys, tmp_path, tiny):
         (["dose", "--model", refuser_path(), "--direction", tmp_path / "absent.safetensors", "--out", tmp_path / "x"], "does not exist"),
         (["dose", "--model", refuser_path(), "--out", tmp_path / "x"], "give either --direction"),
         (["analyze", "--model", refuser_path(), "--harmful", files("harmful", "evaluation"), "--out", tmp_path / "x"], "needs --harmful and --harmless"),
+        # A bare model has no study to keep its analysis: it goes only where --out says.
+        (["analyze", "--model", refuser_path(), "--harmful", files("harmful", "evaluation"), "--harmless", files("harmless", "evaluation")],
+         "analyze --model writes only where --out DIR says"),
+        (["dose", "--model", refuser_path(), "--direction", wrong], "dose --direction writes only where --out DIR says"),
     ]
     for args, message in cases:
         status, out, err = run(capsys, *args)
@@ -440,7 +465,39 @@ def test_steering_adds_the_vector_at_the_last_prompt_position_only(refuser):
 def test_the_dashboard_refuses_a_missing_artifact_folder_in_one_line(study, capsys, tmp_path):
     status, _, err = run(capsys, "dashboard", "--storage", study["url"], "--artifacts", tmp_path / "absent")
     assert status == 2 and err.strip().splitlines() == [f"error: artifact folder {tmp_path / 'absent'} does not exist; "
-                                                        "abliterate analyze and controls make it (--artifacts DIR)"]
+                                                        "abliterate analyze, dose and controls make it (--artifacts DIR)"]
+
+
+def test_the_dashboard_shows_the_study_s_artifact_folder_by_default(study, capsys, monkeypatch):
+    import socket
+
+    import optuna_dashboard
+
+    served = {}
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, **options: served.update(options))
+    (study["folder"] / "abliterate-artifacts").mkdir(exist_ok=True)  # analyze, dose or controls made it
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    status, out, err = run(capsys, "dashboard", "--storage", study["url"], "--port", port)
+    assert status == 0, err
+    assert str(served["artifact_store"]._base_path) == str(study["folder"] / "abliterate-artifacts")
+    assert f"plots from {study['folder'] / 'abliterate-artifacts'}" in out
+
+
+def test_one_rule_says_where_a_study_s_artifacts_go(tmp_path, monkeypatch):
+    from storage.artifacts import ENVIRONMENT, artifact_folder, study_folder
+
+    monkeypatch.delenv(ENVIRONMENT, raising=False)
+    monkeypatch.delenv("ABLITERATE_STORAGE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert artifact_folder(f"sqlite:///{tmp_path / 'db' / 's.db'}") == tmp_path / "db" / "abliterate-artifacts"  # beside the database
+    assert artifact_folder(None) == tmp_path / "abliterate-artifacts"  # the default database is in the current folder
+    assert artifact_folder("postgresql+psycopg2://u@h/d") == tmp_path / "abliterate-artifacts"
+    monkeypatch.setenv(ENVIRONMENT, str(tmp_path / "deployed"))
+    assert artifact_folder("postgresql+psycopg2://u@h/d") == tmp_path / "deployed"
+    assert artifact_folder(f"sqlite:///{tmp_path / 's.db'}", "given") == tmp_path / "given"
+    assert study_folder(tmp_path, "../a/b", 3) == tmp_path / "_a_b" / "trial-3"  # any name stays one folder inside
 
 
 def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_layers(capsys, tmp_path):

@@ -179,6 +179,11 @@ def test_a_failing_finish_writes_nothing(tiny, tmp_path):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """A SQLite study of a tiny qwen3 (whose folder has a card) with one finished, promoted trial."""
+    return make_study(tmp_path_factory.mktemp("study"))
+
+
+def make_study(folder, dtype=torch.float32):
+    """The study of :func:`study` in ``folder``, its base model saved in ``dtype`` (searched in fp32)."""
     import optuna
 
     from ablation.tiny import tiny_model
@@ -191,9 +196,9 @@ def study(tmp_path_factory):
     from storage.promotions import PromotionStore
     from storage.rdb import open_storage
 
-    folder = tmp_path_factory.mktemp("study")
     model, tokenizer = tiny_model("qwen3")
-    model.save_pretrained(folder / "model")
+    model.to(dtype).save_pretrained(folder / "model")
+    model.float()
     tokenizer.save_pretrained(folder / "model")
     (folder / "model" / "README.md").write_text(BASE_CARD)
     config = StudyConfig.split(str(folder / "model"), "demo-harmful", "demo-harmless", (4, 6, 6), n_trials=4, batch_size=8, seed=5)
@@ -303,6 +308,31 @@ def test_a_record_that_does_not_rebuild_its_weights_writes_nothing(exported, stu
     assert sorted(os.listdir(tmp_path)) == ["tampered"]
 
 
+def test_export_keeps_the_base_model_s_dtype_unless_asked(tmp_path, capsys):
+    """A bf16 base searched in fp32 on the CPU is exported in bf16 (not at twice its size), and its
+    record rebuilds it bit for bit; --dtype fp32 asks for the searched precision."""
+    from safetensors import safe_open
+
+    bf16 = make_study(tmp_path / "study", torch.bfloat16)
+    assert bf16["config"].dtype == "auto"  # fp32 on this CPU
+
+    def exported(*options):
+        out = tmp_path / ("export" + "".join(options))
+        status, _, err = run(capsys, "export", "--storage", bf16["url"], "--study", "s", "--trial", 0, "--out", out, "--device", "cpu", *options)
+        assert status == 0, err
+        with safe_open(out / "model.safetensors", "pt") as weights:
+            dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}
+        return out, dtypes, json.loads((out / "reproduce.json").read_text())["base"]["dtype"]
+
+    out, dtypes, recorded = exported()
+    assert dtypes == {"BF16"} and recorded == "bfloat16"
+    status, _, err = run(capsys, "export", "--from-file", out / "reproduce.json", "--model", bf16["model"], "--out", tmp_path / "rebuilt")
+    assert status == 0, err
+    assert tree(tmp_path / "rebuilt") == tree(out)
+    _, dtypes, recorded = exported("--dtype", "fp32")
+    assert dtypes == {"F32"} and recorded == "float32"
+
+
 @pytest.mark.parametrize("env, message", [
     ({"HF_HUB_OFFLINE": "1"}, "error: cannot push to me/tiny: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1)"),
     ({"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_not_a_token"},
@@ -321,6 +351,7 @@ def test_push_to_hub_fails_in_one_line_before_anything_is_written(study, tmp_pat
     (["--from-file", "r.json"], "error: --from-file needs --model BASE"),
     (["--trial", "0", "--model", "m"], "error: --model goes with --from-file"),
     (["--from-file", "/no/reproduce.json", "--model", "m"], "error: reproduction file /no/reproduce.json does not exist"),
+    (["--from-file", "r.json", "--model", "m", "--dtype", "bf16"], "error: --dtype goes with --trial"),
 ])
 def test_bad_export_arguments_are_one_line(args, message, tmp_path, capsys):
     status, out, err = run(capsys, "export", *args, "--out", tmp_path / "out")

@@ -193,6 +193,40 @@ def test_help_is_quick_and_imports_nothing_heavy():
     assert result.stdout.strip() == "[]"
 
 
+def test_simple_errors_come_before_torch_is_imported(tmp_path):
+    """A missing database or a wrong model path is told at once: importing torch and transformers
+    takes seconds (about 30 on a loaded machine) and such an error needs neither."""
+    commands = [["front"], ["export", "--trial", "0", "--out", "x"], ["worker"], ["dashboard"], ["controls", "--trial", "0"],
+                ["dose", "--trial", "0"], ["analyze"]]
+    wrong_path = [["search", "--model", "/no/such/model", "--storage", "missing.db"], ["inspect", "--model", "/no/such/model"],
+                  ["directions", "--model", "/no/such/model", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--out", "d"],
+                  ["evaluate", "--model", "/no/such/model", "--base", "/no/such/model"]]
+    probe = ("import sys, contextlib, io\n"
+             "from search.cli import main\n"
+             f"for command in {commands!r}:\n"
+             "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+             "        status = main([*command, '--storage', 'missing.db'])\n"
+             "    assert status == 2 and err.getvalue().startswith('error: no study database at'), (command, err.getvalue())\n"
+             f"for command in {wrong_path!r}:\n"
+             "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
+             "        status = main(command)\n"
+             "    assert status == 2 and err.getvalue().startswith('error: model path /no/such/model does not exist'), (command, err.getvalue())\n"
+             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert not list(tmp_path.iterdir())
+
+
+def test_cpu_advice_is_the_measured_cost_of_the_rest_and_how_to_cut_it():
+    from search.cli.study import cpu_advice
+
+    lines = cpu_advice([250.0, 310.0], 98, 2).splitlines()  # two trials of a 0.5B model took 280 s on average
+    assert lines[0] == "  on the CPU a trial took 280 s (mean of 2): the 98 to go take about 3.8 h with 2 worker(s)"
+    assert all(option in lines[1] for option in ("to spend less", "--trials", "--split", "--max-new-tokens", "--batch-size"))
+    assert cpu_advice([5.0], 99, 1).splitlines() == ["  on the CPU a trial took 5.0 s (mean of 1): the 99 to go take about 8 min with 1 worker(s)"]
+
+
 def test_cli_choices_are_the_library_names():
     from ablation.directions import METHODS
     from objectives import gate, judges, refusal
@@ -230,15 +264,27 @@ def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
     from search.cli.browse import front_table
     from search.cli.promotion import summary_table
 
-    trials = [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
-                              params={"method": "mean-projected", "scope": "per-layer"})
-              for n, refusal, kl in ((1234, 0.938, 0.0000812), (26, 0.104, 0.000231), (2, 0.0, 0.00091))]
-    lines = _render(front_table("a-study-with-a-long-name", trials))
+    def trials(different):
+        return [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
+                                params={"method": "mean-projected", "scope": "per-layer"} | different.get(n, {}))
+                for n, refusal, kl in ((1234, 0.938, 0.0000812), (26, 0.104, 0.000231), (2, 0.0, 0.00091))]
+
+    base = {"refusal": 0.97, "refusal_rate": 0.96, "degenerate_rate": 0.01, "prompts": 100}
+    # The intervention differs between trials (absent where a space searches none: ablate); the
+    # method, the same in every row, is stated once under the table to keep it within 80 columns.
+    lines = _render(front_table("a-study-with-a-long-name", trials({26: {"intervention": "heads"}, 2: {"scope": "global"}}), base))
     assert max(map(len, lines)) <= 80
-    rows = [line for line in lines if "mean-projected" in line]
-    assert len(rows) == 3 and all("per-layer" in row and "2%" in row for row in rows)
-    assert [row.split()[0] for row in rows] == ["2", "26", "1234"]  # fewest refusals first
-    assert "0.000231" in rows[1] and "94%" in rows[2]
+    assert lines[1].split() == ["trial", "refusal", "KL", "refused", "degen", "scope", "intervention"]
+    rows = [line.split() for line in lines if line.split()[:1] in (["2"], ["26"], ["1234"], ["base"])]
+    assert rows == [["2", "0.000", "0.00091", "0%", "2%", "global", "ablate"],  # fewest refusals first
+                    ["26", "0.104", "0.000231", "10%", "2%", "per-layer", "heads"],
+                    ["1234", "0.938", "8.12e-05", "94%", "2%", "per-layer", "ablate"],
+                    ["base", "0.970", "0", "96%", "1%"]]  # the unedited model, below the front
+    assert "every trial: method mean-projected" in " ".join(lines)
+    # Every edit column varies: all shown, every figure whole, at most a name cut short.
+    lines = _render(front_table("s", trials({26: {"intervention": "amplify", "method": "mean"}, 2: {"scope": "global"}})))
+    assert max(map(len, lines)) <= 80 and "every trial" not in " ".join(lines)
+    assert lines[3].split()[:6] == ["2", "0.000", "0.00091", "0%", "2%", "mean-projected"]
 
     gate = {"reason": "no eligible task with raw p < 0.1 (best 0.222); " * 3, "tasks": [{"p": 0.2222, "p_holm": 1.0}], "pooled_p": 0.03125}
     promoted = [{"trial": 1234, "status": "no_lift", "confirmation": {"refusal": 0.0469, "base_refusal": 1.0}, "gate": gate},

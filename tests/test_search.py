@@ -172,6 +172,46 @@ def test_interrupted_search_resumes_to_n(postgres_url, model_dir):
     assert len(done) == 5 and kept <= {t.number for t in done}
 
 
+def test_the_base_model_is_measured_once_and_shown_beside_the_front(postgres_url, model_dir):
+    """The worker that computes the directions measures the base model's refusals first; killed
+    right after storing them (before the directions), the worker started in its place computes
+    the directions without measuring again. Start-up says what it does, with the seconds spent."""
+    import json
+    import re
+
+    from search.baseline import BASELINE_ATTR
+
+    args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
+            "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
+            "--device", "cpu", "--heartbeat", 1, "--grace", 2, "--trials", 2]
+    search = abliterate(*args, env=halting("baseline"))
+    log = search.communicate()[0]
+    assert search.returncode == 0, log
+    assert log.count("halt: baseline") == 1 and log.count("measuring the base model's refusals on the 6 evaluation prompts") == 1, log
+    assert log.count("computed here") == 1  # by the worker started in the killed one's place
+    for step in ("loading ", "computing the directions (mean-projected) from 4 harmful and 4 harmless prompts",
+                 "5 designed starting points queued", "the base model's log-probs on the 6 harmless evaluation prompts", "ready: running trials"):
+        assert re.search(r"\[\s*\d+ s\] " + re.escape(step), log), (step, log)
+    base = load(open_storage(postgres_url), "s")[0].user_attrs[BASELINE_ATTR]
+    assert base["prompts"] == 6 and 0 <= base["refusal"] <= 1 and set(base) >= {"refusal_rate", "degenerate_rate", "seconds"}
+    assert f"base model (unedited) on the 6 evaluation prompts: refusal {base['refusal']:.3f}" in log
+    front_rows = [line.split() for line in log.splitlines() if line.split()[:1] == ["base"]]
+    assert front_rows == [["base", f"{base['refusal']:.3f}", "0", f"{base['refusal_rate']:.0%}", f"{base['degenerate_rate']:.0%}"]]
+    front = abliterate("front", "--storage", postgres_url, "--study", "s", "--json")
+    rows = json.loads(front.communicate()[0])
+    assert rows and all(row["base"] == base for row in rows)
+
+    # On the CPU, once a trial has finished, what the rest costs and how to spend less, once.
+    resumed = abliterate(*args[:-1], 4, env=halting("sampled@2", "wait"), stdin=subprocess.PIPE)
+    head = read_until(resumed, "on the CPU a trial took")
+    log = head + resumed.communicate("go\n")[0]
+    assert resumed.returncode == 0, log
+    per_trial = sum(t.user_attrs["seconds_total"] for t in trials(postgres_url)[:2]) / 2
+    took = f"{per_trial:.0f}" if per_trial >= 10 else f"{per_trial:.1f}"
+    assert f"on the CPU a trial took {took} s (mean of 2): the 2 to go take about" in log
+    assert log.count("on the CPU a trial took") == 1 and "measuring" not in log
+
+
 def test_ctrl_c_requeues_the_running_trial_and_says_so_once(postgres_url, model_dir):
     """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) in the middle of a trial:
     one line, exit 130, and the trial queued again at once as the same candidate."""

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 
-from search.cli.common import BATCH_HELP, add_command, positive, study_options
+from search.cli.common import BATCH_HELP, METHODS, add_command, positive, study_options
 
 DEFAULT_ALPHAS = "-2,-1,-0.5,0,0.5,1,2"
-ARTIFACTS_HELP = "Optuna file-system artifact store the plots are attached in (show them with abliterate dashboard --artifacts DIR)"
+ARTIFACTS_HELP = ("the study's artifact folder: an Optuna file-system artifact store the plots are attached in, which "
+                  "abliterate dashboard shows (default: $ABLITERATE_ARTIFACTS, else abliterate-artifacts beside the SQLite "
+                  "database, or in the current folder for PostgreSQL)")
 
 
 def register(commands) -> None:
@@ -21,8 +23,10 @@ def register(commands) -> None:
     analyze.add_argument("--methods", default="mean,mean-projected,pca,probe", help="comma-separated direction methods")
     analyze.add_argument("--categories", default=None, metavar="FIELD|kmeans[:K]",
                          help="the refusal cone: one direction per category, from a column of the harmful source or k-means clusters")
-    analyze.add_argument("--out", required=True, help="folder for analysis.json, layers.png, cosines.png")
-    analyze.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
+    analyze.add_argument("--out", default=None,
+                         help="folder for analysis.json, layers.png, cosines.png (needed with --model; for a study, default: "
+                              "the study's folder in the artifact folder, ARTIFACTS/STUDY)")
+    analyze.add_argument("--artifacts", default=None, metavar="DIR", help=ARTIFACTS_HELP)
     _run_options(analyze)
     analyze.set_defaults(run=_analyze)
 
@@ -45,7 +49,9 @@ def register(commands) -> None:
     dose.add_argument("--harmless", default=None, help="prompt source (default: the study's evaluation set, or benign[0:64])")
     dose.add_argument("--edgy", default="rho-edgy[0:64]", help="benign-but-edgy prompts for over-refusal ('none' to skip)")
     dose.add_argument("--max-new-tokens", type=positive, default=48)
-    dose.add_argument("--out", required=True, help="folder for dose.json and dose.png")
+    dose.add_argument("--out", default=None,
+                      help="folder for dose.json and dose.png (needed with --direction; for a trial, default: ARTIFACTS/STUDY/trial-N)")
+    dose.add_argument("--artifacts", default=None, metavar="DIR", help=ARTIFACTS_HELP)
     _run_options(dose)
     dose.set_defaults(run=_dose)
 
@@ -55,8 +61,8 @@ def register(commands) -> None:
     controls.add_argument("--random", type=positive, default=20, help="random directions baked with the trial's profile")
     controls.add_argument("--seed", type=int, default=0, help="seed of the random directions")
     controls.add_argument("--no-holdout", action="store_true", help="skip the holdout-learned direction")
-    controls.add_argument("--out", default=None, help="folder for controls.json and controls.png (default: abliterate-controls/STUDY/trial-N)")
-    controls.add_argument("--artifacts", default="abliterate-artifacts", help=ARTIFACTS_HELP)
+    controls.add_argument("--out", default=None, help="folder for controls.json and controls.png (default: ARTIFACTS/STUDY/trial-N)")
+    controls.add_argument("--artifacts", default=None, metavar="DIR", help=ARTIFACTS_HELP)
     controls.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     controls.set_defaults(run=_controls)
 
@@ -87,35 +93,47 @@ def _layer_range(text: str | None, num_layers: int) -> tuple[int, int] | None:
 
 
 def _analyze(args) -> int:
-    from ablation.directions import METHODS as ANALYSIS_METHODS
-    from ablation.loading import load_model
-    from objectives.analysis import analyze_layers
-    from objectives.plots import cosine_heatmap, layer_curves
+    from pathlib import Path
+
     from objectives.prompts import load_prompts
-    from objectives.refusal import ChatFormat
-    from search.analysis import attach, write_json
-    from search.trial import capture_extraction
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in ANALYSIS_METHODS]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
-        raise _error(f"--methods: unknown {', '.join(unknown) or 'none given'}; use some of {', '.join(ANALYSIS_METHODS)}")
-    chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
+        raise _error(f"--methods: unknown {', '.join(unknown) or 'none given'}; use some of {', '.join(METHODS)}")
     storage = study = None
     if args.model:
         if not (args.harmful and args.harmless):
             raise _error("--model needs --harmful and --harmless prompt sources (or leave --model out and give --storage/--study)")
+        if not args.out:
+            raise _error("analyze --model writes only where --out DIR says; pass --out (a study's analysis has a default folder)")
         harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
         labels, k = _categories(args.categories, args.harmful, len(harmful))
-        loaded = load_model(args.model, args.dtype, args.device)
-        title = args.model
+        out = Path(args.out).expanduser()
     else:
-        from search.analysis import cached_directions, chat_of, load_study_model, open_study
+        from search.analysis import open_study
+        from storage.artifacts import artifact_folder, study_folder
 
         storage, study, config = open_study(args.storage, args.study)
         prompts = config.prompts()
         harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
         labels, k = _categories(args.categories, config.harmful["extraction"], len(harmful))
+        artifacts = artifact_folder(args.storage, args.artifacts)
+        out = Path(args.out).expanduser() if args.out else study_folder(artifacts, args.study)
+    # torch, transformers and scikit-learn only now: bad arguments are told at once
+    from ablation.loading import load_model
+    from objectives.analysis import analyze_layers
+    from objectives.plots import cosine_heatmap, layer_curves
+    from objectives.refusal import ChatFormat
+    from search.analysis import write_json
+    from search.trial import capture_extraction
+
+    if study is None:
+        loaded, title = load_model(args.model, args.dtype, args.device), args.model
+        chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
+    else:
+        from search.analysis import cached_directions, chat_of, load_study_model
+
         cached = cached_directions(storage, args.study, config)
         loaded, chat, title = load_study_model(config, args.device), chat_of(config), f"study {args.study} ({config.model})"
     residuals = capture_extraction(loaded, harmful, harmless, chat, args.batch_size)
@@ -128,7 +146,7 @@ def _analyze(args) -> int:
 
         result["cached_cosine"] = {}
         for method, cached_direction in cached.items():
-            computed = by_method(method, *residuals)[0] if method in ANALYSIS_METHODS else None
+            computed = by_method(method, *residuals)[0] if method in METHODS else None
             if computed is not None and computed.shape == cached_direction.shape:  # per-layer unit directions [L, H]
                 result["cached_cosine"][method] = (computed * cached_direction).sum(-1).tolist()
     cone_line = None
@@ -143,9 +161,6 @@ def _analyze(args) -> int:
                      f"{cone['effective_dimension']:.2f}, silhouette {cone['silhouette']:.2f}; "
                      + ", ".join(f"{name} strength {size:.3g} specificity {own:.2f}"
                                  for name, size, own in zip(cone["categories"], cone["strength"], cone["specificity"])))
-    from pathlib import Path
-
-    out = Path(args.out).expanduser()
     paths = [write_json(out / "analysis.json", result), layer_curves(analysis, out / "layers.png", f"where refusal is readable: {title}"),
              cosine_heatmap(analysis, out / "cosines.png", f"cosines between methods: {title}")]
     if cone_line:
@@ -159,13 +174,23 @@ def _analyze(args) -> int:
     print(f"mean difference, held out: highest AUC from layer {analysis.best_layer_heldout} "
           f"(AUC {analysis.auc_heldout[analysis.best_layer_heldout]:.3f}); probe accuracy per layer "
           + " ".join(f"{a:.2f}" for a in analysis.probe_accuracy))
-    if study is not None:
-        ids = attach(storage, study, paths[1:], args.artifacts)
-        print(f"attached {len(ids)} plots to study {args.study!r} in {Path(args.artifacts).expanduser().resolve()} "
-              f"(abliterate dashboard --artifacts {args.artifacts})")
     for path in paths:
         print(f"wrote {path}")
+    if study is not None:
+        _attach(storage, study, paths[1:], artifacts, args)
     return 0
+
+
+def _attach(storage, study, paths, artifacts, args, prefix: str = "") -> None:
+    """Attach ``paths`` (plots) to the study in the artifact folder, and say where and how to see them."""
+    from search.analysis import attach
+    from storage.urls import redacted
+
+    attach(storage, study, paths, artifacts, prefix)
+    names = ", ".join(f"{prefix}{path.name}" for path in paths)
+    storage_flag = f" --storage {redacted(args.storage)}" if args.storage else ""
+    print(f"attached {names} to study {args.study!r} in {artifacts} (abliterate dashboard{storage_flag} shows them"
+          + ("" if args.artifacts is None else f" with --artifacts {artifacts}") + ")")
 
 
 def _categories(spec: str | None, harmful_source: str, count: int) -> tuple[list[str] | None, int | None]:
@@ -189,20 +214,20 @@ def _categories(spec: str | None, harmful_source: str, count: int) -> tuple[list
 def _dose(args) -> int:
     from pathlib import Path
 
+    if (args.direction is None) == (args.trial is None):
+        raise _error("give either --direction FILE (with --model) or --storage URL --study NAME --trial N")
+    if args.direction and not args.out:
+        raise _error("dose --direction writes only where --out DIR says; pass --out (a study's trial has a default folder)")
+    edit = _file_edit(args) if args.direction else _trial_edit(args)
     import torch
 
     from ablation import Baker, find_writers
     from ablation.profile import Profile
-    from objectives.analysis import parse_alphas
     from objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
     from objectives.plots import dose_curves
     from search.analysis import write_json
 
-    alphas = parse_alphas(args.alphas)
-    if (args.direction is None) == (args.trial is None):
-        raise _error("give either --direction FILE (with --model) or --storage URL --study NAME --trial N")
-    edit = _file_edit(args) if args.direction else _trial_edit(args)
-    loaded, profile, num_layers = edit["loaded"], edit["profile"], edit["num_layers"]
+    alphas, loaded, profile, num_layers = edit["alphas"], edit["loaded"], edit["profile"], edit["num_layers"]
     span = _layer_range(args.layers, num_layers)
     if args.mode == "ablate":
         if span:
@@ -231,28 +256,36 @@ def _dose(args) -> int:
     print(f"refusal crosses 50% at alpha {dose_text(response.refusal_50)}; over-refusal at {dose_text(response.over_refusal_50)}"
           + ("" if edit["edgy"] else " (no --edgy prompts)")
           + (f"; therapeutic index {response.therapeutic_index:.2f}" if response.therapeutic_index is not None else ""))
-    out = Path(args.out).expanduser()
+    out = Path(args.out).expanduser() if args.out else edit["out"]
     result = response.as_dict() | {"mode": args.mode, "source": edit["title"], "layers": args.layers, "harmful": len(edit["harmful"]),
                                    "harmless": len(edit["harmless"]), "edgy": len(edit["edgy"] or [])}
-    for path in (write_json(out / "dose.json", result), dose_curves(response, out / "dose.png", args.mode, f"dose response: {edit['title']}")):
+    paths = [write_json(out / "dose.json", result), dose_curves(response, out / "dose.png", args.mode, f"dose response: {edit['title']}")]
+    for path in paths:
         print(f"wrote {path}")
+    if args.trial is not None:
+        _attach(edit["storage"], edit["study"], paths[1:], edit["artifacts"], args, prefix=f"trial-{args.trial}-")
     return 0
 
 
 def _file_edit(args) -> dict:
     """What ``dose --direction FILE --model M`` sweeps: the direction of one layer, baked
     uniformly (ablate) or added at that layer (steer)."""
-    from ablation.architectures import decoder_layers
-    from ablation.loading import load_model
-    from ablation.profile import Profile
+    from ablation.locate import local_model
     from objectives.prompts import load_prompts
-    from objectives.refusal import ChatFormat
 
     if not args.model:
         raise _error("--direction needs --model: the model the directions were computed on")
-    stack, means = _direction_file(args.direction)
+    local_model(args.model)
     edgy = _edgy(args)
     harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
+    stack, means = _direction_file(args.direction)
+    from ablation.architectures import decoder_layers
+    from ablation.loading import load_model
+    from ablation.profile import Profile
+    from objectives.analysis import parse_alphas
+    from objectives.refusal import ChatFormat
+
+    alphas = parse_alphas(args.alphas)
     loaded = load_model(args.model, args.dtype, args.device)
     hidden, num_layers = loaded.model.config.get_text_config().hidden_size, len(decoder_layers(loaded.model))
     if stack.shape[-1] != hidden or (stack.dim() == 2 and stack.shape[0] != num_layers):
@@ -263,7 +296,7 @@ def _file_edit(args) -> dict:
         layer = args.direction_layer if args.direction_layer is not None else _furthest_apart(means, stack)
         if not 0 <= layer < num_layers:
             raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
-    return {"loaded": loaded, "chat": ChatFormat(enable_thinking=False if args.no_thinking else None), "harmful": harmful,
+    return {"alphas": alphas, "loaded": loaded, "chat": ChatFormat(enable_thinking=False if args.no_thinking else None), "harmful": harmful,
             "harmless": harmless, "edgy": edgy, "direction": stack if layer is None else stack[layer], "stack": None,
             "profile": Profile.uniform(1.0), "norm_preserving": False, "heads": None, "layer": layer, "num_layers": num_layers,
             "title": f"{args.model}, direction of layer {layer}" if layer is not None else args.model}
@@ -272,9 +305,9 @@ def _file_edit(args) -> dict:
 def _trial_edit(args) -> dict:
     """What ``dose --study NAME --trial N`` sweeps: the trial's own direction and profile on the
     study's evaluation prompts (unless other sources are given)."""
-    from ablation.architectures import decoder_layers
     from objectives.prompts import load_prompts
-    from search.analysis import cached_directions, chat_of, finished_trial, load_study_model, open_study, trial_edit, trial_heads
+    from search.analysis import finished_trial, open_study
+    from storage.artifacts import artifact_folder, study_folder
 
     storage, study, config = open_study(args.storage, args.study)
     trial = finished_trial(study, args.trial)
@@ -282,15 +315,22 @@ def _trial_edit(args) -> dict:
     prompts = config.prompts()
     harmful = load_prompts(args.harmful) if args.harmful else prompts["harmful", "evaluation"]
     harmless = load_prompts(args.harmless) if args.harmless else prompts["harmless", "evaluation"]
+    artifacts = artifact_folder(args.storage, args.artifacts)
+    from ablation.architectures import decoder_layers
+    from objectives.analysis import parse_alphas
+    from search.analysis import cached_directions, chat_of, load_study_model, trial_edit, trial_heads
+
+    alphas = parse_alphas(args.alphas)
     directions = cached_directions(storage, args.study, config)
     candidate, direction, profile = trial_edit(trial.params, directions)
     loaded = load_study_model(config, args.device)
     # Steering without --layers adds the vector where the direction was read (the profile's peak for per-layer directions).
     layer = round(candidate.direction_index if candidate.scope == "global" else profile.kernels["attn"].peak)
-    return {"loaded": loaded, "chat": chat_of(config), "harmful": harmful, "harmless": harmless, "edgy": edgy,
+    return {"alphas": alphas, "loaded": loaded, "chat": chat_of(config), "harmful": harmful, "harmless": harmless, "edgy": edgy,
             "direction": direction, "stack": direction if direction.dim() == 2 else None, "profile": profile,
             "norm_preserving": candidate.norm_preserving, "heads": trial_heads(candidate, directions, loaded), "layer": layer,
-            "num_layers": len(decoder_layers(loaded.model)), "title": f"trial {args.trial} of {args.study}"}
+            "num_layers": len(decoder_layers(loaded.model)), "title": f"trial {args.trial} of {args.study}",
+            "storage": storage, "study": study, "artifacts": artifacts, "out": study_folder(artifacts, args.study, args.trial)}
 
 
 def _edgy(args):
@@ -303,12 +343,12 @@ def _direction_file(path: str):
     """(directions [L, H] or [H], per-layer class means or None) from a directions file."""
     from pathlib import Path
 
+    if not Path(path).expanduser().is_file():
+        raise _error(f"direction file {path} does not exist; write one with abliterate directions --out FILE")
     from safetensors import SafetensorError
 
     from ablation.residuals import load_residuals
 
-    if not Path(path).expanduser().is_file():
-        raise _error(f"direction file {path} does not exist; write one with abliterate directions --out FILE")
     try:
         tensors = load_residuals(Path(path).expanduser())
     except (SafetensorError, OSError, ValueError) as error:
@@ -334,33 +374,25 @@ def _furthest_apart(means, stack) -> int:
 def _controls(args) -> int:
     from pathlib import Path
 
-    from objectives.plots import controls_plot
-    from search.analysis import (
-        attach,
-        cached_directions,
-        finished_trial,
-        load_study_model,
-        open_study,
-        record_controls,
-        run_controls,
-        verdict,
-        write_json,
-    )
+    from search.analysis import finished_trial, open_study
+    from storage.artifacts import artifact_folder, study_folder
 
     storage, study, config = open_study(args.storage, args.study)
     trial = finished_trial(study, args.trial)
     prompts = config.prompts()
+    artifacts = artifact_folder(args.storage, args.artifacts)
+    out = Path(args.out).expanduser() if args.out else study_folder(artifacts, args.study, args.trial)
+    from objectives.plots import controls_plot
+    from search.analysis import cached_directions, load_study_model, record_controls, run_controls, verdict, write_json
+
     directions = cached_directions(storage, args.study, config)
     loaded = load_study_model(config, args.device)
     result = run_controls(loaded, config, prompts, trial.params, directions, args.random, args.seed, not args.no_holdout, log=print)
     record_controls(storage, study, trial, result)
     print(f"trial {args.trial}: {verdict(result)}")
-    out = Path(args.out or f"abliterate-controls/{args.study}/trial-{args.trial}").expanduser()
     paths = [write_json(out / "controls.json", result | {"study": args.study, "trial": args.trial}),
              controls_plot(result, out / "controls.png", f"controls: trial {args.trial} of {args.study}")]
-    attach(storage, study, paths[1:], args.artifacts, prefix=f"trial-{args.trial}-")
-    print(f"attached the plot to study {args.study!r} as trial-{args.trial}-controls.png in "
-          f"{Path(args.artifacts).expanduser().resolve()} (abliterate dashboard --artifacts {args.artifacts})")
     for path in paths:
         print(f"wrote {path}")
+    _attach(storage, study, paths[1:], artifacts, args, prefix=f"trial-{args.trial}-")
     return 0

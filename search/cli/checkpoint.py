@@ -25,6 +25,9 @@ def register(commands) -> None:
     export.add_argument("--model", metavar="BASE", help="with --from-file: the base model (hub id, folder or .gguf file)")
     export.add_argument("--out", required=True)
     export.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: auto; with --from-file, the recorded device)")
+    export.add_argument("--dtype", default=None, choices=("stored", "auto", "bf16", "fp16", "fp32"),
+                        help="stored (the base model's own dtype, as its config states), bf16, fp16, fp32 or auto (bf16 on GPU, "
+                             "fp32 on CPU) (default: stored; with --from-file, the recorded dtype)")
     export.add_argument("--overwrite", action="store_true")
     export.add_argument("--force", action="store_true", help="export a trial over the study's KL cap too")
     export.add_argument("--base-model-id", metavar="ORG/NAME", default=None,
@@ -40,6 +43,8 @@ def _export(args) -> int:
         raise AblationError("--from-file needs --model BASE: the base model the record was exported from")
     if args.trial is not None and args.model:
         raise AblationError("--model goes with --from-file; a study knows its model (use --trial alone)")
+    if args.from_file and args.dtype:
+        raise AblationError("--dtype goes with --trial; --from-file rebuilds in the recorded dtype, bit for bit")
     from ablation.export import check_target
 
     check_target(args.out, args.overwrite)  # before a model is loaded: a read-only or misnamed --out is told at once
@@ -52,7 +57,7 @@ def _export(args) -> int:
         print(f"rebuilt {out} from {args.from_file}: every weight file matches the recorded sha256")
     else:
         out = export_trial(args.storage, args.study, args.trial, args.out, args.device or "auto", args.overwrite, args.base_model_id,
-                           args.force)
+                           args.force, args.dtype or "stored")
         print(f"wrote trial {args.trial} of {args.study!r} to {out} (model card README.md, reproduce.json)")
     if args.push_to_hub:
         print(f"pushed to {push(out, args.push_to_hub)}")

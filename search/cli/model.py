@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from ablation.locate import local_model
 from search.cli.common import (
     BATCH_HELP,
     METHODS,
@@ -60,6 +61,7 @@ def register(commands) -> None:
 
 
 def _inspect(args) -> int:
+    local_model(args.model)  # a wrong path is told before torch is imported
     from ablation.architectures import find_writers
 
     loaded = load(args, tokenizer=False)  # the writers are in the weights: a folder without a tokenizer is fine
@@ -90,6 +92,7 @@ def print_writers(writers, title: str) -> None:
 def _directions(args) -> int:
     from pathlib import Path
 
+    local_model(args.model)
     from ablation.directions import by_method
     from ablation.export import check_writable
     from ablation.residuals import capture_last_token, save_residuals
@@ -114,6 +117,8 @@ def _directions(args) -> int:
 
 
 def _evaluate(args) -> int:
+    local_model(args.model)
+    local_model(args.base)
     import json
 
     from rich.markup import escape

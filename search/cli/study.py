@@ -179,10 +179,9 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     prints it once, after its promotions)."""
     import optuna
 
-    from ablation.loading import check_model
+    from ablation.locate import local_model
     from search.launcher import supervise
     from search.study import create_or_resume
-    from search.worker import finished
     from storage.errors import DatabaseUnreachable
     from storage.rdb import check_storage, open_storage
     from storage.urls import normalize_url, redacted
@@ -197,6 +196,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         from ablation.sae import load_saes
 
         load_saes(config.sae, None)  # no SAE files, or damaged ones (their fit to the model is checked by the worker)
+    local_model(config.model)  # a wrong path is refused before torch and transformers are imported (seconds)
+    from ablation.loading import check_model
+    from search.worker import FINISHED, finished
+
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code, config.dtype)
     if config.judge not in ("markers", "llm"):
         config.judge_settings().build()  # a plug-in judge that cannot be imported or made fails here, in one line
@@ -220,10 +223,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         if dropped(warm):
             out.print(f"  warm start: dropped what this study's space does not search: {', '.join(dropped(warm))}", highlight=False)
 
-    last = ""
+    last, advised = "", False
 
     def progress():
-        nonlocal last
+        nonlocal last, advised
         try:
             with opened.patience(0):  # a tick must not hold up the supervision of the workers
                 states = [t.state.name for t in study.get_trials(deepcopy=False)]
@@ -239,6 +242,15 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         if line != last:
             out.print(line, highlight=False)
             last = line
+        if cpu_workers and not advised and done:
+            try:
+                seconds = [t.user_attrs["seconds_total"] for t in study.get_trials(deepcopy=False, states=FINISHED)
+                           if "seconds_total" in t.user_attrs]
+            except SQLAlchemyError:
+                return
+            if seconds and done < config.n_trials:
+                out.print(cpu_advice(seconds, config.n_trials - done, len(devices)), highlight=False)
+            advised = bool(seconds)
 
     cpu_workers = sum(d == "cpu" or (d == "auto" and not _has_gpu()) for d in devices)
     if cpu_workers:
@@ -255,6 +267,22 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     return status
 
 
+def cpu_advice(seconds: list[float], remaining: int, workers: int) -> str:
+    """What the rest of a study costs on the CPU, from the ``seconds`` its finished trials took
+    there, and, when that is an hour or more, how to spend less: said once, after the first trial."""
+    per_trial = sum(seconds) / len(seconds)
+    left = remaining * per_trial / workers
+    time_left = f"{left / 3600:.1f} h" if left >= 3600 else f"{left / 60:.0f} min" if left >= 60 else f"{left:.0f} s"
+    took = f"{per_trial:.0f}" if per_trial >= 10 else f"{per_trial:.1f}"
+    line = (f"  on the CPU a trial took {took} s (mean of {len(seconds)}): the {remaining} to go take about {time_left} "
+            f"with {workers} worker(s)")
+    if left < 3600:
+        return line
+    return (f"{line}\n  to spend less: stop early (Ctrl-C keeps what is done; --trials extends it later), or start a study "
+            f"with fewer evaluation prompts (--split 64,50,100: each trial answers all of them), shorter answers "
+            f"(--max-new-tokens 24) and fewer trials (--trials 30); a larger --batch-size where memory allows")
+
+
 def _has_gpu() -> bool:
     import torch
 
@@ -266,14 +294,15 @@ def _worker(args) -> int:
 
     from search.launcher import DATABASE_UNREACHABLE
     from search.study import check_heartbeat, check_local, load
-    from search.worker import run_worker
     from storage.rdb import open_storage
 
     if args.heartbeat and args.grace:
         check_heartbeat(args.heartbeat, args.grace)
-    local = {"model": args.model, "heartbeat_interval": args.heartbeat, "grace_period": args.grace}
-    if any(value is not None for value in local.values()):
-        check_local(load(open_storage(args.storage, create=False), args.study)[1], **local)
+    # A missing database or study is refused before torch is imported (seconds on a busy machine).
+    config = load(open_storage(args.storage, create=False), args.study)[1]
+    check_local(config, model=args.model, heartbeat_interval=args.heartbeat, grace_period=args.grace)
+    from search.worker import run_worker
+
     if args.threads:
         import torch
 
