@@ -244,9 +244,10 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
             last = line
         if cpu_workers and not advised and done:
             try:
-                seconds = [t.user_attrs["seconds_total"] for t in study.get_trials(deepcopy=False, states=FINISHED)
-                           if "seconds_total" in t.user_attrs]
-            except SQLAlchemyError:
+                with opened.patience(0):
+                    seconds = [t.user_attrs["seconds_total"] for t in study.get_trials(deepcopy=False, states=FINISHED)
+                               if "seconds_total" in t.user_attrs]
+            except DatabaseUnreachable:
                 return
             if seconds and done < config.n_trials:
                 out.print(cpu_advice(seconds, config.n_trials - done, len(devices)), highlight=False)
