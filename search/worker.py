@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -25,6 +22,7 @@ from objectives.refusal import ChatFormat, make_proxy
 from search import halt
 from search.directions import compute_payload, directions_key
 from search.front import dominating_point
+from search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
 from search.space import candidate_from_params, starting_points, suggest
 from search.study import load, stop_requested
 from search.trial import (
@@ -56,7 +54,11 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
 
     Each line is flushed as it is logged (default: stdout): a launcher or log collector reading a
     pipe sees a trial when it ends, not when a buffer fills. ``judge_device``: where a separate
-    judge model (the study's ``judge_model``) runs; default ``device``."""
+    judge model (the study's ``judge_model``) runs; default ``device``.
+
+    Interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM under search.interrupts.interrupted_once),
+    the trial it asked is failed and queued again at once as the same candidate, and a direction
+    computation under way gives its cache claim back."""
     log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
     storage = open_storage(storage_url, heartbeat_interval, grace_period, max_retry, create=False)
@@ -70,7 +72,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     prompts = config.prompts()
     chat = ChatFormat(enable_thinking=config.enable_thinking)
     loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    owner = owner_name(os.getpid())
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
     computed_here = False
@@ -79,6 +81,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
     def compute() -> bytes:
         nonlocal computed_here
         computed_here = True
+        halt.at("directions")
         harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
         residuals = capture_extraction(loaded, harmful, harmless, chat, config.batch_size)
         # Once per study, with the directions: the designed first trials (a retried computation
@@ -136,10 +139,17 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", heartbea
 
     ran = 0
     asking = Leases(storage.engine, owner, ttl=ASK_LEASE_SECONDS)
-    with interrupted_once():
+    try:
         while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log)) is not None:
             run_trial(study, trial, objective, heartbeat_interval)
             ran += 1
+    except KeyboardInterrupt as interrupt:
+        let_go(interrupt)
+        try:
+            requeue_trials_of(study, owner)  # wherever it landed: asking, sampling, scoring or telling
+        except (SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            pass  # the database is away: the launcher hands the trial over, or the grace period does
+        raise
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
     return ran
@@ -160,13 +170,15 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
     is asked only while finished plus running trials stay below ``n_trials``, counted and asked
     under one lease so that two workers never both take the last one. While the running trials
     of other workers would reach ``n_trials``, this one waits: they may finish, or die and be
-    re-queued for it to take.
+    re-queued for it to take. The trial is marked as this worker's (search.interrupts) before
+    an interrupt can stop the worker.
     """
     log = log or say
     key = f"ask:{study.study_name}"
     said = ""
     while True:
-        with warnings.catch_warnings():
+        check()
+        with warnings.catch_warnings(), held():  # a dead worker's trial is failed and re-queued in one piece
             warnings.simplefilter("ignore", ExperimentalWarning)
             fail_stale_trials(study)
         if stop_requested(study):
@@ -179,10 +191,12 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
             if done >= n_trials:
                 return None
             if done + running < n_trials:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), held():
                     # Optuna warns that heartbeats belong to Study.optimize; run_trial beats instead.
                     warnings.simplefilter("ignore", UserWarning)
-                    return study.ask()
+                    trial = study.ask()
+                    mark_running(study, trial, asking.owner)
+                return trial
         finally:
             asking.release(key)
         line = f"waiting: {running} running trial(s) would make {n_trials}; a trial of a dead worker comes back here"
@@ -194,60 +208,20 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], tuple[float, ...]],
               heartbeat_interval: float) -> None:
-    """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended.
-
-    Interrupted (Ctrl-C, SIGTERM), the trial is failed and re-queued at once when its params are
-    complete, so a resume runs the same candidate without waiting out the grace period.
-    """
+    """Run ``objective`` on ``trial`` with heartbeats and tell the study how it ended (an
+    interrupt passes through: run_worker re-queues the trial)."""
     halt.at("asked", trial.number)
     with Heartbeat(study._storage, trial._trial_id, heartbeat_interval):
         try:
             values = objective(trial)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
-        except KeyboardInterrupt:
-            requeue(study, trial)
-            raise
         except Exception:
             study.tell(trial, state=TrialState.FAIL)
             raise
         else:
             study.tell(trial, values)
     halt.at("told", trial.number)
-
-
-@contextmanager
-def interrupted_once() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, once: Ctrl-C reaches a launcher and its workers
-    together and the launcher then sends SIGTERM, and a second interrupt must not cut short the
-    re-queueing of the running trial. Outside the main thread (signals cannot be set) a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    raised = False
-
-    def interrupt(signum, frame):
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise KeyboardInterrupt
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Fail an interrupted trial and queue it again like a crashed one (see storage.stale)."""
-    storage = study._storage
-    try:
-        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # it was told or reaped already
 
 
 class Heartbeat:

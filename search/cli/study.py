@@ -85,7 +85,7 @@ def register(commands) -> None:
     heartbeat_options(worker)
     worker.set_defaults(run=_worker)
 
-    launch = add_command(commands, "launch", "one worker process per device, restarted if it dies")
+    launch = add_command(commands, "launch", "a worker process per device listed (twice: two), each restarted if it dies")
     study_options(launch)
     launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
     heartbeat_options(launch)
@@ -257,6 +257,7 @@ def _has_gpu() -> bool:
 def _worker(args) -> int:
     from sqlalchemy.exc import OperationalError
 
+    from search.interrupts import interrupted_once
     from search.launcher import DATABASE_UNREACHABLE
     from search.study import check_local, load
     from search.worker import run_worker
@@ -269,7 +270,8 @@ def _worker(args) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace, judge_device=args.judge_device)
+        with interrupted_once():  # SIGTERM too: the trial is queued again, a direction claim given back
+            run_worker(args.storage, args.study, args.device, args.heartbeat, args.grace, judge_device=args.judge_device)
     except KeyboardInterrupt:
         if not args.supervised:
             raise
