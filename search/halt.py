@@ -4,23 +4,25 @@ known state instead of racing it with a timer.
 ``ABLITERATE_HALT=POINT`` or ``POINT@TRIAL`` (a trial number) names the point (several:
 comma-separated); ``ABLITERATE_HALT_ACTION`` says what happens there: ``kill`` (the default,
 SIGKILL: a crash with nothing cleaned up) or ``wait`` (block until a line arrives on stdin or it
-closes). Either way the worker first prints ``halt: POINT trial N`` on stdout. Unset, every call
-is a no-op.
+closes). Either way the worker first prints ``halt: POINT trial N`` (``halt: POINT`` for a point
+outside trials) on stdout. Unset, every call is a no-op.
 
-Points: ``asked`` (the trial is RUNNING, before its first heartbeat: waiting there, the trial
-counts as crashed once the grace period passes), ``sampling`` (part of its params recorded),
-``sampled`` (all params recorded), ``recorded`` (its figures written, the trial not yet told),
-``told`` (its result stored); and, of no trial, ``baseline`` (the base model's refusals stored,
-the directions not yet).
+Points: ``directions`` (this worker holds the direction cache's claim and is about to compute;
+a ``@TRIAL`` does not restrict it), ``baseline`` (the base model's refusals stored, the
+directions not yet), ``asked`` (the trial is RUNNING, before its first heartbeat: waiting there,
+the trial counts as crashed once the grace period passes), ``sampling`` (part of its params
+recorded), ``sampled`` (all params recorded), ``recorded`` (its figures written, the trial not
+yet told), ``told`` (its result stored).
 """
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 
-POINTS = ("asked", "sampling", "sampled", "recorded", "told", "baseline")
+POINTS = ("directions", "baseline", "asked", "sampling", "sampled", "recorded", "told")
 VARIABLE, ACTION = "ABLITERATE_HALT", "ABLITERATE_HALT_ACTION"
 
 
@@ -37,9 +39,13 @@ def at(point: str, trial_number: int | None = None) -> None:
     """Halt here when the environment asks for ``point`` (of this trial); otherwise return at once."""
     if not wanted(point, trial_number):
         return
-    print(f"halt: {point}" + ("" if trial_number is None else f" trial {trial_number}"), flush=True)
+    print(f"halt: {point}" if trial_number is None else f"halt: {point} trial {trial_number}", flush=True)
     if os.environ.get(ACTION, "kill") == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    # A blocking read is cut short only by a signal the main thread itself receives, and the
+    # kernel may hand Ctrl-C to any thread (torch starts several): poll, so that it arrives.
+    while not select.select([sys.stdin], [], [], 0.1)[0]:
+        pass
     sys.stdin.readline()
 
 

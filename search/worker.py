@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import math
 import os
-import signal
-import socket
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable
+from contextlib import nullcontext, suppress
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -24,6 +22,7 @@ from objectives.refusal import ChatFormat, make_proxy
 from search import baseline, halt
 from search.directions import compute_payload, directions_key
 from search.front import dominating_point
+from search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
 from search.space import candidate_from_params, starting_points, suggest
 from search.study import load, stop_requested
 from search.trial import (
@@ -58,7 +57,11 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     pipe sees a trial when it ends, not when a buffer fills. ``judge_device``: where a separate
     judge model (the study's ``judge_model``) runs; default ``device``. Heartbeats follow the
     study's interval and grace period. A lost database is waited for up to the grace period (after
-    that, the running trial counts as crashed anyway): then DatabaseUnreachable."""
+    that, the running trial counts as crashed anyway): then DatabaseUnreachable.
+
+    Interrupted (KeyboardInterrupt: Ctrl-C, or SIGTERM under search.interrupts.interrupted_once),
+    the trial it asked is failed and queued again at once as the same candidate, and a direction
+    computation under way gives its cache claim back."""
     log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
     storage = open_storage(storage_url, max_retry=max_retry, create=False)
@@ -82,7 +85,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     step(f"loading {config.model} (dtype {config.dtype}, device {device})")
     loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
     step(f"loaded: {str(loaded.model.dtype).removeprefix('torch.')} on {loaded.device}")
-    owner = f"{socket.gethostname()}:{os.getpid()}"
+    owner = owner_name(os.getpid())
     cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
     computed_here = False
@@ -91,6 +94,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     def compute() -> bytes:
         nonlocal computed_here
         computed_here = True
+        halt.at("directions")
         harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
         step(f"computing the directions ({', '.join(methods)}) from {len(harmful)} harmful and {len(harmless)} harmless prompts")
         residuals = capture_extraction(loaded, harmful, harmless, chat, config.batch_size)
@@ -163,10 +167,17 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
 
     ran = 0
     asking = Leases(storage.engine, owner, ttl=ASK_LEASE_SECONDS)
-    with interrupted_once():
+    try:
         while (trial := claim(study, config.n_trials, asking, poll=min(5.0, heartbeat_interval), log=log,
                               ride_out=storage.ride_out)) is not None:
             ran += run_trial(study, trial, objective, heartbeat_interval, grace_period, log)
+    except KeyboardInterrupt as interrupt:
+        let_go(interrupt)
+        # An interrupted worker does not wait out an outage: its trial then counts as crashed once
+        # the grace period passes (or its launcher hands it over), and is retried.
+        with _impatient(study), suppress(DatabaseUnreachable):
+            requeue_trials_of(study, owner)  # wherever it landed: asking, sampling, scoring or telling
+        raise
     if stop_requested(study):
         log(f"study {study_name!r} was stopped: {stop_requested(study)['reason']}")
     return ran
@@ -187,14 +198,16 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
     is asked only while finished plus running trials stay below ``n_trials``, counted and asked
     under one lease so that two workers never both take the last one. While the running trials
     of other workers would reach ``n_trials``, this one waits: they may finish, or die and be
-    re-queued for it to take. ``ride_out`` carries the lease's calls over a lost database, as the
-    study storage does its own (storage.outage).
+    re-queued for it to take. The trial is marked as this worker's (search.interrupts) before
+    an interrupt can stop the worker. ``ride_out`` carries the lease's calls over a lost database,
+    as the study storage does its own (storage.outage).
     """
     log = log or say
     key = f"ask:{study.study_name}"
     said = ""
     while True:
-        with warnings.catch_warnings():
+        check()
+        with warnings.catch_warnings(), held():  # a dead worker's trial is failed and re-queued in one piece
             warnings.simplefilter("ignore", ExperimentalWarning)
             fail_stale_trials(study)
         if stop_requested(study):
@@ -207,10 +220,12 @@ def claim(study: optuna.Study, n_trials: int, asking: Leases, poll: float = 5.0,
             if done >= n_trials:
                 return None
             if done + running < n_trials:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), held():
                     # Optuna warns that heartbeats belong to Study.optimize; run_trial beats instead.
                     warnings.simplefilter("ignore", UserWarning)
-                    return study.ask()
+                    trial = study.ask()
+                    mark_running(study, trial, asking.owner)
+                return trial
         finally:
             ride_out(lambda: asking.release(key))
         line = f"waiting: {running} running trial(s) would make {n_trials}; a trial of a dead worker comes back here"
@@ -226,10 +241,9 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
     another process failed the trial meanwhile (its heartbeats missed the grace period): its
     result is dropped with one line, and the retry queued in its place runs the candidate again.
 
-    Interrupted (Ctrl-C, SIGTERM), the trial is failed and re-queued at once when its params are
-    complete, so a resume runs the same candidate without waiting out the grace period. With the
-    database lost for longer than the grace period (DatabaseUnreachable) the trial stays RUNNING:
-    once the database is back it counts as crashed and is retried.
+    An interrupt passes through: run_worker re-queues the trial. With the database lost for longer
+    than the grace period (DatabaseUnreachable) the trial stays RUNNING: once the database is back
+    it counts as crashed and is retried.
     """
     log = log or say
     halt.at("asked", trial.number)
@@ -240,12 +254,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
             kept = tell(study, trial, state=TrialState.PRUNED)
         except optuna.exceptions.UpdateFinishedTrialError:
             kept = False  # a param or result written after another process failed the trial
-        except KeyboardInterrupt:
-            # An interrupted worker does not wait out an outage: its trial then counts as crashed
-            # once the grace period passes, and is retried.
-            with _impatient(study), suppress(DatabaseUnreachable):
-                requeue(study, trial)
-            raise
         except DatabaseUnreachable:
             raise
         except Exception:
@@ -279,40 +287,6 @@ def _impatient(study: optuna.Study):
     """A block in which the study's storage reports a lost database at once (storage.outage)."""
     storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDB storage in a cache
     return storage.patience(0) if hasattr(storage, "patience") else nullcontext()
-
-
-@contextmanager
-def interrupted_once() -> Iterator[None]:
-    """SIGINT and SIGTERM raise KeyboardInterrupt, once: Ctrl-C reaches a launcher and its workers
-    together and the launcher then sends SIGTERM, and a second interrupt must not cut short the
-    re-queueing of the running trial. Outside the main thread (signals cannot be set) a no-op."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    raised = False
-
-    def interrupt(signum, frame):
-        nonlocal raised
-        if not raised:
-            raised = True
-            raise KeyboardInterrupt
-
-    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def requeue(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Fail an interrupted trial and queue it again like a crashed one (see storage.stale)."""
-    storage = study._storage
-    try:
-        if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            storage.get_heartbeat_stale_trial_callback()(study, storage.get_trial(trial._trial_id))
-    except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # it was told or reaped already
 
 
 class Heartbeat:

@@ -2,8 +2,11 @@
 
 The first worker to ask claims the key by inserting a ``computing`` row, computes, and stores
 the payload with its checksum; the others poll until it is ``ready``. The claimant heartbeats
-the row while it computes, so a claim whose owner died goes stale and is taken over. Payloads
-live in the database itself, so workers on different machines need no shared filesystem.
+the row while it computes, so a claim whose owner died goes stale and is taken over. A
+computation that fails or is interrupted gives its claim back at once, and so does a launcher
+for a worker it saw die (:meth:`ArtifactCache.release_claims`): the next worker computes at once
+instead of waiting out ``stale_after``. Payloads live in the database itself, so workers on
+different machines need no shared filesystem.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from storage.errors import StorageError
@@ -87,9 +91,15 @@ class ArtifactCache:
         beat.start()
         try:
             payload = compute()
-        except BaseException:
+        except BaseException as error:
             stop.set()
-            self._release(key)
+            # An interrupt that landed inside a query left that query's connection holding its
+            # SQLite lock while the frames that hold its cursor live: drop them before writing.
+            traceback.clear_frames(error.__traceback__)
+            try:
+                self._release(key)
+            except SQLAlchemyError:
+                pass  # the database is gone too: the claim goes stale instead
             raise
         stop.set()
         beat.join()
@@ -112,6 +122,13 @@ class ArtifactCache:
                     .values(updated_at=datetime.now(UTC))
                 )
                 session.commit()
+
+    def release_claims(self) -> int:
+        """Give back every key ``owner`` is computing in this study (its process is gone); how many."""
+        with Session(self.engine) as session:
+            released = session.query(CachedArtifact).filter_by(study=self.study, owner=self.owner, status=COMPUTING).delete()
+            session.commit()
+        return released
 
     def _release(self, key: str) -> None:
         # A failed computation gives the key back at once instead of making others wait it out.

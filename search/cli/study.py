@@ -86,7 +86,7 @@ def register(commands) -> None:
     heartbeat_options(worker, study=False)
     worker.set_defaults(run=_worker)
 
-    launch = add_command(commands, "launch", "one worker process per device, restarted if it dies")
+    launch = add_command(commands, "launch", "a worker process per device listed (twice: two), each restarted if it dies")
     study_options(launch)
     launch.add_argument("--devices", required=True, help="e.g. 0,1,2,3 or cuda:0,cuda:1")
     heartbeat_options(launch, study=False)
@@ -293,6 +293,7 @@ def _has_gpu() -> bool:
 def _worker(args) -> int:
     from sqlalchemy.exc import OperationalError
 
+    from search.interrupts import interrupted_once
     from search.launcher import DATABASE_UNREACHABLE
     from search.study import check_heartbeat, check_local, load
     from storage.rdb import open_storage
@@ -309,7 +310,8 @@ def _worker(args) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        run_worker(args.storage, args.study, args.device, judge_device=args.judge_device)
+        with interrupted_once():  # SIGTERM too: the trial is queued again, a direction claim given back
+            run_worker(args.storage, args.study, args.device, judge_device=args.judge_device)
     except KeyboardInterrupt:
         if not args.supervised:
             raise
