@@ -95,7 +95,8 @@ def test_a_killed_worker_of_two_is_restarted_and_its_trial_run_at_once(postgres_
     assert search.returncode == 0, log
     assert "halt: sampled trial 1" in log
     assert "on cpu was killed by SIGKILL; trial 1 queued again; restarting (1/3)" in log, log
-    assert log.count("directions (") + log.count("already has") == 3, log  # two workers, then the restarted one
+    ready = log.count("): computed here") + log.count("): from the study cache")  # "directions (METHODS): ..."
+    assert ready + log.count("already has") == 3, log  # two workers, then the restarted one
     everything = every_trial(postgres_url)
     assert everything[1].state == TrialState.FAIL
     retry = [t for t in everything.values() if t.system_attrs.get("failed_trial") == 1]
