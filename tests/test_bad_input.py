@@ -293,7 +293,7 @@ def _repair(folder, damage, good):
 
 
 @pytest.mark.parametrize("damage, extra, message", [
-    ("unknown dtype", ["--dtype", "fp7"], "error: unknown dtype 'fp7'; use one of auto, float32"),
+    ("unknown dtype", ["--dtype", "fp7"], "error: unknown dtype 'fp7'; use one of auto, stored, float32"),
     ("truncated safetensors", [], "error: cannot load MODEL: model.safetensors is damaged (Error while deserializing header"),
     ("refused pickle", [], "error: cannot load MODEL: pytorch_model.bin is a pickle that torch refuses to load"),
     ("no weights", [], "error: cannot load MODEL: the folder holds no weights"),
