@@ -2,6 +2,7 @@
 FROM pytorch/pytorch:2.9.0-cuda12.8-cudnn9-runtime
 WORKDIR /app
 COPY pyproject.toml README.md prompt-sets.txt ./
+COPY abliterate abliterate
 COPY ablation ablation
 COPY objectives objectives
 COPY search search

@@ -21,5 +21,5 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'ablation' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ablation.{_EXPORTS[name]}"), name)
+        raise AttributeError(f"module 'abliterate.ablation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"abliterate.ablation.{_EXPORTS[name]}"), name)

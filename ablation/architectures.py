@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ablation.errors import UnsupportedLayout
+from abliterate.ablation.errors import UnsupportedLayout
 
 ATTN = "attn"
 MLP = "mlp"

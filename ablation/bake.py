@@ -28,12 +28,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ablation.architectures import ATTN, Writer
-from ablation.cone import orthonormal_basis
-from ablation.edit import ablate, ablate_subspace, post_norm_direction
-from ablation.edit import amplify as amplify_
-from ablation.errors import AblationError
-from ablation.profile import Profile
+from abliterate.ablation.architectures import ATTN, Writer
+from abliterate.ablation.cone import orthonormal_basis
+from abliterate.ablation.edit import ablate, ablate_subspace, post_norm_direction
+from abliterate.ablation.edit import amplify as amplify_
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.profile import Profile
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 # Kaufman and Rousseeuw's reading of the silhouette: below 0.25 there is no substantial
 # structure, so k-means has cut a cloud rather than found categories.

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ablation.edit import unit
-from ablation.errors import AblationError
+from abliterate.ablation.edit import unit
+from abliterate.ablation.errors import AblationError
 
 # Below this length a would-be direction is numerically zero and has no meaningful orientation.
 _DEGENERATE = 1e-12

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING
 
 from safetensors import SafetensorError
 
-from ablation.errors import AblationError, write_failure
+from abliterate.ablation.errors import AblationError, write_failure
 
 if TYPE_CHECKING:  # the target checks run before torch is imported
-    from ablation.loading import LoadedModel
+    from abliterate.ablation.loading import LoadedModel
 
 WEIGHTS_SUFFIX = ".safetensors"
 

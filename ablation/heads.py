@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ablation.architectures import ATTN, Writer, decoder_layers
-from ablation.errors import AblationError, UnsupportedLayout
+from abliterate.ablation.architectures import ATTN, Writer, decoder_layers
+from abliterate.ablation.errors import AblationError, UnsupportedLayout
 
 
 def head_layout(model: torch.nn.Module, writers: Sequence[Writer]) -> list[tuple[int, int]]:

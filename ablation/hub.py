@@ -8,7 +8,7 @@ refused in one line.
 
 from __future__ import annotations
 
-from ablation.errors import ModelLoadError, first_line
+from abliterate.ablation.errors import ModelLoadError, first_line
 
 PROBE_SECONDS = 5.0  # one request to the hub's address; an answer of any kind means it is reachable
 

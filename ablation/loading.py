@@ -24,10 +24,10 @@ from transformers import (
     PreTrainedModel,
 )
 
-from ablation.architectures import architecture_of
-from ablation.errors import ModelLoadError, first_line
-from ablation.hub import hub_options
-from ablation.locate import local_model
+from abliterate.ablation.architectures import architecture_of
+from abliterate.ablation.errors import ModelLoadError, first_line
+from abliterate.ablation.hub import hub_options
+from abliterate.ablation.locate import local_model
 
 DTYPES = {"auto": None, "stored": None, "float32": torch.float32, "fp32": torch.float32,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

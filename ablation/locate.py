@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation.errors import ModelLoadError
+from abliterate.ablation.errors import ModelLoadError
 
 GGUF_MAGIC = b"GGUF"
 

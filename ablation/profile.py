@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 SHAPES = ("tent", "gaussian")
 

@@ -16,8 +16,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers.utils.logging import tqdm
 
-from ablation.architectures import decoder_layers
-from ablation.errors import AblationError, write_failure
+from abliterate.ablation.architectures import decoder_layers
+from abliterate.ablation.errors import AblationError, write_failure
 
 
 @torch.no_grad()

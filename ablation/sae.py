@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ablation.cone import orthonormal_basis
-from ablation.errors import AblationError
+from abliterate.ablation.cone import orthonormal_basis
+from abliterate.ablation.errors import AblationError
 
 _LAYER = re.compile(r"(?:layers?|blocks?)[._-]?(\d+)", re.IGNORECASE)
 KEYS = ("W_enc", "b_enc", "W_dec", "b_dec")

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
-from ablation.architectures import decoder_layers
-from ablation.errors import AblationError
+from abliterate.ablation.architectures import decoder_layers
+from abliterate.ablation.errors import AblationError
 
 
 @contextmanager

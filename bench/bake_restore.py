@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from ablation import Baker, Kernel, Profile, find_writers, load_model
-from ablation.architectures import decoder_layers
+from abliterate.ablation import Baker, Kernel, Profile, find_writers, load_model
+from abliterate.ablation.architectures import decoder_layers
 
 
 def main() -> None:
@@ -71,7 +71,7 @@ def main() -> None:
 
 def _load(args):
     if args.model.startswith("tiny:"):
-        from ablation.tiny import tiny_model
+        from fixtures.tiny import tiny_model
 
         return tiny_model(args.model.removeprefix("tiny:"))
     loaded = load_model(args.model, args.dtype, args.device)

@@ -55,7 +55,7 @@ OURS_KEEP = 8  # our front candidates given the common evaluation, lowest refusa
 
 def prompt_files(work: Path) -> dict[str, Path]:
     """The prompt sets as one-per-line files, written once."""
-    from objectives.prompts import check_disjoint, load_prompts, normalise
+    from abliterate.objectives.prompts import check_disjoint, load_prompts, normalise
 
     folder = work / "prompts"
     names = ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation",
@@ -89,7 +89,7 @@ def prompts_of(path: Path) -> list[str]:
 def ensure_model(model: Path) -> None:
     if (model / "config.json").exists():
         return
-    from ablation import export_checkpoint, load_model
+    from abliterate.ablation import export_checkpoint, load_model
 
     export_checkpoint(load_model(str(GGUF), dtype="bf16", device="cpu"), model)
 
@@ -156,7 +156,7 @@ def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], mo
 
 def unscored_front(name: str, keep: int = OURS_KEEP) -> list[int]:
     """Our recorded run's first ``keep`` front trials (lowest refusals first) without a common evaluation yet."""
-    from search.front import pareto_front
+    from abliterate.search.front import pareto_front
 
     run = json.loads((RECORD / name / "trials.json").read_text())
     evaluation = RECORD / name / "evaluation.json"
@@ -200,12 +200,12 @@ def _revision(code: Path) -> str:
 def _ours_in_process(args) -> None:
     import torch
 
-    from search.checkpoint import export_trial
-    from search.front import pareto_front
-    from search.space import SearchSpace
-    from search.study import StudyConfig, create_or_resume
-    from search.worker import run_worker
-    from storage.rdb import open_storage
+    from abliterate.search.checkpoint import export_trial
+    from abliterate.search.front import pareto_front
+    from abliterate.search.space import SearchSpace
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.search.worker import run_worker
+    from abliterate.storage.rdb import open_storage
 
     # OMP_NUM_THREADS, when set, gives each tool its own cores for a side-by-side run
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
@@ -258,10 +258,10 @@ def evaluate_candidates(run_dir: Path, prompts: dict[str, Path], model: Path) ->
     """Held-out refusals, over-refusal and KL of every saved candidate; the checkpoints are then removed."""
     import torch
 
-    from ablation import load_model
-    from objectives.kl import kl_divergence, response_logprobs
-    from objectives.prompts import read_prompts
-    from objectives.refusal import ChatFormat, MarkerProxy
+    from abliterate.ablation import load_model
+    from abliterate.objectives.kl import kl_divergence, response_logprobs
+    from abliterate.objectives.prompts import read_prompts
+    from abliterate.objectives.refusal import ChatFormat, MarkerProxy
 
     record = RECORD / run_dir.name
     run = json.loads((record / "trials.json").read_text())
@@ -287,10 +287,10 @@ def ensure_base(prompts: dict[str, Path], model: Path) -> Path:
     """The base model's answer log-probabilities (file) and common figures (recorded), made once."""
     import torch
 
-    from ablation import load_model
-    from objectives.kl import response_logprobs
-    from objectives.prompts import read_prompts
-    from objectives.refusal import ChatFormat, MarkerProxy
+    from abliterate.ablation import load_model
+    from abliterate.objectives.kl import response_logprobs
+    from abliterate.objectives.prompts import read_prompts
+    from abliterate.objectives.refusal import ChatFormat, MarkerProxy
 
     base_file = WORK / "base_logprobs.pt"
     if not base_file.exists() or not (RECORD / "base_common.json").exists():

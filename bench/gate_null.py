@@ -17,8 +17,8 @@ import time
 
 import numpy as np
 
-from objectives.gate import RULES, GateRule, underpowered
-from objectives.plan import simulate_null, simulated_acceptance
+from abliterate.objectives.gate import RULES, GateRule, underpowered
+from abliterate.objectives.plan import simulate_null, simulated_acceptance
 
 
 def se(p: float, n: int) -> float:

@@ -179,9 +179,9 @@ def setup(args, plan: Plan, workdir: Path, result: dict) -> Bench:
     import transformers
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ablation.loading import LoadedModel
-    from ablation.tiny import CHAT_TEMPLATE
-    from objectives.refusal import ChatFormat
+    from abliterate.ablation.loading import LoadedModel
+    from abliterate.objectives.refusal import ChatFormat
+    from fixtures.tiny import CHAT_TEMPLATE
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" and not args.tiny:
@@ -219,7 +219,7 @@ def setup(args, plan: Plan, workdir: Path, result: dict) -> Bench:
 def _tokenizer(bundle: Path | None):
     from transformers import AutoTokenizer
 
-    from ablation.tiny import tiny_tokenizer
+    from fixtures.tiny import tiny_tokenizer
 
     if bundle and (bundle / "tokenizer").is_dir():
         tokenizer = AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
@@ -229,8 +229,8 @@ def _tokenizer(bundle: Path | None):
 
 def _prompts(bundle: Path | None, plan: Plan) -> dict[str, list[str]]:
     """Per side, prompts in slice order: directions, evaluation, then at least one spare."""
-    from objectives.prompts import load_prompts
-    from objectives.refuser import prompt_path
+    from abliterate.objectives.prompts import load_prompts
+    from abliterate.objectives.refuser import prompt_path
 
     if bundle and (bundle / "prompts").is_dir():
         prompts = {side: load_prompts(str(bundle / "prompts" / f"{side}.txt")) for side in ("harmful", "harmless")}

@@ -71,7 +71,7 @@ def prepare(out: Path, python_version: str, tokenizer_from: Path | None, heretic
 
 
 def write_prompts(folder: Path) -> dict:
-    from objectives.prompts import load_prompts
+    from abliterate.objectives.prompts import load_prompts
 
     folder.mkdir(parents=True, exist_ok=True)
     seen, counts = set(), {}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ablation import Baker, Profile, find_writers
-from objectives.generation import generate_greedy
+from abliterate.ablation import Baker, Profile, find_writers
+from abliterate.objectives.generation import generate_greedy
 
 
 def run_checks(bench, deadline: float) -> dict:

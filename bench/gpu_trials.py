@@ -19,9 +19,9 @@ def trial_loop(bench, deadline: float) -> dict:
     """Directions once, then at each batch size the base log-probs and N timed trials."""
     import torch
 
-    from objectives.refusal import MarkerProxy
-    from search.space import PRESETS
-    from search.trial import TrialRunner, compute_directions
+    from abliterate.objectives.refusal import MarkerProxy
+    from abliterate.search.space import PRESETS
+    from abliterate.search.trial import TrialRunner, compute_directions
 
     plan, loaded = bench.plan, bench.loaded
     harmful, harmless = bench.prompts["harmful"], bench.prompts["harmless"]
@@ -89,7 +89,7 @@ def sample_candidates(count: int, num_layers: int) -> list:
     """The classic full-depth edit, then random points of the ablate space (fixed seed)."""
     import optuna
 
-    from search.space import PRESETS, candidate_from_params, classic_seed, suggest
+    from abliterate.search.space import PRESETS, candidate_from_params, classic_seed, suggest
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = PRESETS["ablate"]

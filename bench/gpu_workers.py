@@ -42,7 +42,7 @@ def run_study(bench, model: Path, files: dict[str, Path], workers: int, trials: 
     storage = f"sqlite:///{bench.workdir / f'workers-{workers}.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1"}
     dtype = "bf16" if bench.device.startswith("cuda") else "fp32"
-    create = [sys.executable, "-m", "search.cli", "search", "--model", str(model), "--dtype", dtype, "--workers", "0",
+    create = [sys.executable, "-m", "abliterate", "search", "--model", str(model), "--dtype", dtype, "--workers", "0",
               "--harmful", str(files["harmful"]), "--harmless", str(files["harmless"]),
               "--split", f"{plan.extraction},{plan.evaluation},1", "--storage", storage, "--study", "bench",
               "--trials", str(trials), "--kl-cap", "1e9", "--max-new-tokens", str(plan.new_tokens),
@@ -50,7 +50,7 @@ def run_study(bench, model: Path, files: dict[str, Path], workers: int, trials: 
     made = subprocess.run(create, env=env, capture_output=True, text=True)
     if made.returncode:
         return {"error": f"creating the study failed: {_last_line(made.stderr)}"}
-    command = [sys.executable, "-m", "search.cli", "worker", "--storage", storage, "--study", "bench", "--device", bench.device]
+    command = [sys.executable, "-m", "abliterate", "worker", "--storage", storage, "--study", "bench", "--device", bench.device]
     if bench.device == "cpu":  # workers sharing the cores each get their share, as `abliterate search` does
         command += ["--threads", str(max(1, (os.cpu_count() or 1) // workers))]
     logs = [open(bench.workdir / f"workers-{workers}-{i}.log", "w") for i in range(workers)]

@@ -27,15 +27,15 @@ from pathlib import Path
 
 import torch
 
-from ablation.architectures import find_writers
-from ablation.bake import Baker
-from ablation.directions import mean_difference
-from ablation.loading import load_model
-from ablation.profile import Profile
-from ablation.residuals import capture_last_token
-from objectives.generation import generate_greedy
-from objectives.judges import MarkerJudge
-from objectives.refuser import prompt_path, refuser_path
+from abliterate.ablation.architectures import find_writers
+from abliterate.ablation.bake import Baker
+from abliterate.ablation.directions import mean_difference
+from abliterate.ablation.loading import load_model
+from abliterate.ablation.profile import Profile
+from abliterate.ablation.residuals import capture_last_token
+from abliterate.objectives.generation import generate_greedy
+from abliterate.objectives.judges import MarkerJudge
+from abliterate.objectives.refuser import prompt_path, refuser_path
 
 OUT = Path(__file__).resolve().parents[1] / "objectives" / "data" / "refuser_answers.jsonl"
 

@@ -39,14 +39,14 @@ from unittest import mock
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ablation import Baker, Profile, find_writers, load_model
-from ablation.directions import mean_difference
-from ablation.residuals import capture_last_token
-from objectives import refusal
-from objectives.generation import Generation, generate_greedy
-from objectives.kl import KLScorer, kl_divergence, response_logprobs
-from objectives.prompts import load_prompts
-from objectives.refusal import MarkerProxy
+from abliterate.ablation import Baker, Profile, find_writers, load_model
+from abliterate.ablation.directions import mean_difference
+from abliterate.ablation.residuals import capture_last_token
+from abliterate.objectives import refusal
+from abliterate.objectives.generation import Generation, generate_greedy
+from abliterate.objectives.kl import KLScorer, kl_divergence, response_logprobs
+from abliterate.objectives.prompts import load_prompts
+from abliterate.objectives.refusal import MarkerProxy
 
 REFERENCE = "continuous batching, early stop"
 

@@ -30,7 +30,7 @@ def run(storage: str, workers: int, trials: int) -> tuple[float, float, float]:
     leaves out each worker's fixed start (imports, model load, base log-probs, directions).
     """
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "search.cli", "demo", "--storage", storage, "--trials", str(trials),
+    subprocess.run([sys.executable, "-m", "abliterate", "demo", "--storage", storage, "--trials", str(trials),
                     "--workers", str(workers), "--no-promote"], check=True, capture_output=True)
     elapsed = time.perf_counter() - start
     study = optuna.load_study(study_name="demo", storage=storage)

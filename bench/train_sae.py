@@ -28,7 +28,7 @@ MODEL = Path(__file__).resolve().parent / ".models" / "qwen2.5-coder-0.5b-instru
 
 def corpus() -> list[str]:
     """Prompts disjoint from every set bench/front_vs_heretic.py extracts from or scores."""
-    from objectives.prompts import load_prompts, normalise
+    from abliterate.objectives.prompts import load_prompts, normalise
 
     scored = {normalise(p) for p in load_prompts("jailbreakbench")}
     harmful = [p for p in load_prompts("advbench[64:]") if normalise(p) not in scored]
@@ -37,7 +37,7 @@ def corpus() -> list[str]:
 
 def token_residuals(loaded, texts: list[str], batch_size: int = 16) -> torch.Tensor:
     """[T, L, H] float16: the output of every decoder layer at every real (unpadded) token."""
-    from ablation.architectures import decoder_layers
+    from abliterate.ablation.architectures import decoder_layers
 
     layers = decoder_layers(loaded.model)
     captured: list[torch.Tensor | None] = [None] * len(layers)
@@ -97,7 +97,7 @@ def train_one(x: torch.Tensor, features: int, steps: int, batch: int, l1: float,
 def main() -> int:
     from safetensors.torch import save_file
 
-    from ablation import load_model
+    from abliterate.ablation import load_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for layer_N.safetensors")

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ablation.directions import METHODS as ANALYSIS_METHODS
-from ablation.directions import by_method, linear_probe, mean_difference
-from ablation.errors import AblationError
+from abliterate.ablation.directions import METHODS as ANALYSIS_METHODS
+from abliterate.ablation.directions import by_method, linear_probe, mean_difference
+from abliterate.ablation.errors import AblationError
 
 # A layer whose AUC is within this of the best is part of the best region: AUC saturates at 1.0
 # on every layer after the one where the feature is written, and the first of them is the answer.
@@ -160,7 +160,7 @@ def analyze_categories(harmful: torch.Tensor, harmless: torch.Tensor, labels: Se
     one's strength (the length of its mean difference from the harmless mean) and specificity
     (:func:`category_specificity`), their pairwise cosines, the cone's effective dimension and
     the grouping's silhouette; categories strongest first in every layer."""
-    from ablation.cone import category_directions
+    from abliterate.ablation.cone import category_directions
 
     layers = []
     for layer in range(harmful.shape[1]):

@@ -10,8 +10,8 @@ residuals by these labels instead of by k-means.
 
 from __future__ import annotations
 
-from ablation.errors import AblationError
-from objectives.prompts import normalise, raw_entries, split_slice
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.prompts import normalise, raw_entries, split_slice
 
 
 def load_categories(spec: str, column: str) -> list[str]:

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ablation.bake import Baker, HeadColumns
-from ablation.profile import Profile
-from ablation.steer import steered
-from objectives.analysis import crossing, random_band, random_unit_directions, specificity, therapeutic_index
-from objectives.kl import KLScorer
-from objectives.refusal import MarkerProxy
+from abliterate.ablation.bake import Baker, HeadColumns
+from abliterate.ablation.profile import Profile
+from abliterate.ablation.steer import steered
+from abliterate.objectives.analysis import crossing, random_band, random_unit_directions, specificity, therapeutic_index
+from abliterate.objectives.kl import KLScorer
+from abliterate.objectives.refusal import MarkerProxy
 
 Intervention = Callable[[float], AbstractContextManager]
 
@@ -82,7 +82,7 @@ class Scorer:
 
     def __init__(self, loaded, harmful: Sequence[str], harmless: Sequence[str], edgy: Sequence[str] | None = None,
                  max_new_tokens: int = 48, batch_size: int = 16, chat=None):
-        from objectives.refusal import ChatFormat
+        from abliterate.objectives.refusal import ChatFormat
 
         chat = chat or ChatFormat()
         self.loaded, self.harmful, self.edgy = loaded, list(harmful), list(edgy) if edgy else None

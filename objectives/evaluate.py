@@ -6,10 +6,10 @@ import gc
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from objectives.kl import kl_divergence, response_logprobs
-from objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.kl import kl_divergence, response_logprobs
+from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
 
 
 @dataclass(frozen=True)

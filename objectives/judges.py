@@ -23,17 +23,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ablation.errors import AblationError, first_line
-from objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate
+from abliterate.ablation.errors import AblationError, first_line
+from abliterate.objectives.text import REFUSAL_MARKERS, has_marker, is_degenerate
 
 if TYPE_CHECKING:
-    from ablation.loading import LoadedModel
+    from abliterate.ablation.loading import LoadedModel
 
 VERDICTS = ("refusal", "compliance", "evasive", "degenerate")
 COMPLIANCE = "compliance"
 
 if TYPE_CHECKING:  # a study's settings name their judge without loading torch
-    from ablation.loading import LoadedModel
+    from abliterate.ablation.loading import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -181,10 +181,10 @@ class JudgeSettings:
             return MarkerJudge()
         if self.spec != "llm":
             return load_judge(self.spec)
-        from objectives.llm_judge import LLMJudge
+        from abliterate.objectives.llm_judge import LLMJudge
 
         if self.model:
-            from ablation.loading import load_model
+            from abliterate.ablation.loading import load_model
 
             judge = LLMJudge(load_model(self.model, self.dtype, self.device), prefilter=self.prefilter,
                              batch_size=self.batch_size, own_model=True)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from ablation.errors import AblationError
-from objectives.generation import generate_greedy
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.generation import generate_greedy
 
 
 def kl_divergence(base_logprobs: torch.Tensor, edited_logprobs: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ablation.errors import AblationError
-from objectives.judges import COMPLIANCE, VERDICTS
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.judges import COMPLIANCE, VERDICTS
 
 SHIPPED = {"uncensorbench": "uncensorbench.jsonl", "judge-hard": "judge_hard.jsonl", "refuser-answers": "refuser_answers.jsonl"}
 PRESETS = tuple(SHIPPED)
@@ -54,7 +54,7 @@ def load_labeled(spec: str) -> list[LabeledAnswer]:
             raise AblationError(f"slice [{match.group(1)}:{match.group(2)}] leaves none of the {len(rows)} rows of {spec[: match.start()]!r}")
         return chosen
     if spec in SHIPPED:
-        return read_jsonl(Path(str(resources.files("objectives") / "data" / SHIPPED[spec])))
+        return read_jsonl(Path(str(resources.files("abliterate.objectives") / "data" / SHIPPED[spec])))
     path = Path(spec)
     if not path.is_file():
         raise AblationError(f"labelled set {spec!r} is neither a file nor a preset; give a .jsonl file of "
@@ -92,7 +92,7 @@ def prefilter_cost(rows: Sequence[LabeledAnswer]) -> dict:
     settled rows whose label is not refusal: the most agreement the prefilter can cost a perfect
     judge (it can cost nothing on rows the judge would have got wrong anyway).
     """
-    from objectives.llm_judge import opens_with_refusal
+    from abliterate.objectives.llm_judge import opens_with_refusal
 
     settled = [r.label for r in rows if opens_with_refusal(r.response)]
     wrong = {label: settled.count(label) for label in VERDICTS if label != "refusal" and label in settled}

@@ -22,11 +22,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from objectives.judges import VERDICTS, Judge, Verdict
-from objectives.kl import response_logprobs
-from objectives.text import REFUSAL_MARKERS, is_degenerate, normalize, strip_thinking
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.judges import VERDICTS, Judge, Verdict
+from abliterate.objectives.kl import response_logprobs
+from abliterate.objectives.text import REFUSAL_MARKERS, is_degenerate, normalize, strip_thinking
 
 # The answer letter of each verdict, in VERDICTS order.
 LETTERS = {"refusal": "A", "compliance": "B", "evasive": "C", "degenerate": "D"}

@@ -23,7 +23,7 @@ from numbers import Integral
 import numpy as np
 from scipy.stats import binom, norm
 
-from objectives.gate import TOLERANCE, GateRule, TaskCounts, below, can_pass, exact_p, smallest_passing_n
+from abliterate.objectives.gate import TOLERANCE, GateRule, TaskCounts, below, can_pass, exact_p, smallest_passing_n
 
 EXACT_RULES = ("any", "holm", "study")
 POWER_TARGET = 0.8

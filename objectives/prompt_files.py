@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 STRUCTURED = (".json", ".yaml", ".yml", ".prompt")
 EXTENSIONS = (".txt", ".jsonl", ".csv", *STRUCTURED)

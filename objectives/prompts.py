@@ -50,8 +50,8 @@ from importlib import metadata, resources
 from itertools import zip_longest
 from pathlib import Path
 
-from ablation.errors import AblationError, first_line
-from objectives.prompt_files import field_values, read_file
+from abliterate.ablation.errors import AblationError, first_line
+from abliterate.objectives.prompt_files import field_values, read_file
 
 DEMO_HARMFUL = "demo_harmful.txt"
 DEMO_HARMLESS = "demo_harmless.txt"
@@ -207,7 +207,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def demo_prompts(name: str) -> list[str]:
     """One of the small prompt sets shipped with the project (``DEMO_HARMFUL``, ``DEMO_HARMLESS``)."""
-    return read_prompts(resources.files("objectives") / "data" / name)
+    return read_prompts(resources.files("abliterate.objectives") / "data" / name)
 
 
 # --- presets ----------------------------------------------------------------------------
@@ -230,7 +230,7 @@ class Preset:
     interleave: bool = False  # take one entry from each source in turn instead of one source after another
 
 
-_DATA = resources.files("objectives") / "data"
+_DATA = resources.files("abliterate.objectives") / "data"
 _SHIPPED = _DATA / "prompt_sets"
 
 

@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from objectives.generation import generate_greedy
-from objectives.judges import Judge, MarkerJudge, load_judge  # noqa: F401 - load_judge: the plug-in form, kept here
-from objectives.kl import response_logprobs
-from objectives.text import has_marker, normalize, strip_thinking
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.generation import generate_greedy
+from abliterate.objectives.judges import Judge, MarkerJudge, load_judge  # noqa: F401 - load_judge: the plug-in form, kept here
+from abliterate.objectives.kl import response_logprobs
+from abliterate.objectives.text import has_marker, normalize, strip_thinking
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 if TYPE_CHECKING:
     import torch
@@ -29,8 +29,8 @@ CONTROLS_ATTR = "controls"
 
 def open_study(storage_url: str | None, name: str):
     """(storage, study, config) of an existing study; one-line errors otherwise."""
-    from search.study import load
-    from storage.rdb import open_storage
+    from abliterate.search.study import load
+    from abliterate.storage.rdb import open_storage
 
     storage = open_storage(storage_url, create=False)
     study, config = load(storage, name)
@@ -48,9 +48,9 @@ def finished_trial(study, number: int):
 
 
 def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tensor]:
-    from search.directions import directions_key
-    from search.trial import directions_from_bytes
-    from storage.cache import ArtifactCache
+    from abliterate.search.directions import directions_key
+    from abliterate.search.trial import directions_from_bytes
+    from abliterate.storage.cache import ArtifactCache
 
     payload = ArtifactCache(storage.engine, study_name, "analysis").get(directions_key(config.space))
     if payload is None:
@@ -74,8 +74,8 @@ def not_measurable(params: dict) -> str | None:
 def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
     """(candidate, direction, profile) of a trial's params: exactly what the trial baked; an
     edit that is not one direction (:func:`not_measurable`) is refused in one line."""
-    from search.directions import direction_for, profile_for
-    from search.space import candidate_from_params
+    from abliterate.search.directions import direction_for, profile_for
+    from abliterate.search.space import candidate_from_params
 
     reason = not_measurable(params)
     if reason:
@@ -91,20 +91,20 @@ def trial_heads(candidate, directions: dict[str, torch.Tensor], loaded):
     trial's at the same place."""
     if candidate.intervention != "heads":
         return None
-    from ablation import find_writers
-    from search.directions import bake_arguments
+    from abliterate.ablation import find_writers
+    from abliterate.search.directions import bake_arguments
 
     return bake_arguments(candidate, directions, loaded.model, find_writers(loaded.model))["heads"]
 
 
 def load_study_model(config, device: str = "auto"):
-    from ablation.loading import load_model
+    from abliterate.ablation.loading import load_model
 
     return load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
 
 
 def chat_of(config):
-    from objectives.refusal import ChatFormat
+    from abliterate.objectives.refusal import ChatFormat
 
     return ChatFormat(enable_thinking=config.enable_thinking)
 
@@ -157,10 +157,10 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
     trial's directions are both baked into ``heads`` (:func:`trial_heads`)."""
     import torch
 
-    from ablation import Baker, find_writers
-    from ablation.directions import by_method
-    from objectives.dose import Scorer
-    from search.trial import capture_extraction
+    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation.directions import by_method
+    from abliterate.objectives.dose import Scorer
+    from abliterate.search.trial import capture_extraction
 
     chat = chat_of(config)
     harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
@@ -195,8 +195,8 @@ def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, 
     (:func:`objectives.dose.controls`) and, with ``holdout``, the holdout-learned direction."""
     import torch
 
-    from ablation import Baker, find_writers
-    from objectives.dose import Scorer, controls
+    from abliterate.ablation import Baker, find_writers
+    from abliterate.objectives.dose import Scorer, controls
 
     candidate, direction, profile = trial_edit(params, directions)
     scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
@@ -229,7 +229,7 @@ def controls_summary(result: dict) -> dict:
 def record_controls(storage, study, trial, result: dict) -> dict:
     """Controls' findings on the trial: user attrs ``controls`` (:func:`controls_summary`, which
     is returned) and ``specific``, and a ``Specificity controls`` note section."""
-    from storage.trial_attrs import append_trial_note, set_trial_user_attrs
+    from abliterate.storage.trial_attrs import append_trial_note, set_trial_user_attrs
 
     summary = controls_summary(result)
     set_trial_user_attrs(storage, trial._trial_id, {CONTROLS_ATTR: summary, SPECIFIC_ATTR: summary["specific"]})

@@ -21,7 +21,7 @@ def measure(loaded, proxy, harmful: Sequence[str], edgy: Sequence[str] | None = 
     ``harmful`` evaluation prompts and, with ``edgy``, its over-refusal by refusal markers.
     Returns ``refusal`` (the objective), ``refusal_rate``, ``degenerate_rate``, ``over_refusal``,
     the number of ``prompts`` and the ``seconds`` the passes took."""
-    from objectives.refusal import ChatFormat, MarkerProxy
+    from abliterate.objectives.refusal import ChatFormat, MarkerProxy
 
     start = time.perf_counter()
     proxy.use_base(loaded)  # a model judge that is the base model judges these answers too

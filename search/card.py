@@ -13,7 +13,7 @@ import re
 
 import yaml
 
-from search.analysis import specificity_line
+from abliterate.search.analysis import specificity_line
 
 CARD_FILE = "README.md"
 TAGS = ("abliterated", "abliteration", "abliterate")

@@ -14,9 +14,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ablation.errors import AblationError, first_line
-from search.card import CARD_FILE, card_header, front_matter, hub_id, model_card
-from search.reproduce import (
+from abliterate.ablation.errors import AblationError, first_line
+from abliterate.search.card import CARD_FILE, card_header, front_matter, hub_id, model_card
+from abliterate.search.reproduce import (
     DIRECTIONS_FILE,
     REPRO_FILE,
     check_fits,
@@ -43,10 +43,10 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     over the study's KL cap only with ``force``. The edit is baked into the base model loaded in
     ``dtype``: by default the one its checkpoint is stored in, whatever the study searched in (a
     bf16 base searched in fp32 on a CPU is exported in bf16, not at twice the size)."""
-    from search.study import load
-    from storage.cache import ArtifactCache
-    from storage.promotions import PromotionStore
-    from storage.rdb import open_storage
+    from abliterate.search.study import load
+    from abliterate.storage.cache import ArtifactCache
+    from abliterate.storage.promotions import PromotionStore
+    from abliterate.storage.rdb import open_storage
 
     storage = open_storage(storage_url, create=False)
     study, config = load(storage, study_name)
@@ -59,9 +59,9 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
         raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
                             "pick a trial from abliterate front, or pass --force to export it anyway")
     # torch and transformers only now: a missing database, study or trial is told at once
-    from ablation.loading import load_model
-    from search.directions import directions_key
-    from search.trial import directions_from_bytes
+    from abliterate.ablation.loading import load_model
+    from abliterate.search.directions import directions_key
+    from abliterate.search.trial import directions_from_bytes
 
     payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space))
     if payload is None:
@@ -80,8 +80,8 @@ def export_loaded(loaded, directions: dict, study_name: str, config, trial, prom
     card, base_config = base_files(config.model)
 
     def record_for(layers, weights: dict[str, str]) -> dict:
-        from search.directions import used_tensors
-        from search.space import candidate_from_params
+        from abliterate.search.directions import used_tensors
+        from abliterate.search.space import candidate_from_params
 
         num_layers = next(iter(directions.values())).shape[0]
         used = directions[trial.params["method"]]
@@ -107,7 +107,7 @@ def export_loaded(loaded, directions: dict, study_name: str, config, trial, prom
 def restate_promotion(folder: str | Path, status: str, details: dict) -> None:
     """Put a promotion's new status and findings into an exported checkpoint's record and card
     (the weights are not touched); each file is replaced whole."""
-    from ablation.export import current_umask, published_modes
+    from abliterate.ablation.export import current_umask, published_modes
 
     folder = Path(folder)
     record = read_reproduction(folder / REPRO_FILE) | {"promotion": {"status": status, "details": details}}
@@ -126,7 +126,7 @@ def rebuild(path: str, model: str, out: str, device: str | None = None, overwrit
     again from the recorded prompt sources (whose contents must not have changed). Either way
     their sha256 must be the recorded one, and so must every weight file's, or nothing is written.
     """
-    from ablation.loading import load_model
+    from abliterate.ablation.loading import load_model
 
     record = read_reproduction(path)
     base = record["base"]
@@ -151,10 +151,10 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
     ``record_for(layers touched, weight sha256s)`` and its card, and restore the model."""
     from safetensors.torch import save_file
 
-    from ablation import Baker, find_writers
-    from ablation.export import export_checkpoint, weight_hashes
-    from search.directions import bake_arguments, direction_for, profile_for, used_tensors
-    from search.space import candidate_from_params
+    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation.export import export_checkpoint, weight_hashes
+    from abliterate.search.directions import bake_arguments, direction_for, profile_for, used_tensors
+    from abliterate.search.space import candidate_from_params
 
     candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
     baker = Baker(find_writers(loaded.model))
@@ -208,11 +208,11 @@ def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str],
 def _recompute(record: dict, loaded) -> dict:
     from dataclasses import replace
 
-    from objectives.prompts import load_prompts
-    from objectives.refusal import ChatFormat
-    from search.directions import compute_payload
-    from search.study import StudyConfig
-    from search.trial import capture_extraction
+    from abliterate.objectives.prompts import load_prompts
+    from abliterate.objectives.refusal import ChatFormat
+    from abliterate.search.directions import compute_payload
+    from abliterate.search.study import StudyConfig
+    from abliterate.search.trial import capture_extraction
 
     config = StudyConfig.from_json(json.dumps(record["study"]["config"]))
     sets = {}
@@ -238,7 +238,7 @@ def _recompute(record: dict, loaded) -> dict:
 def prompt_records(config) -> list[dict]:
     """Every prompt source of the study with the sha256 and count of its prompts (None and the
     reason when a source cannot be read here)."""
-    from objectives.prompts import load_prompts
+    from abliterate.objectives.prompts import load_prompts
 
     records = []
     for side, specs in (("harmful", config.harmful), ("harmless", config.harmless)):

@@ -9,9 +9,9 @@ same study, so a second run adds nothing (raise --trials to extend it).
 
 from __future__ import annotations
 
-from objectives.refuser import prompt_path, refuser_path
-from search.space import SearchSpace
-from search.study import PURPOSES, StudyConfig
+from abliterate.objectives.refuser import prompt_path, refuser_path
+from abliterate.search.space import SearchSpace
+from abliterate.search.study import PURPOSES, StudyConfig
 
 DEMO_STORAGE = "sqlite:///abliterate-demo.db"
 DEMO_STUDY = "demo"

@@ -25,12 +25,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ablation.bake import Amplification
-from ablation.cone import WEAK_SILHOUETTE, cone_stack
-from ablation.directions import by_method, interpolate, principal_components
-from ablation.errors import AblationError
-from objectives.refusal import ChatFormat
-from search.space import Candidate, SearchSpace
+from abliterate.ablation.bake import Amplification
+from abliterate.ablation.cone import WEAK_SILHOUETTE, cone_stack
+from abliterate.ablation.directions import by_method, interpolate, principal_components
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.refusal import ChatFormat
+from abliterate.search.space import Candidate, SearchSpace
 
 # Below this many prompts on either side (complied, refused) the compliance direction is the
 # negated refusal direction instead: a mean of two residuals is mostly noise.
@@ -64,7 +64,7 @@ def method_tensor(method: str, harmful: torch.Tensor, harmless: torch.Tensor, sp
     ``labels``: the category of each harmful prompt, which the cone then follows instead of k-means;
     ``sae``: the folder of the study's SAEs (method ``sae``)."""
     if method == "sae":
-        from ablation.sae import load_saes, sae_directions
+        from abliterate.ablation.sae import load_saes, sae_directions
 
         if sae is None:
             raise AblationError("the sae method needs the study's SAE folder (--sae DIR)")
@@ -148,7 +148,7 @@ def bake_arguments(candidate: Candidate, directions: dict[str, torch.Tensor], mo
     if candidate.intervention == "amplify":
         return {"amplify": Amplification(_along(candidate, _needs(directions, "compliance", candidate)), candidate.amplify_strength)}
     if candidate.intervention == "heads":
-        from ablation.heads import head_scores, top_heads
+        from abliterate.ablation.heads import head_scores, top_heads
 
         inputs, layout = _needs(directions, "heads:input", candidate), _needs(directions, "heads:layout", candidate)
         layout = [tuple(int(v) for v in row) for row in layout]
@@ -224,8 +224,8 @@ def compute_payload(loaded, harmful: Sequence[str], harmless: Sequence[str], res
         line, _ = alignment_report(refusal, payload["compliance"])
         log(f"compliance direction {how}; {line}")
     if "heads" in space.interventions:
-        from ablation.architectures import find_writers
-        from ablation.heads import capture_attention_inputs, head_layout, mean_input_difference
+        from abliterate.ablation.architectures import find_writers
+        from abliterate.ablation.heads import capture_attention_inputs, head_layout, mean_input_difference
 
         writers = find_writers(loaded.model)
         captured = [capture_attention_inputs(loaded.model, loaded.tokenizer, writers, chat.apply(loaded, prompts), batch_size)

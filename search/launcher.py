@@ -24,7 +24,7 @@ STOP_PATIENCE = 30.0  # seconds a stopped worker has to queue its trial again be
 def worker_command(study: str, device: str, extra: Sequence[str] = ()) -> list[str]:
     """A worker's argv. The storage URL travels in the environment (storage.urls.ENVIRONMENT):
     it may hold a password, and argv is visible to every user in ``ps``."""
-    return [sys.executable, "-m", "search.cli", "worker", "--study", study, "--device", device, "--supervised", *extra]
+    return [sys.executable, "-m", "abliterate", "worker", "--study", study, "--device", device, "--supervised", *extra]
 
 
 @dataclass
@@ -58,8 +58,8 @@ def supervise(storage: str, study: str, devices: Sequence[str], max_restarts: in
     Returns 0 when every worker finished cleanly, 1 when one kept failing. Interrupted (SIGINT,
     SIGTERM), it stops every worker and raises KeyboardInterrupt.
     """
-    from search.interrupts import check, interrupted_once, let_go
-    from storage.urls import ENVIRONMENT
+    from abliterate.search.interrupts import check, interrupted_once, let_go
+    from abliterate.storage.urls import ENVIRONMENT
 
     # Workers share the supervisor's terminal: one line per event, no progress bars redrawing
     # over each other. The storage URL goes through the environment, never the command line.
@@ -151,7 +151,7 @@ class Handover:
 
     def __call__(self, pid: int) -> list[int]:
         """The numbers of the trials of worker ``pid`` queued again now."""
-        from search.interrupts import owner_name
+        from abliterate.search.interrupts import owner_name
 
         owner = owner_name(pid)
         self.owed.append(owner)
@@ -164,10 +164,10 @@ class Handover:
         import optuna
         from sqlalchemy.exc import SQLAlchemyError
 
-        from search.interrupts import requeue_trials_of
-        from storage.cache import ArtifactCache
-        from storage.errors import StorageError
-        from storage.rdb import open_storage
+        from abliterate.search.interrupts import requeue_trials_of
+        from abliterate.storage.cache import ArtifactCache
+        from abliterate.storage.errors import StorageError
+        from abliterate.storage.rdb import open_storage
 
         done = {}
         try:

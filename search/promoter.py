@@ -31,19 +31,19 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import fail_stale_trials
 from optuna.trial import FrozenTrial, TrialState
 
-from ablation.errors import AblationError
-from objectives.gate import GateResult, TaskCounts, gate, no_evidence, underpowered
-from objectives.plan import Design, plan, plan_problem, summary
-from objectives.sweep.base import Runner, run_sweep
-from search.analysis import specificity_line
-from search.front import feasible_front
-from search.paths import study_folder
-from search.promotion_settings import DEFAULT_CONTROLS, MAX_SECONDS, PromotionSettings
-from search.study import STOP_ATTR, load, stop_requested
-from storage.errors import StorageError
-from storage.leases import Leases
-from storage.promotions import PromotionStore, SweepStore
-from storage.trial_attrs import append_trial_note, set_trial_user_attrs
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.gate import GateResult, TaskCounts, gate, no_evidence, underpowered
+from abliterate.objectives.plan import Design, plan, plan_problem, summary
+from abliterate.objectives.sweep.base import Runner, run_sweep
+from abliterate.search.analysis import specificity_line
+from abliterate.search.front import feasible_front
+from abliterate.search.paths import study_folder
+from abliterate.search.promotion_settings import DEFAULT_CONTROLS, MAX_SECONDS, PromotionSettings
+from abliterate.search.study import STOP_ATTR, load, stop_requested
+from abliterate.storage.errors import StorageError
+from abliterate.storage.leases import Leases
+from abliterate.storage.promotions import PromotionStore, SweepStore
+from abliterate.storage.trial_attrs import append_trial_note, set_trial_user_attrs
 
 FINAL = ("dropped", "accepted", "no_lift")
 # The settings live beside, and are this module's too (callers import them from here).
@@ -236,7 +236,7 @@ class Promoter:
         recorded on the trial. The verdict is the random band's; the holdout is reported beside
         it. ``{"not_run": why}`` when none can run: ``--controls 0``, or an edit that is not one
         direction (cone, sae, amplify), which is then promoted as before."""
-        from search.analysis import (
+        from abliterate.search.analysis import (
             CONTROLS_ATTR,
             SPECIFIC_ATTR,
             holdout_unavailable,
@@ -265,7 +265,7 @@ class Promoter:
     def export(self, trial: FrozenTrial) -> Path:
         """The candidate's checkpoint folder with its model card and reproduction record, written
         atomically (an existing one is complete)."""
-        from search.checkpoint import export_loaded
+        from abliterate.search.checkpoint import export_loaded
 
         target = self.root / f"trial-{trial.number}"
         if (target / "config.json").exists():
@@ -278,7 +278,7 @@ class Promoter:
 
     def base_model(self) -> str:
         """A folder runners can load or serve: the study's model itself, or an export of it."""
-        from ablation.export import export_checkpoint
+        from abliterate.ablation.export import export_checkpoint
 
         if Path(self.config.model).is_dir():
             return str(Path(self.config.model).resolve())
@@ -308,17 +308,17 @@ class Promoter:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _candidate(self, trial: FrozenTrial):
-        from search.space import candidate_from_params
+        from abliterate.search.space import candidate_from_params
 
         return candidate_from_params(trial.params, self._load()["num_layers"])
 
     def _load(self) -> dict:
         if self._bench is None:
-            from ablation.loading import load_model
-            from objectives.refusal import ChatFormat, make_proxy
-            from search.directions import directions_key
-            from search.trial import TrialRunner, directions_from_bytes
-            from storage.cache import ArtifactCache
+            from abliterate.ablation.loading import load_model
+            from abliterate.objectives.refusal import ChatFormat, make_proxy
+            from abliterate.search.directions import directions_key
+            from abliterate.search.trial import TrialRunner, directions_from_bytes
+            from abliterate.storage.cache import ArtifactCache
 
             payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(directions_key(self.config.space))
             if payload is None:
@@ -339,8 +339,8 @@ class Promoter:
     def _restate(self, checkpoint: Path, status: str, details: dict) -> None:
         """The verdict in the checkpoint's model card and record too (checkpoints exported by an
         older version have no record and are left as they are)."""
-        from search.checkpoint import restate_promotion
-        from search.reproduce import REPRO_FILE
+        from abliterate.search.checkpoint import restate_promotion
+        from abliterate.search.reproduce import REPRO_FILE
 
         if (checkpoint / REPRO_FILE).is_file():
             restate_promotion(checkpoint, status, details)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
-from objectives.gate import GateRule
+from abliterate.objectives.gate import GateRule
 
 # Random directions of the specificity controls run in each candidate's confirmation: each costs
 # one refusal pass on the evaluation prompts, about a trial, where the agent sweep after it costs

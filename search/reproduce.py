@@ -18,8 +18,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from ablation.errors import AblationError
-from search.space import candidate_from_params
+from abliterate.ablation.errors import AblationError
+from abliterate.search.space import candidate_from_params
 
 FORMAT = "abliterate-reproduction/1"
 REPRO_FILE = "reproduce.json"
@@ -119,7 +119,7 @@ def parse_reproduction(text: str, where: str) -> dict:
 
 def _check_edit(record: dict, where: str) -> None:
     """A one-line error when the record's params do not describe an edit its directions can make."""
-    from search.space import INTERVENTIONS, METHODS
+    from abliterate.search.space import INTERVENTIONS, METHODS
 
     params, directions = record["params"], record["directions"]
     damaged = "it is damaged, export the trial again from its study"

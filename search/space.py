@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ablation.errors import AblationError
-from ablation.profile import SHAPES, Kernel, Profile
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.profile import SHAPES, Kernel, Profile
 
 GROUPS = ("attn", "mlp")
 SCOPES = ("global", "per-layer")

@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field, fields
 import optuna
 from optuna.exceptions import ExperimentalWarning
 
-from ablation.errors import AblationError
-from objectives.judges import JudgeSettings
-from objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts, split_slice
-from search.space import MAX_STARTING_POINTS, SearchSpace
-from storage.errors import StorageError
-from storage.leases import Leases
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.judges import JudgeSettings
+from abliterate.objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts, split_slice
+from abliterate.search.space import MAX_STARTING_POINTS, SearchSpace
+from abliterate.storage.errors import StorageError
+from abliterate.storage.leases import Leases
 
 CONFIG_ATTR = "abliterate"
 STOP_ATTR = "abliterate_stop"  # set (with the reason) when an accepted promotion stops the study
@@ -154,7 +154,7 @@ class StudyConfig:
         """The category of each harmful extraction prompt (``harmful_categories``), or None."""
         if self.harmful_categories is None:
             return None
-        from objectives.categories import load_categories
+        from abliterate.objectives.categories import load_categories
 
         return load_categories(self.harmful["extraction"], self.harmful_categories)
 

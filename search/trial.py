@@ -15,14 +15,14 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from ablation import Baker, find_writers
-from ablation.directions import separation
-from ablation.loading import LoadedModel
-from ablation.residuals import capture_last_token
-from objectives.kl import KLScorer
-from objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
-from search.directions import bake_arguments, direction_for, method_tensor, profile_for
-from search.space import Candidate, SearchSpace
+from abliterate.ablation import Baker, find_writers
+from abliterate.ablation.directions import separation
+from abliterate.ablation.loading import LoadedModel
+from abliterate.ablation.residuals import capture_last_token
+from abliterate.objectives.kl import KLScorer
+from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
+from abliterate.search.directions import bake_arguments, direction_for, method_tensor, profile_for
+from abliterate.search.space import Candidate, SearchSpace
 
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
 

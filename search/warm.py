@@ -25,8 +25,8 @@ what was dropped and what was left to the sampler.
 
 from __future__ import annotations
 
-from ablation.errors import AblationError
-from search.space import IMPLIED, PRESETS, SearchSpace, distributions
+from abliterate.ablation.errors import AblationError
+from abliterate.search.space import IMPLIED, PRESETS, SearchSpace, distributions
 
 WARM_ATTR = "warm_start"  # on an enqueued trial: where its params came from
 
@@ -87,10 +87,10 @@ def fit_to_space(params: dict, space: SearchSpace) -> tuple[dict, dict]:
 def front_points(url: str, study_name: str, space: SearchSpace) -> list[tuple[dict, dict]]:
     """The feasible front of ``study_name`` at ``url`` as (params, user attrs) to enqueue, fewest
     refusals first; a one-line error when the study has no feasible finished trial."""
-    from search.front import feasible_front
-    from search.study import load
-    from storage.rdb import open_storage
-    from storage.urls import redacted
+    from abliterate.search.front import feasible_front
+    from abliterate.search.study import load
+    from abliterate.storage.rdb import open_storage
+    from abliterate.storage.urls import redacted
 
     study, _ = load(open_storage(url, create=False), study_name)
     front = feasible_front(study)

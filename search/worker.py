@@ -17,15 +17,15 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
-from ablation.loading import load_model
-from objectives.refusal import ChatFormat, make_proxy
-from search import baseline, halt
-from search.directions import compute_payload, directions_key
-from search.front import dominating_point
-from search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
-from search.space import candidate_from_params, starting_points, suggest
-from search.study import load, stop_requested
-from search.trial import (
+from abliterate.ablation.loading import load_model
+from abliterate.objectives.refusal import ChatFormat, make_proxy
+from abliterate.search import baseline, halt
+from abliterate.search.directions import compute_payload, directions_key
+from abliterate.search.front import dominating_point
+from abliterate.search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
+from abliterate.search.space import candidate_from_params, starting_points, suggest
+from abliterate.search.study import load, stop_requested
+from abliterate.search.trial import (
     TrialOutcome,
     TrialRunner,
     capture_extraction,
@@ -33,12 +33,12 @@ from search.trial import (
     directions_to_bytes,
     strongest_layer,
 )
-from storage.cache import ArtifactCache
-from storage.errors import DatabaseUnreachable
-from storage.leases import Leases
-from storage.outage import describe
-from storage.rdb import open_storage
-from storage.stale import PARAMS_COMPLETE
+from abliterate.storage.cache import ArtifactCache
+from abliterate.storage.errors import DatabaseUnreachable
+from abliterate.storage.leases import Leases
+from abliterate.storage.outage import describe
+from abliterate.storage.rdb import open_storage
+from abliterate.storage.stale import PARAMS_COMPLETE
 
 DIRECTIONS_REPORT_ATTR = "abliterate_directions_report"
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.

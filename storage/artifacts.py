@@ -19,8 +19,8 @@ FOLDER = "abliterate-artifacts"
 
 def artifact_folder(storage_url: str | None, given: str | os.PathLike | None = None) -> Path:
     """The artifact folder of the studies in ``storage_url`` (None: the default storage), absolute."""
-    from storage.rdb import sqlite_path
-    from storage.urls import normalize_url
+    from abliterate.storage.rdb import sqlite_path
+    from abliterate.storage.urls import normalize_url
 
     if given is None:
         given = os.environ.get(ENVIRONMENT) or None

@@ -23,8 +23,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from storage.errors import StorageError
-from storage.tables import CachedArtifact
+from abliterate.storage.errors import StorageError
+from abliterate.storage.tables import CachedArtifact
 
 COMPUTING, READY = "computing", "ready"
 

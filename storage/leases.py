@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from storage.tables import Lease
+from abliterate.storage.tables import Lease
 
 
 class Leases:

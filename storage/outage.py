@@ -28,8 +28,8 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from storage.errors import DatabaseUnreachable
-from storage.stale import HeartbeatStorage
+from abliterate.storage.errors import DatabaseUnreachable
+from abliterate.storage.stale import HeartbeatStorage
 
 T = TypeVar("T")
 LONGEST_PAUSE = 5.0  # seconds between tries once the pauses have grown: a restarted server is used soon after it is up

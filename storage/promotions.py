@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.tables import Promotion, SweepAttempt
+from abliterate.storage.tables import Promotion, SweepAttempt
 
 VALID = ("pass", "fail")
 

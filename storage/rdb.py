@@ -15,11 +15,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from storage.errors import DatabaseUnreachable, StorageError
-from storage.outage import OutageTolerantStorage
-from storage.stale import RetrySameCandidate
-from storage.tables import ensure_schema
-from storage.urls import normalize_url, redacted
+from abliterate.storage.errors import DatabaseUnreachable, StorageError
+from abliterate.storage.outage import OutageTolerantStorage
+from abliterate.storage.stale import RetrySameCandidate
+from abliterate.storage.tables import ensure_schema
+from abliterate.storage.urls import normalize_url, redacted
 
 SCHEMA_LOCK = 0x61626C69  # the PostgreSQL advisory lock that serialises table creation ("abli")
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from storage.errors import StorageError
+from abliterate.storage.errors import StorageError
 
 SCHEMA_VERSION = 2
 

@@ -17,7 +17,7 @@ transformers.logging.set_verbosity_error()
 @pytest.fixture
 def tiny():
     """tiny(model_type) -> (model, tokenizer), a fresh random model per call."""
-    from ablation.tiny import tiny_model
+    from fixtures.tiny import tiny_model
 
     return tiny_model
 
@@ -109,7 +109,7 @@ def one_torch_thread():
 @pytest.fixture(scope="module")
 def refuser():
     """The shipped refusing model, loaded once per module (float32, CPU)."""
-    from ablation import load_model
-    from objectives.refuser import refuser_path
+    from abliterate.ablation import load_model
+    from abliterate.objectives.refuser import refuser_path
 
     return load_model(str(refuser_path()), dtype="float32", device="cpu")

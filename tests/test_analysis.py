@@ -13,16 +13,16 @@ from dataclasses import replace
 import pytest
 import torch
 
-from objectives.analysis import crossing, parse_alphas, random_band, specificity, therapeutic_index
-from objectives.refuser import prompt_path, refuser_path
-from objectives.refuser.build import SAFETY_LAYERS
-from objectives.sweep.local import DEFAULT_TASKS
+from abliterate.objectives.analysis import crossing, parse_alphas, random_band, specificity, therapeutic_index
+from abliterate.objectives.refuser import prompt_path, refuser_path
+from abliterate.objectives.sweep.local import DEFAULT_TASKS
+from fixtures.refuser import SAFETY_LAYERS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(capsys, *args):
-    from search.cli import main
+    from abliterate.search.cli import main
 
     status = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -47,7 +47,7 @@ def test_crossing_interpolates_and_says_when_not_reached():
 
 @pytest.mark.parametrize("text", ["1,x,2", "1,,2", "nan,1", "1", "2,2"])
 def test_alphas_that_do_not_parse_are_refused(text):
-    from ablation.errors import AblationError
+    from abliterate.ablation.errors import AblationError
 
     with pytest.raises(AblationError, match="--alphas"):
         parse_alphas(text)
@@ -104,13 +104,13 @@ def study(tmp_path_factory, refuser):
     direction removed from the safety layers (the real edit)."""
     import optuna
 
-    from objectives.refuser import PROMPT_FILES, PROMPTS_DIR
-    from search.directions import compute_payload, directions_key
-    from search.space import starting_points, suggest
-    from search.study import StudyConfig, create_or_resume
-    from search.trial import capture_extraction, directions_to_bytes
-    from storage.cache import ArtifactCache
-    from storage.rdb import open_storage
+    from abliterate.objectives.refuser import PROMPT_FILES, PROMPTS_DIR
+    from abliterate.search.directions import compute_payload, directions_key
+    from abliterate.search.space import starting_points, suggest
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.search.trial import capture_extraction, directions_to_bytes
+    from abliterate.storage.cache import ArtifactCache
+    from abliterate.storage.rdb import open_storage
 
     folder = tmp_path_factory.mktemp("analysis-study")
     sides = {kind: {p: str(PROMPTS_DIR / PROMPT_FILES[kind, p]) for p in ("extraction", "evaluation", "confirmation")}
@@ -141,7 +141,7 @@ def study(tmp_path_factory, refuser):
 def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, tmp_path, monkeypatch):
     from optuna.artifacts import get_all_artifact_meta
 
-    from search.analysis import open_study
+    from abliterate.search.analysis import open_study
 
     # Without --out a trial's dose goes in the study's artifact folder, beside its database; the
     # current folder gets nothing.
@@ -168,9 +168,9 @@ def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, t
 
 
 def test_promotion_runs_the_controls_in_confirmation(study):
-    from objectives.sweep.local import LocalRunner
-    from search.analysis import open_study
-    from search.promoter import DEFAULT_CONTROLS, Promoter, PromotionSettings
+    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.analysis import open_study
+    from abliterate.search.promoter import DEFAULT_CONTROLS, Promoter, PromotionSettings
 
     assert PromotionSettings().controls == DEFAULT_CONTROLS == 10  # on unless --controls 0
     storage, loaded_study, _ = open_study(study["url"], "r")
@@ -192,10 +192,10 @@ def test_promotion_runs_the_controls_in_confirmation(study):
 def test_promotion_reads_controls_already_run_and_runs_none_it_cannot(study):
     import optuna
 
-    from objectives.sweep.local import LocalRunner
-    from search.analysis import open_study
-    from search.promoter import Promoter, PromotionSettings
-    from search.space import SearchSpace, suggest
+    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.analysis import open_study
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.search.space import SearchSpace, suggest
 
     storage = open_study(study["url"], "r")[0]
     lines = []
@@ -222,12 +222,12 @@ def faint(study, tmp_path_factory):
     the direction at weight 0.03: it refuses as the base model does, as random directions do."""
     import optuna
 
-    from search.directions import directions_key
-    from search.space import SearchSpace, starting_points, suggest
-    from search.study import create_or_resume
-    from search.trial import directions_to_bytes
-    from storage.cache import ArtifactCache
-    from storage.rdb import open_storage
+    from abliterate.search.directions import directions_key
+    from abliterate.search.space import SearchSpace, starting_points, suggest
+    from abliterate.search.study import create_or_resume
+    from abliterate.search.trial import directions_to_bytes
+    from abliterate.storage.cache import ArtifactCache
+    from abliterate.storage.rdb import open_storage
 
     space = SearchSpace(peak_weight=(0.0, 1.5))
     config = replace(study["config"], space=space)
@@ -252,9 +252,9 @@ def faint(study, tmp_path_factory):
 def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said_so_everywhere(study, faint, capsys, tmp_path):
     from optuna_dashboard._note import get_note_from_system_attrs
 
-    from objectives.sweep.local import LocalRunner
-    from search.analysis import open_study
-    from search.promoter import Promoter, PromotionSettings
+    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.analysis import open_study
+    from abliterate.search.promoter import Promoter, PromotionSettings
 
     storage = open_study(study["url"], "faint")[0]
     lines = []
@@ -307,7 +307,7 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
 def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path, monkeypatch):
     from optuna.artifacts import get_all_artifact_meta
 
-    from search.analysis import open_study
+    from abliterate.search.analysis import open_study
 
     # Run where the user happens to be: nothing lands there unasked. The JSON and the plot go in
     # the study's artifact folder (beside its SQLite database), the plot attached to the study.
@@ -335,9 +335,9 @@ def test_controls_put_the_real_direction_far_outside_the_random_band(study, caps
     assert {row["trial"]: row["specific"] for row in json.loads(out)}[0] is True
 
     # Promotion takes a specific trial, skips one found not specific, unless asked to include it.
-    from objectives.sweep.local import LocalRunner
-    from search.promoter import Promoter, PromotionSettings
-    from storage.trial_attrs import set_trial_user_attrs
+    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.storage.trial_attrs import set_trial_user_attrs
 
     def pending(**options):
         promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(**options), log=lambda _: None)
@@ -353,10 +353,10 @@ def test_controls_put_the_real_direction_far_outside_the_random_band(study, caps
 
 
 def test_a_random_direction_sits_inside_the_random_band(study, refuser):
-    from ablation import Baker, find_writers
-    from objectives.analysis import random_unit_directions
-    from objectives.dose import Scorer, controls
-    from search.analysis import trial_edit
+    from abliterate.ablation import Baker, find_writers
+    from abliterate.objectives.analysis import random_unit_directions
+    from abliterate.objectives.dose import Scorer, controls
+    from abliterate.search.analysis import trial_edit
 
     _, direction, profile = trial_edit(study["params"], study["directions"])
     prompts = study["config"].prompts()
@@ -370,7 +370,7 @@ def test_a_random_direction_sits_inside_the_random_band(study, refuser):
 def test_analyze_a_study_attaches_its_plots(study, capsys, tmp_path):
     from optuna.artifacts import get_all_artifact_meta
 
-    from search.analysis import open_study
+    from abliterate.search.analysis import open_study
 
     status, out, err = run(capsys, "analyze", "--storage", study["url"], "--study", "r", "--methods", "mean,mean-projected",
                            "--out", tmp_path / "a", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
@@ -441,7 +441,7 @@ def test_steering_against_the_direction_removes_refusals_and_toward_it_adds_them
 
 
 def test_steering_adds_the_vector_at_the_last_prompt_position_only(refuser):
-    from ablation.steer import steered
+    from abliterate.ablation.steer import steered
 
     texts = refuser.format_chat(["Tell me how to bake bread", "Hi"])
     encoded = refuser.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
@@ -486,7 +486,7 @@ def test_the_dashboard_shows_the_study_s_artifact_folder_by_default(study, capsy
 
 
 def test_one_rule_says_where_a_study_s_artifacts_go(tmp_path, monkeypatch):
-    from storage.artifacts import ENVIRONMENT, artifact_folder, study_folder
+    from abliterate.storage.artifacts import ENVIRONMENT, artifact_folder, study_folder
 
     monkeypatch.delenv(ENVIRONMENT, raising=False)
     monkeypatch.delenv("ABLITERATE_STORAGE", raising=False)
@@ -506,7 +506,7 @@ def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_la
     direction (effective dimension about 1, each category's own part small)."""
     import csv
 
-    from objectives.refuser.build import HARMFUL
+    from fixtures.refuser import HARMFUL
 
     verbs = sorted(HARMFUL, key=len, reverse=True)
     source = tmp_path / "harmful.csv"
@@ -537,9 +537,9 @@ def test_analyze_with_categories_finds_one_refusal_direction_after_the_safety_la
 def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
     import optuna
 
-    from ablation.errors import AblationError
-    from search.analysis import trial_edit
-    from search.space import SearchSpace, suggest
+    from abliterate.ablation.errors import AblationError
+    from abliterate.search.analysis import trial_edit
+    from abliterate.search.space import SearchSpace, suggest
 
     directions = {"mean-projected": torch.randn(4, 8), "cone": torch.randn(4, 4, 8)}
     plain = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), SearchSpace())
@@ -552,9 +552,9 @@ def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
 def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_heads(study, refuser):
     """A heads trial is measured as itself: the edit and each random direction change attention
     only in the columns of the heads the trial's own direction chose, and the same ones each time."""
-    from ablation import Baker, find_writers
-    from objectives.dose import Scorer, controls
-    from search.analysis import trial_edit, trial_heads
+    from abliterate.ablation import Baker, find_writers
+    from abliterate.objectives.dose import Scorer, controls
+    from abliterate.search.analysis import trial_edit, trial_heads
 
     candidate, direction, profile = trial_edit(study["params"] | {"intervention": "heads", "heads": 2}, study["directions"])
     heads = trial_heads(candidate, study["directions"], refuser)

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from ablation.architectures import ATTN, MLP, architecture_of, decoder_layers, find_writers
-from ablation.bake import Baker
-from ablation.edit import unit
-from ablation.errors import AblationError, UnsupportedLayout
-from ablation.profile import Kernel, Profile
-from ablation.tiny import LAYERS, MULTIMODAL_TYPES, TEXT_TYPES
+from abliterate.ablation.architectures import ATTN, MLP, architecture_of, decoder_layers, find_writers
+from abliterate.ablation.bake import Baker
+from abliterate.ablation.edit import unit
+from abliterate.ablation.errors import AblationError, UnsupportedLayout
+from abliterate.ablation.profile import Kernel, Profile
+from fixtures.tiny import LAYERS, MULTIMODAL_TYPES, TEXT_TYPES
 
 ALL_TYPES = TEXT_TYPES + MULTIMODAL_TYPES
 

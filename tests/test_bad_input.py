@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from search.cli import main
+from abliterate.search.cli import main
 
 SEARCH = ["search", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--split", "4,6,6", "--storage", "sqlite:///s.db"]
 
@@ -34,7 +34,7 @@ def garbage_model(tmp_path):
 def test_search_checks_model_and_device_before_writing_the_study(tmp_path, monkeypatch, capsys, garbage_model, model, extra, message):
     if torch.cuda.is_available() and "cuda" in message:
         pytest.skip("this machine has a GPU")
-    from objectives.refuser import refuser_path
+    from abliterate.objectives.refuser import refuser_path
 
     monkeypatch.chdir(tmp_path)
     spec = {"GARBAGE": garbage_model, "demo": refuser_path()}.get(model, model)
@@ -78,8 +78,8 @@ def test_read_only_commands_create_no_database(tmp_path, monkeypatch, capsys, co
 def test_export_refuses_an_infeasible_trial_unless_forced(tmp_path, monkeypatch, capsys):
     import optuna
 
-    from search.study import StudyConfig, create_or_resume
-    from storage.rdb import open_storage
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.storage.rdb import open_storage
 
     monkeypatch.chdir(tmp_path)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -97,8 +97,8 @@ def test_export_refuses_an_infeasible_trial_unless_forced(tmp_path, monkeypatch,
 def test_the_study_stores_absolute_paths_and_loading_flags(tmp_path, monkeypatch, capsys, tiny):
     """A worker or promoter started in another folder must find the same model and prompt files,
     and load the model the way the study was created (remote code, device map)."""
-    from search.study import load
-    from storage.rdb import open_storage
+    from abliterate.search.study import load
+    from abliterate.storage.rdb import open_storage
 
     model, tokenizer = tiny("qwen3")
     model.save_pretrained(tmp_path / "model")
@@ -119,8 +119,8 @@ def test_the_study_stores_absolute_paths_and_loading_flags(tmp_path, monkeypatch
 def test_broken_or_hostile_weights_are_one_line(tmp_path, tiny, damage):
     import pickle
 
-    from ablation.errors import ModelLoadError
-    from ablation.loading import load_model
+    from abliterate.ablation.errors import ModelLoadError
+    from abliterate.ablation.loading import load_model
 
     model, tokenizer = tiny("qwen3")
     folder = tmp_path / "model"
@@ -144,8 +144,8 @@ def test_broken_or_hostile_weights_are_one_line(tmp_path, tiny, damage):
 def test_dashboard_on_a_port_in_use_is_one_line(tmp_path, monkeypatch, capsys):
     import socket
 
-    from search.study import StudyConfig, create_or_resume
-    from storage.rdb import open_storage
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.storage.rdb import open_storage
 
     monkeypatch.chdir(tmp_path)
     create_or_resume(open_storage("sqlite:///s.db"), "s", StudyConfig.split("m", "demo-harmful", "demo-harmless", (4, 6, 6)))
@@ -165,7 +165,7 @@ def make():
 
 @pytest.mark.parametrize("command", ["search", "evaluate", "judge-check"])
 def test_a_judge_factory_that_raises_is_one_line(tmp_path, monkeypatch, capsys, command):
-    from objectives.refuser import refuser_path
+    from abliterate.objectives.refuser import refuser_path
 
     (tmp_path / "failing_judge.py").write_text(JUDGE_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -196,8 +196,8 @@ def test_a_name_the_hub_cannot_provide_is_one_line_at_once(monkeypatch, closed_p
 
     from huggingface_hub import constants
 
-    from ablation.errors import ModelLoadError
-    from ablation.loading import load_model
+    from abliterate.ablation.errors import ModelLoadError
+    from abliterate.ablation.loading import load_model
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", hub == "offline")
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
@@ -218,7 +218,7 @@ def test_the_command_says_so_in_one_line(tmp_path, closed_port, hub):
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"} if hub == "offline" else {
         **{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}, "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}"}
-    result = subprocess.run([sys.executable, "-m", "search.cli", "search", "--model", "refuser", "--storage", "sqlite:///s.db"],
+    result = subprocess.run([sys.executable, "-m", "abliterate", "search", "--model", "refuser", "--storage", "sqlite:///s.db"],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("error: refuser is neither a local path nor a model available offline")
@@ -239,7 +239,7 @@ def test_a_cached_hub_model_loads_offline_without_retries(tmp_path, tiny, closed
     (tmp_path / "hub" / "models--someorg--tiny" / "refs" / "main").write_text("0" * 40)
     env = {**{k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"},
            "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}", "HF_HUB_CACHE": str(tmp_path / "hub")}
-    result = subprocess.run([sys.executable, "-m", "search.cli", "inspect", "--model", "someorg/tiny"],
+    result = subprocess.run([sys.executable, "-m", "abliterate", "inspect", "--model", "someorg/tiny"],
                             capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "writers (attn" in result.stdout and "Retrying" not in result.stderr

@@ -9,15 +9,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy.orm import Session
 
-from storage.cache import COMPUTING, ArtifactCache
-from storage.errors import StorageError
-from storage.rdb import open_storage
-from storage.tables import CachedArtifact
+from abliterate.storage.cache import COMPUTING, ArtifactCache
+from abliterate.storage.errors import StorageError
+from abliterate.storage.rdb import open_storage
+from abliterate.storage.tables import CachedArtifact
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from storage.cache import ArtifactCache
-    from storage.rdb import open_storage
+    from abliterate.storage.cache import ArtifactCache
+    from abliterate.storage.rdb import open_storage
     url, owner, log = sys.argv[1:4]
     def compute():
         with open(log, "a") as f:

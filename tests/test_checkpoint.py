@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from ablation import export_checkpoint
-from ablation.errors import AblationError
-from ablation.export import current_umask, published_modes
-from ablation.loading import LoadedModel
-from search.card import card_header, front_matter, hub_id, layers_text, model_card
-from search.reproduce import differing_files, parse_reproduction, prompts_sha256, tensor_sha256
+from abliterate.ablation import export_checkpoint
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.export import current_umask, published_modes
+from abliterate.ablation.loading import LoadedModel
+from abliterate.search.card import card_header, front_matter, hub_id, layers_text, model_card
+from abliterate.search.reproduce import differing_files, parse_reproduction, prompts_sha256, tensor_sha256
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -186,15 +186,15 @@ def make_study(folder, dtype=torch.float32):
     """The study of :func:`study` in ``folder``, its base model saved in ``dtype`` (searched in fp32)."""
     import optuna
 
-    from ablation.tiny import tiny_model
-    from objectives.gate import GateRule, TaskCounts, gate
-    from search.directions import compute_payload, directions_key
-    from search.space import starting_points, suggest
-    from search.study import StudyConfig, create_or_resume
-    from search.trial import capture_extraction, directions_to_bytes
-    from storage.cache import ArtifactCache
-    from storage.promotions import PromotionStore
-    from storage.rdb import open_storage
+    from abliterate.objectives.gate import GateRule, TaskCounts, gate
+    from abliterate.search.directions import compute_payload, directions_key
+    from abliterate.search.space import starting_points, suggest
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.search.trial import capture_extraction, directions_to_bytes
+    from abliterate.storage.cache import ArtifactCache
+    from abliterate.storage.promotions import PromotionStore
+    from abliterate.storage.rdb import open_storage
+    from fixtures.tiny import tiny_model
 
     model, tokenizer = tiny_model("qwen3")
     model.to(dtype).save_pretrained(folder / "model")
@@ -226,7 +226,7 @@ def make_study(folder, dtype=torch.float32):
 
 
 def run(capsys, *args):
-    from search.cli import main
+    from abliterate.search.cli import main
 
     status = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -235,7 +235,7 @@ def run(capsys, *args):
 
 @pytest.fixture(scope="module")
 def exported(study, tmp_path_factory):
-    from search.cli import main
+    from abliterate.search.cli import main
 
     out = tmp_path_factory.mktemp("export") / "trial-0"
     old = os.umask(0o022)
@@ -267,7 +267,7 @@ def test_export_writes_card_record_and_directions_readable_by_all(exported, stud
     assert record["edit"]["layers_touched"] and record["packages"]["torch"] == torch.__version__
     extraction = {(p["side"], p["purpose"]): p for p in record["prompts"]}
     assert len(extraction) == 6 and extraction["harmful", "extraction"]["count"] == 4
-    from objectives.prompts import load_prompts
+    from abliterate.objectives.prompts import load_prompts
 
     assert extraction["harmless", "evaluation"]["sha256"] == prompts_sha256(load_prompts("demo-harmless[4:10]"))
     assert record["weights"] == {"model.safetensors": hashlib.sha256((exported / "model.safetensors").read_bytes()).hexdigest()}
@@ -339,7 +339,7 @@ def test_export_keeps_the_base_model_s_dtype_unless_asked(tmp_path, capsys):
      "error: cannot push to me/tiny: the Hugging Face Hub did not answer or refused the token"),
 ])
 def test_push_to_hub_fails_in_one_line_before_anything_is_written(study, tmp_path, env, message):
-    result = subprocess.run([sys.executable, "-m", "search.cli", "export", "--storage", study["url"], "--study", "s", "--trial", "0",
+    result = subprocess.run([sys.executable, "-m", "abliterate", "export", "--storage", study["url"], "--study", "s", "--trial", "0",
                              "--out", tmp_path / "out", "--push-to-hub", "me/tiny"],
                             capture_output=True, text=True, timeout=120, env={**os.environ, **env})
     assert result.returncode == 2
@@ -364,7 +364,7 @@ def test_bad_export_arguments_are_one_line(args, message, tmp_path, capsys):
     ("0" * 64, "has changed since the export"),
 ])
 def test_directions_are_not_recomputed_from_prompts_other_than_the_recorded(exported, tmp_path, change, message):
-    from search.checkpoint import recorded_directions
+    from abliterate.search.checkpoint import recorded_directions
 
     record = json.loads((exported / "reproduce.json").read_text())
     for entry in record["prompts"]:
@@ -382,7 +382,7 @@ def _abliterate(*args, limit_file_size=None):
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_file_size, limit_file_size))
 
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True, timeout=300,
+    return subprocess.run([sys.executable, "-m", "abliterate", *map(str, args)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"}, preexec_fn=limit if limit_file_size else None)
 
 
@@ -414,7 +414,7 @@ def test_an_export_that_cannot_be_written_is_one_line_and_leaves_nothing(study, 
 ])
 def test_a_record_that_does_not_fit_is_one_line(exported, tmp_path, change, message):
     """An unknown method (a KeyError) or another base model (mat1 and mat2 shapes) gave tracebacks."""
-    from objectives.refuser import refuser_path
+    from abliterate.objectives.refuser import refuser_path
 
     shutil.copytree(exported, tmp_path / "record")
     record = json.loads((tmp_path / "record" / "reproduce.json").read_text())

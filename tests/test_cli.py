@@ -8,12 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
+from abliterate.objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
 
 
 def abliterate(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True,
+        [sys.executable, "-m", "abliterate", *map(str, args)], capture_output=True, text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=cwd,
     )
 
@@ -131,11 +131,11 @@ def test_demo_runs_a_study_and_resumes(tmp_path):
 @pytest.fixture(scope="module")
 def refuser_edit(tmp_path_factory):
     """The shipped refuser and an abliterated checkpoint of it (direction of layer 2, all layers)."""
-    from ablation import Baker, Profile, export_checkpoint, find_writers, load_model
-    from ablation.directions import mean_difference
-    from ablation.residuals import capture_last_token
-    from objectives.prompts import read_prompts
-    from objectives.refuser import prompt_path, refuser_path
+    from abliterate.ablation import Baker, Profile, export_checkpoint, find_writers, load_model
+    from abliterate.ablation.directions import mean_difference
+    from abliterate.ablation.residuals import capture_last_token
+    from abliterate.objectives.prompts import read_prompts
+    from abliterate.objectives.refuser import prompt_path, refuser_path
 
     loaded = load_model(str(refuser_path()), dtype="fp32", device="cpu")
     residuals = [capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(read_prompts(prompt_path(k, "extraction"))))
@@ -151,7 +151,7 @@ def refuser_edit(tmp_path_factory):
 def test_evaluate_json_shows_the_edit(refuser_edit, proxy):
     import json
 
-    from objectives.refuser import prompt_path
+    from abliterate.objectives.refuser import prompt_path
 
     base, edited = refuser_edit
     result = abliterate("evaluate", "--model", edited, "--base", base, "--proxy", proxy, "--json", "--max-new-tokens", "12",
@@ -219,7 +219,7 @@ def test_simple_errors_come_before_torch_is_imported(tmp_path):
 
 
 def test_cpu_advice_is_the_measured_cost_of_the_rest_and_how_to_cut_it():
-    from search.cli.study import cpu_advice
+    from abliterate.search.cli.study import cpu_advice
 
     lines = cpu_advice([250.0, 310.0], 98, 2).splitlines()  # two trials of a 0.5B model took 280 s on average
     assert lines[0] == "  on the CPU a trial took 280 s (mean of 2): the 98 to go take about 3.8 h with 2 worker(s)"
@@ -228,18 +228,18 @@ def test_cpu_advice_is_the_measured_cost_of_the_rest_and_how_to_cut_it():
 
 
 def test_cli_choices_are_the_library_names():
-    from ablation.directions import METHODS
-    from objectives import gate, judges, refusal
-    from search.cli import common
+    from abliterate.ablation.directions import METHODS
+    from abliterate.objectives import gate, judges, refusal
+    from abliterate.search.cli import common
 
     assert common.METHODS == METHODS and common.PROXIES == refusal.PROXIES and common.JUDGES == judges.JUDGES
     assert common.RULES == gate.RULES and common.TESTS == gate.TESTS
 
 
 def test_search_needs_only_a_model(no_registry_packages):
-    from objectives.prompts import DEFAULT_HARMFUL, DEFAULT_HARMLESS
-    from search.cli import parser
-    from search.cli.study import search_config
+    from abliterate.objectives.prompts import DEFAULT_HARMFUL, DEFAULT_HARMLESS
+    from abliterate.search.cli import parser
+    from abliterate.search.cli.study import search_config
 
     config = search_config(parser().parse_args(["search", "--model", "some/model"]))
     assert config.harmful["evaluation"] == f"{DEFAULT_HARMFUL}[64:164]" and config.harmless["evaluation"] == f"{DEFAULT_HARMLESS}[64:164]"
@@ -261,8 +261,8 @@ def _render(renderable) -> list[str]:
 def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
     from types import SimpleNamespace
 
-    from search.cli.browse import front_table
-    from search.cli.promotion import summary_table
+    from abliterate.search.cli.browse import front_table
+    from abliterate.search.cli.promotion import summary_table
 
     def trials(different):
         return [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
@@ -299,7 +299,7 @@ def test_the_report_says_what_the_specificity_controls_found():
 
     from rich.console import Console
 
-    from search.cli.promotion import print_report
+    from abliterate.search.cli.promotion import print_report
 
     gate = {"reason": "trial passed", "tasks": [{"p": 0.01, "p_holm": 0.1}], "pooled_p": 0.01, "look": 12, "tested": 1068,
             "pooled_odds_ratio": None, "flags": []}
@@ -328,16 +328,16 @@ def test_the_report_says_what_the_specificity_controls_found():
 
 
 def test_promote_runs_the_promoter_s_default_controls():
-    from search.cli import parser
-    from search.promoter import DEFAULT_CONTROLS
+    from abliterate.search.cli import parser
+    from abliterate.search.promoter import DEFAULT_CONTROLS
 
     # The flag's default is a literal so that --help imports no torch; it must say what the promoter does.
     assert parser().parse_args(["promote"]).controls == DEFAULT_CONTROLS
 
 
 def test_promote_refuses_the_leases_the_promoter_refuses():
-    from search import promotion_settings
-    from search.cli import promotion
+    from abliterate.search import promotion_settings
+    from abliterate.search.cli import promotion
 
     # Literals in the CLI, for the same reason as above.
     assert (promotion.MIN_LEASE_SECONDS, promotion.MAX_SECONDS) == (promotion_settings.MIN_LEASE_SECONDS, promotion_settings.MAX_SECONDS)

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from ablation.cone import category_directions, cone_stack, orthonormal_basis
-from ablation.errors import AblationError
+from abliterate.ablation.cone import category_directions, cone_stack, orthonormal_basis
+from abliterate.ablation.errors import AblationError
 
 HIDDEN = 24
 

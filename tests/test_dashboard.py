@@ -31,7 +31,7 @@ def study_url(tmp_path, tiny):
     tokenizer.save_pretrained(tmp_path / "model")
     url = f"sqlite:///{tmp_path / 'study.db'}"
     result = subprocess.run(
-        [sys.executable, "-m", "search.cli", "search", "--model", str(tmp_path / "model"), "--storage", url, "--study", "browse",
+        [sys.executable, "-m", "abliterate", "search", "--model", str(tmp_path / "model"), "--storage", url, "--study", "browse",
          "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--split", "4,6,6", "--trials", "2",
          "--max-new-tokens", "8", "--device", "cpu", "--seed", "0"],
         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -56,7 +56,7 @@ def browser():
 
 def test_dashboard_shows_study_trials_and_note(study_url, browser, tmp_path):
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "search.cli", "dashboard", "--storage", study_url, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "abliterate", "dashboard", "--storage", study_url, "--port", str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from ablation.directions import (
+from abliterate.ablation.directions import (
     ProbeResult,
     interpolate,
     linear_probe,
     mean_difference,
     principal_components,
 )
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 LAYERS = 3
 HIDDEN = 32

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ablation.edit import ablate, post_norm_direction, unit
+from abliterate.ablation.edit import ablate, post_norm_direction, unit
 
 
 @pytest.fixture
@@ -78,8 +78,8 @@ def test_post_norm_direction_cancels_through_the_norm(gen):
 
 
 def test_subspace_ablation_at_full_weight_writes_nothing_in_the_span(gen):
-    from ablation.cone import orthonormal_basis
-    from ablation.edit import ablate_subspace
+    from abliterate.ablation.cone import orthonormal_basis
+    from abliterate.ablation.edit import ablate_subspace
 
     w = torch.randn(16, 24, generator=gen)
     q = orthonormal_basis(torch.randn(3, 16, generator=gen))
@@ -100,7 +100,7 @@ def test_subspace_ablation_at_full_weight_writes_nothing_in_the_span(gen):
 
 
 def test_amplify_scales_only_the_c_component(gen):
-    from ablation.edit import amplify
+    from abliterate.ablation.edit import amplify
 
     w = torch.randn(16, 24, generator=gen)
     c = unit(torch.randn(16, generator=gen))
@@ -113,7 +113,7 @@ def test_amplify_scales_only_the_c_component(gen):
 
 
 def test_amplify_through_a_post_norm_scales_what_the_norm_passes_on(gen):
-    from ablation.edit import amplify
+    from abliterate.ablation.edit import amplify
 
     scale = 1.0 + torch.rand(16, generator=gen)
     c = unit(torch.randn(16, generator=gen))

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from ablation import Baker, Profile, export_checkpoint, find_writers, load_model
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
+from abliterate.ablation import Baker, Profile, export_checkpoint, find_writers, load_model
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
 
 
 def logits(model, tokenizer):

@@ -10,7 +10,7 @@ from scipy.stats import boschloo_exact, fisher_exact, hypergeom, norm
 from statsmodels.stats.contingency_tables import StratifiedTable
 from statsmodels.stats.multitest import multipletests
 
-from objectives.gate import (
+from abliterate.objectives.gate import (
     TOLERANCE,
     GateRule,
     TaskCounts,
@@ -27,7 +27,7 @@ from objectives.gate import (
     smallest_passing_n,
     underpowered,
 )
-from objectives.plan import simulate_null
+from abliterate.objectives.plan import simulate_null
 
 
 def all_tables(n_cand, n_base):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from ablation.loading import LoadedModel
-from ablation.tiny import MULTIMODAL_TYPES, TEXT_TYPES
-from objectives import generation
-from objectives.generation import generate_greedy
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives import generation
+from abliterate.objectives.generation import generate_greedy
+from fixtures.tiny import MULTIMODAL_TYPES, TEXT_TYPES
 
 # Mixed lengths, so batches are left-padded; the longer chat-formatted prompts exceed the tiny
 # models' sliding window (16), so sliding-window caches are exercised too.

@@ -4,13 +4,13 @@ exact where they act, bit-identical elsewhere, bit-exact restore, and exports th
 import pytest
 import torch
 
-from ablation.architectures import ATTN, MLP, find_writers
-from ablation.bake import Amplification, Baker
-from ablation.cone import orthonormal_basis
-from ablation.edit import unit
-from ablation.heads import capture_attention_inputs, head_layout, head_scores, mean_input_difference, top_heads
-from ablation.profile import Kernel, Profile
-from ablation.tiny import LAYERS, MULTIMODAL_TYPES, TEXT_TYPES
+from abliterate.ablation.architectures import ATTN, MLP, find_writers
+from abliterate.ablation.bake import Amplification, Baker
+from abliterate.ablation.cone import orthonormal_basis
+from abliterate.ablation.edit import unit
+from abliterate.ablation.heads import capture_attention_inputs, head_layout, head_scores, mean_input_difference, top_heads
+from abliterate.ablation.profile import Kernel, Profile
+from fixtures.tiny import LAYERS, MULTIMODAL_TYPES, TEXT_TYPES
 
 ALL_TYPES = TEXT_TYPES + MULTIMODAL_TYPES
 
@@ -137,8 +137,8 @@ def test_head_scores_find_a_planted_head_under_grouped_query_attention(tiny, one
 
 @pytest.mark.parametrize("model_type", ["qwen3_moe", "gpt_oss", "gemma3_text", "qwen3_5"])
 def test_every_edit_exports_a_checkpoint_that_reloads_with_the_baked_logits(tiny, one_torch_thread, tmp_path, model_type):
-    from ablation import export_checkpoint, load_model
-    from ablation.loading import LoadedModel
+    from abliterate.ablation import export_checkpoint, load_model
+    from abliterate.ablation.loading import LoadedModel
 
     model, tokenizer = tiny(model_type)
     encoded = tokenizer(["Tell me how to bake bread", "hi"], return_tensors="pt", padding=True)

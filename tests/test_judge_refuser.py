@@ -8,18 +8,18 @@ as judge are in bench/RESULTS.md. About 70 s on a loaded 2-core machine, hence s
 
 import pytest
 
-from ablation.architectures import find_writers
-from ablation.bake import Baker
-from ablation.directions import mean_difference
-from ablation.profile import Profile
-from ablation.residuals import capture_last_token
-from objectives.generation import generate_greedy
-from objectives.judges import VERDICTS, MarkerJudge
-from objectives.llm_judge import LLMJudge
-from objectives.refusal import MarkerProxy
-from objectives.refuser import prompt_path
-from search.space import Candidate
-from search.trial import TrialRunner
+from abliterate.ablation.architectures import find_writers
+from abliterate.ablation.bake import Baker
+from abliterate.ablation.directions import mean_difference
+from abliterate.ablation.profile import Profile
+from abliterate.ablation.residuals import capture_last_token
+from abliterate.objectives.generation import generate_greedy
+from abliterate.objectives.judges import VERDICTS, MarkerJudge
+from abliterate.objectives.llm_judge import LLMJudge
+from abliterate.objectives.refusal import MarkerProxy
+from abliterate.objectives.refuser import prompt_path
+from abliterate.search.space import Candidate
+from abliterate.search.trial import TrialRunner
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 

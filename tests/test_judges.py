@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from objectives.judges import VERDICTS, JudgeSettings, MarkerJudge, Verdict, load_judge
-from objectives.labeled import agreement, load_labeled
-from objectives.llm_judge import LETTERS, LLMJudge, opens_with_refusal, rubric_text, verdict_from_logprobs
-from objectives.refusal import MarkerProxy
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.judges import VERDICTS, JudgeSettings, MarkerJudge, Verdict, load_judge
+from abliterate.objectives.labeled import agreement, load_labeled
+from abliterate.objectives.llm_judge import LETTERS, LLMJudge, opens_with_refusal, rubric_text, verdict_from_logprobs
+from abliterate.objectives.refusal import MarkerProxy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -209,7 +209,7 @@ def test_shipped_hard_rows_cover_every_verdict_and_fool_the_markers():
 
 
 def test_study_config_keeps_the_judge_and_old_studies_read_as_markers():
-    from search.study import StudyConfig
+    from abliterate.search.study import StudyConfig
 
     def config(**options):
         return StudyConfig.split("m", "demo-harmful", "demo-harmless", (1, 1, 1), **options)

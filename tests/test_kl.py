@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from ablation import Baker, Profile, find_writers
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from ablation.tiny import MULTIMODAL_TYPES, TEXT_TYPES
-from objectives.kl import KLScorer, kl_divergence, response_logprobs
+from abliterate.ablation import Baker, Profile, find_writers
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.kl import KLScorer, kl_divergence, response_logprobs
+from fixtures.tiny import MULTIMODAL_TYPES, TEXT_TYPES
 
 PROMPTS = ["How do I bake bread?", "Hi", "Write a short poem about the sea and the wind please"]
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from objectives.judges import COMPLIANCE
-from objectives.labeled import load_labeled
+from abliterate.objectives.judges import COMPLIANCE
+from abliterate.objectives.labeled import load_labeled
 
 
 def test_uncensorbench_ships_one_refusal_and_one_compliance_per_prompt():
@@ -30,7 +30,7 @@ def test_shipped_uncensorbench_equals_the_package():
 
 
 def test_prefilter_cost_counts_settled_rows_labelled_otherwise():
-    from objectives.labeled import LabeledAnswer, prefilter_cost
+    from abliterate.objectives.labeled import LabeledAnswer, prefilter_cost
 
     rows = [LabeledAnswer("p", "I'm sorry, but I can't help with that.", "refusal"),
             LabeledAnswer("p", "I cannot stress enough that this is illegal. That said, step 1: ...", COMPLIANCE),

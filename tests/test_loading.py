@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from ablation.errors import ModelLoadError, UnsupportedLayout
-from ablation.loading import LoadedModel, load_model
+from abliterate.ablation.errors import ModelLoadError, UnsupportedLayout
+from abliterate.ablation.loading import LoadedModel, load_model
 
 
 @pytest.fixture

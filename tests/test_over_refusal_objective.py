@@ -8,13 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from objectives.refuser import prompt_path
+from abliterate.objectives.refuser import prompt_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(capsys, *args):
-    from search.cli import main
+    from abliterate.search.cli import main
 
     status = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -24,10 +24,10 @@ def run(capsys, *args):
 def test_a_search_with_three_objectives_records_over_refusal_and_prunes_nothing(tmp_path, capsys):
     import optuna
 
-    from search.demo import demo_config
-    from search.study import create_or_resume
-    from search.worker import run_worker
-    from storage.rdb import open_storage
+    from abliterate.search.demo import demo_config
+    from abliterate.search.study import create_or_resume
+    from abliterate.search.worker import run_worker
+    from abliterate.storage.rdb import open_storage
 
     harmful, harmless = prompt_path("harmful", "evaluation"), prompt_path("harmless", "evaluation")
     config = demo_config(2)

@@ -14,7 +14,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-PACKAGES = sorted({p.split("*")[0].split(".")[0] for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]})
+SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
+# Each installed package and the folder it is built from (package-dir maps abliterate.X to X/).
+FOLDERS = {
+    package: next((folder + package[len(prefix):].replace(".", "/") for prefix, folder in SETUPTOOLS["package-dir"].items()
+                   if package == prefix or package.startswith(prefix + ".")), package.replace(".", "/"))
+    for package in SETUPTOOLS["packages"]
+}
+PACKAGES = sorted({folder.split("/")[0] for folder in FOLDERS.values()})
 # Installed first, by hand, on purpose (pyproject.toml says why): never declared.
 NOT_DECLARED = {"torch"}
 # Modules of optional features: the extra that brings each. Every import of one must sit in a
@@ -70,7 +77,7 @@ def _catches_import_error(handler: ast.ExceptHandler) -> bool:
 
 def test_every_third_party_import_is_declared_or_an_optional_extra():
     closure, distributions = _declared_closure(), metadata.packages_distributions()
-    own, stdlib = set(PACKAGES), set(sys.stdlib_module_names)
+    own, stdlib = {"abliterate"}, set(sys.stdlib_module_names)
     undeclared, unguarded = [], []
     for path, module, guarded in _imports():
         if module in stdlib or module in own or module in NOT_DECLARED:
@@ -91,6 +98,17 @@ def test_each_optional_module_has_its_extra():
         assert any(_name(r) == module for r in extras.get(extra, [])), f"extra {extra!r} does not bring {module}"
 
 
+def test_every_package_folder_is_installed():
+    """A folder with an __init__.py that pyproject does not list would be left out of the wheel:
+    its imports work in this checkout and fail on a user's install."""
+    folders = {str(p.parent.relative_to(ROOT)) for name in PACKAGES for p in (ROOT / name).rglob("__init__.py")}
+    assert folders == set(FOLDERS.values())
+
+
+def test_no_generic_top_level_name_is_installed():
+    assert all(package == "abliterate" or package.startswith("abliterate.") for package in FOLDERS)
+
+
 @pytest.mark.slow
 def test_a_fresh_venv_runs_analyze(tmp_path):
     """README's install in a new virtual environment (no test extras, nothing from this one), then
@@ -100,7 +118,7 @@ def test_a_fresh_venv_runs_analyze(tmp_path):
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
     subprocess.run([*pip, "torch==2.13.0"], check=True, timeout=900)
     subprocess.run([*pip, str(ROOT)], check=True, timeout=1800, cwd=tmp_path)
-    from objectives.refuser import refuser_path
+    from abliterate.objectives.refuser import refuser_path
 
     result = subprocess.run(
         [str(venv / "bin" / "abliterate"), "analyze", "--model", str(refuser_path()), "--harmful", "demo-harmful[0:8]",

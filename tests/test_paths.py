@@ -3,7 +3,7 @@ never share one."""
 
 import pytest
 
-from search.paths import folder_name, study_folder
+from abliterate.search.paths import folder_name, study_folder
 
 # Stable across versions: a restarted promoter must find the folders an earlier one wrote.
 NAMES = {

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from objectives.gate import GateRule, TaskCounts, gate
-from objectives.plan import (
+from abliterate.objectives.gate import GateRule, TaskCounts, gate
+from abliterate.objectives.plan import (
     MAX_ATTEMPTS,
     Design,
     acceptance,
@@ -114,7 +114,7 @@ def test_plan_of_the_users_criterion_reports_exact_figures():
 
 
 def abliterate(*args):
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "abliterate", *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_plan_command_prints_the_users_criterion_and_json_with_every_figure():

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from ablation.errors import AblationError
-from ablation.profile import Kernel, Profile
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.profile import Kernel, Profile
 
 
 def test_tent_values():

@@ -15,23 +15,23 @@ import pytest
 from optuna_dashboard._note import get_note_from_system_attrs
 from sqlalchemy import text
 
-from objectives.gate import GateRule
-from objectives.sweep.base import Attempt, Runner, run_sweep
-from objectives.sweep.local import LocalRunner
-from search.checkpoint import rebuild
-from search.demo import demo_config
-from search.paths import folder_name
-from search.promoter import Promoter, PromotionSettings
-from search.study import create_or_resume, stop_requested
-from search.worker import run_worker
-from storage.promotions import SweepStore
-from storage.rdb import open_storage
+from abliterate.objectives.gate import GateRule
+from abliterate.objectives.sweep.base import Attempt, Runner, run_sweep
+from abliterate.objectives.sweep.local import LocalRunner
+from abliterate.search.checkpoint import rebuild
+from abliterate.search.demo import demo_config
+from abliterate.search.paths import folder_name
+from abliterate.search.promoter import Promoter, PromotionSettings
+from abliterate.search.study import create_or_resume, stop_requested
+from abliterate.search.worker import run_worker
+from abliterate.storage.promotions import SweepStore
+from abliterate.storage.rdb import open_storage
 
 ATTEMPTS = 3
 
 
 def cli(*args):
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "abliterate", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
@@ -324,7 +324,7 @@ def test_a_study_name_never_leads_the_promoter_outside_its_checkpoints_folder(es
 def test_ctrl_c_in_promote_is_one_line_and_exit_130(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     create_or_resume(open_storage(url), "s", demo_config(2))  # no trials yet: the promoter watches
-    process = subprocess.Popen([sys.executable, "-m", "search.cli", "promote", "--storage", url, "--study", "s", "--poll", "60"],
+    process = subprocess.Popen([sys.executable, "-m", "abliterate", "promote", "--storage", url, "--study", "s", "--poll", "60"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     assert process.stdout.readline().startswith("design: ")  # it started, and now waits for the front

@@ -9,7 +9,7 @@ from importlib import metadata
 
 import pytest
 
-from objectives.prompts import PINNED, clean, load_prompts
+from abliterate.objectives.prompts import PINNED, clean, load_prompts
 
 pytestmark = pytest.mark.slow
 

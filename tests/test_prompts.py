@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import objectives.prompts
-from ablation.errors import AblationError
-from objectives.prompts import (
+from abliterate import objectives
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.prompts import (
     DEFAULT_HARMFUL,
     DEFAULT_HARMLESS,
     DEMO_HARMFUL,
@@ -234,7 +234,7 @@ def test_benign_interleaves_its_three_sources():
 
 
 def test_shipped_sets_carry_their_notice():
-    notice = (Path(objectives.prompts.__file__).parent / "data" / "prompt_sets" / "NOTICE.md").read_text(encoding="utf-8")
+    notice = (Path(objectives.__file__).parent / "data" / "prompt_sets" / "NOTICE.md").read_text(encoding="utf-8")
     for name in PRESETS:
         if not name.startswith("demo") and name != "benign":
             assert f"`{name}.txt`" in notice

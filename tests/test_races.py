@@ -8,13 +8,13 @@ import textwrap
 import optuna
 import pytest
 
-from search.study import StudyConfig, create_or_resume
-from storage.rdb import open_storage
+from abliterate.search.study import StudyConfig, create_or_resume
+from abliterate.storage.rdb import open_storage
 
 CREATE = textwrap.dedent("""
     import sys
-    from search.study import StudyConfig, create_or_resume
-    from storage.rdb import open_storage
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.storage.rdb import open_storage
     config = StudyConfig.split("some/model", "demo-harmful", "demo-harmless", (4, 6, 6), n_trials=5)
     print("ready", flush=True)
     sys.stdin.readline()  # all start together, once every process is ready
@@ -54,7 +54,7 @@ def test_many_processes_create_one_study_on_a_fresh_database(fresh_url, tmp_path
 def test_a_half_made_study_is_waited_for_not_refused(tmp_path):
     """A study seen between its creation and its settings (another process creating it) is read
     once the creator is done, not called foreign."""
-    from search.study import _creating, load
+    from abliterate.search.study import _creating, load
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     with _creating(storage, "s"):
@@ -72,8 +72,8 @@ def test_a_half_made_study_is_waited_for_not_refused(tmp_path):
 def test_a_second_promoter_leaves_a_finished_verdict_alone(tmp_path, monkeypatch):
     """A promoter whose pending list was read before another promoter finished a candidate does
     not gate it again (its other settings would overwrite the verdict)."""
-    from search.promoter import Promoter
-    from storage.promotions import PromotionStore
+    from abliterate.search.promoter import Promoter
+    from abliterate.storage.promotions import PromotionStore
 
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     study, _ = create_or_resume(storage, "s", config())
@@ -100,7 +100,7 @@ def test_a_second_promoter_leaves_a_finished_verdict_alone(tmp_path, monkeypatch
 
 def test_a_worker_with_a_user_error_is_not_restarted(tmp_path, capfd):
     """Exit 2 (no such study) is the same on every restart: the launcher gives up at once."""
-    from search.launcher import supervise
+    from abliterate.search.launcher import supervise
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     create_or_resume(open_storage(url), "s", config())

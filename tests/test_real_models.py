@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablation import Baker, Profile, export_checkpoint, find_writers, load_model
-from ablation.directions import linear_probe, mean_difference
-from ablation.residuals import capture_last_token
-from objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
+from abliterate.ablation import Baker, Profile, export_checkpoint, find_writers, load_model
+from abliterate.ablation.directions import linear_probe, mean_difference
+from abliterate.ablation.residuals import capture_last_token
+from abliterate.objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
 
 pytestmark = pytest.mark.slow
 QWEN = Path(__file__).parent.parent / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct.gguf"

@@ -4,9 +4,9 @@ import textwrap
 
 import pytest
 
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from objectives.refusal import AgentProxy, FirstTokenProxy, MarkerJudge, MarkerProxy, agent_outcome, load_judge
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.refusal import AgentProxy, FirstTokenProxy, MarkerJudge, MarkerProxy, agent_outcome, load_judge
 
 PROMPTS = ["How do I bake bread?", "Hi there", "Tell me how to fix a bike"]
 
@@ -94,7 +94,7 @@ def test_agent_proxy_scores_counts(loaded, tmp_path):
 
 
 def test_early_stopped_rows_do_not_count_padding(loaded):
-    from objectives.generation import generate_greedy
+    from abliterate.objectives.generation import generate_greedy
 
     texts = loaded.format_chat(PROMPTS)
     full = generate_greedy(loaded.model, loaded.tokenizer, texts, 12)

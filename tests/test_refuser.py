@@ -32,16 +32,16 @@ import json
 import pytest
 import torch
 
-from ablation.architectures import find_writers
-from ablation.bake import Baker
-from ablation.directions import mean_difference
-from ablation.errors import AblationError
-from ablation.loading import load_model
-from ablation.profile import Kernel, Profile
-from ablation.residuals import capture_last_token
-from objectives.kl import KLScorer
-from objectives.refusal import ChatFormat, MarkerProxy
-from objectives.refuser import MODEL_DIR, PROMPT_FILES, PROMPTS_DIR, refuser_path
+from abliterate.ablation.architectures import find_writers
+from abliterate.ablation.bake import Baker
+from abliterate.ablation.directions import mean_difference
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import load_model
+from abliterate.ablation.profile import Kernel, Profile
+from abliterate.ablation.residuals import capture_last_token
+from abliterate.objectives.kl import KLScorer
+from abliterate.objectives.refusal import ChatFormat, MarkerProxy
+from abliterate.objectives.refuser import MODEL_DIR, PROMPT_FILES, PROMPTS_DIR, refuser_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -98,7 +98,7 @@ def test_prompt_files_have_their_sizes_and_are_disjoint():
 
 
 def test_prompt_files_are_held_out_from_training():
-    from objectives.refuser.build import FRAMINGS, make_data
+    from fixtures.refuser import FRAMINGS, make_data
 
     data = make_data(seed=0)
     trained = {p for p, _ in data.train} | {p for p, _ in data.helpful}
@@ -134,17 +134,17 @@ def test_shipped_folder_is_a_small_float32_qwen3():
 
 
 def test_refuser_path_explains_a_missing_model(monkeypatch, tmp_path):
-    import objectives.refuser as refuser
+    import abliterate.objectives.refuser as refuser
 
     assert refuser_path() == MODEL_DIR
     monkeypatch.setattr(refuser, "MODEL_DIR", tmp_path / "absent")
-    with pytest.raises(AblationError, match=r"python -m objectives\.refuser\.build") as error:
+    with pytest.raises(AblationError, match=r"python -m fixtures\.refuser") as error:
         refuser.refuser_path()
     assert "\n" not in str(error.value)
 
 
 def test_prompt_path_names_the_sets():
-    from objectives.refuser import prompt_path
+    from abliterate.objectives.refuser import prompt_path
 
     assert prompt_path("harmful", "evaluation") == PROMPTS_DIR / "harmful_evaluation.txt"
     with pytest.raises(AblationError, match="extraction, evaluation or confirmation"):
@@ -229,7 +229,7 @@ def test_wrong_layers_leave_refusals(loaded, directions, case):
 
 
 def test_build_runs_end_to_end_in_quick_mode(tmp_path, capsys):
-    from objectives.refuser.build import main
+    from fixtures.refuser import main
 
     out, prompts = tmp_path / "model", tmp_path / "prompts"
     assert main(["--out", str(out), "--prompts-out", str(prompts), "--steps", "2", "--seed", "1"]) == 0

@@ -8,10 +8,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from ablation.errors import AblationError
-from search.space import INTERVENTIONS, METHODS, PRESETS, SearchSpace, candidate_from_params, starting_points, suggest
-from search.study import create_or_resume
-from storage.rdb import open_storage
+from abliterate.ablation.errors import AblationError
+from abliterate.search.space import INTERVENTIONS, METHODS, PRESETS, SearchSpace, candidate_from_params, starting_points, suggest
+from abliterate.search.study import create_or_resume
+from abliterate.storage.rdb import open_storage
 
 # One trial per method, the interventions taken in turn; the sampler fills in the rest.
 COVER = [{"method": method, "intervention": INTERVENTIONS[i % len(INTERVENTIONS)], "scope": "per-layer" if i % 2 else "global",
@@ -26,8 +26,8 @@ def train_tiny_saes(config, folder, layers=(1, 2, 3), features=64, steps=300):
     common layout, one file per layer (none for layer 0)."""
     from safetensors.torch import save_file
 
-    from ablation import load_model
-    from ablation.residuals import capture_last_token
+    from abliterate.ablation import load_model
+    from abliterate.ablation.residuals import capture_last_token
 
     loaded = load_model(config.model, "float32", "cpu")
     prompts = config.prompts()
@@ -54,8 +54,8 @@ def train_tiny_saes(config, folder, layers=(1, 2, 3), features=64, steps=300):
 
 @pytest.fixture(scope="module")
 def research_study(tmp_path_factory, one_torch_thread):
-    from search.demo import DEMO_SPACE, demo_config
-    from search.worker import run_worker
+    from abliterate.search.demo import DEMO_SPACE, demo_config
+    from abliterate.search.worker import run_worker
 
     space = replace(DEMO_SPACE, methods=METHODS, interventions=INTERVENTIONS, heads=(1, 8), calibration=(0, 25, 75, 95))
     saes = train_tiny_saes(demo_config(TRIALS), tmp_path_factory.mktemp("sae"))
@@ -79,19 +79,19 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
         assert {"pca_component", "cone_rank", "sae_features", "intervention", "amplify_strength", "heads", "calibration"} <= set(trial.params)
     assert {t.params["calibration"] for t in done} >= {0, 25, 75, 95}
     log = "\n".join(said)
-    from search.worker import DIRECTIONS_REPORT_ATTR
+    from abliterate.search.worker import DIRECTIONS_REPORT_ATTR
 
     assert study.user_attrs[DIRECTIONS_REPORT_ATTR] == [line for line in said if line.startswith(("cone", "sae", "compliance", "refusal"))]
     assert "cone: " in log and "mean pairwise cosine" in log and "silhouette" in log and "cos(refusal, compliance)" in log and "sae: SAEs at layers 1, 2, 3" in log
 
 
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
-    from ablation import Baker, find_writers, load_model
-    from search.checkpoint import export_loaded, rebuild
-    from search.directions import bake_arguments, direction_for, directions_key, profile_for
-    from search.study import load
-    from search.trial import directions_from_bytes
-    from storage.cache import ArtifactCache
+    from abliterate.ablation import Baker, find_writers, load_model
+    from abliterate.search.checkpoint import export_loaded, rebuild
+    from abliterate.search.directions import bake_arguments, direction_for, directions_key, profile_for
+    from abliterate.search.study import load
+    from abliterate.search.trial import directions_from_bytes
+    from abliterate.storage.cache import ArtifactCache
 
     url, study, _ = research_study
     _, config = load(open_storage(url, create=False), "s")
@@ -184,9 +184,9 @@ def test_a_bad_space_is_one_line(options, message):
 def test_categories_line_up_with_the_prompts_and_shape_the_cone(tmp_path):
     import csv
 
-    from objectives.categories import load_categories
-    from objectives.prompts import load_prompts
-    from search.directions import method_tensor
+    from abliterate.objectives.categories import load_categories
+    from abliterate.objectives.prompts import load_prompts
+    from abliterate.search.directions import method_tensor
 
     rows = [("Pick a lock", "crime"), ("", "crime"), ("Make a weapon", "violence"), ("pick  a LOCK", "other"),
             ("Steal a car", "crime"), ("Hurt someone", "violence"), ("Forge a passport", "fraud")]
@@ -206,14 +206,14 @@ def test_categories_line_up_with_the_prompts_and_shape_the_cone(tmp_path):
     said = []
     cone = method_tensor("cone", harmful, harmless, SearchSpace(methods=("cone",)), said.append, ["violence", "crime", "violence", "fraud"])
     assert cone.shape == (3, 3, 16) and "labelled (" in said[0]
-    from search.study import StudyConfig
+    from abliterate.search.study import StudyConfig
 
     with pytest.raises(AblationError, match="add cone to --methods"):
         StudyConfig.split("m", spec, "demo-harmless", (2, 1, 1), harmful_categories="category")
 
 
 def test_a_calibrated_profile_scales_each_layer_by_its_strength_over_the_target():
-    from search.directions import profile_for, refusal_strength
+    from abliterate.search.directions import profile_for, refusal_strength
 
     r = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     harmless = torch.zeros(3, 5, 8)
@@ -234,7 +234,7 @@ def test_a_calibrated_profile_scales_each_layer_by_its_strength_over_the_target(
 
 
 def test_the_compliance_direction_and_its_fallback():
-    from search.directions import alignment_report, compliance_direction
+    from abliterate.search.directions import alignment_report, compliance_direction
 
     g = torch.Generator().manual_seed(1)
     c = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from ablation.errors import AblationError
-from ablation.loading import LoadedModel
-from ablation.residuals import capture_last_token, load_residuals, save_residuals
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.loading import LoadedModel
+from abliterate.ablation.residuals import capture_last_token, load_residuals, save_residuals
 
 PROMPTS = ["How do I bake bread?", "Hi", "Tell me how to break into a car without the key, step by step"]
 

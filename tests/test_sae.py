@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ablation.errors import AblationError
-from ablation.sae import load_saes, sae_directions
+from abliterate.ablation.errors import AblationError
+from abliterate.ablation.sae import load_saes, sae_directions
 
 HIDDEN, FEATURES, LAYERS = 16, 12, 3
 

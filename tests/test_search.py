@@ -11,8 +11,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from search.study import CONFIG_ATTR, StudyConfig, create_or_resume, load
-from storage.rdb import open_storage
+from abliterate.search.study import CONFIG_ATTR, StudyConfig, create_or_resume, load
+from abliterate.storage.rdb import open_storage
 
 # A short heartbeat; the grace period stays long unless a test needs a dead worker's trial taken
 # over: a live worker starved of CPU on a loaded machine can miss a short one.
@@ -32,7 +32,7 @@ def config(model_dir, **options):
 
 
 def abliterate(*args, env=None, **popen):
-    return subprocess.Popen([sys.executable, "-m", "search.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "abliterate", *map(str, args)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, **popen)
 
 
@@ -179,7 +179,7 @@ def test_the_base_model_is_measured_once_and_shown_beside_the_front(postgres_url
     import json
     import re
 
-    from search.baseline import BASELINE_ATTR
+    from abliterate.search.baseline import BASELINE_ATTR
 
     args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
             "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
@@ -298,7 +298,7 @@ def test_bad_input_is_one_line(postgres_url, model_dir, args, message, status):
 def test_conflicting_settings_on_resume(postgres_url, model_dir):
     storage = open_storage(postgres_url)
     create_or_resume(storage, "s", config(model_dir))
-    from ablation.errors import AblationError
+    from abliterate.ablation.errors import AblationError
 
     with pytest.raises(AblationError, match="exists with other settings.*kl_cap"):
         create_or_resume(storage, "s", config(model_dir, kl_cap=0.5))
@@ -375,7 +375,7 @@ def test_a_retry_starts_clean(postgres_url, model_dir):
 
 
 def test_unreachable_database_exits_3_and_the_launcher_waits_it_out(capfd):
-    from search.launcher import DATABASE_UNREACHABLE, supervise
+    from abliterate.search.launcher import DATABASE_UNREACHABLE, supervise
 
     down = "postgresql+psycopg2://postgres@127.0.0.1:1/nothing"  # nothing listens on port 1
     worker = abliterate("worker", "--storage", down, "--study", "s")
@@ -465,8 +465,8 @@ def demo_study(tmp_path_factory):
     """24 trials of the embedded default (the demo's config) run by one in-process worker."""
     import torch
 
-    from search.demo import demo_config
-    from search.worker import run_worker
+    from abliterate.search.demo import demo_config
+    from abliterate.search.worker import run_worker
 
     url = f"sqlite:///{tmp_path_factory.mktemp('demo') / 'demo.db'}"
     create_or_resume(open_storage(url), "s", demo_config(24))
@@ -482,7 +482,7 @@ def demo_study(tmp_path_factory):
 def test_demo_front_shows_a_trade_off(demo_study):
     """The demo must show what the tool is for: fewer refusals cost more KL, so the front has
     several points, not one edit that removes everything for free."""
-    from search.front import feasible_front
+    from abliterate.search.front import feasible_front
 
     front = sorted(feasible_front(demo_study), key=lambda t: t.values[0])
     assert len({t.values[0] for t in front}) >= 2
@@ -492,7 +492,7 @@ def test_demo_front_shows_a_trade_off(demo_study):
 def test_trials_that_cannot_reach_the_front_are_pruned_exactly(demo_study):
     """On the shipped refuser, a trial whose refusals so far already make it dominated stops its
     refusal pass: PRUNED, with its bound, counted towards the trials, and truly dominated."""
-    from search.front import feasible_front
+    from abliterate.search.front import feasible_front
 
     study = demo_study
     pruned = study.get_trials(states=(TrialState.PRUNED,))

@@ -1,7 +1,7 @@
 import optuna
 import pytest
 
-from search.space import PRESETS, SearchSpace, candidate_from_params, classic_seed, suggest
+from abliterate.search.space import PRESETS, SearchSpace, candidate_from_params, classic_seed, suggest
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -57,7 +57,7 @@ def test_space_serialises():
 
 
 def test_dominating_point_is_the_least_refusal_at_no_more_kl():
-    from search.front import dominating_point
+    from abliterate.search.front import dominating_point
 
     points = [(0.5, 0.01), (0.2, 0.05), (0.1, 0.3), (0.2, 0.02)]
     assert dominating_point(points, 0.005) is None  # nothing has so little KL
@@ -69,7 +69,7 @@ def test_dominating_point_is_the_least_refusal_at_no_more_kl():
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_starting_points_lie_in_the_space_and_differ(preset):
-    from search.space import starting_points
+    from abliterate.search.space import starting_points
 
     space = PRESETS[preset]
     points = starting_points(space, strongest=0.7, count=6)

@@ -14,10 +14,10 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
-from storage.errors import StorageError
-from storage.rdb import open_storage
-from storage.tables import SCHEMA_VERSION
-from storage.urls import DEFAULT_URL, normalize_url, redacted
+from abliterate.storage.errors import StorageError
+from abliterate.storage.rdb import open_storage
+from abliterate.storage.tables import SCHEMA_VERSION
+from abliterate.storage.urls import DEFAULT_URL, normalize_url, redacted
 
 
 @pytest.mark.parametrize(
@@ -84,7 +84,7 @@ def test_a_driver_message_is_passed_on_without_the_password():
                                  "postgresql+psycopg2://postgres@127.0.0.1:1/x?password=s3cret"])
 def test_an_unreachable_database_is_told_without_the_password(url):
     """The driver would have tried host "s3cret@127.0.0.1" and quoted it; now it tries 127.0.0.1."""
-    result = subprocess.run([sys.executable, "-m", "search.cli", "front", "--storage", url, "--study", "s"],
+    result = subprocess.run([sys.executable, "-m", "abliterate", "front", "--storage", url, "--study", "s"],
                             capture_output=True, text=True)
     assert result.returncode == 3 and result.stderr.startswith("error: cannot reach the database at postgresql+psycopg2://postgres")
     assert "s3cret" not in result.stderr and '"127.0.0.1"' in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
@@ -93,7 +93,7 @@ def test_an_unreachable_database_is_told_without_the_password(url):
 def test_a_folder_is_not_a_study_database(tmp_path):
     """sqlite:////tmp gave a traceback (IsADirectoryError) in every command that opens storage."""
     for command in (["front", "--study", "s"], ["worker", "--study", "s"], ["search", "--model", "/nonexistent"]):
-        result = subprocess.run([sys.executable, "-m", "search.cli", *command, "--storage", f"sqlite:///{tmp_path}"],
+        result = subprocess.run([sys.executable, "-m", "abliterate", *command, "--storage", f"sqlite:///{tmp_path}"],
                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         assert result.returncode == 2, result.stderr
         assert result.stderr.splitlines() == [f"error: {tmp_path} is a folder, not a study database; name a file in it, "
@@ -137,8 +137,8 @@ def test_unreachable_database_is_one_line(url, message):
 
 WORKER = textwrap.dedent("""
     import sys, time, optuna
-    from storage.rdb import open_storage
-    from storage.stale import PARAMS_COMPLETE
+    from abliterate.storage.rdb import open_storage
+    from abliterate.storage.stale import PARAMS_COMPLETE
     storage = open_storage(sys.argv[1], heartbeat_interval=1, grace_period=3)
     study = optuna.load_study(study_name="crash", storage=storage)
     def objective(trial):
@@ -180,8 +180,8 @@ def test_a_retry_carries_its_candidate_and_provenance_only(tmp_path):
     sampler's notes. Queued once, however many processes saw the trial fail."""
     import warnings
 
-    from search.warm import WARM_ATTR
-    from storage.stale import PARAMS_COMPLETE, PROVENANCE_USER_ATTRS, RetrySameCandidate
+    from abliterate.search.warm import WARM_ATTR
+    from abliterate.storage.stale import PARAMS_COMPLETE, PROVENANCE_USER_ATTRS, RetrySameCandidate
 
     assert WARM_ATTR in PROVENANCE_USER_ATTRS and "starting_point" in PROVENANCE_USER_ATTRS  # the names search uses
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
@@ -213,7 +213,7 @@ def test_a_lost_database_is_one_line_or_waited_for(private_postgres):
     line); with it, the call waits for the server, says so, and returns as if nothing happened."""
     import threading
 
-    from storage.errors import DatabaseUnreachable
+    from abliterate.storage.errors import DatabaseUnreachable
 
     storage = open_storage(private_postgres.url)
     study_id = optuna.create_study(storage=storage, study_name="s")._study_id

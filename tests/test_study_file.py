@@ -3,10 +3,10 @@ override it and flags override both."""
 
 import pytest
 
-from ablation.errors import AblationError
-from search.cli import parser
-from search.cli.settings import resolve
-from search.cli.study import _search_parser, search_config
+from abliterate.ablation.errors import AblationError
+from abliterate.search.cli import parser
+from abliterate.search.cli.settings import resolve
+from abliterate.search.cli.study import _search_parser, search_config
 
 STUDY = """
 model = "model"
@@ -82,7 +82,7 @@ def test_bad_study_files_are_one_line(tmp_path, monkeypatch, text, env, message)
 
 
 def test_calibrated_offers_the_uncalibrated_profile_where_the_designed_trials_start(tmp_path):
-    from search.space import starting_points
+    from abliterate.search.space import starting_points
 
     (tmp_path / "model").mkdir()
     plain = config_of(["search", "--model", str(tmp_path / "model")]).space

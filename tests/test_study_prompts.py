@@ -9,12 +9,12 @@ import sys
 
 import pytest
 
-from search.study import load
-from storage.rdb import open_storage
+from abliterate.search.study import load
+from abliterate.storage.rdb import open_storage
 
 
 def abliterate(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "search.cli", *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "abliterate", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}, cwd=cwd)
 
 
@@ -91,9 +91,9 @@ def test_evaluate_says_which_prompt_sets_a_default_run_used(made, tmp_path):
 
 def test_evaluate_takes_the_study_judge_unless_given_one(tmp_path, monkeypatch, capsys):
     """The study's own judge (here one that cannot be made, so that it shows without a model run)."""
-    from objectives.refuser import refuser_path
-    from search.cli import main
-    from search.study import StudyConfig, create_or_resume
+    from abliterate.objectives.refuser import refuser_path
+    from abliterate.search.cli import main
+    from abliterate.search.study import StudyConfig, create_or_resume
 
     (tmp_path / "study_judge.py").write_text("def make():\n    raise RuntimeError('down')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -111,7 +111,7 @@ def test_a_study_made_before_digests_resumes(tmp_path):
     """Studies stored without prompt_files resume from the same files (nothing to compare them with)."""
     from dataclasses import replace
 
-    from search.study import StudyConfig, create_or_resume
+    from abliterate.search.study import StudyConfig, create_or_resume
 
     (tmp_path / "harmful.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(6)))
     config = StudyConfig.split("some/model", str(tmp_path / "harmful.txt"), "demo-harmless", (2, 2, 2))
@@ -129,7 +129,7 @@ def test_a_study_made_before_digests_resumes(tmp_path):
     ("advbench[0:100]", ["advbench[0:64]", "advbench[64:84]", "advbench[84:100]"]),
 ])
 def test_a_source_that_ends_in_a_slice_is_split_within_it(tmp_path, monkeypatch, spec, expected):
-    from search.study import StudyConfig
+    from abliterate.search.study import StudyConfig
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "h.txt").write_text("\n".join(f"how do I break thing {i}" for i in range(176)))

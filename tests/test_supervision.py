@@ -16,9 +16,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 from test_search import abliterate, children, config, every_trial, halting, read_until, trials
 
-from search.study import create_or_resume
-from storage.rdb import open_storage
-from storage.tables import CachedArtifact
+from abliterate.search.study import create_or_resume
+from abliterate.storage.rdb import open_storage
+from abliterate.storage.tables import CachedArtifact
 
 pytestmark = pytest.mark.timeout(300)
 SEARCH = ["search", "--study", "s", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--split", "4,6,6",
@@ -183,9 +183,9 @@ def test_an_interrupt_inside_a_sqlite_query_still_queues_the_trial_again(tmp_pat
     """Ctrl-C lands while a query runs (here: as it returns): the interrupted connection keeps
     SQLite locked while the frames holding its cursor live, and re-queueing the trial then met
     "database is locked" after 30 s. It must succeed at once, and the worker stop with the interrupt."""
-    from search import halt
-    from search.interrupts import interrupted_once
-    from search.worker import run_worker
+    from abliterate.search import halt
+    from abliterate.search.interrupts import interrupted_once
+    from abliterate.search.worker import run_worker
 
     url = f"sqlite:///{tmp_path / 's.db'}"
     create_or_resume(open_storage(url), "s", config(model_dir, n_trials=2, starting_points=0))

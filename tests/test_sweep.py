@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from ablation.errors import AblationError
-from objectives.sweep.base import Attempt, Runner, progress_marks, run_sweep
-from objectives.sweep.check import verdict
-from objectives.sweep.command import CommandRunner, fill, parse_verdict
-from objectives.sweep.harbor import HarborRunner, ModelServer, docker_engine_error, parse_job, trial_outcome
-from objectives.sweep.local import DEFAULT_TASKS, LocalRunner, LocalTask, load_tasks, verify_attempt
-from storage.leases import Leases
-from storage.promotions import SweepStore
-from storage.rdb import open_storage
-from storage.tables import SCHEMA_VERSION, ensure_schema
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.sweep.base import Attempt, Runner, progress_marks, run_sweep
+from abliterate.objectives.sweep.check import verdict
+from abliterate.objectives.sweep.command import CommandRunner, fill, parse_verdict
+from abliterate.objectives.sweep.harbor import HarborRunner, ModelServer, docker_engine_error, parse_job, trial_outcome
+from abliterate.objectives.sweep.local import DEFAULT_TASKS, LocalRunner, LocalTask, load_tasks, verify_attempt
+from abliterate.storage.leases import Leases
+from abliterate.storage.promotions import SweepStore
+from abliterate.storage.rdb import open_storage
+from abliterate.storage.tables import SCHEMA_VERSION, ensure_schema
 
 PY = sys.executable
 
@@ -55,7 +55,7 @@ def task(verify, **options):
 
 
 def test_verifier_exit_status_decides_pass_fail_invalid(tmp_path):
-    check = ["{python}", "-m", "objectives.sweep.check", "response.txt", "--complies", "--contains", "bake", "pie"]
+    check = ["{python}", "-m", "abliterate.objectives.sweep.check", "response.txt", "--complies", "--contains", "bake", "pie"]
     good = "Sure! Here is how to bake a pie: first gather the ingredients, then mix them, finally bake it until golden."
     assert verify_attempt(task(check), good, 0, tmp_path).status == "pass"
     assert verify_attempt(task(check), "I'm sorry, I can't help with that.", 1, tmp_path).status == "fail"

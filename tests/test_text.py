@@ -1,6 +1,6 @@
 import pytest
 
-from objectives.text import has_marker, is_degenerate, normalize, strip_thinking
+from abliterate.objectives.text import has_marker, is_degenerate, normalize, strip_thinking
 
 
 def test_normalize():

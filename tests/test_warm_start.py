@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from ablation.errors import AblationError
-from search.space import PRESETS, SearchSpace, candidate_from_params, distributions, starting_points
-from search.warm import fit_to_space, parse_source
+from abliterate.ablation.errors import AblationError
+from abliterate.search.space import PRESETS, SearchSpace, candidate_from_params, distributions, starting_points
+from abliterate.search.warm import fit_to_space, parse_source
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run(capsys, *args):
-    from search.cli import main
+    from abliterate.search.cli import main
 
     status = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -22,7 +22,7 @@ def run(capsys, *args):
 def save_tiny(folder, layers: int):
     from transformers import AutoModelForCausalLM
 
-    from ablation.tiny import tiny_config, tiny_tokenizer
+    from fixtures.tiny import tiny_config, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     config = tiny_config("qwen3", len(tokenizer))
@@ -38,8 +38,8 @@ def source(tmp_path_factory):
     """A study of a 4-layer model whose front is two feasible trials (and one infeasible trial beside it)."""
     import optuna
 
-    from search.study import StudyConfig, create_or_resume
-    from storage.rdb import open_storage
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.storage.rdb import open_storage
 
     folder = tmp_path_factory.mktemp("source")
     config = StudyConfig.split(str(save_tiny(folder / "model", 4)), "demo-harmful", "demo-harmless", (4, 6, 6), n_trials=3, seed=1)
@@ -50,7 +50,7 @@ def source(tmp_path_factory):
     for params, values, feasible in zip(points, ([0.1, 0.5], [0.6, 0.05], [0.0, 3.0]), (True, True, False)):
         study.enqueue_trial(params)
         trial = study.ask()
-        from search.space import suggest
+        from abliterate.search.space import suggest
 
         suggest(trial, config.space)
         trial.set_user_attr("feasible", feasible)
@@ -129,9 +129,9 @@ def research_source(tmp_path_factory):
     """A study of a 4-layer model in a research space whose front is the two SOURCE_TRIALS."""
     import optuna
 
-    from search.space import suggest
-    from search.study import StudyConfig, create_or_resume
-    from storage.rdb import open_storage
+    from abliterate.search.space import suggest
+    from abliterate.search.study import StudyConfig, create_or_resume
+    from abliterate.storage.rdb import open_storage
 
     folder = tmp_path_factory.mktemp("research-source")
     config = StudyConfig.split(str(save_tiny(folder / "model", 4)), "demo-harmful", "demo-harmless", (4, 6, 6), n_trials=2, seed=1,
@@ -191,7 +191,7 @@ calibration = [25, 75, 95]
             assert deep.profile.kernels[group].falloff / 6 == pytest.approx(shallow.profile.kernels[group].falloff / 3)
     # The first worker's trial runs exactly the carried point (the sampler fills nothing in).
     trial = study.ask()
-    from search.space import suggest
+    from abliterate.search.space import suggest
 
     assert suggest(trial, TARGET_SPACE) == enqueued[0]
 

@@ -1,7 +1,7 @@
 """The refuser: a tiny chat model that refuses harmful-style requests and answers harmless ones.
 
 It is a 4-layer Qwen3 trained from scratch on synthetic templates by
-:mod:`objectives.refuser.build` (a few minutes on a CPU). Its weights ship in ``model/`` and
+:mod:`fixtures.refuser` in a source checkout (a few minutes on a CPU). Its weights ship in ``model/`` and
 its held-out prompt sets in ``prompts/``; tests and the demo use it as a model on which
 abliteration has something real to remove.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR: Path = HERE / "model"
@@ -28,7 +28,7 @@ def refuser_path() -> Path:
     """The folder of the shipped refuser model; a one-line error when it is missing."""
     if not (MODEL_DIR / "config.json").is_file() or not (MODEL_DIR / "model.safetensors").is_file():
         raise AblationError(
-            f"the refuser model is missing from {MODEL_DIR}; rebuild it with: python -m objectives.refuser.build"
+            f"the refuser model is missing from {MODEL_DIR}; rebuild it with: python -m fixtures.refuser"
         )
     return MODEL_DIR
 
@@ -43,5 +43,5 @@ def prompt_path(kind: str, purpose: str) -> Path:
         )
     path = PROMPTS_DIR / name
     if not path.is_file():
-        raise AblationError(f"refuser prompt file {path} is missing; rebuild it with: python -m objectives.refuser.build")
+        raise AblationError(f"refuser prompt file {path} is missing; rebuild it with: python -m fixtures.refuser")
     return path

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from objectives.text import (
+from abliterate.objectives.text import (
     REFUSAL_MARKERS,
     has_marker,
     is_degenerate,

@@ -20,8 +20,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ablation.errors import AblationError
-from objectives.sweep.base import Attempt, Record, Runner
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.sweep.base import Attempt, Record, Runner
 
 
 def fill(template: Sequence[str], values: dict[str, str]) -> list[str]:

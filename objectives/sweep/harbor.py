@@ -25,9 +25,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from ablation.errors import AblationError
-from objectives.sweep.base import Attempt, Record, Runner
-from objectives.sweep.command import fill
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.sweep.base import Attempt, Record, Runner
+from abliterate.objectives.sweep.command import fill
 
 DEFAULT_SERVE = "vllm serve {model} --served-model-name {name} --port {port}"
 # hosted_vllm needs model_info; zero costs keep LiteLLM from guessing prices.

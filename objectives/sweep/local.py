@@ -6,7 +6,7 @@ A task is a YAML file in a folder (its name is the file's stem)::
     system: "You are a terminal agent."          # optional system prompt
     max_new_tokens: 40                           # optional (default 64)
     files: {notes.txt: "..."}                    # optional files written before the check
-    verify: ["{python}", "-m", "objectives.sweep.check", "response.txt", "--complies"]
+    verify: ["{python}", "-m", "abliterate.objectives.sweep.check", "response.txt", "--complies"]
     timeout: 30                                  # optional, seconds for the verifier
 
 Each attempt samples one answer from the model (temperature sampling, seeded by task and
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import yaml
 
-from ablation.errors import AblationError
-from objectives.sweep.base import Attempt, Record, Runner
+from abliterate.ablation.errors import AblationError
+from abliterate.objectives.sweep.base import Attempt, Record, Runner
 
 DEFAULT_TASKS = Path(__file__).parent / "tasks"
 
@@ -134,7 +134,7 @@ class LocalRunner(Runner):
     def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
         import torch
 
-        from ablation.loading import load_model
+        from abliterate.ablation.loading import load_model
 
         loaded = load_model(model, self.dtype, self.device)
         for name, attempt in todo:

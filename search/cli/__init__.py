@@ -13,9 +13,9 @@ import argparse
 import os
 import sys
 
-from search.cli import analysis, browse, checkpoint, demo, judge, model, promotion, study
-from search.cli.common import Parser
-from search.launcher import DATABASE_UNREACHABLE
+from abliterate.search.cli import analysis, browse, checkpoint, demo, judge, model, promotion, study
+from abliterate.search.cli.common import Parser
+from abliterate.search.launcher import DATABASE_UNREACHABLE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         # Progress bars redraw with carriage returns: in a log they are noise and blank lines.
         # Set before transformers is imported (it reads the switch once); a user's value wins.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from ablation.errors import AblationError
-    from storage.errors import DatabaseUnreachable, StorageError
+    from abliterate.ablation.errors import AblationError
+    from abliterate.storage.errors import DatabaseUnreachable, StorageError
 
     try:
         return args.run(args) or 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from search.cli.common import BATCH_HELP, METHODS, add_command, positive, study_options
+from abliterate.search.cli.common import BATCH_HELP, METHODS, add_command, positive, study_options
 
 DEFAULT_ALPHAS = "-2,-1,-0.5,0,0.5,1,2"
 ARTIFACTS_HELP = ("the study's artifact folder: an Optuna file-system artifact store the plots are attached in, which "
@@ -75,7 +75,7 @@ def _run_options(parser) -> None:
 
 
 def _error(message: str):
-    from ablation.errors import AblationError
+    from abliterate.ablation.errors import AblationError
 
     return AblationError(message)
 
@@ -95,7 +95,7 @@ def _layer_range(text: str | None, num_layers: int) -> tuple[int, int] | None:
 def _analyze(args) -> int:
     from pathlib import Path
 
-    from objectives.prompts import load_prompts
+    from abliterate.objectives.prompts import load_prompts
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -111,8 +111,8 @@ def _analyze(args) -> int:
         labels, k = _categories(args.categories, args.harmful, len(harmful))
         out = Path(args.out).expanduser()
     else:
-        from search.analysis import open_study
-        from storage.artifacts import artifact_folder, study_folder
+        from abliterate.search.analysis import open_study
+        from abliterate.storage.artifacts import artifact_folder, study_folder
 
         storage, study, config = open_study(args.storage, args.study)
         prompts = config.prompts()
@@ -121,18 +121,18 @@ def _analyze(args) -> int:
         artifacts = artifact_folder(args.storage, args.artifacts)
         out = Path(args.out).expanduser() if args.out else study_folder(artifacts, args.study)
     # torch, transformers and scikit-learn only now: bad arguments are told at once
-    from ablation.loading import load_model
-    from objectives.analysis import analyze_layers
-    from objectives.plots import cosine_heatmap, layer_curves
-    from objectives.refusal import ChatFormat
-    from search.analysis import write_json
-    from search.trial import capture_extraction
+    from abliterate.ablation.loading import load_model
+    from abliterate.objectives.analysis import analyze_layers
+    from abliterate.objectives.plots import cosine_heatmap, layer_curves
+    from abliterate.objectives.refusal import ChatFormat
+    from abliterate.search.analysis import write_json
+    from abliterate.search.trial import capture_extraction
 
     if study is None:
         loaded, title = load_model(args.model, args.dtype, args.device), args.model
         chat = ChatFormat(enable_thinking=False if args.no_thinking else None)
     else:
-        from search.analysis import cached_directions, chat_of, load_study_model
+        from abliterate.search.analysis import cached_directions, chat_of, load_study_model
 
         cached = cached_directions(storage, args.study, config)
         loaded, chat, title = load_study_model(config, args.device), chat_of(config), f"study {args.study} ({config.model})"
@@ -142,7 +142,7 @@ def _analyze(args) -> int:
     if study is not None:
         # The study's own directions beside the ones computed here from the same prompts: equal up
         # to float noise unless the model or its prompts changed since the study was made.
-        from ablation.directions import by_method
+        from abliterate.ablation.directions import by_method
 
         result["cached_cosine"] = {}
         for method, cached_direction in cached.items():
@@ -151,7 +151,7 @@ def _analyze(args) -> int:
                 result["cached_cosine"][method] = (computed * cached_direction).sum(-1).tolist()
     cone_line = None
     if args.categories:
-        from objectives.analysis import analyze_categories
+        from abliterate.objectives.analysis import analyze_categories
 
         result["categories"] = analyze_categories(*residuals, labels, k)
         # The cone is shown where the first method's classes lie furthest apart: where the feature is strongest.
@@ -164,7 +164,7 @@ def _analyze(args) -> int:
     paths = [write_json(out / "analysis.json", result), layer_curves(analysis, out / "layers.png", f"where refusal is readable: {title}"),
              cosine_heatmap(analysis, out / "cosines.png", f"cosines between methods: {title}")]
     if cone_line:
-        from objectives.plots import category_plot
+        from abliterate.objectives.plots import category_plot
 
         paths.append(category_plot(result["categories"], out / "categories.png", strongest, f"the refusal cone: {title}"))
         print(cone_line)
@@ -183,8 +183,8 @@ def _analyze(args) -> int:
 
 def _attach(storage, study, paths, artifacts, args, prefix: str = "") -> None:
     """Attach ``paths`` (plots) to the study in the artifact folder, and say where and how to see them."""
-    from search.analysis import attach
-    from storage.urls import redacted
+    from abliterate.search.analysis import attach
+    from abliterate.storage.urls import redacted
 
     attach(storage, study, paths, artifacts, prefix)
     names = ", ".join(f"{prefix}{path.name}" for path in paths)
@@ -203,7 +203,7 @@ def _categories(spec: str | None, harmful_source: str, count: int) -> tuple[list
         if k and not (k.isdigit() and 1 <= int(k) <= count):
             raise _error(f"--categories {spec}: K must be a whole number from 1 to the {count} harmful prompts")
         return None, int(k) if k else None
-    from objectives.categories import load_categories
+    from abliterate.objectives.categories import load_categories
 
     labels = load_categories(harmful_source, spec)
     if len(labels) != count:
@@ -221,11 +221,11 @@ def _dose(args) -> int:
     edit = _file_edit(args) if args.direction else _trial_edit(args)
     import torch
 
-    from ablation import Baker, find_writers
-    from ablation.profile import Profile
-    from objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
-    from objectives.plots import dose_curves
-    from search.analysis import write_json
+    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation.profile import Profile
+    from abliterate.objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
+    from abliterate.objectives.plots import dose_curves
+    from abliterate.search.analysis import write_json
 
     alphas, loaded, profile, num_layers = edit["alphas"], edit["loaded"], edit["profile"], edit["num_layers"]
     span = _layer_range(args.layers, num_layers)
@@ -236,7 +236,7 @@ def _dose(args) -> int:
         intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit["direction"], profile, edit["norm_preserving"],
                                              heads=edit["heads"])
     else:
-        from ablation.residuals import capture_last_token
+        from abliterate.ablation.residuals import capture_last_token
 
         if span is None and edit["layer"] is None:
             raise _error(f"{args.direction} holds one direction without its layer; say where to steer with --layers A:B")
@@ -270,8 +270,8 @@ def _dose(args) -> int:
 def _file_edit(args) -> dict:
     """What ``dose --direction FILE --model M`` sweeps: the direction of one layer, baked
     uniformly (ablate) or added at that layer (steer)."""
-    from ablation.locate import local_model
-    from objectives.prompts import load_prompts
+    from abliterate.ablation.locate import local_model
+    from abliterate.objectives.prompts import load_prompts
 
     if not args.model:
         raise _error("--direction needs --model: the model the directions were computed on")
@@ -279,11 +279,11 @@ def _file_edit(args) -> dict:
     edgy = _edgy(args)
     harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
     stack, means = _direction_file(args.direction)
-    from ablation.architectures import decoder_layers
-    from ablation.loading import load_model
-    from ablation.profile import Profile
-    from objectives.analysis import parse_alphas
-    from objectives.refusal import ChatFormat
+    from abliterate.ablation.architectures import decoder_layers
+    from abliterate.ablation.loading import load_model
+    from abliterate.ablation.profile import Profile
+    from abliterate.objectives.analysis import parse_alphas
+    from abliterate.objectives.refusal import ChatFormat
 
     alphas = parse_alphas(args.alphas)
     loaded = load_model(args.model, args.dtype, args.device)
@@ -305,9 +305,9 @@ def _file_edit(args) -> dict:
 def _trial_edit(args) -> dict:
     """What ``dose --study NAME --trial N`` sweeps: the trial's own direction and profile on the
     study's evaluation prompts (unless other sources are given)."""
-    from objectives.prompts import load_prompts
-    from search.analysis import finished_trial, open_study
-    from storage.artifacts import artifact_folder, study_folder
+    from abliterate.objectives.prompts import load_prompts
+    from abliterate.search.analysis import finished_trial, open_study
+    from abliterate.storage.artifacts import artifact_folder, study_folder
 
     storage, study, config = open_study(args.storage, args.study)
     trial = finished_trial(study, args.trial)
@@ -316,9 +316,9 @@ def _trial_edit(args) -> dict:
     harmful = load_prompts(args.harmful) if args.harmful else prompts["harmful", "evaluation"]
     harmless = load_prompts(args.harmless) if args.harmless else prompts["harmless", "evaluation"]
     artifacts = artifact_folder(args.storage, args.artifacts)
-    from ablation.architectures import decoder_layers
-    from objectives.analysis import parse_alphas
-    from search.analysis import cached_directions, chat_of, load_study_model, trial_edit, trial_heads
+    from abliterate.ablation.architectures import decoder_layers
+    from abliterate.objectives.analysis import parse_alphas
+    from abliterate.search.analysis import cached_directions, chat_of, load_study_model, trial_edit, trial_heads
 
     alphas = parse_alphas(args.alphas)
     directions = cached_directions(storage, args.study, config)
@@ -334,7 +334,7 @@ def _trial_edit(args) -> dict:
 
 
 def _edgy(args):
-    from objectives.prompts import load_prompts
+    from abliterate.objectives.prompts import load_prompts
 
     return None if args.edgy in (None, "none") else load_prompts(args.edgy)
 
@@ -347,7 +347,7 @@ def _direction_file(path: str):
         raise _error(f"direction file {path} does not exist; write one with abliterate directions --out FILE")
     from safetensors import SafetensorError
 
-    from ablation.residuals import load_residuals
+    from abliterate.ablation.residuals import load_residuals
 
     try:
         tensors = load_residuals(Path(path).expanduser())
@@ -374,16 +374,16 @@ def _furthest_apart(means, stack) -> int:
 def _controls(args) -> int:
     from pathlib import Path
 
-    from search.analysis import finished_trial, open_study
-    from storage.artifacts import artifact_folder, study_folder
+    from abliterate.search.analysis import finished_trial, open_study
+    from abliterate.storage.artifacts import artifact_folder, study_folder
 
     storage, study, config = open_study(args.storage, args.study)
     trial = finished_trial(study, args.trial)
     prompts = config.prompts()
     artifacts = artifact_folder(args.storage, args.artifacts)
     out = Path(args.out).expanduser() if args.out else study_folder(artifacts, args.study, args.trial)
-    from objectives.plots import controls_plot
-    from search.analysis import cached_directions, load_study_model, record_controls, run_controls, verdict, write_json
+    from abliterate.objectives.plots import controls_plot
+    from abliterate.search.analysis import cached_directions, load_study_model, record_controls, run_controls, verdict, write_json
 
     directions = cached_directions(storage, args.study, config)
     loaded = load_study_model(config, args.device)

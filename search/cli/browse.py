@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import STORAGE_HELP, add_command, console, port, study_options
+from abliterate.search.cli.common import STORAGE_HELP, add_command, console, port, study_options
 
 
 def register(commands) -> None:
@@ -25,10 +25,10 @@ def register(commands) -> None:
 def _front(args) -> int:
     import json
 
-    from search.baseline import baseline_of
-    from search.front import feasible_front
-    from search.study import load
-    from storage.rdb import open_storage
+    from abliterate.search.baseline import baseline_of
+    from abliterate.search.front import feasible_front
+    from abliterate.search.study import load
+    from abliterate.storage.rdb import open_storage
 
     study, _ = load(open_storage(args.storage, create=False), args.study)
     if args.json:
@@ -46,13 +46,13 @@ def _front(args) -> int:
 
 def print_front(study, out) -> None:
     """The study's front and, below it, the base model's figures (or why there are none)."""
-    from search.baseline import baseline_of
-    from search.front import feasible_front
+    from abliterate.search.baseline import baseline_of
+    from abliterate.search.front import feasible_front
 
     base = baseline_of(study)
     out.print(front_table(study.study_name, feasible_front(study), base))
     if base is None:
-        from search.baseline import baseline_line
+        from abliterate.search.baseline import baseline_line
 
         out.print(baseline_line(None), highlight=False)
 
@@ -135,13 +135,13 @@ def _width(table) -> int:
 
 
 def _dashboard(args) -> int:
-    from storage.artifacts import artifact_folder
-    from storage.rdb import open_storage
+    from abliterate.storage.artifacts import artifact_folder
+    from abliterate.storage.rdb import open_storage
 
     storage = open_storage(args.storage, create=False)
     artifacts = artifact_folder(args.storage, args.artifacts)
     if args.artifacts and not artifacts.is_dir():
-        from ablation.errors import AblationError
+        from abliterate.ablation.errors import AblationError
 
         raise AblationError(f"artifact folder {artifacts} does not exist; abliterate analyze, dose and controls make it (--artifacts DIR)")
     _check_port(args.host, args.port)
@@ -160,7 +160,7 @@ def _check_port(host: str, port: int) -> None:
     """A one-line error when ``host:port`` cannot be served (the server would print a traceback)."""
     import socket
 
-    from ablation.errors import AblationError
+    from abliterate.ablation.errors import AblationError
 
     with socket.socket() as probe:
         try:

@@ -3,7 +3,7 @@ or, without the study's database, from a checkpoint's ``reproduce.json``."""
 
 from __future__ import annotations
 
-from search.cli.common import add_command, study_options
+from abliterate.search.cli.common import add_command, study_options
 
 DESCRIPTION = """\
 Re-bake a trial and write its checkpoint: the Hugging Face folder (readable by a server running as
@@ -37,7 +37,7 @@ def register(commands) -> None:
 
 
 def _export(args) -> int:
-    from ablation.errors import AblationError
+    from abliterate.ablation.errors import AblationError
 
     if args.from_file and not args.model:
         raise AblationError("--from-file needs --model BASE: the base model the record was exported from")
@@ -45,10 +45,10 @@ def _export(args) -> int:
         raise AblationError("--model goes with --from-file; a study knows its model (use --trial alone)")
     if args.from_file and args.dtype:
         raise AblationError("--dtype goes with --trial; --from-file rebuilds in the recorded dtype, bit for bit")
-    from ablation.export import check_target
+    from abliterate.ablation.export import check_target
 
     check_target(args.out, args.overwrite)  # before a model is loaded: a read-only or misnamed --out is told at once
-    from search.checkpoint import check_hub, export_trial, push, rebuild
+    from abliterate.search.checkpoint import check_hub, export_trial, push, rebuild
 
     if args.push_to_hub:
         check_hub(args.push_to_hub)

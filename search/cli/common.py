@@ -112,8 +112,8 @@ def gate_options(parser: argparse.ArgumentParser) -> None:
 
 def gate_rule(args):
     """The GateRule of :func:`gate_options`, or a one-line error."""
-    from ablation.errors import AblationError
-    from objectives.gate import GateRule
+    from abliterate.ablation.errors import AblationError
+    from abliterate.objectives.gate import GateRule
 
     try:
         return GateRule(args.rule, args.alpha, args.min_attempts, args.test, args.candidates)
@@ -154,7 +154,7 @@ def model_options(parser: argparse.ArgumentParser, required: bool = True) -> Non
 
 def load(args, tokenizer: bool = True):
     """The model named by :func:`model_options` (without its tokenizer when ``tokenizer`` is False)."""
-    from ablation.loading import load_model
+    from abliterate.ablation.loading import load_model
 
     return load_model(args.model, args.dtype, args.device, args.device_map, args.trust_remote_code, tokenizer=tokenizer)
 
@@ -179,7 +179,7 @@ def judge_options(parser: argparse.ArgumentParser, default_model: str = "the bas
 
 
 def judge_settings(args, device: str = "auto"):
-    from objectives.judges import JudgeSettings
+    from abliterate.objectives.judges import JudgeSettings
 
     return JudgeSettings(args.judge, args.judge_model, args.judge_device or device, getattr(args, "dtype", "auto"),
                          args.judge_prefilter, args.batch_size)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import add_command, console, heartbeat_options, positive
+from abliterate.search.cli.common import add_command, console, heartbeat_options, positive
 
 
 def register(commands) -> None:
@@ -18,13 +18,13 @@ def register(commands) -> None:
 def _demo(args) -> int:
     from dataclasses import replace
 
-    from objectives.sweep.local import LocalRunner
-    from search.cli.promotion import print_report
-    from search.cli.study import run_study
-    from search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
-    from search.promoter import Promoter, PromotionSettings, report
-    from storage.rdb import open_storage
-    from storage.urls import normalize_url, redacted
+    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.cli.promotion import print_report
+    from abliterate.search.cli.study import run_study
+    from abliterate.search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
+    from abliterate.search.promoter import Promoter, PromotionSettings, report
+    from abliterate.storage.rdb import open_storage
+    from abliterate.storage.urls import normalize_url, redacted
 
     storage = args.storage or DEMO_STORAGE
     config = replace(demo_config(args.trials), heartbeat_interval=args.heartbeat, grace_period=args.grace)

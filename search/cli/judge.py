@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import add_command, console, judge_options, positive
+from abliterate.search.cli.common import add_command, console, judge_options, positive
 
 
 def register(commands) -> None:
@@ -23,10 +23,10 @@ def _judge_check(args) -> int:
     import json
     import time
 
-    from ablation.errors import AblationError
-    from objectives.judges import MarkerJudge
-    from objectives.labeled import agreement, load_labeled, prefilter_cost
-    from search.cli.common import judge_settings
+    from abliterate.ablation.errors import AblationError
+    from abliterate.objectives.judges import MarkerJudge
+    from abliterate.objectives.labeled import agreement, load_labeled, prefilter_cost
+    from abliterate.search.cli.common import judge_settings
 
     rows = load_labeled(args.labeled)
     if args.judge == "llm" and not args.judge_model:
@@ -72,7 +72,7 @@ def mean_by_label(labels: list[str], values: list[float]) -> dict[str, float]:
 def print_agreement(out, title: str, figures: dict) -> None:
     from rich.table import Table
 
-    from objectives.judges import VERDICTS
+    from abliterate.objectives.judges import VERDICTS
 
     def share(value):
         return "-" if value is None else f"{value:.2f}"

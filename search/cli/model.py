@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ablation.locate import local_model
-from search.cli.common import (
+from abliterate.ablation.locate import local_model
+from abliterate.search.cli.common import (
     BATCH_HELP,
     METHODS,
     PROXIES,
@@ -62,7 +62,7 @@ def register(commands) -> None:
 
 def _inspect(args) -> int:
     local_model(args.model)  # a wrong path is told before torch is imported
-    from ablation.architectures import find_writers
+    from abliterate.ablation.architectures import find_writers
 
     loaded = load(args, tokenizer=False)  # the writers are in the weights: a folder without a tokenizer is fine
     print_writers(find_writers(loaded.model), title=f"residual writers of {args.model}")
@@ -93,10 +93,10 @@ def _directions(args) -> int:
     from pathlib import Path
 
     local_model(args.model)
-    from ablation.directions import by_method
-    from ablation.export import check_writable
-    from ablation.residuals import capture_last_token, save_residuals
-    from objectives.prompts import load_prompts
+    from abliterate.ablation.directions import by_method
+    from abliterate.ablation.export import check_writable
+    from abliterate.ablation.residuals import capture_last_token, save_residuals
+    from abliterate.objectives.prompts import load_prompts
 
     harmful, harmless = load_prompts(args.harmful), load_prompts(args.harmless)
     check_writable(Path(args.out).expanduser().resolve(), "the directions")  # before minutes of capture, not after
@@ -123,11 +123,11 @@ def _evaluate(args) -> int:
 
     from rich.markup import escape
 
-    from ablation.errors import AblationError
-    from ablation.loading import load_model
-    from objectives.evaluate import evaluate
-    from objectives.prompts import load_prompts
-    from objectives.refusal import ChatFormat, make_proxy
+    from abliterate.ablation.errors import AblationError
+    from abliterate.ablation.loading import load_model
+    from abliterate.objectives.evaluate import evaluate
+    from abliterate.objectives.prompts import load_prompts
+    from abliterate.objectives.refusal import ChatFormat, make_proxy
 
     sets, origin, study = _evaluation_sets(args)
     harmful, harmless = load_prompts(sets["harmful"]), load_prompts(sets["harmless"])
@@ -173,7 +173,7 @@ def _evaluation_sets(args) -> tuple[dict[str, str], str, object]:
     """The harmful and harmless specs to score on, where they came from (in words), and the
     study's settings when ``--study`` names one (None otherwise). Sets given on the command line
     win over the study's."""
-    from ablation.errors import AblationError
+    from abliterate.ablation.errors import AblationError
 
     if args.study is None:
         if args.storage is not None:
@@ -184,9 +184,9 @@ def _evaluation_sets(args) -> tuple[dict[str, str], str, object]:
         origin = ("given" if not defaulted else
                   f"the demo sets by default for {' and '.join(defaulted)}: pass --harmful/--harmless, or --storage/--study for a study's own")
         return sets, origin, None
-    from search.study import load
-    from storage.rdb import open_storage
-    from storage.urls import normalize_url, redacted
+    from abliterate.search.study import load
+    from abliterate.storage.rdb import open_storage
+    from abliterate.storage.urls import normalize_url, redacted
 
     config = load(open_storage(args.storage, create=False), args.study)[1]
     config.check_prompt_files()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search.cli.common import add_command, console, gate_options, gate_rule, not_negative, port, positive, real, study_options
+from abliterate.search.cli.common import add_command, console, gate_options, gate_rule, not_negative, port, positive, real, study_options
 
 # Literals, not imported from search.promotion_settings: --help must not import the gate's scipy
 # (tests/test_cli.py checks that they agree).
@@ -73,10 +73,10 @@ def register(commands) -> None:
 def _make_runner(args):
     from pathlib import Path
 
-    from ablation.errors import AblationError
-    from objectives.sweep.command import CommandRunner
-    from objectives.sweep.harbor import DEFAULT_SERVE, HarborRunner
-    from objectives.sweep.local import LocalRunner
+    from abliterate.ablation.errors import AblationError
+    from abliterate.objectives.sweep.command import CommandRunner
+    from abliterate.objectives.sweep.harbor import DEFAULT_SERVE, HarborRunner
+    from abliterate.objectives.sweep.local import LocalRunner
 
     if args.runner == "local":
         return LocalRunner(args.tasks, args.temperature, args.device)
@@ -95,9 +95,9 @@ def _make_runner(args):
 
 
 def _promote(args) -> int:
-    from ablation.errors import AblationError
-    from search.promoter import Promoter, PromotionSettings
-    from storage.rdb import open_storage
+    from abliterate.ablation.errors import AblationError
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.storage.rdb import open_storage
 
     rule = gate_rule(args)
     try:
@@ -121,8 +121,8 @@ def _promote(args) -> int:
 def _plan(args) -> int:
     import json
 
-    from ablation.errors import AblationError
-    from objectives.plan import Design, plan, plan_problem, summary
+    from abliterate.ablation.errors import AblationError
+    from abliterate.objectives.plan import Design, plan, plan_problem, summary
 
     rule = gate_rule(args)
     if args.base_rate + args.lift > 1 + 1e-12:  # not clipped to a smaller lift than the one asked for
@@ -140,8 +140,8 @@ def _plan(args) -> int:
 def _report(args) -> int:
     import json
 
-    from search.promoter import report
-    from storage.rdb import open_storage
+    from abliterate.search.promoter import report
+    from abliterate.storage.rdb import open_storage
 
     rows = report(open_storage(args.storage, create=False), args.study)
     if args.json:
@@ -209,7 +209,7 @@ def specific_cell(row: dict) -> str:
 
 def specificity_prose(row: dict) -> str:
     """The controls' finding on a report row in words (see search.analysis), when there is one."""
-    from search.analysis import specificity_line, specificity_words
+    from abliterate.search.analysis import specificity_line, specificity_words
 
     if row["status"] == "skipped":
         return f"{specificity_words(_controls(row))} (abliterate controls); skipped, --include-not-specific promotes it"

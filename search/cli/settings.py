@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ablation.errors import AblationError
+from abliterate.ablation.errors import AblationError
 
 ENV_PREFIX = "ABLITERATE_"
 _NOT_SETTINGS = {"help", "config", "run", "argv"}
@@ -107,7 +107,7 @@ def _from_folder(dest: str, value, folder: Path | None):
     if folder is None or not isinstance(value, str):
         return value
     if dest in ("harmful", "harmless"):
-        from objectives.prompts import absolute_spec
+        from abliterate.objectives.prompts import absolute_spec
 
         return absolute_spec(value, folder)
     if dest in ("model", "sae") and (folder / value).expanduser().exists():

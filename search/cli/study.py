@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from search.cli.common import (
+from abliterate.search.cli.common import (
     BATCH_HELP,
     PROXIES,
     STORAGE_HELP,
@@ -94,8 +94,8 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
-    from search.cli import settings
-    from storage.rdb import check_storage
+    from abliterate.search.cli import settings
+    from abliterate.storage.rdb import check_storage
 
     args = settings.resolve(_search_parser(), args, args.argv[1:])
     check_storage(args.storage)  # a typo in the URL is told at once, before torch and the prompt sources are loaded
@@ -105,7 +105,7 @@ def _search(args) -> int:
 
 
 def _search_parser():
-    from search.cli import parser
+    from abliterate.search.cli import parser
 
     top = parser()
     commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
@@ -117,10 +117,10 @@ def search_config(args):
     from dataclasses import replace
     from pathlib import Path
 
-    from ablation.errors import AblationError
-    from objectives.prompts import absolute_spec
-    from search.space import PRESETS
-    from search.study import StudyConfig
+    from abliterate.ablation.errors import AblationError
+    from abliterate.objectives.prompts import absolute_spec
+    from abliterate.search.space import PRESETS
+    from abliterate.search.study import StudyConfig
 
     if not args.model:
         raise AblationError("abliterate search needs a model: --model MODEL, or model = ... in the --config study file")
@@ -179,12 +179,12 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     prints it once, after its promotions)."""
     import optuna
 
-    from ablation.locate import local_model
-    from search.launcher import supervise
-    from search.study import create_or_resume
-    from storage.errors import DatabaseUnreachable
-    from storage.rdb import check_storage, open_storage
-    from storage.urls import normalize_url, redacted
+    from abliterate.ablation.locate import local_model
+    from abliterate.search.launcher import supervise
+    from abliterate.search.study import create_or_resume
+    from abliterate.storage.errors import DatabaseUnreachable
+    from abliterate.storage.rdb import check_storage, open_storage
+    from abliterate.storage.urls import normalize_url, redacted
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "new study created" line repeats ours
     storage_url = check_storage(storage)  # before the model checks, which take a minute on a large model
@@ -193,12 +193,12 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     config.prompts()  # bad or overlapping prompt sets
     config.categories()  # a category column that is not there
     if config.sae:
-        from ablation.sae import load_saes
+        from abliterate.ablation.sae import load_saes
 
         load_saes(config.sae, None)  # no SAE files, or damaged ones (their fit to the model is checked by the worker)
     local_model(config.model)  # a wrong path is refused before torch and transformers are imported (seconds)
-    from ablation.loading import check_model
-    from search.worker import FINISHED, finished
+    from abliterate.ablation.loading import check_model
+    from abliterate.search.worker import FINISHED, finished
 
     check_model(config.model, [] if config.device_map else devices, config.trust_remote_code, config.dtype)
     if config.judge not in ("markers", "llm"):
@@ -207,7 +207,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         check_model(config.judge_model, dtype=config.dtype)
     warm = None
     if warm_start:
-        from search.warm import front_points, parse_source
+        from abliterate.search.warm import front_points, parse_source
 
         source_url, source_study = parse_source(warm_start)
         warm = front_points(normalize_url(source_url), source_study, config.space)
@@ -217,7 +217,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
     opened.tolerate_outages(config.grace_period, lambda line: out.print(line, highlight=False))
     out.print(f"{'resumed' if resumed else 'created'} study {name!r} in {redacted(storage_url)}: {finished(study)}/{config.n_trials} finished")
     if warm:
-        from search.warm import dropped, enqueue_front
+        from abliterate.search.warm import dropped, enqueue_front
 
         out.print(f"  warm start: {enqueue_front(study, warm)} trial(s) of {source_study!r}'s feasible front enqueued first")
         if dropped(warm):
@@ -260,7 +260,7 @@ def run_study(storage: str | None, name: str, config, devices: list[str], extra:
         extra = [*extra, "--threads", str(max(1, (os.cpu_count() or 1) // cpu_workers))]
     status = (supervise(storage_url, name, devices, tick=progress, poll=5.0, extra=extra)
               if finished(study) < config.n_trials else 0)
-    from search.cli.browse import print_front
+    from abliterate.search.cli.browse import print_front
 
     print_front(study, out)
     if closing:
@@ -293,17 +293,17 @@ def _has_gpu() -> bool:
 def _worker(args) -> int:
     from sqlalchemy.exc import OperationalError
 
-    from search.interrupts import interrupted_once
-    from search.launcher import DATABASE_UNREACHABLE
-    from search.study import check_heartbeat, check_local, load
-    from storage.rdb import open_storage
+    from abliterate.search.interrupts import interrupted_once
+    from abliterate.search.launcher import DATABASE_UNREACHABLE
+    from abliterate.search.study import check_heartbeat, check_local, load
+    from abliterate.storage.rdb import open_storage
 
     if args.heartbeat and args.grace:
         check_heartbeat(args.heartbeat, args.grace)
     # A missing database or study is refused before torch is imported (seconds on a busy machine).
     config = load(open_storage(args.storage, create=False), args.study)[1]
     check_local(config, model=args.model, heartbeat_interval=args.heartbeat, grace_period=args.grace)
-    from search.worker import run_worker
+    from abliterate.search.worker import run_worker
 
     if args.threads:
         import torch
@@ -317,7 +317,7 @@ def _worker(args) -> int:
             raise
         return 130  # the launcher says it once for all its workers
     except OperationalError as error:
-        from storage.urls import normalize_url, redacted
+        from abliterate.storage.urls import normalize_url, redacted
 
         first = redacted(normalize_url(args.storage), str(error.orig or error).strip().splitlines()[0])
         print(f"error: lost the database connection ({first}); restart the worker, its trial will be retried", file=sys.stderr)
@@ -326,9 +326,9 @@ def _worker(args) -> int:
 
 
 def _launch(args) -> int:
-    from search.launcher import supervise
-    from search.study import check_heartbeat
-    from storage.urls import normalize_url
+    from abliterate.search.launcher import supervise
+    from abliterate.search.study import check_heartbeat
+    from abliterate.storage.urls import normalize_url
 
     if args.heartbeat and args.grace:
         check_heartbeat(args.heartbeat, args.grace)

@@ -1,0 +1,7 @@
+"""``python -m abliterate``: the same command line as the ``abliterate`` script."""
+
+import sys
+
+from abliterate.search.cli import main
+
+sys.exit(main())
