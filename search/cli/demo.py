@@ -26,7 +26,7 @@ def _demo(args) -> int:
     storage = args.storage or DEMO_STORAGE
     out = console()
     status, study = run_demo(storage, args.trials, args.workers, args.heartbeat, args.grace,
-                             say=lambda line: out.print(line, highlight=False))
+                             say=lambda line: out.print(line, highlight=False, markup=False))
     print_front(study, out)
     if status != 0 or args.no_promote:
         out.print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")

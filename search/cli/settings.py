@@ -38,6 +38,7 @@ class Resolved:
     settings: SearchSettings
     space_ranges: dict[str, list] = field(default_factory=dict)  # the study file's [space] ranges
     sources: dict[str, str] = field(default_factory=dict)
+    study_file: str | None = None
 
     def origins(self) -> list[str]:
         """One line per value that differs from the default, saying where it came from."""
@@ -51,8 +52,7 @@ class Resolved:
 
                 value = redacted(value)
             lines.append(f"  {flag(name)[2:]} = {value} (from {source})")
-        where = self.sources.get("space_ranges", "")
-        lines += [f"  [space] {key} = {value} (from {where})" for key, value in self.space_ranges.items()]
+        lines += [f"  [space] {key} = {value} (from {self.study_file})" for key, value in self.space_ranges.items()]
         return lines
 
 
@@ -62,7 +62,7 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
     :func:`abliterate.search.settings.add_flags`), the environment and ``args.config`` give;
     ``warn`` hears one line per variable of a search setting that is ignored. One-line errors."""
     given = {name: value for name, value in vars(args).items() if name in SETTINGS}
-    values, sources, ranges = dict(given), {name: flag(name) for name in given}, {}
+    values, sources, ranges, where = dict(given), {name: flag(name) for name in given}, {}, None
     if getattr(args, "config", None):
         found, folder, where = _read(args.config)
         space = found.pop("space", {})
@@ -79,19 +79,17 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
             if name not in given:
                 values[name], sources[name] = _from_folder(name, _convert(name, value, f"{where}: {name}"), folder), where
         ranges = space
-        if ranges:
-            sources["space_ranges"] = where
     for name in SETTINGS:
         if variable(name) not in environ:
             continue
         text = environ[variable(name)]
         if name not in DEPLOYMENT:
             instead = flag(name) if isinstance(SETTINGS[name].default, bool) else f"{flag(name)} {shlex.quote(text)}"
-            warn(f"warning: ${variable(name)} is ignored: only deployment settings ({', '.join(map(variable, DEPLOYMENT))}) "
-                 f"come from the environment; use {instead}")
+            warn(f"warning: ${variable(name)} is ignored: a study's settings come from flags or --config, only deployment "
+                 f"settings from the environment; use {instead}")
         elif name not in given:
             values[name], sources[name] = _convert(name, text, f"${variable(name)}"), f"${variable(name)}"
-    return Resolved(SearchSettings(**values), ranges, sources)
+    return Resolved(SearchSettings(**values), ranges, sources, where)
 
 
 def _read(path: str) -> tuple[dict, Path, str]:

@@ -48,7 +48,7 @@ def _search(args) -> int:
     out = console()
     status, study = run_study(storage_url, settings.study, settings.study_config(resolved.space_ranges), settings.local_devices(),
                               extra, warm_start=settings.warm_start, origins=resolved.origins(),
-                              say=lambda line: out.print(line, highlight=False))
+                              say=lambda line: out.print(line, highlight=False, markup=False))
     print_front(study, out)
     out.print(f"browse it: abliterate dashboard --storage {redacted(storage_url)}")
     return status
