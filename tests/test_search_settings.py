@@ -95,3 +95,10 @@ def test_a_search_variable_left_in_the_shell_is_ignored_in_one_line(tmp_path, mo
     assert (config.kl_cap, config.enable_thinking) == (DEFAULTS.kl_cap, None)
     assert not any("kl-cap" in line or "no-thinking" in line for line in out)
     assert len(optuna.get_all_study_summaries("sqlite:///s.db")) == 1
+
+
+def test_the_named_choices_are_the_library_s():
+    from abliterate.search import settings, study
+    from abliterate.search.space import PRESETS
+
+    assert settings.SPACE_PRESETS == tuple(PRESETS) and study.OBJECTIVES is settings.OBJECTIVES
