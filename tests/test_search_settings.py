@@ -94,6 +94,10 @@ def test_a_search_variable_left_in_the_shell_is_ignored_in_one_line(tmp_path, mo
     config = load(open_storage("sqlite:///s.db"), "abliterate")[1]
     assert (config.kl_cap, config.enable_thinking) == (DEFAULTS.kl_cap, None)
     assert not any("kl-cap" in line or "no-thinking" in line for line in out)
+    # Switched off, the variable is no advice to pass the switch.
+    heard = []
+    resolve(parser().parse_args(["search"]), environ={"ABLITERATE_NO_THINKING": "false"}, warn=heard.append)
+    assert heard == [f"warning: $ABLITERATE_NO_THINKING {said}; --no-thinking is off unless given"]
     assert len(optuna.get_all_study_summaries("sqlite:///s.db")) == 1
 
 

@@ -41,11 +41,12 @@ class Resolved:
     study_file: str | None = None
 
     def origins(self) -> list[str]:
-        """One line per value that differs from the default, saying where it came from."""
+        """One line per value that differs from the default, saying where it came from, in the
+        order of ``--help``."""
         lines = []
-        for name, source in self.sources.items():
-            value = getattr(self.settings, name)
-            if value == getattr(DEFAULTS, name):
+        for name in SETTINGS:
+            value, source = getattr(self.settings, name), self.sources.get(name)
+            if source is None or value == getattr(DEFAULTS, name):
                 continue
             if name == "storage":
                 from abliterate.storage.urls import redacted
@@ -84,9 +85,12 @@ def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ,
             continue
         text = environ[variable(name)]
         if name not in DEPLOYMENT:
-            instead = flag(name) if isinstance(SETTINGS[name].default, bool) else f"{flag(name)} {shlex.quote(text)}"
+            if not isinstance(SETTINGS[name].default, bool):
+                advice = f"use {flag(name)} {shlex.quote(text)}"
+            else:
+                advice = f"use {flag(name)}" if text.strip().lower() in _TRUE else f"{flag(name)} is off unless given"
             warn(f"warning: ${variable(name)} is ignored: a study's settings come from flags or --config, only deployment "
-                 f"settings from the environment; use {instead}")
+                 f"settings from the environment; {advice}")
         elif name not in given:
             values[name], sources[name] = _convert(name, text, f"${variable(name)}"), f"${variable(name)}"
     return Resolved(SearchSettings(**values), ranges, sources, where)
