@@ -106,3 +106,9 @@ def test_the_named_choices_are_the_library_s():
     from abliterate.search.space import PRESETS
 
     assert settings.SPACE_PRESETS == tuple(PRESETS) and study.OBJECTIVES is settings.OBJECTIVES
+
+
+def test_a_storage_url_is_said_without_its_password():
+    resolved = resolve(parser().parse_args(["search"]), environ={"ABLITERATE_STORAGE": "postgresql+psycopg2://me:s3cret@db:5432/studies"})
+    assert resolved.settings.storage == "postgresql+psycopg2://me:s3cret@db:5432/studies"
+    assert resolved.origins() == ["  storage = postgresql+psycopg2://me:***@db:5432/studies (from $ABLITERATE_STORAGE)"]
