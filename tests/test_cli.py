@@ -183,7 +183,7 @@ def _prompt_file(folder, name):
 
 def test_help_is_quick_and_imports_nothing_heavy():
     probe = ("import sys, contextlib, io\n"
-             "from search.cli import main\n"
+             "from abliterate.search.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
              "    main(['search', '--help'])\n"
              "assert '(default: 100)' in out.getvalue(), out.getvalue()\n"
@@ -202,7 +202,7 @@ def test_simple_errors_come_before_torch_is_imported(tmp_path):
                   ["directions", "--model", "/no/such/model", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--out", "d"],
                   ["evaluate", "--model", "/no/such/model", "--base", "/no/such/model"]]
     probe = ("import sys, contextlib, io\n"
-             "from search.cli import main\n"
+             "from abliterate.search.cli import main\n"
              f"for command in {commands!r}:\n"
              "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
              "        status = main([*command, '--storage', 'missing.db'])\n"
