@@ -29,7 +29,7 @@ def namespace_tree(root: Path) -> Path:
     """``root``/abliterate laid out as installed: the real abliterate/ files plus a link per
     package-dir folder. Returns ``root``, the folder to put on mypy's path."""
     package = root / "abliterate"
-    package.mkdir()
+    package.mkdir(parents=True)
     for file in (ROOT / "abliterate").glob("*.py"):
         (package / file.name).symlink_to(file)
     mapping = tomllib.loads(CONFIG.read_text(encoding="utf-8"))["tool"]["setuptools"]["package-dir"]
