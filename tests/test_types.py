@@ -18,8 +18,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "pyproject.toml"
 # The engine and the scoring code; search/ and storage/ are not checked yet.
@@ -42,17 +40,17 @@ def namespace_tree(root: Path) -> Path:
 
 
 def test_engine_type_checks(tmp_path):
-    pytest.importorskip("mypy", reason="mypy comes with the test extra: pip install -e '.[test]'")
     tree = namespace_tree(tmp_path / "tree")
     packages = [arg for name in CHECKED for arg in ("-p", name)]
-    # cwd is the tree, so that the source folder itself is not on the path under other names;
-    # the cache is the test's own (a cold check takes about 25 s on two cores, most of it torch).
+    # cwd is the tree: mypy searches its working directory too, and from the repository root it
+    # would also find the folders under their bare names. The cache is the test's own: a cold
+    # check takes about 25 s on two cores, most of it reading torch.
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(CONFIG), "--cache-dir", str(tmp_path / "cache"),
-         "--hide-error-context", *packages],
+        [sys.executable, "-m", "mypy", "--config-file", str(CONFIG), "--cache-dir", str(tmp_path / "cache"), *packages],
         cwd=tree, env={**os.environ, "MYPYPATH": str(tree)}, capture_output=True, text=True, timeout=600,
     )
     report = (result.stdout + result.stderr).strip()
+    # (mypy comes with the test extra: pip install -e '.[test]')
     assert result.returncode == 0, f"mypy found errors (exit {result.returncode}):\n{report}"
     # every module was checked (mypy counts data folders as namespace packages too, hence >=)
     files = sum(1 for name in CHECKED for _ in (tree / name.replace(".", "/")).rglob("*.py"))
