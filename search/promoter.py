@@ -211,7 +211,7 @@ class Promoter:
         outcome = bench["scorer"].run(self._candidate(trial))
         refusal = outcome.values[0]
         beats = bool(outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin)
-        found = Confirmation(refusal, outcome.kl, outcome.feasible, bench["base_refusal"], self.settings.margin, passed=beats,
+        found = Confirmation(refusal, outcome.kl, bench["base_refusal"], self.settings.margin, passed=beats, feasible=outcome.feasible,
                              beats_base=beats, refusal_rate=outcome.refusal.rate("refusal") if outcome.refusal else None)
         if not beats:  # the controls cost a dozen refusal passes: not for a candidate dropped anyway
             return found

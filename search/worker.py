@@ -39,7 +39,7 @@ from abliterate.storage.leases import Leases
 from abliterate.storage.optuna_access import backend_of, record_heartbeat, set_system_attr, storage_of, stored_trial
 from abliterate.storage.outage import describe
 from abliterate.storage.rdb import open_storage
-from abliterate.storage.records import DIRECTIONS_REPORT, PARAMS_COMPLETE, TrialRecord
+from abliterate.storage.records import BASELINE, DIRECTIONS_REPORT, PARAMS_COMPLETE, TrialRecord
 
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -120,7 +120,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             step(f"measuring the base model's refusals on the {len(harmful_evaluation)} evaluation prompts (one refusal pass)")
             base = baseline.measure(loaded, proxy, harmful_evaluation, prompts["edgy", "evaluation"] if config.over_refusal else None,
                                     chat, config.max_new_tokens, config.batch_size)
-            study.set_user_attr(baseline.BASELINE_ATTR, base)
+            study.set_user_attr(BASELINE, base)
             step(baseline.baseline_line(base))
             halt.at("baseline")
         return directions_to_bytes(payload)

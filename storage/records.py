@@ -166,16 +166,16 @@ class Confirmation:
     ``beats_base``: the confirmation's own finding; ``passed``: that, and specific (or not
     controlled, or promoted as not specific on request). ``controls`` is None when no controls
     ran (a candidate that did not beat the base model, or a promotion older than them); then
-    ``specific`` is None too. A record of an older version may lack ``beats_base`` and
-    ``refusal_rate``: they read back as None, and are written back only when set.
+    ``specific`` is None too. A record may lack ``feasible`` or (older versions) ``beats_base``:
+    they read back as None, and are written back only when set.
     """
 
     refusal: float
     kl: float
-    feasible: bool
     base_refusal: float
     margin: float
     passed: bool
+    feasible: bool | None = None
     beats_base: bool | None = None
     refusal_rate: float | None = None
     controls: dict | None = None
@@ -191,8 +191,9 @@ class Confirmation:
         stays, even None: controls that were not run say why)."""
         record = {"refusal": self.refusal, "kl": self.kl, "feasible": self.feasible, "base_refusal": self.base_refusal,
                   "margin": self.margin, "beats_base": self.beats_base, "passed": self.passed, "refusal_rate": self.refusal_rate}
-        if self.beats_base is None:  # an older record's shape
-            del record["beats_base"]
+        for name in ("feasible", "beats_base"):
+            if record[name] is None:  # a record without it keeps its shape
+                del record[name]
         if self.controls is not None:
             record |= {"controls": self.controls, "specific": self.specific}
         return record

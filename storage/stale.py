@@ -40,14 +40,14 @@ class HeartbeatStorage(StaleTrialsHook):
 # What a retry carries besides its params: where the candidate came from (designed starting points,
 # a warm start's source trial) and the retry's own bookkeeping. Nothing the failed attempt measured
 # (KL, refusal, its constraint, the sampler's notes on it) goes along: the retry records its own.
-PROVENANCE_USER_ATTRS = PROVENANCE
+# The user attrs: storage.records.PROVENANCE.
 PROVENANCE_SYSTEM_ATTRS = ("fixed_params", PARAMS_COMPLETE)
 
 
 class RetrySameCandidate:
     """Heartbeat-stale callback: re-queue a failed trial with its whole candidate, at most
     ``max_retry`` times in a row; a trial with part of a candidate is not re-queued. The retry
-    starts clean: its params and their provenance (:data:`PROVENANCE_USER_ATTRS`), nothing else.
+    starts clean: its params and their provenance (:data:`storage.records.PROVENANCE`), nothing else.
     A trial is re-queued once, however many processes saw it fail."""
 
     def __init__(self, max_retry: int | None = 3):
@@ -61,7 +61,7 @@ class RetrySameCandidate:
             return
         if any(t.system_attrs.get("retry_history", [None])[-1] == trial.number for t in study.get_trials(deepcopy=False)):
             return  # queued already by whoever failed it first (a state change repeated after a lost connection)
-        user_attrs = {k: copy.deepcopy(v) for k, v in trial.user_attrs.items() if k in PROVENANCE_USER_ATTRS}
+        user_attrs = {k: copy.deepcopy(v) for k, v in trial.user_attrs.items() if k in PROVENANCE}
         system_attrs: dict[str, Any] = {k: copy.deepcopy(v) for k, v in trial.system_attrs.items() if k in PROVENANCE_SYSTEM_ATTRS}
         system_attrs |= {"retry_history": history, "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
         if trial.system_attrs.get(PARAMS_COMPLETE):
