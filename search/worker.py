@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext, suppress
+from dataclasses import replace
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -338,16 +339,15 @@ def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str
 
 def measured(outcome: TrialOutcome, owner: str, dominated_by: int | None = None) -> TrialRecord:
     """What ``outcome`` puts on its trial: a pruned trial's refusal is a lower bound, not a rate."""
-    found = {"kl": outcome.kl, "feasible": outcome.feasible, "worker": owner, "edited_layers": tuple(outcome.edited_layers),
-             "seconds": {k: round(v, 3) for k, v in outcome.seconds.items()}}
+    record = TrialRecord(kl=outcome.kl, feasible=outcome.feasible, worker=owner, edited_layers=tuple(outcome.edited_layers),
+                         seconds={k: round(v, 3) for k, v in outcome.seconds.items()},
+                         over_refusal=outcome.over_refusal.rate("refusal") if outcome.over_refusal else None)
     if outcome.pruned:
-        found |= {"pruned": True, "refusal_at_least": outcome.refusal.value, "dominated_by": dominated_by}
-    elif outcome.refusal:
-        found |= {"refusal": outcome.refusal.value, "refusal_rate": outcome.refusal.rate("refusal"),
-                  "degenerate_rate": outcome.refusal.rate("degenerate"), "counts": outcome.refusal.counts}
-    if outcome.over_refusal:
-        found["over_refusal"] = outcome.over_refusal.rate("refusal")
-    return TrialRecord(**found)
+        return replace(record, pruned=True, refusal_at_least=outcome.refusal.value, dominated_by=dominated_by)
+    if outcome.refusal:
+        return replace(record, refusal=outcome.refusal.value, refusal_rate=outcome.refusal.rate("refusal"),
+                       degenerate_rate=outcome.refusal.rate("degenerate"), counts=outcome.refusal.counts)
+    return record
 
 
 def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:
