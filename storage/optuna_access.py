@@ -20,7 +20,6 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.storages._rdb.models import TrialUserAttributeModel
 from optuna.trial import TrialState
-from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -79,6 +78,9 @@ def set_trial_user_attrs(storage: RDBStorage, trial, values: dict) -> None:
 def append_trial_note(storage: RDBStorage, study, trial, section: str, body: str) -> None:
     """Put ``body`` under a ``## section`` heading of the trial's dashboard note, replacing an
     earlier section of that name and keeping the rest of the note."""
+    # Only here: the dashboard package takes seconds to import, and most commands write no note.
+    from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
+
     study_id, trial_id = study._study_id, trial._trial_id
     note = get_note_from_system_attrs(storage.get_study_system_attrs(study_id), trial_id)
     heading = f"## {section}"
