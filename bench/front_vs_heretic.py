@@ -206,6 +206,7 @@ def _ours_in_process(args) -> None:
     from abliterate.search.study import StudyConfig, create_or_resume
     from abliterate.search.worker import run_worker
     from abliterate.storage.rdb import open_storage
+    from abliterate.storage.records import TrialRecord
 
     # OMP_NUM_THREADS, when set, gives each tool its own cores for a side-by-side run
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
@@ -229,10 +230,11 @@ def _ours_in_process(args) -> None:
     for t in study.trials:
         if t.state.name not in ("COMPLETE", "PRUNED"):
             continue
-        scored = t.state.name == "COMPLETE" and t.user_attrs["feasible"]
+        record = TrialRecord.of(t)
+        scored = t.state.name == "COMPLETE" and record.feasible
         # a pruned trial is dominated: it has no front point, but its time counts
         rows.append({"number": t.number, "refusals": round(t.values[0] * total) if scored else None, "total": total,
-                     "kl": t.user_attrs["kl"], "params": t.params, "pruned": t.state.name == "PRUNED",
+                     "kl": record.kl, "params": t.params, "pruned": t.state.name == "PRUNED",
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds(), "saved": None})
     feasible = [r for r in rows if r["refusals"] is not None]
     front = sorted((feasible[i] for i in pareto_front([(r["refusals"], r["kl"]) for r in feasible])), key=lambda r: (r["refusals"], r["kl"]))

@@ -82,6 +82,8 @@ def _rates(storage: str, launched: float, elapsed: float) -> dict:
     """Trials per hour once trials run (first start to last completion) and over the whole run."""
     import optuna
 
+    from abliterate.storage.records import TrialRecord
+
     study = optuna.load_study(study_name="bench", storage=storage)
     # a pruned trial ran until it could no longer reach the front, and counts as finished
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name in ("COMPLETE", "PRUNED")]
@@ -93,7 +95,7 @@ def _rates(storage: str, launched: float, elapsed: float) -> dict:
     out |= {"start_to_first_trial_s": round(first - launched, 1),
             "trials_per_hour": round(len(done) / span * 3600, 1) if span > 0 else None,
             "trials_per_hour_whole_run": round(len(done) / elapsed * 3600, 1),
-            "median_trial_s": round(statistics.median(t.user_attrs.get("seconds_total", 0.0) for t in done), 2)}
+            "median_trial_s": round(statistics.median(TrialRecord.of(t).seconds_total or 0.0 for t in done), 2)}
     return out
 
 

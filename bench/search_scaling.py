@@ -21,6 +21,8 @@ import uuid
 import optuna
 import sqlalchemy
 
+from abliterate.storage.records import TrialRecord
+
 
 def run(storage: str, workers: int, trials: int) -> tuple[float, float, float]:
     """(trials per hour over the whole command, trials per hour once trials run, median overhead
@@ -35,7 +37,7 @@ def run(storage: str, workers: int, trials: int) -> tuple[float, float, float]:
     elapsed = time.perf_counter() - start
     study = optuna.load_study(study_name="demo", storage=storage)
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    overhead = [(t.datetime_complete - t.datetime_start).total_seconds() - t.user_attrs["seconds_total"] for t in done]
+    overhead = [(t.datetime_complete - t.datetime_start).total_seconds() - TrialRecord.of(t).seconds_total for t in done]
     span = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
     return len(done) / elapsed * 3600, len(done) / span * 3600, statistics.median(overhead)
 

@@ -23,9 +23,6 @@ from abliterate.ablation.errors import AblationError
 if TYPE_CHECKING:
     import torch
 
-SPECIFIC_ATTR = "specific"
-CONTROLS_ATTR = "controls"
-
 
 def open_study(storage_url: str | None, name: str):
     """(storage, study, config) of an existing study; one-line errors otherwise."""
@@ -229,11 +226,12 @@ def controls_summary(result: dict) -> dict:
 def record_controls(storage, study, trial, result: dict) -> dict:
     """Controls' findings on the trial: user attrs ``controls`` (:func:`controls_summary`, which
     is returned) and ``specific``, and a ``Specificity controls`` note section."""
-    from abliterate.storage.trial_attrs import append_trial_note, set_trial_user_attrs
+    from abliterate.storage.optuna_access import append_trial_note, set_trial_user_attrs
+    from abliterate.storage.records import controls_attrs
 
     summary = controls_summary(result)
-    set_trial_user_attrs(storage, trial._trial_id, {CONTROLS_ATTR: summary, SPECIFIC_ATTR: summary["specific"]})
-    append_trial_note(storage, study._study_id, trial._trial_id, "Specificity controls", verdict(result))
+    set_trial_user_attrs(storage, trial, controls_attrs(summary))
+    append_trial_note(storage, study, trial, "Specificity controls", verdict(result))
     return summary
 
 

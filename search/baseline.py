@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-BASELINE_ATTR = "abliterate_baseline"
+from abliterate.storage.records import BASELINE
 
 
 def measure(loaded, proxy, harmful: Sequence[str], edgy: Sequence[str] | None = None, chat=None, max_new_tokens: int = 48,
@@ -38,7 +38,7 @@ def measure(loaded, proxy, harmful: Sequence[str], edgy: Sequence[str] | None = 
 def baseline_of(study) -> dict | None:
     """What :func:`measure` found for ``study``; None for a study made before it was measured, or
     whose directions are not computed yet."""
-    return study.user_attrs.get(BASELINE_ATTR)
+    return study.user_attrs.get(BASELINE)
 
 
 def baseline_line(base: dict | None) -> str:

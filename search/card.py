@@ -14,11 +14,11 @@ import re
 import yaml
 
 from abliterate.search.analysis import specificity_line
+from abliterate.storage.records import FINAL
 
 CARD_FILE = "README.md"
 TAGS = ("abliterated", "abliteration", "abliterate")
 LICENSE_KEYS = ("license", "license_name", "license_link")
-FINAL = ("dropped", "accepted", "no_lift")  # the promoter's final statuses (search.promoter.FINAL)
 _SNAPSHOT = re.compile(r"models--([^/]+?)--([^/]+)/snapshots/[^/]+/?$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -29,12 +29,14 @@ from abliterate.search.reproduce import (
     tensor_sha256,
     to_text,
 )
+from abliterate.storage.records import Promotion, TrialRecord
 
 
-def trial_figures(values, user_attrs: dict) -> dict:
-    """What the study measured for a trial, as the card and the record show it."""
-    return {"kl": user_attrs.get("kl", values[1] if values else None), "refusal": values[0] if values else None,
-            **{key: user_attrs.get(key) for key in ("refusal_rate", "degenerate_rate", "feasible")}}
+def trial_figures(values, record: TrialRecord) -> dict:
+    """What the study measured for a trial (its objective ``values`` and ``record``), as the card
+    and the reproduction record show it."""
+    return {"kl": record.kl if record.kl is not None else values[1] if values else None, "refusal": values[0] if values else None,
+            "refusal_rate": record.refusal_rate, "degenerate_rate": record.degenerate_rate, "feasible": record.feasible}
 
 
 def export_trial(storage_url: str | None, study_name: str, trial_number: int, out: str, device: str = "auto",
@@ -54,7 +56,7 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     if trial_number not in trials or trials[trial_number].state.name != "COMPLETE":
         raise AblationError(f"study {study_name!r} has no finished trial {trial_number}; see abliterate front")
     trial = trials[trial_number]
-    kl = trial.user_attrs.get("kl")
+    kl = TrialRecord.of(trial).kl
     if kl is not None and kl > config.kl_cap and not force:
         raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
                             "pick a trial from abliterate front, or pass --force to export it anyway")
@@ -72,10 +74,10 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     return export_loaded(loaded, directions, study_name, config, trial, promotion, out, overwrite, base_model_id)
 
 
-def export_loaded(loaded, directions: dict, study_name: str, config, trial, promotion: tuple[str, dict] | None, out,
+def export_loaded(loaded, directions: dict, study_name: str, config, trial, promotion: Promotion | None, out,
                   overwrite: bool = False, base_model_id: str | None = None) -> Path:
     """Write ``trial`` (a finished Optuna trial of ``study_name``) baked into ``loaded`` to ``out``,
-    with its card and record; ``promotion`` is its (status, details) when it has one."""
+    with its card and record; ``promotion`` is its promotion when it has one."""
     prompts = prompt_records(config)
     card, base_config = base_files(config.model)
 
@@ -96,21 +98,21 @@ def export_loaded(loaded, directions: dict, study_name: str, config, trial, prom
             directions={"method": trial.params["method"], "file": DIRECTIONS_FILE, "shape": list(used.shape),
                         "dtype": str(used.dtype).removeprefix("torch."), "sha256": tensor_sha256(used)}
                        | ({"extra": extra} if extra else {}),
-            prompts=prompts, figures=trial_figures(trial.values, trial.user_attrs),
-            promotion=None if promotion is None else {"status": promotion[0], "details": promotion[1]},
+            prompts=prompts, figures=trial_figures(trial.values, TrialRecord.of(trial)),
+            promotion=None if promotion is None else {"status": str(promotion.status), "details": promotion.details},
             base=base, packages=package_versions(), weights=weights)
         return record | {"card": card_header(base["hub_id"], front_matter(card), base_config)}
 
     return write_checkpoint(loaded, directions, trial.params, out, overwrite, record_for)
 
 
-def restate_promotion(folder: str | Path, status: str, details: dict) -> None:
+def restate_promotion(folder: str | Path, promotion: Promotion) -> None:
     """Put a promotion's new status and findings into an exported checkpoint's record and card
     (the weights are not touched); each file is replaced whole."""
     from abliterate.ablation.export import current_umask, published_modes
 
     folder = Path(folder)
-    record = read_reproduction(folder / REPRO_FILE) | {"promotion": {"status": status, "details": details}}
+    record = read_reproduction(folder / REPRO_FILE) | {"promotion": {"status": str(promotion.status), "details": promotion.details}}
     for name, text in ((REPRO_FILE, to_text(record)), (CARD_FILE, model_card(record["card"], record))):
         partial = folder / f".{name}.partial"
         partial.write_text(text, encoding="utf-8")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import optuna
 from optuna.trial import TrialState
 
+from abliterate.storage.records import TrialRecord
+
 
 def pareto_front(points: Sequence[tuple[float, ...]]) -> list[int]:
     """Indices of the points no other point dominates (<= everywhere, < somewhere), in order."""
@@ -17,7 +19,7 @@ def pareto_front(points: Sequence[tuple[float, ...]]) -> list[int]:
 
 def feasible_front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Finished feasible trials on the Pareto front, by refusal then KL."""
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if TrialRecord.of(t).feasible]
     front = [trials[i] for i in pareto_front([tuple(t.values) for t in trials])]
     return sorted(front, key=lambda t: tuple(t.values))
 

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-RUNNING_ON = "abliterate:running_on"  # system attr: [owner, trial number] of the worker running it
+from abliterate.storage.records import RUNNING_ON  # system attr: [owner, trial number] of the worker running it
 
 
 def owner_name(pid: int) -> str:
@@ -32,7 +32,9 @@ def owner_name(pid: int) -> str:
 def mark_running(study, trial, owner: str) -> None:
     """Record that ``owner`` runs ``trial``. The mark holds the trial's number because a retry
     copies the failed trial's system attrs: a copy never names the dead worker as its runner."""
-    study._storage.set_trial_system_attr(trial._trial_id, RUNNING_ON, [owner, trial.number])
+    from abliterate.storage.optuna_access import set_system_attr
+
+    set_system_attr(study, trial, RUNNING_ON, [owner, trial.number])
 
 
 def requeue_trials_of(study, owner: str) -> list[int]:
@@ -41,16 +43,18 @@ def requeue_trials_of(study, owner: str) -> list[int]:
     import optuna
     from optuna.trial import TrialState
 
-    storage = study._storage
+    from abliterate.storage.optuna_access import fail, storage_of, stored_trial
+
+    storage = storage_of(study)
     retry = storage.get_heartbeat_stale_trial_callback()
     requeued = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if trial.system_attrs.get(RUNNING_ON) != [owner, trial.number]:
             continue
         try:
-            if storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            if fail(storage, trial):
                 if retry is not None:
-                    retry(study, storage.get_trial(trial._trial_id))
+                    retry(study, stored_trial(study, trial))
                 requeued.append(trial.number)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass

@@ -25,6 +25,7 @@ import socket
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from optuna.exceptions import ExperimentalWarning
@@ -39,15 +40,15 @@ from abliterate.search.analysis import specificity_line
 from abliterate.search.front import feasible_front
 from abliterate.search.paths import study_folder
 from abliterate.search.promotion_settings import DEFAULT_CONTROLS, MAX_SECONDS, PromotionSettings
-from abliterate.search.study import STOP_ATTR, load, stop_requested
+from abliterate.search.study import load, stop_requested
 from abliterate.storage.errors import StorageError
 from abliterate.storage.leases import Leases
+from abliterate.storage.optuna_access import append_trial_note, set_trial_user_attrs
 from abliterate.storage.promotions import PromotionStore, SweepStore
-from abliterate.storage.trial_attrs import append_trial_note, set_trial_user_attrs
+from abliterate.storage.records import FINAL, STOP, Confirmation, Promotion, Status, TrialRecord, verdict_attrs
 
-FINAL = ("dropped", "accepted", "no_lift")
 # The settings live beside, and are this module's too (callers import them from here).
-__all__ = ["DEFAULT_CONTROLS", "FINAL", "Promoter", "PromotionSettings", "only_not_specific", "promotion_note", "report"]
+__all__ = ["DEFAULT_CONTROLS", "FINAL", "Promoter", "PromotionSettings", "Status", "promotion_note", "report"]
 
 
 class Promoter:
@@ -81,27 +82,21 @@ class Promoter:
     def pending(self) -> list[FrozenTrial]:
         """Front trials with no final promotion status yet, best refusal first; not those this
         run left without a verdict (the next run tries them again)."""
-        done = {n for n, (status, details) in self.promotions.all().items() if self._settled(status, details)}
+        done = {n for n, promotion in self.promotions.all().items() if promotion.settled(self.settings.include_not_specific)}
         done |= self.without_verdict
         front = [t for t in feasible_front(self.study) if t.number not in done]
         if self.settings.include_not_specific:
             return front
         # A trial whose refusal drop random directions match (abliterate controls, run before
         # promotion) is skipped; the others are controlled in their confirmation.
-        return [t for t in front if t.user_attrs.get("specific") is not False]
+        return [t for t in front if not TrialRecord.of(t).not_specific]
 
     def skipped(self) -> list[FrozenTrial]:
         """Front trials left out because abliterate controls found them not specific."""
         if self.settings.include_not_specific:
             return []
-        done = {n for n, (status, details) in self.promotions.all().items() if self._settled(status, details)}
-        return [t for t in feasible_front(self.study) if t.number not in done and t.user_attrs.get("specific") is False]
-
-    def _settled(self, status: str, details: dict) -> bool:
-        """Whether a promotion needs nothing more under these settings: a final status, except a
-        candidate dropped only for being not specific when ``include_not_specific`` asks for it."""
-        return status in FINAL and not (self.settings.include_not_specific and status == "dropped"
-                                        and only_not_specific(details.get("confirmation") or {}))
+        done = {n for n, promotion in self.promotions.all().items() if promotion.settled(self.settings.include_not_specific)}
+        return [t for t in feasible_front(self.study) if t.number not in done and TrialRecord.of(t).not_specific]
 
     def run_once(self) -> int:
         """Promote every pending candidate no other promoter holds; how many reached a final status."""
@@ -118,12 +113,13 @@ class Promoter:
             with self.leases.held(key) as lost:
                 # The pending list was read before the lease: another promoter may have finished
                 # this candidate since, and its verdict must stand (other settings would overwrite it).
-                if self._settled(*(self.promotions.get(trial.number) or ("", {}))):
+                earlier = self.promotions.get(trial.number)
+                if earlier is not None and earlier.settled(self.settings.include_not_specific):
                     continue
                 status = self.promote(trial)
                 if lost.is_set():
                     self.log(f"trial {trial.number}: the lease was lost while working; the next holder re-checks it")
-            finished += status in FINAL
+            finished += status.final
         return finished
 
     def watch(self, poll: float = 30.0) -> None:
@@ -151,82 +147,78 @@ class Promoter:
 
     # ---- one candidate ---------------------------------------------------------------------
 
-    def promote(self, trial: FrozenTrial) -> str:
+    def promote(self, trial: FrozenTrial) -> Status:
         """Take ``trial`` as far as it goes; returns its status."""
         n = trial.number
-        _, details = self.promotions.get(n) or ("confirming", {})
+        earlier = self.promotions.get(n) or Promotion(Status.CONFIRMING)
         try:
-            if "confirmation" not in details:
-                self.promotions.update(n, "confirming")
+            if earlier.confirmation is None:
+                self.promotions.update(n, Status.CONFIRMING)
                 confirmation = self.confirm(trial)
-                self.promotions.update(n, "confirming" if confirmation["passed"] else "dropped", confirmation=confirmation)
-                self.log(f"trial {n}: confirmation refusal {confirmation['refusal']:.3f} vs base {confirmation['base_refusal']:.3f}, "
-                         f"KL {confirmation['kl']:.4f}: {'passed' if confirmation['passed'] else 'dropped'}"
-                         f"{' (not specific)' if confirmation.get('specific') is False else ''}")
-                if not confirmation["passed"]:
-                    self._record(trial, "dropped", {"promotion_confirmation": confirmation})
-                    return "dropped"
-            elif not details["confirmation"]["passed"]:
-                if not (self.settings.include_not_specific and only_not_specific(details["confirmation"])):
-                    return "dropped"
+                self.promotions.update(n, Status.CONFIRMING if confirmation.passed else Status.DROPPED, confirmation=confirmation)
+                self.log(f"trial {n}: confirmation refusal {confirmation.refusal:.3f} vs base {confirmation.base_refusal:.3f}, "
+                         f"KL {confirmation.kl:.4f}: {'passed' if confirmation.passed else 'dropped'}"
+                         f"{' (not specific)' if confirmation.specific is False else ''}")
+                if not confirmation.passed:
+                    self._record(trial, Status.DROPPED, confirmation)
+                    return Status.DROPPED
+            elif not earlier.confirmation.passed:
+                if not (self.settings.include_not_specific and earlier.confirmation.only_not_specific):
+                    return Status.DROPPED
                 # Dropped by an earlier run for being not specific alone; asked for now.
-                self.promotions.update(n, "confirming", confirmation=details["confirmation"] | {"passed": True})
+                self.promotions.update(n, Status.CONFIRMING, confirmation=earlier.confirmation.passing())
                 self.log(f"trial {n}: not specific, promoted as --include-not-specific asks")
             checkpoint = self.export(trial)
-            self.promotions.update(n, "sweeping", checkpoint=str(checkpoint))
+            self.promotions.update(n, Status.SWEEPING, checkpoint=str(checkpoint))
             # An earlier run found no valid results: its invalid attempts get another round.
-            retry = "no_verdict" in details
+            retry = earlier.no_verdict > 0
             baseline = self.sweep(self.base_model(), f"baseline:{self.config.model}:{self.runner.fingerprint()}", "baseline", retry)
             candidate = self.sweep(str(checkpoint), f"{self.name}/trial/{n}:{self.runner.fingerprint()}", f"trial-{n}", retry)
         except AblationError as error:
-            self.promotions.update(n, self.promotions.get(n)[0], error=str(error))
+            self.promotions.update(n, self.promotions.get(n).status, error=str(error))
             raise
         counts = [TaskCounts(task, *candidate.get(task, (0, 0)), *baseline.get(task, (0, 0))) for task in self.runner.tasks()]
         missing = no_evidence(counts, self.settings.rule)
         if missing:  # pending, with the reason; not a look: no alpha is spent on no data
-            self.promotions.update(n, "sweeping", error=f"no verdict: {missing}", no_verdict=details.get("no_verdict", 0) + 1)
+            self.promotions.update(n, Status.SWEEPING, error=f"no verdict: {missing}", no_verdict=earlier.no_verdict + 1)
             self.without_verdict.add(n)
             self.log(f"trial {n}: no verdict: {missing}; it stays pending and the next promote run retries its invalid attempts")
-            return "sweeping"
+            return Status.SWEEPING
         look, tested_before = self.looks(n)
         result = gate(counts, self.settings.rule, look, tested_before)
-        status = "accepted" if result.accepted else "no_lift"
+        status = Status.ACCEPTED if result.accepted else Status.NO_LIFT
         self.promotions.update(n, status, gate=result.as_dict(), runner=self.runner.name, attempts=self.settings.attempts)
-        self._restate(checkpoint, status, self.promotions.get(n)[1])
-        confirmation = self.promotions.get(n)[1]["confirmation"]
-        self._record(trial, status, {"promotion_reason": result.reason, "promotion_confirmation": confirmation}, result)
+        promotion = self.promotions.get(n)
+        self._restate(checkpoint, promotion)
+        self._record(trial, status, promotion.confirmation, result)
         self.log(f"trial {n}: {status} ({result.reason})")
         if result.accepted and self.settings.stop_at_first_lift:
-            self.study.set_user_attr(STOP_ATTR, {"trial": n, "reason": f"trial {n} accepted: {result.reason}"})
+            self.study.set_user_attr(STOP, {"trial": n, "reason": f"trial {n} accepted: {result.reason}"})
             self.log(f"stopping study {self.name!r}: workers finish their trial and exit")
         return status
 
     def looks(self, trial_number: int) -> tuple[int, int]:
         """(this candidate's place among the study's gated candidates, task tests before it): every
         earlier gate decision counts, so the study-wide rule spends alpha once per candidate."""
-        earlier = [details["gate"] for number, (_, details) in self.promotions.all().items()
-                   if number != trial_number and "gate" in details]
+        earlier = [promotion.gate for number, promotion in self.promotions.all().items()
+                   if number != trial_number and promotion.gate is not None]
         return len(earlier) + 1, sum(len(g["tasks"]) for g in earlier)
 
-    def confirm(self, trial: FrozenTrial) -> dict:
+    def confirm(self, trial: FrozenTrial) -> Confirmation:
         """Re-score on the held-out confirmation prompts with longer answers, against the base
-        model; a candidate that beats it is then put to the specificity controls (:meth:`controls`).
-
-        ``beats_base``: the confirmation's own finding; ``passed``: that, and specific (or not
-        controlled, or ``include_not_specific``); ``controls``: what the controls found."""
+        model; a candidate that beats it is then put to the specificity controls (:meth:`controls`)."""
         bench = self._load()
         outcome = bench["scorer"].run(self._candidate(trial))
         refusal = outcome.values[0]
         beats = bool(outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin)
-        found = {"refusal": refusal, "kl": outcome.kl, "feasible": outcome.feasible, "base_refusal": bench["base_refusal"],
-                 "margin": self.settings.margin, "beats_base": beats, "passed": beats,
-                 "refusal_rate": outcome.refusal.rate("refusal") if outcome.refusal else None}
-        if beats:  # the controls cost a dozen refusal passes: not for a candidate dropped anyway
-            found["controls"] = self.controls(trial)
-            found["specific"] = found["controls"].get("specific")
-            if found["specific"] is False and not self.settings.include_not_specific:
-                found["passed"] = False
-        return found
+        found = Confirmation(refusal, outcome.kl, bench["base_refusal"], self.settings.margin, passed=beats, feasible=outcome.feasible,
+                             beats_base=beats, refusal_rate=outcome.refusal.rate("refusal") if outcome.refusal else None)
+        if not beats:  # the controls cost a dozen refusal passes: not for a candidate dropped anyway
+            return found
+        controls = self.controls(trial)
+        specific = controls.get("specific")
+        return replace(found, controls=controls, specific=specific,
+                       passed=not (specific is False and not self.settings.include_not_specific))
 
     def controls(self, trial: FrozenTrial) -> dict:
         """The candidate's specificity controls (:func:`search.analysis.run_controls`): the
@@ -236,18 +228,11 @@ class Promoter:
         recorded on the trial. The verdict is the random band's; the holdout is reported beside
         it. ``{"not_run": why}`` when none can run: ``--controls 0``, or an edit that is not one
         direction (cone, sae, amplify), which is then promoted as before."""
-        from abliterate.search.analysis import (
-            CONTROLS_ATTR,
-            SPECIFIC_ATTR,
-            holdout_unavailable,
-            not_measurable,
-            record_controls,
-            run_controls,
-            verdict,
-        )
+        from abliterate.search.analysis import holdout_unavailable, not_measurable, record_controls, run_controls, verdict
 
-        if SPECIFIC_ATTR in trial.user_attrs:
-            return dict(trial.user_attrs.get(CONTROLS_ATTR) or {}) | {"specific": trial.user_attrs[SPECIFIC_ATTR]}
+        record = TrialRecord.of(trial)
+        if record.specific is not None:
+            return dict(record.controls or {}) | {"specific": record.specific}
         reason = "--controls 0" if not self.settings.controls else not_measurable(trial.params)
         if reason:
             self.log(f"trial {trial.number}: specificity controls not run: {reason}")
@@ -336,37 +321,31 @@ class Promoter:
                            "base_refusal": base_refusal, "num_layers": next(iter(directions.values())).shape[0]}
         return self._bench
 
-    def _restate(self, checkpoint: Path, status: str, details: dict) -> None:
+    def _restate(self, checkpoint: Path, promotion: Promotion) -> None:
         """The verdict in the checkpoint's model card and record too (checkpoints exported by an
         older version have no record and are left as they are)."""
         from abliterate.search.checkpoint import restate_promotion
         from abliterate.search.reproduce import REPRO_FILE
 
         if (checkpoint / REPRO_FILE).is_file():
-            restate_promotion(checkpoint, status, details)
+            restate_promotion(checkpoint, promotion)
 
-    def _record(self, trial: FrozenTrial, status: str, attrs: dict, result: GateResult | None = None) -> None:
+    def _record(self, trial: FrozenTrial, status: Status, confirmation: Confirmation | None, result: GateResult | None = None) -> None:
         """The verdict on the trial itself: user attrs and a dashboard note section."""
-        values = {"promotion": status, **attrs}
-        if result is not None:
-            values |= {"promotion_p_min": min((t.p for t in result.tasks), default=1.0), "promotion_pooled_p": result.pooled_p}
-        set_trial_user_attrs(self.storage, trial._trial_id, values)
-        append_trial_note(self.storage, self.study._study_id, trial._trial_id, "Promotion", promotion_note(status, attrs, result))
+        attrs = verdict_attrs(status, confirmation) if result is None else verdict_attrs(
+            status, confirmation, result.reason, min((t.p for t in result.tasks), default=1.0), result.pooled_p)
+        set_trial_user_attrs(self.storage, trial, attrs)
+        append_trial_note(self.storage, self.study, trial, "Promotion", promotion_note(status, confirmation, result))
 
 
-def only_not_specific(confirmation: dict) -> bool:
-    """Whether a confirmation was failed by the specificity controls alone."""
-    return bool(confirmation.get("beats_base")) and confirmation.get("specific") is False
-
-
-def promotion_note(status: str, attrs: dict, result: GateResult | None) -> str:
+def promotion_note(status: Status, confirmation: Confirmation | None, result: GateResult | None) -> str:
     """Markdown for the trial's dashboard note: the decision, the specificity controls' word and
     the per-task table."""
     lines = [f"**{status}**"]
-    if "promotion_confirmation" in attrs:
-        c = attrs["promotion_confirmation"]
-        lines.append(f"confirmation refusal {c['refusal']:.3f} vs base {c['base_refusal']:.3f} (margin {c['margin']}), KL {c['kl']:.4f}")
-        specificity = specificity_line(c)  # None: no controls (dropped before them, or an older promotion)
+    if confirmation is not None:
+        c = confirmation
+        lines.append(f"confirmation refusal {c.refusal:.3f} vs base {c.base_refusal:.3f} (margin {c.margin}), KL {c.kl:.4f}")
+        specificity = specificity_line(c.to_record())  # None: no controls (dropped before them, or an older promotion)
         if specificity:
             lines.append(specificity)
     if result is None:
@@ -386,7 +365,7 @@ def report(storage, study_name: str) -> list[dict]:
     (status ``skipped``, their ``controls`` beside), by trial number."""
     study, _ = load(storage, study_name)  # a one-line error for an unknown study
     promotions = PromotionStore(storage.engine, study_name).all()
-    rows = [{"trial": number, "status": status, **details} for number, (status, details) in promotions.items()]
-    rows += [{"trial": t.number, "status": "skipped", "controls": dict(t.user_attrs.get("controls") or {}) | {"specific": False}}
-             for t in feasible_front(study) if t.number not in promotions and t.user_attrs.get("specific") is False]
+    rows = [{"trial": number, "status": str(p.status), **p.details} for number, p in promotions.items()]
+    rows += [{"trial": t.number, "status": str(Status.SKIPPED), "controls": dict(TrialRecord.of(t).controls or {}) | {"specific": False}}
+             for t in feasible_front(study) if t.number not in promotions and TrialRecord.of(t).not_specific]
     return sorted(rows, key=lambda row: row["trial"])

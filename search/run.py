@@ -43,6 +43,7 @@ def run_study(storage: str | None, name: str, config: StudyConfig, devices: Sequ
     local_model(config.model)  # a wrong path is refused before torch and transformers are imported (seconds)
     from abliterate.ablation.loading import check_model
     from abliterate.search.worker import FINISHED, finished
+    from abliterate.storage.records import TrialRecord
 
     check_model(config.model, [] if config.device_map else list(devices), config.trust_remote_code, config.dtype)
     if config.judge not in ("markers", "llm"):
@@ -91,8 +92,8 @@ def run_study(storage: str | None, name: str, config: StudyConfig, devices: Sequ
         if cpu_workers and not advised and done:
             try:
                 with opened.patience(0):
-                    seconds = [t.user_attrs["seconds_total"] for t in study.get_trials(deepcopy=False, states=FINISHED)
-                               if "seconds_total" in t.user_attrs]
+                    seconds = [s for s in (TrialRecord.of(t).seconds_total for t in study.get_trials(deepcopy=False, states=FINISHED))
+                               if s is not None]
             except DatabaseUnreachable:
                 return
             if seconds and done < config.n_trials:

@@ -28,9 +28,8 @@ from abliterate.search.settings import DEFAULTS, OBJECTIVES  # the defaults of a
 from abliterate.search.space import MAX_STARTING_POINTS, SearchSpace
 from abliterate.storage.errors import StorageError
 from abliterate.storage.leases import Leases
+from abliterate.storage.records import CONFIG, STOP
 
-CONFIG_ATTR = "abliterate"
-STOP_ATTR = "abliterate_stop"  # set (with the reason) when an accepted promotion stops the study
 PURPOSES = ("extraction", "evaluation", "confirmation")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 
@@ -221,7 +220,7 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 study.set_metric_names(names)  # the dashboard labels the axes with these
-            study.set_user_attr(CONFIG_ATTR, config.to_json())
+            study.set_user_attr(CONFIG, config.to_json())
             return study, False
         # A changed file is named here. The digests are not compared as settings: the same specs
         # read the same files, and a study made before digests were kept has none.
@@ -231,7 +230,7 @@ def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.St
             raise AblationError(f"study {name!r} exists with other settings ({conflicts}); use another --study name or the study's settings")
         study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(config))
         if any(getattr(config, setting) != getattr(existing, setting) for setting in RESUMABLE_CHANGES):
-            study.set_user_attr(CONFIG_ATTR, config.to_json())
+            study.set_user_attr(CONFIG, config.to_json())
         return study, True
 
 
@@ -266,7 +265,7 @@ def load(storage, name: str) -> tuple[optuna.Study, StudyConfig]:
 
 def stop_requested(study: optuna.Study) -> dict | None:
     """Why the study was stopped (e.g. an accepted lift), or None while it runs on."""
-    return study.user_attrs.get(STOP_ATTR)
+    return study.user_attrs.get(STOP)
 
 
 def check_local(config: StudyConfig, **local) -> None:
@@ -282,12 +281,12 @@ def _config_of(storage, name: str, settle: bool = False) -> StudyConfig | None:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
-    if CONFIG_ATTR not in study.user_attrs and settle:
+    if CONFIG not in study.user_attrs and settle:
         with _creating(storage, name):  # it may be half made by another process: wait until it is done
             return _config_of(storage, name, settle=False)
-    if CONFIG_ATTR not in study.user_attrs:
-        raise StorageError(f"study {name!r} was not made by abliterate (no {CONFIG_ATTR} settings); use another --study name")
-    return StudyConfig.from_json(study.user_attrs[CONFIG_ATTR])
+    if CONFIG not in study.user_attrs:
+        raise StorageError(f"study {name!r} was not made by abliterate (no {CONFIG} settings); use another --study name")
+    return StudyConfig.from_json(study.user_attrs[CONFIG])
 
 
 def _conflicts(old: StudyConfig, new: StudyConfig, ignore: set[str]) -> str:

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 from abliterate.ablation.errors import AblationError
 from abliterate.search.space import IMPLIED, PRESETS, SearchSpace, distributions
-
-WARM_ATTR = "warm_start"  # on an enqueued trial: where its params came from
+from abliterate.storage.records import TrialRecord
 
 
 def parse_source(text: str) -> tuple[str, str]:
@@ -99,15 +98,15 @@ def front_points(url: str, study_name: str, space: SearchSpace) -> list[tuple[di
     points = []
     for trial in front:
         params, fitting = fit_to_space(dict(trial.params), space)
-        attrs = {WARM_ATTR: {"storage": redacted(url), "study": study_name, "trial": trial.number, "values": list(trial.values),
-                             **fitting}}
+        attrs = TrialRecord(warm_start={"storage": redacted(url), "study": study_name, "trial": trial.number,
+                                        "values": list(trial.values), **fitting}).to_attrs()
         points.append((params, attrs))
     return points
 
 
 def dropped(points: list[tuple[dict, dict]]) -> list[str]:
     """The params of any of ``points``' source trials that the new space does not sample."""
-    return sorted({name for _, attrs in points for name in attrs[WARM_ATTR]["dropped"]})
+    return sorted({name for _, attrs in points for name in TrialRecord.from_attrs(attrs).warm_start["dropped"]})
 
 
 def enqueue_front(study, points: list[tuple[dict, dict]]) -> int:

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import nullcontext, suppress
+from dataclasses import replace
 
 import optuna
 from optuna.exceptions import ExperimentalWarning
@@ -36,11 +37,11 @@ from abliterate.search.trial import (
 from abliterate.storage.cache import ArtifactCache
 from abliterate.storage.errors import DatabaseUnreachable
 from abliterate.storage.leases import Leases
+from abliterate.storage.optuna_access import backend_of, record_heartbeat, set_system_attr, storage_of, stored_trial
 from abliterate.storage.outage import describe
 from abliterate.storage.rdb import open_storage
-from abliterate.storage.stale import PARAMS_COMPLETE
+from abliterate.storage.records import BASELINE, DIRECTIONS_REPORT, PARAMS_COMPLETE, TrialRecord
 
-DIRECTIONS_REPORT_ATTR = "abliterate_directions_report"
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -102,7 +103,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         # enqueues nothing twice).
         points = starting_points(config.space, strongest_layer(*residuals), config.starting_points)
         for point in points:
-            study.enqueue_trial(point, user_attrs={"starting_point": True}, skip_if_exists=True)
+            study.enqueue_trial(point, user_attrs=TrialRecord(starting_point=True).to_attrs(), skip_if_exists=True)
         if points:
             step(f"{len(points)} designed starting points queued as the first trials")
         report = []
@@ -114,13 +115,13 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         payload = compute_payload(loaded, harmful, harmless, residuals, config.space, proxy, chat, config.batch_size, note,
                                   config.categories(), config.sae)
         if report:  # what the directions look like (cone geometry, cos(r, c)), for whoever reads the study later
-            study.set_user_attr(DIRECTIONS_REPORT_ATTR, report)
+            study.set_user_attr(DIRECTIONS_REPORT, report)
         if baseline.baseline_of(study) is None:  # a computation retried after a crash does not measure it again
             harmful_evaluation = prompts["harmful", "evaluation"]
             step(f"measuring the base model's refusals on the {len(harmful_evaluation)} evaluation prompts (one refusal pass)")
             base = baseline.measure(loaded, proxy, harmful_evaluation, prompts["edgy", "evaluation"] if config.over_refusal else None,
                                     chat, config.max_new_tokens, config.batch_size)
-            study.set_user_attr(baseline.BASELINE_ATTR, base)
+            study.set_user_attr(BASELINE, base)
             step(baseline.baseline_line(base))
             halt.at("baseline")
         return directions_to_bytes(payload)
@@ -138,13 +139,13 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         params = suggest(halt.Sampling(trial) if halt.wanted("sampling") else trial, config.space)
         # Every param is recorded: from here on a retry of this trial is this very candidate.
-        storage.set_trial_system_attr(trial._trial_id, PARAMS_COMPLETE, True)
+        set_system_attr(study, trial, PARAMS_COMPLETE, True)
         halt.at("sampled", trial.number)
         dominated_by = []
 
         def give_up_at(kl: float) -> int | None:
             """Failing prompts from which this trial is dominated by a finished one (exact pruning)."""
-            done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("feasible")]
+            done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if TrialRecord.of(t).feasible]
             best = dominating_point([tuple(t.values) for t in done], kl)
             if best is None:
                 return None
@@ -247,7 +248,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, objective: Callable[[opt
     """
     log = log or say
     halt.at("asked", trial.number)
-    with Heartbeat(study._storage, trial, heartbeat_interval, grace_period, log):
+    with Heartbeat(storage_of(study), trial, heartbeat_interval, grace_period, log):
         try:
             values = objective(trial)
         except optuna.TrialPruned:
@@ -277,7 +278,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: tuple[float, ...] | N
         study.tell(trial, values, state=state)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
         # ValueError: Optuna's own check found it finished ("Cannot tell a FAIL trial").
-        if not study._storage.get_trial(trial._trial_id).state.is_finished():
+        if not stored_trial(study, trial).state.is_finished():
             raise
         return False
     return True
@@ -285,7 +286,7 @@ def tell(study: optuna.Study, trial: optuna.Trial, values: tuple[float, ...] | N
 
 def _impatient(study: optuna.Study):
     """A block in which the study's storage reports a lost database at once (storage.outage)."""
-    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps an RDB storage in a cache
+    storage = backend_of(study)
     return storage.patience(0) if hasattr(storage, "patience") else nullcontext()
 
 
@@ -307,7 +308,7 @@ class Heartbeat:
         stored, warned = time.monotonic(), False
         while True:
             try:
-                self.storage.record_heartbeat(self.trial._trial_id)
+                record_heartbeat(self.storage, self.trial)
                 stored, warned = time.monotonic(), False
             except Exception as error:  # any failure at all: see the class docstring
                 if not warned and time.monotonic() - stored > self.grace:
@@ -329,20 +330,24 @@ class Heartbeat:
 def record(trial: optuna.Trial, outcome: TrialOutcome, kl_cap: float, owner: str, dominated_by: int | None = None) -> None:
     """Constraint, user attrs (the dashboard does not read Optuna 5 constraints) and a note."""
     trial.set_constraint("kl_over_cap", outcome.kl - kl_cap)
-    attrs = {"kl": outcome.kl, "feasible": outcome.feasible, "worker": owner, "edited_layers": list(outcome.edited_layers),
-             **{f"seconds_{k}": round(v, 3) for k, v in outcome.seconds.items()}}
-    if outcome.pruned:
-        attrs |= {"pruned": True, "refusal_at_least": outcome.refusal.value, "dominated_by": dominated_by}
-    elif outcome.refusal:
-        attrs |= {"refusal": outcome.refusal.value, "refusal_rate": outcome.refusal.rate("refusal"),
-                  "degenerate_rate": outcome.refusal.rate("degenerate"), "counts": outcome.refusal.counts}
-    if outcome.over_refusal:
-        attrs["over_refusal"] = outcome.over_refusal.rate("refusal")
-    for key, value in attrs.items():
+    for key, value in measured(outcome, owner, dominated_by).to_attrs().items():
         trial.set_user_attr(key, value)
     from optuna_dashboard import save_note
 
     save_note(trial, note(outcome, dominated_by))
+
+
+def measured(outcome: TrialOutcome, owner: str, dominated_by: int | None = None) -> TrialRecord:
+    """What ``outcome`` puts on its trial: a pruned trial's refusal is a lower bound, not a rate."""
+    record = TrialRecord(kl=outcome.kl, feasible=outcome.feasible, worker=owner, edited_layers=tuple(outcome.edited_layers),
+                         seconds={k: round(v, 3) for k, v in outcome.seconds.items()},
+                         over_refusal=outcome.over_refusal.rate("refusal") if outcome.over_refusal else None)
+    if outcome.pruned:
+        return replace(record, pruned=True, refusal_at_least=outcome.refusal.value, dominated_by=dominated_by)
+    if outcome.refusal:
+        return replace(record, refusal=outcome.refusal.value, refusal_rate=outcome.refusal.rate("refusal"),
+                       degenerate_rate=outcome.refusal.rate("degenerate"), counts=outcome.refusal.counts)
+    return record
 
 
 def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:

@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from abliterate.storage.errors import DatabaseUnreachable
+from abliterate.storage.optuna_access import PRIVATE_SESSION_METHODS
 from abliterate.storage.stale import HeartbeatStorage
 
 T = TypeVar("T")
@@ -130,8 +131,8 @@ def _riding_out(name: str) -> Callable:
 # Every call that opens a session, the private ones included: Optuna's trial cache calls those.
 for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
               "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
-              "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial", "_create_new_trial",
-              "set_trial_param", "_set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
-              "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
-              "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids"):
+              "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies", "create_new_trial",
+              "set_trial_param", "get_trial_param", "set_trial_intermediate_value", "set_trial_user_attr",
+              "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials",
+              "get_best_trial", *PRIVATE_SESSION_METHODS):
     setattr(OutageTolerantStorage, _name, _riding_out(_name))

@@ -10,7 +10,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from abliterate.storage.tables import Promotion, SweepAttempt
+from abliterate.storage.records import Confirmation, Promotion, Status
+from abliterate.storage.tables import Promotion as PromotionRow
+from abliterate.storage.tables import SweepAttempt
 
 VALID = ("pass", "fail")
 
@@ -21,31 +23,33 @@ class PromotionStore:
     def __init__(self, engine: Engine, study: str):
         self.engine, self.study = engine, study
 
-    def get(self, trial_number: int) -> tuple[str, dict] | None:
+    def get(self, trial_number: int) -> Promotion | None:
         with Session(self.engine) as session:
             row = self._row(session, trial_number)
-            return None if row is None else (row.status, dict(row.details or {}))
+            return None if row is None else Promotion.from_record(row.status, row.details or {})
 
-    def all(self) -> dict[int, tuple[str, dict]]:
-        """trial number -> (status, details), for every promotion of the study."""
+    def all(self) -> dict[int, Promotion]:
+        """trial number -> promotion, for every promotion of the study."""
         with Session(self.engine) as session:
-            rows = session.scalars(select(Promotion).where(Promotion.study == self.study).order_by(Promotion.trial_number))
-            return {r.trial_number: (r.status, dict(r.details or {})) for r in rows}
+            rows = session.scalars(select(PromotionRow).where(PromotionRow.study == self.study).order_by(PromotionRow.trial_number))
+            return {r.trial_number: Promotion.from_record(r.status, r.details or {}) for r in rows}
 
-    def update(self, trial_number: int, status: str, **details) -> None:
-        """Set the status and merge ``details`` into what is stored (call it while holding the lease)."""
+    def update(self, trial_number: int, status: Status, **details) -> None:
+        """Set the status and merge ``details`` (fields of :class:`Promotion`, a ``confirmation``
+        as a :class:`Confirmation`) into what is stored (call it while holding the lease)."""
+        details = {k: v.to_record() if isinstance(v, Confirmation) else v for k, v in details.items()}
         with Session(self.engine) as session:
             row = self._row(session, trial_number)
             if row is None:
-                row = Promotion(study=self.study, trial_number=trial_number, status=status, details={})
+                row = PromotionRow(study=self.study, trial_number=trial_number, status=str(status), details={})
                 session.add(row)
-            row.status = status
+            row.status = str(Status(status))
             row.details = {**(row.details or {}), **details}
             row.updated_at = datetime.now(UTC)
             session.commit()
 
-    def _row(self, session: Session, trial_number: int) -> Promotion | None:
-        return session.scalar(select(Promotion).where(Promotion.study == self.study, Promotion.trial_number == trial_number))
+    def _row(self, session: Session, trial_number: int) -> PromotionRow | None:
+        return session.scalar(select(PromotionRow).where(PromotionRow.study == self.study, PromotionRow.trial_number == trial_number))
 
 
 class SweepStore:

@@ -21,44 +21,33 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
-from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
-PARAMS_COMPLETE = "abliterate:params_complete"  # system attr: every param of the candidate is recorded
+from abliterate.storage.optuna_access import StaleTrialsHook, running_without_heartbeat
+from abliterate.storage.records import PARAMS_COMPLETE, PROVENANCE
 
 
-class HeartbeatStorage(RDBStorage):
+class HeartbeatStorage(StaleTrialsHook):
     """Optuna's RDB storage whose stale trials include RUNNING ones that never wrote a heartbeat."""
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = super()._get_stale_trial_ids(study_id)
+    def stale_trial_ids(self, study_id: int, stale: list[int]) -> list[int]:
         grace = timedelta(seconds=self.grace_period if self.grace_period is not None else 2 * self.heartbeat_interval)
         # Optuna stamps datetime_start with the asking process's local clock; so does this one.
-        cutoff = datetime.now() - grace
-        with self.engine.connect() as connection:
-            beating = models.TrialHeartbeatModel.__table__
-            trials = models.TrialModel.__table__
-            rows = connection.execute(
-                trials.select().with_only_columns(trials.c.trial_id)
-                .where(trials.c.study_id == study_id, trials.c.state == TrialState.RUNNING,
-                       trials.c.datetime_start < cutoff,
-                       ~trials.c.trial_id.in_(beating.select().with_only_columns(beating.c.trial_id)))
-            )
-            return stale + [trial_id for (trial_id,) in rows if trial_id not in stale]
+        silent = running_without_heartbeat(self, study_id, datetime.now() - grace)
+        return stale + [trial_id for trial_id in silent if trial_id not in stale]
 
 
 # What a retry carries besides its params: where the candidate came from (designed starting points,
 # a warm start's source trial) and the retry's own bookkeeping. Nothing the failed attempt measured
 # (KL, refusal, its constraint, the sampler's notes on it) goes along: the retry records its own.
-PROVENANCE_USER_ATTRS = ("starting_point", "warm_start")
+# The user attrs: storage.records.PROVENANCE.
 PROVENANCE_SYSTEM_ATTRS = ("fixed_params", PARAMS_COMPLETE)
 
 
 class RetrySameCandidate:
     """Heartbeat-stale callback: re-queue a failed trial with its whole candidate, at most
     ``max_retry`` times in a row; a trial with part of a candidate is not re-queued. The retry
-    starts clean: its params and their provenance (:data:`PROVENANCE_USER_ATTRS`), nothing else.
+    starts clean: its params and their provenance (:data:`storage.records.PROVENANCE`), nothing else.
     A trial is re-queued once, however many processes saw it fail."""
 
     def __init__(self, max_retry: int | None = 3):
@@ -72,7 +61,7 @@ class RetrySameCandidate:
             return
         if any(t.system_attrs.get("retry_history", [None])[-1] == trial.number for t in study.get_trials(deepcopy=False)):
             return  # queued already by whoever failed it first (a state change repeated after a lost connection)
-        user_attrs = {k: copy.deepcopy(v) for k, v in trial.user_attrs.items() if k in PROVENANCE_USER_ATTRS}
+        user_attrs = {k: copy.deepcopy(v) for k, v in trial.user_attrs.items() if k in PROVENANCE}
         system_attrs: dict[str, Any] = {k: copy.deepcopy(v) for k, v in trial.system_attrs.items() if k in PROVENANCE_SYSTEM_ATTRS}
         system_attrs |= {"retry_history": history, "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}
         if trial.system_attrs.get(PARAMS_COMPLETE):

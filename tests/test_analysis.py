@@ -177,8 +177,8 @@ def test_promotion_runs_the_controls_in_confirmation(study):
     assert "specific" not in loaded_study.trials[0].user_attrs
     promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=2, device="cpu"), log=lambda _: None)
     confirmation = promoter.confirm(loaded_study.trials[0])
-    assert confirmation["passed"] and confirmation["beats_base"] and confirmation["specific"] is True
-    controls = confirmation["controls"]
+    assert confirmation.passed and confirmation.beats_base and confirmation.specific is True
+    controls = confirmation.controls
     assert controls["count"] == 2 and controls["spreads"] > 10
     # The holdout direction: learned on half the extraction prompts, it removes refusals on the other
     # half and on the confirmation prompts as the study's own direction does.
@@ -266,9 +266,9 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
     # margin 0: no worse than the base model passes confirmation, so the controls decide.
     promoter().run_once()
     number = faint["trial"]
-    status, details = promoter().promotions.get(number)
-    confirmation = details["confirmation"]
-    assert status == "dropped" and confirmation["beats_base"] and not confirmation["passed"]
+    promotion = promoter().promotions.get(number)
+    confirmation = promotion.details["confirmation"]
+    assert promotion.status == "dropped" and confirmation["beats_base"] and not confirmation["passed"]
     assert confirmation["specific"] is False and confirmation["controls"]["count"] == 3
     assert abs(confirmation["controls"]["spreads"]) < 3 and "holdout" in confirmation["controls"]
     assert not (tmp_path / "ck").exists()  # nothing exported, nothing swept
@@ -297,8 +297,8 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
     include = promoter(include_not_specific=True)
     assert [t.number for t in include.pending()] == [number]
     include.run_once()
-    status, details = include.promotions.get(number)
-    assert status in ("accepted", "no_lift") and details["confirmation"]["passed"] and details["confirmation"]["specific"] is False
+    promotion = include.promotions.get(number)
+    assert promotion.status in ("accepted", "no_lift") and promotion.confirmation.passed and promotion.confirmation.specific is False
     assert f"trial {number}: not specific, promoted as --include-not-specific asks" in lines
     assert (tmp_path / "ck" / "faint" / f"trial-{number}" / "README.md").read_text().count(
         "Specificity controls: not specific, its refusal drop") == 1
@@ -337,19 +337,19 @@ def test_controls_put_the_real_direction_far_outside_the_random_band(study, caps
     # Promotion takes a specific trial, skips one found not specific, unless asked to include it.
     from abliterate.objectives.sweep.local import LocalRunner
     from abliterate.search.promoter import Promoter, PromotionSettings
-    from abliterate.storage.trial_attrs import set_trial_user_attrs
+    from abliterate.storage.optuna_access import set_trial_user_attrs
 
     def pending(**options):
         promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(**options), log=lambda _: None)
         return [t.number for t in promoter.pending()], [t.number for t in promoter.skipped()]
 
     assert pending() == ([0], [])
-    set_trial_user_attrs(storage, trial._trial_id, {"specific": False})
+    set_trial_user_attrs(storage, trial, {"specific": False})
     try:
         assert pending() == ([], [0])
         assert pending(include_not_specific=True) == ([0], [])
     finally:
-        set_trial_user_attrs(storage, trial._trial_id, {"specific": True})
+        set_trial_user_attrs(storage, trial, {"specific": True})
 
 
 def test_a_random_direction_sits_inside_the_random_band(study, refuser):

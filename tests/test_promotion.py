@@ -176,10 +176,10 @@ def test_accepted_lift_stops_the_study_and_its_workers(tmp_path):
                                           controls=2),
                         log=lambda s: None)
     promoter.run_once()
-    statuses = [s for s, _ in promoter.promotions.all().values()]
+    statuses = [p.status for p in promoter.promotions.all().values()]
     assert statuses.count("accepted") == 1, statuses  # the first lift stopped the promoter
     # The checkpoint states the verdict, and rebuilds bit for bit from its record alone.
-    number, (_, details) = next((n, p) for n, p in promoter.promotions.all().items() if p[0] == "accepted")
+    number, details = next((n, p.details) for n, p in promoter.promotions.all().items() if p.status == "accepted")
     checkpoint = tmp_path / "ck" / "s" / f"trial-{number}"
     assert "Verdict: **accepted**" in (checkpoint / "README.md").read_text()
     assert json.loads((checkpoint / "reproduce.json").read_text())["promotion"] == {"status": "accepted", "details": details}
@@ -198,7 +198,7 @@ def test_a_candidate_that_no_longer_beats_the_base_is_dropped(escaped, tmp_path)
     promoter = Promoter(open_storage(escaped), STUDY, LocalRunner(device="cpu", dtype="fp32"),
                         settings(tmp_path, margin=1.0, confirm_tokens=1), log=lambda s: None)
     promoter.run_once()
-    assert {s for s, _ in promoter.promotions.all().values()} == {"dropped"}
+    assert {p.status for p in promoter.promotions.all().values()} == {"dropped"}
     assert not (tmp_path / "work" / "ck").exists()  # nothing exported, nothing swept
     trial = optuna.load_study(study_name=STUDY, storage=escaped).trials[next(iter(promoter.promotions.all()))]
     assert trial.user_attrs["promotion"] == "dropped"
@@ -253,10 +253,10 @@ def test_no_valid_attempt_gives_no_verdict_and_a_later_run_decides(escaped, tmp_
     broken = Scripted(invalid)
     first = Promoter(open_storage(escaped), STUDY, broken, settings(tmp_path), log=lines.append)
     finished = first.run_once()
-    swept = {n: details for n, (status, details) in first.promotions.all().items() if status != "dropped"}
+    swept = {n: p.details for n, p in first.promotions.all().items() if p.status != "dropped"}
     assert swept and finished == len(first.promotions.all()) - len(swept), first.promotions.all()  # the dropped ones
     for n, details in swept.items():
-        assert first.promotions.get(n)[0] == "sweeping" and "gate" not in details
+        assert first.promotions.get(n).status == "sweeping" and "gate" not in details
         assert details["error"].startswith("no verdict: no task has 3 valid attempts in each arm (0 valid candidate")
         assert sum(line.startswith(f"trial {n}: no verdict: ") for line in lines) == 1
     assert first.without_verdict == set(swept) and first.pending() == []  # this run does not spin on them
@@ -269,8 +269,8 @@ def test_no_valid_attempt_gives_no_verdict_and_a_later_run_decides(escaped, tmp_
     # The given-up attempts got another round: every one of them ran again, the baseline's once.
     assert len(fixed.ran) == 9 * (1 + len(swept)) and tries == 3 * 9 * (1 + len(swept))
     decided = {n: second.promotions.get(n) for n in swept}
-    assert all(status in ("accepted", "no_lift") for status, _ in decided.values())
-    assert sorted(d["gate"]["look"] for _, d in decided.values()) == list(range(1, len(swept) + 1))
+    assert all(p.status in ("accepted", "no_lift") for p in decided.values())
+    assert sorted(p.gate["look"] for p in decided.values()) == list(range(1, len(swept) + 1))
 
 
 def test_a_nan_margin_or_a_lapsing_lease_is_refused_by_the_library_too(tmp_path):
@@ -299,8 +299,8 @@ def test_the_runner_is_checked_before_any_confirmation_or_export(escaped, tmp_pa
     output = broken.communicate()[0]
     assert broken.returncode == 2, output
     assert output.strip().splitlines()[-1].startswith("error: trial(s) ") and "got no verdict" in output
-    statuses = {status for status, _ in Promoter(open_storage(escaped), STUDY, Scripted(lifted), settings(tmp_path),
-                                                  log=lambda s: None).promotions.all().values()}
+    statuses = {p.status for p in Promoter(open_storage(escaped), STUDY, Scripted(lifted), settings(tmp_path),
+                                           log=lambda s: None).promotions.all().values()}
     assert "sweeping" in statuses and not statuses & {"accepted", "no_lift"}
 
 
@@ -311,7 +311,7 @@ def test_a_study_name_never_leads_the_promoter_outside_its_checkpoints_folder(es
     promoter.run_once()
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["ck", "s.db"] and not (tmp_path / "escaped").exists()
     assert [p.name for p in root.iterdir()] == [folder_name(STUDY)]
-    exported = [n for n, (status, _) in promoter.promotions.all().items() if status != "dropped"]
+    exported = [n for n, p in promoter.promotions.all().items() if p.status != "dropped"]
     assert exported and all((promoter.root / f"trial-{n}" / "config.json").is_file() for n in exported)
     assert (promoter.root / "sweeps" / "baseline" / "t0__0.log").is_file()
 

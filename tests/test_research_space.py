@@ -79,9 +79,9 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
         assert {"pca_component", "cone_rank", "sae_features", "intervention", "amplify_strength", "heads", "calibration"} <= set(trial.params)
     assert {t.params["calibration"] for t in done} >= {0, 25, 75, 95}
     log = "\n".join(said)
-    from abliterate.search.worker import DIRECTIONS_REPORT_ATTR
+    from abliterate.storage.records import DIRECTIONS_REPORT
 
-    assert study.user_attrs[DIRECTIONS_REPORT_ATTR] == [line for line in said if line.startswith(("cone", "sae", "compliance", "refusal"))]
+    assert study.user_attrs[DIRECTIONS_REPORT] == [line for line in said if line.startswith(("cone", "sae", "compliance", "refusal"))]
     assert "cone: " in log and "mean pairwise cosine" in log and "silhouette" in log and "cos(refusal, compliance)" in log and "sae: SAEs at layers 1, 2, 3" in log
 
 

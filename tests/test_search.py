@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from abliterate.search.study import CONFIG_ATTR, StudyConfig, create_or_resume, load
+from abliterate.search.study import StudyConfig, create_or_resume, load
 from abliterate.storage.rdb import open_storage
+from abliterate.storage.records import BASELINE, CONFIG
 
 # A short heartbeat; the grace period stays long unless a test needs a dead worker's trial taken
 # over: a live worker starved of CPU on a loaded machine can miss a short one.
@@ -179,7 +180,6 @@ def test_the_base_model_is_measured_once_and_shown_beside_the_front(postgres_url
     import json
     import re
 
-    from abliterate.search.baseline import BASELINE_ATTR
 
     args = ["search", "--model", model_dir, "--storage", postgres_url, "--study", "s", "--harmful", "demo-harmful",
             "--harmless", "demo-harmless", "--split", "4,6,6", "--max-new-tokens", 16, "--batch-size", 8, "--seed", 0,
@@ -192,7 +192,7 @@ def test_the_base_model_is_measured_once_and_shown_beside_the_front(postgres_url
     for step in ("loading ", "computing the directions (mean-projected) from 4 harmful and 4 harmless prompts",
                  "5 designed starting points queued", "the base model's log-probs on the 6 harmless evaluation prompts", "ready: running trials"):
         assert re.search(r"\[\s*\d+ s\] " + re.escape(step), log), (step, log)
-    base = load(open_storage(postgres_url), "s")[0].user_attrs[BASELINE_ATTR]
+    base = load(open_storage(postgres_url), "s")[0].user_attrs[BASELINE]
     assert base["prompts"] == 6 and 0 <= base["refusal"] <= 1 and set(base) >= {"refusal_rate", "degenerate_rate", "seconds"}
     assert f"base model (unedited) on the 6 evaluation prompts: refusal {base['refusal']:.3f}" in log
     front_rows = [line.split() for line in log.splitlines() if line.split()[:1] == ["base"]]
@@ -506,5 +506,5 @@ def test_trials_that_cannot_reach_the_front_are_pruned_exactly(demo_study):
         assert by.number < trial.number
     assert all(t.state == TrialState.COMPLETE for t in feasible_front(study))
     # the designed starting points ran first, once each
-    starts = StudyConfig.from_json(study.user_attrs[CONFIG_ATTR]).starting_points
+    starts = StudyConfig.from_json(study.user_attrs[CONFIG]).starting_points
     assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * starts + [False] * (24 - starts)

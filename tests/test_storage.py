@@ -180,13 +180,13 @@ def test_a_retry_carries_its_candidate_and_provenance_only(tmp_path):
     sampler's notes. Queued once, however many processes saw the trial fail."""
     import warnings
 
-    from abliterate.search.warm import WARM_ATTR
-    from abliterate.storage.stale import PARAMS_COMPLETE, PROVENANCE_USER_ATTRS, RetrySameCandidate
+    from abliterate.storage.records import PARAMS_COMPLETE, PROVENANCE, WARM_START
+    from abliterate.storage.stale import RetrySameCandidate
 
-    assert WARM_ATTR in PROVENANCE_USER_ATTRS and "starting_point" in PROVENANCE_USER_ATTRS  # the names search uses
+    assert set(PROVENANCE) == {"starting_point", "warm_start"} == {"starting_point", WARM_START}  # the names stored since the start
     storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(storage=storage, study_name="s", directions=["minimize", "minimize"])
-    study.enqueue_trial({"x": 0.5}, user_attrs={"starting_point": True, WARM_ATTR: {"trial": 3}})
+    study.enqueue_trial({"x": 0.5}, user_attrs={"starting_point": True, WARM_START: {"trial": 3}})
     failed = study.ask()
     failed.suggest_float("x", 0, 1)
     storage.set_trial_system_attr(failed._trial_id, PARAMS_COMPLETE, True)
@@ -199,7 +199,7 @@ def test_a_retry_carries_its_candidate_and_provenance_only(tmp_path):
         RetrySameCandidate()(study, storage.get_trial(failed._trial_id))
     [retry] = study.get_trials(states=(TrialState.WAITING,))
     assert retry.params == {"x": 0.5} and retry.distributions == storage.get_trial(failed._trial_id).distributions
-    assert retry.user_attrs == {"starting_point": True, WARM_ATTR: {"trial": 3}}
+    assert retry.user_attrs == {"starting_point": True, WARM_START: {"trial": 3}}
     assert retry.system_attrs == {"fixed_params": {"x": 0.5}, PARAMS_COMPLETE: True, "retry_history": [0], "failed_trial": 0}
     again = study.ask()
     assert again.number == retry.number

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abliterate.search.cli.common import STORAGE_HELP, add_command, console, port, study_options
+from abliterate.storage.records import TrialRecord
 
 
 def register(commands) -> None:
@@ -36,12 +37,18 @@ def _front(args) -> int:
         # of the list sees how far each trial moved from them.
         base = baseline_of(study)
         print(json.dumps([{"trial": t.number, "refusal": t.values[0], "kl": t.values[1], "params": t.params,
-                           **{k: t.user_attrs.get(k) for k in ("refusal_rate", "degenerate_rate", "over_refusal", "specific", "controls")},
+                           **front_figures(TrialRecord.of(t)),
                            "base": base}
                           for t in feasible_front(study)], indent=2))
         return 0
     print_front(study, console())
     return 0
+
+
+def front_figures(record) -> dict:
+    """A ``front --json`` row's figures beside its objectives (None where the trial has none)."""
+    return {"refusal_rate": record.refusal_rate, "degenerate_rate": record.degenerate_rate, "over_refusal": record.over_refusal,
+            "specific": record.specific, "controls": record.controls}
 
 
 def print_front(study, out) -> None:
@@ -106,7 +113,7 @@ def _table(study_name, rows, base, over, degenerate, described, hidden):
     shown = [name for name in DESCRIPTIVE if name not in hidden]
     figures = [[str(t.number), f"{t.values[0]:.3f}", f"{t.values[1]:.3g}",
                 *((f"{t.values[2]:.0%}" if len(t.values) > 2 else "",) if over else ()),
-                f"{t.user_attrs.get('refusal_rate', 0):.0%}", f"{t.user_attrs.get('degenerate_rate', 0):.0%}"] for t in rows]
+                f"{r.refusal_rate or 0:.0%}", f"{r.degenerate_rate or 0:.0%}"] for t, r in ((t, TrialRecord.of(t)) for t in rows)]
     if base is not None:
         figures.append(["base", f"{base['refusal']:.3f}", "0",
                         *((f"{base['over_refusal']:.0%}" if base.get("over_refusal") is not None else "",) if over else ()),

@@ -210,8 +210,9 @@ def specific_cell(row: dict) -> str:
 def specificity_prose(row: dict) -> str:
     """The controls' finding on a report row in words (see search.analysis), when there is one."""
     from abliterate.search.analysis import specificity_line, specificity_words
+    from abliterate.storage.records import Status
 
-    if row["status"] == "skipped":
+    if row["status"] == Status.SKIPPED:
         return f"{specificity_words(_controls(row))} (abliterate controls); skipped, --include-not-specific promotes it"
     return specificity_line(row.get("confirmation") or {}) or ""
 
