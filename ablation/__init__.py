@@ -10,7 +10,9 @@ import importlib
 
 _EXPORTS = {
     "ATTN": "architectures", "MLP": "architectures", "Writer": "architectures", "find_writers": "architectures",
-    "Baker": "bake", "BakeReport": "bake",
+    "Baker": "bake", "BakeReport": "bake", "Edit": "bake", "Amplification": "bake",
+    "Candidate": "candidate", "candidate_from_params": "candidate",
+    "resolve": "resolve", "edit_for_params": "resolve",
     "AblationError": "errors", "ModelLoadError": "errors", "UnsupportedLayout": "errors",
     "export_checkpoint": "export",
     "LoadedModel": "loading", "load_model": "loading",
