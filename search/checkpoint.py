@@ -207,6 +207,7 @@ def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str],
 def _recompute(record: dict, loaded) -> dict:
     from dataclasses import replace
 
+    from abliterate.ablation.candidate import IMPLIED
     from abliterate.ablation.registry import interventions
     from abliterate.objectives.payload import compute_payload
     from abliterate.objectives.prompts import load_prompts
@@ -232,7 +233,7 @@ def _recompute(record: dict, loaded) -> dict:
     # refusal judge (then the check of the recorded ones says what to copy).
     recorded = [intervention.name for intervention in interventions if intervention.needs and not intervention.needs_judge
                 and set(intervention.needs) <= set(record["directions"].get("extra", {}))]
-    space = replace(config.space, methods=(record["directions"]["method"],), interventions=tuple(recorded[:1]) or ("ablate",))
+    space = replace(config.space, methods=(record["directions"]["method"],), interventions=tuple(recorded[:1]) or (IMPLIED["intervention"],))
     residuals = capture_extraction(loaded, sets["harmful"], sets["harmless"], chat, config.batch_size)
     return compute_payload(loaded, sets["harmful"], sets["harmless"], residuals, space, chat=chat, batch_size=config.batch_size,
                            labels=config.categories(), sae=config.sae)

@@ -87,7 +87,7 @@ class SearchSpace:
     @property
     def intervention_params(self) -> bool:
         """Whether trials sample an intervention (any space but plain ablation)."""
-        return tuple(self.interventions) != ("ablate",)
+        return tuple(self.interventions) != (IMPLIED["intervention"],)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -236,7 +236,7 @@ def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple
     for chosen in methods.chosen(space.methods):
         point |= chosen.start(space)
     if space.intervention_params:
-        point["intervention"] = pick(space.interventions, intervention if intervention in space.interventions else "ablate")
+        point["intervention"] = pick(space.interventions, intervention if intervention in space.interventions else IMPLIED["intervention"])
     for chosen in interventions.chosen(space.interventions):
         point |= chosen.start(space)
     if space.calibration:
