@@ -72,9 +72,13 @@ class _Subspace(DirectionMethod):
 
     subspace, measurable = True, False
     param = ""
+    start_at = 0  # the starting trials take the bottom (0) or the top (1) of the space's range
 
     def suggest(self, trial, space) -> None:
         trial.suggest_int(self.param, *getattr(space, self.param))
+
+    def start(self, space) -> dict:
+        return {self.param: getattr(space, self.param)[self.start_at]}
 
     def key(self, space) -> str:
         return f"{self.name}{getattr(space, self.param)[1]}"
@@ -109,10 +113,7 @@ class _Subspace(DirectionMethod):
 class Cone(_Subspace):
     """The refusal cone: one direction per category of harmful request (:mod:`ablation.cone`)."""
 
-    name, param, uses_categories = "cone", "cone_rank", True
-
-    def start(self, space) -> dict:
-        return {"cone_rank": space.cone_rank[1]}
+    name, param, start_at, uses_categories = "cone", "cone_rank", 1, True
 
     def compute(self, context: PayloadContext) -> torch.Tensor:
         from abliterate.ablation.cone import WEAK_SILHOUETTE, cone_stack
@@ -142,9 +143,6 @@ class SparseAutoencoder(_Subspace):
     """The decoder rows of the most harmful features of the study's own SAEs (:mod:`ablation.sae`)."""
 
     name, param, needs_sae = "sae", "sae_features", True
-
-    def start(self, space) -> dict:
-        return {"sae_features": space.sae_features[0]}
 
     def compute(self, context: PayloadContext) -> torch.Tensor:
         from abliterate.ablation.sae import load_saes, sae_directions
