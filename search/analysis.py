@@ -84,8 +84,11 @@ def check_measurable(params: dict) -> None:
 
     reason = not_measurable(params)
     if reason:
-        single = ", ".join(method.name for method in methods if method.measurable)
-        kept = " or ".join(intervention.name for intervention in interventions if intervention.measurable)
+        def either(names: list[str]) -> str:
+            return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
+
+        single = either([method.name for method in methods if method.measurable])
+        kept = either([intervention.name for intervention in interventions if intervention.measurable])
         raise AblationError(f"{reason}; pick a trial of method {single} with intervention {kept}")
 
 
