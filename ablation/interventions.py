@@ -108,9 +108,11 @@ class Heads(Intervention):
         from abliterate.ablation.architectures import find_writers
         from abliterate.ablation.heads import capture_attention_inputs, head_layout, mean_input_difference
 
-        loaded = context.loaded
+        loaded, format_prompts = context.loaded, context.format
+        if loaded is None or format_prompts is None:
+            raise AblationError("the heads intervention needs the loaded model and its chat format to capture attention inputs")
         writers = find_writers(loaded.model)
-        captured = [capture_attention_inputs(loaded.model, loaded.tokenizer, writers, context.format(prompts), context.batch_size)
+        captured = [capture_attention_inputs(loaded.model, loaded.tokenizer, writers, format_prompts(prompts), context.batch_size)
                     for prompts in (context.harmful, context.harmless)]
         return {"heads:input": mean_input_difference(*captured),
                 "heads:layout": torch.tensor(head_layout(loaded.model, writers), dtype=torch.int64)}
@@ -121,8 +123,8 @@ class Heads(Intervention):
     def edit(self, candidate: Candidate, payload: Mapping[str, torch.Tensor], writers: Sequence[Writer], removal: Edit) -> Edit:
         from abliterate.ablation.heads import head_scores, top_heads
 
-        inputs, layout = needed(payload, "heads:input", candidate), needed(payload, "heads:layout", candidate)
-        layout = [tuple(int(v) for v in row) for row in layout]
+        inputs = needed(payload, "heads:input", candidate)
+        layout = [(int(row[0]), int(row[1])) for row in needed(payload, "heads:layout", candidate)]
         removed = removal.directions
         r = removed[..., 0, :] if removed.dim() == 3 else removed  # a subspace is scored by its strongest direction
         return replace(removal, heads=top_heads(head_scores(writers, layout, inputs, r), layout, candidate.heads))
@@ -140,19 +142,19 @@ def compliance_direction(harmful: torch.Tensor, refused: Sequence[bool], fallbac
     three prompts. Also says which it is."""
     import torch
 
-    refused = torch.tensor([bool(r) for r in refused])
-    if refused.shape[0] != harmful.shape[0]:
-        raise AblationError(f"got {refused.shape[0]} refusal labels for {harmful.shape[0]} harmful prompts")
-    complied = int((~refused).sum())
-    if min(complied, int(refused.sum())) < MIN_CLASS:
+    labels = torch.tensor([bool(r) for r in refused])
+    if labels.shape[0] != harmful.shape[0]:
+        raise AblationError(f"got {labels.shape[0]} refusal labels for {harmful.shape[0]} harmful prompts")
+    complied = int((~labels).sum())
+    if min(complied, int(labels.sum())) < MIN_CLASS:
         # W + b c c^T W does not see the sign of c: along -r it scales back up what the removal
         # left along r, the same as a smaller removal weight. Said plainly, so nobody reads more into it.
         return -fallback.float(), (f"the base model {'complied with' if complied < MIN_CLASS else 'refused'} "
-                                   f"{min(complied, len(refused) - complied)} of {len(refused)} harmful prompts, fewer than "
+                                   f"{min(complied, len(labels) - complied)} of {len(labels)} harmful prompts, fewer than "
                                    f"{MIN_CLASS}: using the negated refusal direction (amplifying it only scales what the "
                                    "removal leaves along r, like a smaller removal weight)")
-    difference = harmful[~refused].float().mean(dim=0) - harmful[refused].float().mean(dim=0)
-    return torch.nn.functional.normalize(difference, dim=-1), f"from {complied} complied and {int(refused.sum())} refused prompts"
+    difference = harmful[~labels].float().mean(dim=0) - harmful[labels].float().mean(dim=0)
+    return torch.nn.functional.normalize(difference, dim=-1), f"from {complied} complied and {int(labels.sum())} refused prompts"
 
 
 def alignment_report(refusal: torch.Tensor, compliance: torch.Tensor) -> tuple[str, bool]:

@@ -38,9 +38,9 @@ def payload_key(space: Any) -> str:
     if isinstance(space, (list, tuple)):
         return f"directions:{','.join(sorted(space))}"
     key = f"directions:{','.join(sorted(space.methods))}"
-    extras = [method.key(space) for method in methods.chosen(space.methods)]
-    extras += [interventions.get(name).key(space) for name in sorted(space.interventions)]
-    extras = [extra for extra in extras if extra]
+    parts = [method.key(space) for method in methods.chosen(space.methods)]
+    parts += [interventions.get(name).key(space) for name in sorted(space.interventions)]
+    extras = [part for part in parts if part]
     if space.calibration:
         extras.append("calibrated")
     return key + (f"|{'|'.join(extras)}" if extras else "")
