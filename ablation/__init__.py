@@ -2,6 +2,12 @@
 refusal directions, bake an edit in place, restore it bit-exactly, export a checkpoint (and,
 for analyses, steer the residual stream at inference).
 
+A trial's edit takes one road: its params become a :class:`Candidate` (``candidate``), which
+:func:`resolve` turns, with the study's payload, into one :class:`Edit` (``resolve``) that
+:meth:`Baker.bake` applies (``bake``). Direction methods and interventions are registered
+implementations of one small contract each (``registry``; the built-ins in ``methods`` and
+``interventions``).
+
 Knows nothing of Optuna or databases. The names below are imported on first use, so that
 ``ablation.errors`` (or the CLI's ``--help``) does not pull in torch and transformers.
 """
@@ -10,7 +16,9 @@ import importlib
 
 _EXPORTS = {
     "ATTN": "architectures", "MLP": "architectures", "Writer": "architectures", "find_writers": "architectures",
-    "Baker": "bake", "BakeReport": "bake",
+    "Baker": "bake", "BakeReport": "bake", "Edit": "bake", "Amplification": "bake",
+    "Candidate": "candidate", "candidate_from_params": "candidate",
+    "resolve": "resolve", "edit_for_params": "resolve",
     "AblationError": "errors", "ModelLoadError": "errors", "UnsupportedLayout": "errors",
     "export_checkpoint": "export",
     "LoadedModel": "loading", "load_model": "loading",

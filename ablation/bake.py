@@ -57,6 +57,25 @@ class Amplification:
 HeadColumns = Mapping[int, Sequence[tuple[int, int]]]
 
 
+@dataclass(frozen=True)
+class Edit:
+    """One edit, as a value: what :meth:`Baker.bake` applies (see the module docstring).
+
+    ``directions``: one direction [H] for all layers, one per layer [L, H], or an orthonormal
+    basis per layer [L, k, H] (removed as a subspace); single directions need not be unit length.
+    ``profile``: each writer's weight. ``norm_preserving``: edited vectors keep their length.
+    ``amplify``: a compliance direction amplified after the removal. ``heads``: attention
+    writers are edited only in these columns (and not at all in other layers).
+    :func:`ablation.resolve.resolve` makes one from a candidate and the study's payload.
+    """
+
+    directions: torch.Tensor
+    profile: Profile
+    norm_preserving: bool = False
+    amplify: Amplification | None = None
+    heads: HeadColumns | None = None
+
+
 class Baker:
     """Applies :func:`ablation.edit.ablate` to a model's residual writers and undoes it."""
 
@@ -76,13 +95,10 @@ class Baker:
         return max(w.layer for w in self.writers) + 1
 
     @torch.no_grad()
-    def bake(self, directions: torch.Tensor, profile: Profile, norm_preserving: bool = False,
-             amplify: Amplification | None = None, heads: HeadColumns | None = None) -> BakeReport:
-        """Edit every writer whose profile weight is non-zero (see the module docstring).
-
-        ``directions`` is one direction [H] for all layers, one per layer [L, H], or an
-        orthonormal basis per layer [L, k, H]; single directions need not be unit length.
-        """
+    def bake(self, edit: Edit) -> BakeReport:
+        """Apply ``edit`` to every writer whose profile weight is non-zero (see the module docstring)."""
+        directions, profile, norm_preserving, amplify, heads = (edit.directions, edit.profile, edit.norm_preserving,
+                                                                 edit.amplify, edit.heads)
         if self.baked:
             raise AblationError("model is already baked; restore() before baking again")
         if directions.dim() >= 2 and directions.shape[0] != self.num_layers:
@@ -133,10 +149,9 @@ class Baker:
         self._saved.clear()
 
     @contextmanager
-    def baked_into(self, directions: torch.Tensor, profile: Profile, norm_preserving: bool = False,
-                   amplify: Amplification | None = None, heads: HeadColumns | None = None) -> Iterator[BakeReport]:
-        """Bake for the duration of a ``with`` block, restoring even on error."""
-        report = self.bake(directions, profile, norm_preserving, amplify, heads)
+    def baked_into(self, edit: Edit) -> Iterator[BakeReport]:
+        """Bake ``edit`` for the duration of a ``with`` block, restoring even on error."""
+        report = self.bake(edit)
         try:
             yield report
         finally:

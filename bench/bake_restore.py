@@ -18,6 +18,7 @@ import torch
 
 from abliterate.ablation import Baker, Kernel, Profile, find_writers, load_model
 from abliterate.ablation.architectures import decoder_layers
+from abliterate.ablation.bake import Edit
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
         bake, restore, saved = [], [], 0
         for _ in range(args.trials + 1):  # the first round warms up kernels and allocator
             start = _now(device)
-            report = baker.bake(directions, profile)
+            report = baker.bake(Edit(directions, profile))
             middle = _now(device)
             baker.restore()
             end = _now(device)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from abliterate.ablation import Baker, Profile, find_writers
+from abliterate.ablation.bake import Edit
 from abliterate.objectives.generation import generate_greedy
 
 
@@ -54,7 +55,7 @@ def bake_restore_exact(model) -> dict:
     hidden = model.get_input_embeddings().weight.shape[1]
     direction = torch.randn(hidden, generator=torch.Generator().manual_seed(0))
     baker = Baker(find_writers(model))
-    report = baker.bake(direction, Profile.uniform(1.0), norm_preserving=True)
+    report = baker.bake(Edit(direction, Profile.uniform(1.0), norm_preserving=True))
     changed = sum(not torch.equal(p, before[name]) for name, p in model.named_parameters())
     baker.restore()
     differing = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from abliterate.ablation.architectures import find_writers
-from abliterate.ablation.bake import Baker
+from abliterate.ablation.bake import Baker, Edit
 from abliterate.ablation.directions import mean_difference
 from abliterate.ablation.loading import load_model
 from abliterate.ablation.profile import Profile
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     rows += [("base", p, r) for p, r in zip(harmless, answers(harmless))]
     residuals = [capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(read(k, "extraction"))) for k in ("harmful", "harmless")]
     direction = mean_difference(*residuals)[2]
-    with Baker(find_writers(loaded.model)).baked_into(direction, Profile.uniform(1.0)):
+    with Baker(find_writers(loaded.model)).baked_into(Edit(direction, Profile.uniform(1.0))):
         rows += [("abliterated", p, r) for p, r in zip(harmful, answers(harmful))]
     with OUT.open("w", encoding="utf-8") as out:
         for model, prompt, response in rows:

@@ -40,6 +40,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from abliterate.ablation import Baker, Profile, find_writers, load_model
+from abliterate.ablation.bake import Edit
 from abliterate.ablation.directions import mean_difference
 from abliterate.ablation.residuals import capture_last_token
 from abliterate.objectives import refusal
@@ -146,7 +147,7 @@ def main() -> None:
                          for size in args.also_batch_sizes]
     baker = Baker(find_writers(loaded.model))
     for state in args.states:
-        with baker.baked_into(direction, Profile.uniform(1.0)) if state == "edited" else nullcontext():
+        with baker.baked_into(Edit(direction, Profile.uniform(1.0))) if state == "edited" else nullcontext():
             print(f"\n== {state} model")
             kl_variants = [
                 ("head at picked positions", kl.score),

@@ -1,7 +1,7 @@
 """Dose-response sweeps and specificity controls: measurements of one model under edits.
 
 An *intervention* maps a dose ``alpha`` to a context manager inside which the model is changed:
-:func:`ablation_intervention` bakes a direction with its profile's weights scaled by alpha
+:func:`ablation_intervention` bakes an edit with its profile's weights scaled by alpha
 (restored bit-exactly afterwards); :func:`steering_intervention` adds alpha times the unit
 direction, scaled by the mean residual norm of each layer, at inference. :func:`dose_sweep`
 measures every dose the same way; :func:`controls` compares an edit with random directions
@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from abliterate.ablation.bake import Baker, HeadColumns
+from abliterate.ablation.bake import Baker, Edit
 from abliterate.ablation.profile import Profile
 from abliterate.ablation.steer import steered
 from abliterate.objectives.analysis import crossing, random_band, random_unit_directions, specificity, therapeutic_index
@@ -33,12 +33,11 @@ def scaled(profile: Profile, alpha: float) -> Profile:
     return replace(profile, kernels=kernels)
 
 
-def ablation_intervention(baker: Baker, direction: torch.Tensor, profile: Profile, norm_preserving: bool = False,
-                          heads: HeadColumns | None = None) -> Intervention:
-    """Dose alpha: ``direction`` baked with ``scaled(profile, alpha)`` (attention only in ``heads``'
-    columns when given); alpha 0 leaves the model as it is."""
+def ablation_intervention(baker: Baker, edit: Edit) -> Intervention:
+    """Dose alpha: ``edit`` baked with its profile scaled by alpha (``scaled``); alpha 0 leaves
+    the model as it is."""
     def apply(alpha: float):
-        return nullcontext() if alpha == 0 else baker.baked_into(direction, scaled(profile, alpha), norm_preserving, heads=heads)
+        return nullcontext() if alpha == 0 else baker.baked_into(replace(edit, profile=scaled(edit.profile, alpha)))
     return apply
 
 
@@ -113,23 +112,23 @@ def dose_sweep(scorer: Scorer, intervention: Intervention, alphas: Sequence[floa
     return DoseResponse(points, refusal_50, over_50, therapeutic_index(refusal_50, over_50))
 
 
-def controls(scorer: Scorer, baker: Baker, direction: torch.Tensor, profile: Profile, norm_preserving: bool,
-             count: int, seed: int = 0, log: Callable[[str], None] = lambda _: None, heads: HeadColumns | None = None) -> dict:
-    """The edit (``direction`` baked with ``profile``, attention only in ``heads``' columns when
-    given) against ``count`` random directions of the same shape and norm (unit rows) baked with
-    the same profile into the same heads: the base figures, the edit's,
+def controls(scorer: Scorer, baker: Baker, edit: Edit, count: int, seed: int = 0,
+             log: Callable[[str], None] = lambda _: None) -> dict:
+    """The ``edit`` against ``count`` random directions of the same shape and norm (unit rows),
+    each baked in its place with everything else of the edit (profile, norm preservation, heads):
+    the base figures, the edit's,
     each random direction's, the band (mean, spread) of refusal and KL, and the specificity of
     the edit's refusal drop (see :func:`objectives.analysis.specificity`)."""
     base = scorer.score()
-    with baker.baked_into(direction, profile, norm_preserving, heads=heads):
-        edit = scorer.score()
-    log(f"base refusal {base['refusal']:.2f}; the edit: refusal {edit['refusal']:.2f}, KL {edit['kl']:.4g}")
+    with baker.baked_into(edit):
+        edited = scorer.score()
+    log(f"base refusal {base['refusal']:.2f}; the edit: refusal {edited['refusal']:.2f}, KL {edited['kl']:.4g}")
     randoms = []
-    for i, random_direction in enumerate(random_unit_directions(count, tuple(direction.shape), seed)):
-        with baker.baked_into(random_direction, profile, norm_preserving, heads=heads):
+    for i, random_direction in enumerate(random_unit_directions(count, tuple(edit.directions.shape), seed)):
+        with baker.baked_into(replace(edit, directions=random_direction)):
             randoms.append(scorer.score())
         log(f"random {i + 1}/{count}: refusal {randoms[-1]['refusal']:.2f}, KL {randoms[-1]['kl']:.4g}")
     refusal_band, kl_band = random_band([r["refusal"] for r in randoms]), random_band([r["kl"] for r in randoms])
     drops = random_band([base["refusal"] - r["refusal"] for r in randoms])
-    return {"base": base, "edit": edit, "random": randoms, "random_refusal": refusal_band.as_dict(), "random_kl": kl_band.as_dict(),
-            "specificity": specificity(base["refusal"] - edit["refusal"], drops, len(scorer.harmful)), "seed": seed}
+    return {"base": base, "edit": edited, "random": randoms, "random_refusal": refusal_band.as_dict(), "random_kl": kl_band.as_dict(),
+            "specificity": specificity(base["refusal"] - edited["refusal"], drops, len(scorer.harmful)), "seed": seed}

@@ -23,6 +23,8 @@ from abliterate.ablation.errors import AblationError
 if TYPE_CHECKING:
     import torch
 
+    from abliterate.ablation.bake import Edit
+
 
 def open_study(storage_url: str | None, name: str):
     """(storage, study, config) of an existing study; one-line errors otherwise."""
@@ -45,11 +47,11 @@ def finished_trial(study, number: int):
 
 
 def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tensor]:
-    from abliterate.search.directions import directions_key
+    from abliterate.ablation.resolve import payload_key
     from abliterate.search.trial import directions_from_bytes
     from abliterate.storage.cache import ArtifactCache
 
-    payload = ArtifactCache(storage.engine, study_name, "analysis").get(directions_key(config.space))
+    payload = ArtifactCache(storage.engine, study_name, "analysis").get(payload_key(config.space))
     if payload is None:
         raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
     return directions_from_bytes(payload)
@@ -58,40 +60,46 @@ def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tenso
 def not_measurable(params: dict) -> str | None:
     """Why dose and controls cannot measure the edit of a trial's ``params``; None when they can.
 
-    They scale or replace one direction, removed from every writer or from the heads that carry
-    refusal (the same heads whatever direction takes its place): a subspace or an amplification
-    would be measured as another edit."""
-    method, intervention = params["method"], params.get("intervention", "ablate")
-    if method not in ("cone", "sae") and intervention in ("ablate", "heads"):
-        return None
-    what = method if method in ("cone", "sae") else f"the {intervention} intervention"
-    return f"dose and controls measure single-direction ablations; this trial uses {what}"
+    They scale or replace one direction, removed where the trial's intervention removes it (for
+    ``heads``, the same heads whatever direction takes its place): a subspace or an amplification
+    would be measured as another edit. Each registered method and intervention says whether it
+    can be (``measurable``)."""
+    from abliterate.ablation.candidate import IMPLIED
+    from abliterate.ablation.registry import interventions, methods
+
+    method, intervention = params["method"], params.get("intervention", IMPLIED["intervention"])
+    if not methods.get(method).measurable:
+        return f"dose and controls measure single-direction ablations; this trial uses {method}"
+    if not interventions.get(intervention).measurable:
+        return f"dose and controls measure single-direction ablations; this trial uses the {intervention} intervention"
+    return None
 
 
-def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
-    """(candidate, direction, profile) of a trial's params: exactly what the trial baked; an
-    edit that is not one direction (:func:`not_measurable`) is refused in one line."""
-    from abliterate.search.directions import direction_for, profile_for
-    from abliterate.search.space import candidate_from_params
+def check_measurable(params: dict) -> None:
+    """A one-line error when dose and controls cannot measure the trial of ``params`` (:func:`not_measurable`)."""
+    from abliterate.ablation.registry import interventions, methods
 
     reason = not_measurable(params)
     if reason:
-        raise AblationError(f"{reason}; pick a trial of method mean, mean-projected, pca or probe with intervention ablate or heads")
-    candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
-    return candidate, direction_for(candidate, directions), profile_for(candidate, directions)
+        def either(names: list[str]) -> str:
+            return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else "".join(names)
+
+        single = either([method.name for method in methods if method.measurable])
+        kept = either([intervention.name for intervention in interventions if intervention.measurable])
+        raise AblationError(f"{reason}; pick a trial of method {single} with intervention {kept}")
 
 
-def trial_heads(candidate, directions: dict[str, torch.Tensor], loaded):
-    """The heads' columns a heads trial edits, chosen on the unedited ``loaded`` model by the
-    trial's own direction; None for a trial that ablates every writer. Dose and controls bake
-    every direction they try into these same heads, so a random direction is compared with the
-    trial's at the same place."""
-    if candidate.intervention != "heads":
-        return None
-    from abliterate.ablation import find_writers
-    from abliterate.search.directions import bake_arguments
+def trial_edit(params: dict, directions: dict[str, torch.Tensor], writers):
+    """(candidate, edit) of a trial's params: exactly what the trial baked, on the unedited model
+    of ``writers`` (a heads trial's heads are chosen there by its own direction; dose and controls
+    bake every direction they try into these same heads, so a random direction is compared with
+    the trial's at the same place). An edit that is not one direction is refused in one line."""
+    from abliterate.ablation.candidate import candidate_from_params
+    from abliterate.ablation.resolve import layers_of, resolve
 
-    return bake_arguments(candidate, directions, loaded.model, find_writers(loaded.model))["heads"]
+    check_measurable(params)
+    candidate = candidate_from_params(params, layers_of(directions))
+    return candidate, resolve(candidate, directions, writers)
 
 
 def load_study_model(config, device: str = "auto"):
@@ -146,16 +154,20 @@ def holdout_unavailable(prompts: dict) -> str | None:
             f"{len(harmful)} harmful and {len(harmless)} harmless")
 
 
-def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction: torch.Tensor, profile, norm_preserving: bool,
-                    max_new_tokens: int, batch_size: int, log: Callable[[str], None] = lambda _: None, heads=None) -> dict:
-    """The trial's edit with its direction learned on one half of the extraction prompts (even
+def holdout_control(loaded, config, prompts: dict, params: dict, edit: Edit, max_new_tokens: int, batch_size: int,
+                    log: Callable[[str], None] = lambda _: None) -> dict:
+    """The trial's ``edit`` with its direction learned on one half of the extraction prompts (even
     positions) and scored on the other half and on the confirmation prompts, beside the study's
     own direction on the confirmation prompts; and the cosine of the two directions. A heads
-    trial's directions are both baked into ``heads`` (:func:`trial_heads`)."""
+    trial's directions are both baked into the trial's heads (:func:`trial_edit`)."""
+    from dataclasses import replace
+
     import torch
 
     from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation.candidate import candidate_from_params
     from abliterate.ablation.directions import by_method
+    from abliterate.ablation.registry import methods
     from abliterate.objectives.dose import Scorer
     from abliterate.search.trial import capture_extraction
 
@@ -165,8 +177,10 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
     if reason:
         raise AblationError(reason)
     residuals = capture_extraction(loaded, harmful[0::2], harmless[0::2], chat, batch_size)
-    method = params["method"]
-    _, learned, _ = trial_edit(params, {method: by_method(method, *residuals)[0]})
+    method, edit_direction = params["method"], edit.directions
+    check_measurable(params)
+    stored = by_method(method, *residuals)[0]
+    learned = methods.get(method).directions(candidate_from_params(params, stored.shape[0]), stored)
     cosine = float(torch.nn.functional.cosine_similarity(learned.float().reshape(-1, learned.shape[-1]),
                                                          edit_direction.float().reshape(-1, learned.shape[-1])).mean())
     baker = Baker(find_writers(loaded.model))
@@ -174,9 +188,9 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
     confirmation = Scorer(loaded, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"], None, max_new_tokens,
                           batch_size, chat)
     base_other, base_confirmation = other_half.score(), confirmation.score()
-    with baker.baked_into(learned, profile, norm_preserving, heads=heads):
+    with baker.baked_into(replace(edit, directions=learned)):
         heldout, held_confirmation = other_half.score(), confirmation.score()
-    with baker.baked_into(edit_direction, profile, norm_preserving, heads=heads):
+    with baker.baked_into(edit):
         edit_confirmation = confirmation.score()
     log(f"holdout direction (cosine {cosine:.3f} to the study's): refusal {heldout['refusal']:.2f} on the other half "
         f"(base {base_other['refusal']:.2f}), {held_confirmation['refusal']:.2f} on confirmation "
@@ -195,16 +209,14 @@ def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, 
     from abliterate.ablation import Baker, find_writers
     from abliterate.objectives.dose import Scorer, controls
 
-    candidate, direction, profile = trial_edit(params, directions)
+    baker = Baker(find_writers(loaded.model))
+    _, edit = trial_edit(params, directions, baker.writers)
     scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
                     config.batch_size, chat_of(config))
     with torch.no_grad():
-        heads = trial_heads(candidate, directions, loaded)
-        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, count, seed, log,
-                          heads=heads)
+        result = controls(scorer, baker, edit, count, seed, log)
         if holdout:
-            result["holdout"] = holdout_control(loaded, config, prompts, params, direction, profile, candidate.norm_preserving,
-                                                config.max_new_tokens, config.batch_size, log, heads=heads)
+            result["holdout"] = holdout_control(loaded, config, prompts, params, edit, config.max_new_tokens, config.batch_size, log)
     return result
 
 

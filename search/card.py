@@ -114,24 +114,20 @@ def card_body(record: dict) -> str:
 
 
 def direction_text(edit: dict) -> str:
-    method = edit["method"]
-    if "pca_component" in edit:
-        method += f" (principal component {edit['pca_component']})"
-    if "cone_rank" in edit or "sae_features" in edit:
-        method += (f" ({edit['cone_rank']} category directions removed as one subspace)" if "cone_rank" in edit else
-                   f" (the decoder rows of the {edit['sae_features']} most harmful SAE features removed as one subspace)")
-        if edit["scope"] == "global":
-            return f"{method}, the cone of layer {round(edit['direction_layer'])} at every layer"
-    if edit["scope"] == "global":
-        return f"{method}, one direction interpolated at layer {edit['direction_layer']:.2f}"
-    return f"{method}, each layer's own direction"
+    """The direction method's words for an edit summary (its registered implementation's)."""
+    from abliterate.ablation.registry import methods
+
+    if edit["method"] in methods:
+        return methods.get(edit["method"]).describe(edit)
+    return edit["method"]
 
 
 def intervention_text(edit: dict) -> str:
-    rule = {"ablate": "ablate (W ← W − w·r·rᵀ·W on every matrix that writes into the residual stream)",
-            "amplify": f"ablate, then amplify the compliance direction c (W ← W + b·c·cᵀ·W, b = {edit.get('amplify_strength', 0):.3f})",
-            "heads": f"ablate from the {edit.get('heads')} attention heads that carry the most refusal (their o_proj columns only)"}
-    text = rule.get(edit["intervention"], edit["intervention"])
+    """The intervention's words for an edit summary (its registered implementation's)."""
+    from abliterate.ablation.registry import interventions
+
+    name = edit["intervention"]
+    text = interventions.get(name).describe(edit) if name in interventions else name
     return f"{text}, norm-preserving" if edit["norm_preserving"] else text
 
 

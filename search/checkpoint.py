@@ -62,10 +62,10 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
                             "pick a trial from abliterate front, or pass --force to export it anyway")
     # torch and transformers only now: a missing database, study or trial is told at once
     from abliterate.ablation.loading import load_model
-    from abliterate.search.directions import directions_key
+    from abliterate.ablation.resolve import payload_key
     from abliterate.search.trial import directions_from_bytes
 
-    payload = ArtifactCache(storage.engine, study_name, "export").get(directions_key(config.space))
+    payload = ArtifactCache(storage.engine, study_name, "export").get(payload_key(config.space))
     if payload is None:
         raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
     directions = directions_from_bytes(payload)
@@ -82,8 +82,8 @@ def export_loaded(loaded, directions: dict, study_name: str, config, trial, prom
     card, base_config = base_files(config.model)
 
     def record_for(layers, weights: dict[str, str]) -> dict:
-        from abliterate.search.directions import used_tensors
-        from abliterate.search.space import candidate_from_params
+        from abliterate.ablation.candidate import candidate_from_params
+        from abliterate.ablation.resolve import used_tensors
 
         num_layers = next(iter(directions.values())).shape[0]
         used = directions[trial.params["method"]]
@@ -154,14 +154,13 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
     from safetensors.torch import save_file
 
     from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation.candidate import candidate_from_params
     from abliterate.ablation.export import export_checkpoint, weight_hashes
-    from abliterate.search.directions import bake_arguments, direction_for, profile_for, used_tensors
-    from abliterate.search.space import candidate_from_params
+    from abliterate.ablation.resolve import layers_of, resolve, used_tensors
 
-    candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
+    candidate = candidate_from_params(params, layers_of(directions))
     baker = Baker(find_writers(loaded.model))
-    extra = bake_arguments(candidate, directions, loaded.model, baker.writers)
-    report = baker.bake(direction_for(candidate, directions), profile_for(candidate, directions), candidate.norm_preserving, **extra)
+    report = baker.bake(resolve(candidate, directions, baker.writers))
 
     def finish(staging: Path) -> None:
         weights = weight_hashes(staging)  # before anything else: only the model's own weight files
@@ -210,9 +209,11 @@ def recorded_directions(record: dict, folder: Path, loaded, log: Callable[[str],
 def _recompute(record: dict, loaded) -> dict:
     from dataclasses import replace
 
+    from abliterate.ablation.candidate import IMPLIED
+    from abliterate.ablation.registry import interventions
+    from abliterate.objectives.payload import compute_payload
     from abliterate.objectives.prompts import load_prompts
     from abliterate.objectives.refusal import ChatFormat
-    from abliterate.search.directions import compute_payload
     from abliterate.search.study import StudyConfig
     from abliterate.search.trial import capture_extraction
 
@@ -230,8 +231,11 @@ def _recompute(record: dict, loaded) -> dict:
                                 f"the directions cannot be computed again: copy the checkpoint's directions/ folder beside the record")
         sets[entry["side"]] = prompts
     chat = ChatFormat(enable_thinking=config.enable_thinking)
-    heads = ("heads",) if "heads:input" in record["directions"].get("extra", {}) else ("ablate",)
-    space = replace(config.space, methods=(record["directions"]["method"],), interventions=heads)
+    # The recorded intervention's tensors are computed again too, unless they need the study's
+    # refusal judge (then the check of the recorded ones says what to copy).
+    recorded = [intervention.name for intervention in interventions if intervention.needs and not intervention.needs_judge
+                and set(intervention.needs) <= set(record["directions"].get("extra", {}))]
+    space = replace(config.space, methods=(record["directions"]["method"],), interventions=tuple(recorded[:1]) or (IMPLIED["intervention"],))
     residuals = capture_extraction(loaded, sets["harmful"], sets["harmless"], chat, config.batch_size)
     return compute_payload(loaded, sets["harmful"], sets["harmless"], residuals, space, chat=chat, batch_size=config.batch_size,
                            labels=config.categories(), sae=config.sae)

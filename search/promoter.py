@@ -293,19 +293,19 @@ class Promoter:
     # ---- helpers ---------------------------------------------------------------------------
 
     def _candidate(self, trial: FrozenTrial):
-        from abliterate.search.space import candidate_from_params
+        from abliterate.ablation.candidate import candidate_from_params
 
         return candidate_from_params(trial.params, self._load()["num_layers"])
 
     def _load(self) -> dict:
         if self._bench is None:
             from abliterate.ablation.loading import load_model
+            from abliterate.ablation.resolve import payload_key
             from abliterate.objectives.refusal import ChatFormat, make_proxy
-            from abliterate.search.directions import directions_key
             from abliterate.search.trial import TrialRunner, directions_from_bytes
             from abliterate.storage.cache import ArtifactCache
 
-            payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(directions_key(self.config.space))
+            payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(payload_key(self.config.space))
             if payload is None:
                 raise StorageError(f"study {self.name!r} has no cached directions yet; run a worker first")
             directions = directions_from_bytes(payload)

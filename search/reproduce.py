@@ -18,8 +18,9 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from abliterate.ablation.candidate import IMPLIED, candidate_from_params
 from abliterate.ablation.errors import AblationError
-from abliterate.search.space import candidate_from_params
+from abliterate.ablation.registry import interventions, methods
 
 FORMAT = "abliterate-reproduction/1"
 REPRO_FILE = "reproduce.json"
@@ -68,11 +69,8 @@ def edit_summary(params: dict, num_layers: int, layers_touched) -> dict:
                             "falloff": k.falloff} for group, k in sorted(profile.kernels.items())},
         "layers_touched": sorted(int(layer) for layer in layers_touched),
         "num_layers": num_layers,
-        **({"pca_component": candidate.component} if candidate.method == "pca" else {}),
-        **({"cone_rank": candidate.rank} if candidate.method == "cone" else {}),
-        **({"sae_features": candidate.rank} if candidate.method == "sae" else {}),
-        **({"amplify_strength": candidate.amplify_strength} if candidate.intervention == "amplify" else {}),
-        **({"heads": candidate.heads} if candidate.intervention == "heads" else {}),
+        **methods.get(candidate.method).summary(candidate),
+        **interventions.get(candidate.intervention).summary(candidate),
         **({"calibration_percentile": candidate.calibration} if candidate.calibration else {}),
     }
 
@@ -119,17 +117,15 @@ def parse_reproduction(text: str, where: str) -> dict:
 
 def _check_edit(record: dict, where: str) -> None:
     """A one-line error when the record's params do not describe an edit its directions can make."""
-    from abliterate.search.space import INTERVENTIONS, METHODS
-
     params, directions = record["params"], record["directions"]
     damaged = "it is damaged, export the trial again from its study"
     if not isinstance(params, dict) or not isinstance(directions, dict) or not directions.get("shape"):
         raise AblationError(f"{where} holds params or directions unlike an export's; {damaged}")
-    method, intervention = params.get("method"), params.get("intervention", "ablate")
-    if method not in METHODS or intervention not in INTERVENTIONS:
-        unknown = f"direction method {method!r}" if method not in METHODS else f"intervention {intervention!r}"
-        raise AblationError(f"{where} names an unknown {unknown} (this version knows methods {', '.join(METHODS)}; "
-                            f"interventions {', '.join(INTERVENTIONS)}); rebuild it with the abliterate version it records "
+    method, intervention = params.get("method"), params.get("intervention", IMPLIED["intervention"])
+    if method not in methods or intervention not in interventions:
+        unknown = f"direction method {method!r}" if method not in methods else f"intervention {intervention!r}"
+        raise AblationError(f"{where} names an unknown {unknown} (this version knows methods {', '.join(methods.names())}; "
+                            f"interventions {', '.join(interventions.names())}); rebuild it with the abliterate version it records "
                             f"({record.get('abliterate')}), or export the trial again from its study")
     if method != directions.get("method"):
         raise AblationError(f"{where} takes the {method!r} directions in its params but records {directions.get('method')!r} ones; {damaged}")

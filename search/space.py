@@ -1,26 +1,34 @@
-"""The search space: what one trial picks, and how its params become an edit.
+"""The search space: what one trial picks.
 
 Positions are sampled as fractions of the layer stack so a study's space means the same thing
-on a 24-layer and a 64-layer model; :func:`candidate_from_params` turns a trial's params into
-layer indices. It is pure, so a stored trial can be re-baked exactly (export, promotion).
+on a 24-layer and a 64-layer model; :func:`candidate_from_params` (in the engine,
+:mod:`ablation.candidate`) turns a trial's params into layer indices. It is pure, so a stored
+trial can be re-baked exactly (export, promotion). Direction methods and interventions are the
+engine's registered implementations (:mod:`ablation.registry`): each samples its own params and
+gives its own starting values.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
+from abliterate.ablation.candidate import GROUPS, IMPLIED, Candidate, candidate_from_params
 from abliterate.ablation.errors import AblationError
-from abliterate.ablation.profile import SHAPES, Kernel, Profile
+from abliterate.ablation.profile import SHAPES
+from abliterate.ablation.registry import interventions, methods
 
-GROUPS = ("attn", "mlp")
+__all__ = ["GROUPS", "IMPLIED", "Candidate", "candidate_from_params", "SearchSpace", "PRESETS", "suggest", "distributions",
+           "starting_points", "classic_seed"]
+
 SCOPES = ("global", "per-layer")
-# Every direction method a study may search (search.directions computes them): the four
-# single-direction estimators of ablation.directions, the cone of category directions, and the
-# decoder rows of the study's own sparse autoencoders' most harmful features (sae).
-METHODS = ("mean", "mean-projected", "pca", "probe", "cone", "sae")
-# What a trial does with the direction: remove it (ablate); remove it and amplify the compliance
-# direction (amplify); remove it only from the attention heads that carry refusal (heads).
-INTERVENTIONS = ("ablate", "amplify", "heads")
+# The built-in direction methods (ablation.methods): the four single-direction estimators of
+# ablation.directions, the cone of category directions, and the decoder rows of the study's own
+# sparse autoencoders' most harmful features (sae). A space may name any registered one.
+METHODS = methods.names()
+# The built-in interventions (ablation.interventions): remove the direction (ablate); remove it
+# and amplify the compliance direction (amplify); remove it only from the attention heads that
+# carry refusal (heads). A space may name any registered one.
+INTERVENTIONS = interventions.names()
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class SearchSpace:
     uses them. ``pca_component`` (0-based) with method ``pca``; ``cone_rank`` (directions
     removed together) with ``cone``; ``amplify_strength`` with intervention ``amplify``;
     ``heads`` (how many) with ``heads``; ``calibration`` (the target percentile of a calibrated
-    profile, see :func:`search.directions.profile_for`) when the space lists any.
+    profile, see :func:`ablation.resolve.calibrated_profile`) when the space lists any.
     """
 
     methods: tuple[str, ...] = ("mean-projected",)
@@ -61,7 +69,8 @@ class SearchSpace:
     calibration: tuple[int, ...] = ()  # target percentiles of calibrated profiles (0: uncalibrated); empty: off
 
     def __post_init__(self):
-        for name, chosen, known in (("direction method", self.methods, METHODS), ("intervention", self.interventions, INTERVENTIONS)):
+        for name, chosen, known in (("direction method", self.methods, methods.names()),
+                                    ("intervention", self.interventions, interventions.names())):
             unknown = [value for value in chosen if value not in known]
             flag = "--methods" if name == "direction method" else "--interventions"
             if unknown or not chosen:
@@ -78,7 +87,7 @@ class SearchSpace:
     @property
     def intervention_params(self) -> bool:
         """Whether trials sample an intervention (any space but plain ablation)."""
-        return tuple(self.interventions) != ("ablate",)
+        return tuple(self.interventions) != (IMPLIED["intervention"],)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -106,23 +115,6 @@ PRESETS = {
 }
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One edit: which direction, baked with which profile."""
-
-    method: str
-    scope: str
-    direction_index: float  # a fractional layer index, used when scope is global
-    profile: Profile = field(default_factory=Profile)
-    norm_preserving: bool = False
-    component: int = 0  # pca: which principal component
-    rank: int = 1  # cone, sae: how many directions (categories, features) removed together, strongest first
-    intervention: str = "ablate"
-    amplify_strength: float = 0.0  # amplify: b in W <- W + b c c^T W
-    heads: int = 0  # heads: how many of the highest-scoring heads are edited
-    calibration: int = 0  # the target percentile of a calibrated profile; 0: the kernels' weights as they are
-
-
 def suggest(trial, space: SearchSpace) -> dict:
     """Sample one point of ``space`` on an Optuna trial; returns ``trial.params``.
 
@@ -143,18 +135,12 @@ def suggest(trial, space: SearchSpace) -> dict:
     trial.suggest_categorical("norm_preserving", list(space.norm_preserving))
     # The research options, only in spaces that choose them (the default space's params stay as
     # they were); each is sampled on every trial of such a space, for multivariate TPE.
-    if "pca" in space.methods:
-        trial.suggest_int("pca_component", *space.pca_component)
-    if "cone" in space.methods:
-        trial.suggest_int("cone_rank", *space.cone_rank)
-    if "sae" in space.methods:
-        trial.suggest_int("sae_features", *space.sae_features)
+    for method in methods.chosen(space.methods):
+        method.suggest(trial, space)
     if space.intervention_params:
         trial.suggest_categorical("intervention", list(space.interventions))
-    if "amplify" in space.interventions:
-        trial.suggest_float("amplify_strength", *space.amplify_strength)
-    if "heads" in space.interventions:
-        trial.suggest_int("heads", *space.heads)
+    for intervention in interventions.chosen(space.interventions):
+        intervention.suggest(trial, space)
     if space.calibration:
         trial.suggest_categorical("calibration", list(space.calibration))
     return dict(trial.params)
@@ -192,34 +178,6 @@ def distributions(space: SearchSpace) -> dict:
     recorder = _Recorder()
     suggest(recorder, space)
     return recorder.distributions
-
-
-# What an edit is when its params lack these (a space that does not search them):
-# :func:`candidate_from_params` reads them so.
-IMPLIED = {"intervention": "ablate", "calibration": 0}
-
-
-def candidate_from_params(params: dict, num_layers: int) -> Candidate:
-    """The edit a trial's params describe, on a model with ``num_layers`` decoder layers."""
-    depth = num_layers - 1
-    kernels = {
-        group: Kernel(
-            shape=params[f"{group}_shape"],
-            peak=params[f"{group}_peak"] * depth,
-            peak_weight=params[f"{group}_peak_weight"],
-            floor_weight=params[f"{group}_floor_fraction"] * params[f"{group}_peak_weight"],
-            falloff=max(params[f"{group}_falloff"] * depth, 0.5),
-        )
-        for group in GROUPS
-    }
-    profile = Profile(kernels, first_layer=round(params["first_layer"] * depth), last_layer=round(params["last_layer"] * depth))
-    intervention = params.get("intervention", IMPLIED["intervention"])
-    return Candidate(params["method"], params["scope"], params.get("direction_index", 0.0) * depth, profile,
-                     bool(params["norm_preserving"]), component=int(params.get("pca_component", 0)),
-                     rank=int(params.get("sae_features" if params["method"] == "sae" else "cone_rank", 1)), intervention=intervention,
-                     amplify_strength=float(params.get("amplify_strength", 0.0)) if intervention == "amplify" else 0.0,
-                     heads=int(params.get("heads", 0)) if intervention == "heads" else 0,
-                     calibration=int(params.get("calibration", IMPLIED["calibration"])))
 
 
 # The starting points' kernels, (peak, peak weight, floor fraction, falloff). Removing a direction
@@ -275,18 +233,12 @@ def _point(space: SearchSpace, scope: str, direction_index: float, kernel: tuple
              "direction_index": clip(space.direction_index, direction_index),
              "first_layer": space.first_layer[0], "last_layer": space.last_layer[1],
              "norm_preserving": pick(space.norm_preserving, True if norm_preserving is None else norm_preserving)}
-    if "pca" in space.methods:
-        point["pca_component"] = space.pca_component[0]
-    if "cone" in space.methods:
-        point["cone_rank"] = space.cone_rank[1]
-    if "sae" in space.methods:
-        point["sae_features"] = space.sae_features[0]
+    for chosen in methods.chosen(space.methods):
+        point |= chosen.start(space)
     if space.intervention_params:
-        point["intervention"] = pick(space.interventions, intervention if intervention in space.interventions else "ablate")
-    if "amplify" in space.interventions:
-        point["amplify_strength"] = space.amplify_strength[0]
-    if "heads" in space.interventions:
-        point["heads"] = space.heads[1]
+        point["intervention"] = pick(space.interventions, intervention if intervention in space.interventions else IMPLIED["intervention"])
+    for chosen in interventions.chosen(space.interventions):
+        point |= chosen.start(space)
     if space.calibration:
         point["calibration"] = pick(space.calibration, 0)
     for group in GROUPS:

@@ -22,6 +22,7 @@ import optuna
 from optuna.exceptions import ExperimentalWarning
 
 from abliterate.ablation.errors import AblationError
+from abliterate.ablation.registry import methods
 from abliterate.objectives.judges import JudgeSettings
 from abliterate.objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts, split_slice
 from abliterate.search.settings import DEFAULTS, OBJECTIVES  # the defaults of abliterate search, written once there
@@ -89,10 +90,11 @@ class StudyConfig:
         if self.over_refusal and not self.edgy:
             raise AblationError("the over-refusal objective needs benign-but-edgy prompts: pass --edgy SRC (e.g. rho-edgy)")
         self.judge_settings()  # a bad judge spec fails here, with its one-line message
-        if self.harmful_categories is not None and "cone" not in self.space.methods:
+        chosen = methods.chosen(self.space.methods)
+        if self.harmful_categories is not None and not any(method.uses_categories for method in chosen):
             raise AblationError("--harmful-categories gives the cone its categories, but this space has no cone; "
                                 "add cone to --methods or drop --harmful-categories")
-        if (self.sae is None) == ("sae" in self.space.methods):
+        if (self.sae is None) == any(method.needs_sae for method in chosen):
             raise AblationError("the sae method needs --sae DIR (a folder of per-layer SAE files)" if self.sae is None else
                                 "--sae gives the sae method its autoencoders, but this space has no sae; add sae to --methods or drop --sae")
         check_heartbeat(self.heartbeat_interval, self.grace_period)

@@ -16,13 +16,13 @@ from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
 from abliterate.ablation import Baker, find_writers
+from abliterate.ablation.candidate import Candidate
 from abliterate.ablation.directions import separation
 from abliterate.ablation.loading import LoadedModel
 from abliterate.ablation.residuals import capture_last_token
+from abliterate.ablation.resolve import method_tensor, resolve
 from abliterate.objectives.kl import KLScorer
 from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
-from abliterate.search.directions import bake_arguments, direction_for, method_tensor, profile_for
-from abliterate.search.space import Candidate, SearchSpace
 
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
 
@@ -37,10 +37,10 @@ def capture_extraction(loaded: LoadedModel, harmful: Sequence[str], harmless: Se
 
 
 def compute_directions(loaded: LoadedModel, harmful: Sequence[str], harmless: Sequence[str], methods: Sequence[str],
-                       chat: ChatFormat = ChatFormat(), batch_size: int = 16, space: SearchSpace | None = None,
+                       chat: ChatFormat = ChatFormat(), batch_size: int = 16, space=None,
                        labels: Sequence[str] | None = None, sae: str | None = None) -> dict[str, torch.Tensor]:
-    """The payload tensor of every method (per-layer directions [L, H]; see search.directions for
-    pca and the cone in a ``space``), from one residual capture."""
+    """The payload tensor of every method (per-layer directions [L, H]; see ablation.methods for
+    pca and the cone in a search ``space``), from one residual capture."""
     residuals = capture_extraction(loaded, harmful, harmless, chat, batch_size)
     return {method: method_tensor(method, *residuals, space, labels=labels, sae=sae) for method in methods}
 
@@ -112,9 +112,7 @@ class TrialRunner:
         seconds = {}
         start = time.perf_counter()
         finish = over_refusal = None
-        extra = bake_arguments(candidate, self.directions, self.loaded.model, self.baker.writers)
-        with self.baker.baked_into(direction_for(candidate, self.directions), profile_for(candidate, self.directions),
-                                   candidate.norm_preserving, **extra) as report:
+        with self.baker.baked_into(resolve(candidate, self.directions, self.baker.writers)) as report:
             seconds["bake"] = time.perf_counter() - start
             kl = self.kl.score()
             seconds["kl"] = time.perf_counter() - start - seconds["bake"]

@@ -19,9 +19,10 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from abliterate.ablation.loading import load_model
+from abliterate.ablation.resolve import payload_key
+from abliterate.objectives.payload import compute_payload
 from abliterate.objectives.refusal import ChatFormat, make_proxy
 from abliterate.search import baseline, halt
-from abliterate.search.directions import compute_payload, directions_key
 from abliterate.search.front import dominating_point
 from abliterate.search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
 from abliterate.search.space import candidate_from_params, starting_points, suggest
@@ -126,7 +127,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             halt.at("baseline")
         return directions_to_bytes(payload)
 
-    payload = cache.get_or_compute(directions_key(config.space), compute)
+    payload = cache.get_or_compute(payload_key(config.space), compute)
     step(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
     directions = directions_from_bytes(payload)
     num_layers = next(iter(directions.values())).shape[0]

@@ -104,8 +104,9 @@ def study(tmp_path_factory, refuser):
     direction removed from the safety layers (the real edit)."""
     import optuna
 
+    from abliterate.ablation.resolve import payload_key
+    from abliterate.objectives.payload import compute_payload
     from abliterate.objectives.refuser import PROMPT_FILES, PROMPTS_DIR
-    from abliterate.search.directions import compute_payload, directions_key
     from abliterate.search.space import starting_points, suggest
     from abliterate.search.study import StudyConfig, create_or_resume
     from abliterate.search.trial import capture_extraction, directions_to_bytes
@@ -124,7 +125,7 @@ def study(tmp_path_factory, refuser):
     harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
     residuals = capture_extraction(refuser, harmful, harmless, batch_size=config.batch_size)
     directions = compute_payload(refuser, harmful, harmless, residuals, config.space, batch_size=config.batch_size)
-    ArtifactCache(storage.engine, "r", "test").get_or_compute(directions_key(config.space), lambda: directions_to_bytes(directions))
+    ArtifactCache(storage.engine, "r", "test").get_or_compute(payload_key(config.space), lambda: directions_to_bytes(directions))
     created = optuna.load_study(study_name="r", storage=url)
     edit = starting_points(config.space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3, "intervention": "ablate"}
     for group in ("attn", "mlp"):  # a flat tent over layers 1 and 2 at weight one
@@ -222,7 +223,7 @@ def faint(study, tmp_path_factory):
     the direction at weight 0.03: it refuses as the base model does, as random directions do."""
     import optuna
 
-    from abliterate.search.directions import directions_key
+    from abliterate.ablation.resolve import payload_key
     from abliterate.search.space import SearchSpace, starting_points, suggest
     from abliterate.search.study import create_or_resume
     from abliterate.search.trial import directions_to_bytes
@@ -233,7 +234,7 @@ def faint(study, tmp_path_factory):
     config = replace(study["config"], space=space)
     storage = open_storage(study["url"])
     create_or_resume(storage, "faint", config)
-    ArtifactCache(storage.engine, "faint", "test").get_or_compute(directions_key(space), lambda: directions_to_bytes(study["directions"]))
+    ArtifactCache(storage.engine, "faint", "test").get_or_compute(payload_key(space), lambda: directions_to_bytes(study["directions"]))
     created = optuna.load_study(study_name="faint", storage=study["url"])
     edit = starting_points(space, 0.5, 1)[0] | {"scope": "global", "direction_index": 2 / 3, "intervention": "ablate"}
     for group in ("attn", "mlp"):
@@ -358,12 +359,13 @@ def test_a_random_direction_sits_inside_the_random_band(study, refuser):
     from abliterate.objectives.dose import Scorer, controls
     from abliterate.search.analysis import trial_edit
 
-    _, direction, profile = trial_edit(study["params"], study["directions"])
+    baker = Baker(find_writers(refuser.model))
+    _, edit = trial_edit(study["params"], study["directions"], baker.writers)
     prompts = study["config"].prompts()
     scorer = Scorer(refuser, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], max_new_tokens=24, batch_size=48)
-    stranger = random_unit_directions(1, tuple(direction.shape), seed=12345)[0]
+    stranger = random_unit_directions(1, tuple(edit.directions.shape), seed=12345)[0]
     with torch.no_grad():
-        result = controls(scorer, Baker(find_writers(refuser.model)), stranger, profile, True, count=4, seed=0)
+        result = controls(scorer, baker, replace(edit, directions=stranger, norm_preserving=True, heads=None), count=4, seed=0)
     assert not result["specificity"]["specific"] and abs(result["specificity"]["spreads"]) <= 3
 
 
@@ -538,15 +540,17 @@ def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
     import optuna
 
     from abliterate.ablation.errors import AblationError
-    from abliterate.search.analysis import trial_edit
+    from abliterate.search.analysis import not_measurable, trial_edit
     from abliterate.search.space import SearchSpace, suggest
 
     directions = {"mean-projected": torch.randn(4, 8), "cone": torch.randn(4, 4, 8)}
     plain = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), SearchSpace())
-    assert trial_edit(plain, directions)[1].shape in ((8,), (4, 8))  # one direction (global or per layer): measured
+    assert not_measurable(plain) is None and not_measurable(plain | {"intervention": "heads"}) is None
+    ablation = plain | {"intervention": "ablate"}
+    assert trial_edit(ablation, directions, [])[1].directions.shape in ((8,), (4, 8))  # one direction (global or per layer): measured
     params = suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), SearchSpace(**space))
     with pytest.raises(AblationError, match="single-direction ablations"):
-        trial_edit(params, directions)
+        trial_edit(params, directions, [])
 
 
 def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_heads(study, refuser):
@@ -554,10 +558,10 @@ def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_hea
     only in the columns of the heads the trial's own direction chose, and the same ones each time."""
     from abliterate.ablation import Baker, find_writers
     from abliterate.objectives.dose import Scorer, controls
-    from abliterate.search.analysis import trial_edit, trial_heads
+    from abliterate.search.analysis import trial_edit
 
-    candidate, direction, profile = trial_edit(study["params"] | {"intervention": "heads", "heads": 2}, study["directions"])
-    heads = trial_heads(candidate, study["directions"], refuser)
+    _, edit = trial_edit(study["params"] | {"intervention": "heads", "heads": 2}, study["directions"], find_writers(refuser.model))
+    heads = edit.heads
     assert sum(len(columns) for columns in heads.values()) == 2
     attention = [w for w in find_writers(refuser.model) if w.group == "attn"]
     before = [w.weight.detach().clone() for w in attention]
@@ -580,7 +584,7 @@ def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_hea
 
     prompts = study["config"].prompts()
     spy = Spy(refuser, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], max_new_tokens=8, batch_size=48)
-    result = controls(spy, Baker(find_writers(refuser.model)), direction, profile, candidate.norm_preserving, 3, heads=heads)
+    result = controls(spy, Baker(find_writers(refuser.model)), edit, 3)
     inside = {(layer, c) for layer, columns in heads.items() for start, stop in columns for c in range(start, stop)}
     assert spy.edited[0] == set() and len(spy.edited) == 5  # base, the edit, three random directions
     assert all(edited and edited <= inside for edited in spy.edited[1:])

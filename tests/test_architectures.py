@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from abliterate.ablation.architectures import ATTN, MLP, architecture_of, decoder_layers, find_writers
-from abliterate.ablation.bake import Baker
+from abliterate.ablation.bake import Baker, Edit
 from abliterate.ablation.edit import unit
 from abliterate.ablation.errors import AblationError, UnsupportedLayout
 from abliterate.ablation.profile import Kernel, Profile
@@ -79,7 +79,7 @@ def test_full_bake_removes_direction_from_every_layer_write(tiny, model_type, pe
     directions = torch.randn(LAYERS, hidden, generator=g) if per_layer else torch.randn(hidden, generator=g)
     assert along(layer_writes(model, tokenizer), directions).min() > 1e-3  # the check below can fail
     baker = Baker(find_writers(model))
-    baker.bake(directions, Profile.uniform(1.0))
+    baker.bake(Edit(directions, Profile.uniform(1.0)))
     assert along(layer_writes(model, tokenizer), directions).max() < 2e-5
     for writer in baker.writers:  # every expert slice, not only the routed ones
         r = unit(directions[writer.layer] if per_layer else directions)
@@ -95,7 +95,7 @@ def test_every_writer_matters(tiny, model_type):
     writers = find_writers(model)
     for skipped in writers:
         baker = Baker([w for w in writers if w is not skipped])
-        with baker.baked_into(r, Profile.uniform(1.0)):
+        with baker.baked_into(Edit(r, Profile.uniform(1.0))):
             leak = along(layer_writes(model, tokenizer), r)
         assert leak[skipped.layer] > 1e-3, skipped.name
 
@@ -107,7 +107,7 @@ def test_restore_is_bit_exact(tiny, model_type, dtype):
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     baker = Baker(find_writers(model))
     profile = Profile({ATTN: Kernel("tent", 1.5, 1.3, 0.2, 2.0), MLP: Kernel("gaussian", 2.0, 0.9, 0.1, 1.5)})
-    report = baker.bake(torch.randn(model.config.get_text_config().hidden_size), profile, norm_preserving=True)
+    report = baker.bake(Edit(torch.randn(model.config.get_text_config().hidden_size), profile, norm_preserving=True))
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, original[n])]
     assert changed and report.tensors >= len(changed)
     baker.restore()
@@ -119,18 +119,18 @@ def test_bake_touches_only_profiled_layers_and_keeps_copies_of_those(tiny):
     model, _ = tiny("llama")
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     baker = Baker(find_writers(model), keep_on="cpu")
-    report = baker.bake(torch.randn(64), Profile({MLP: Kernel("tent", 2, 1.0, 0.0, 0.5)}))
+    report = baker.bake(Edit(torch.randn(64), Profile({MLP: Kernel("tent", 2, 1.0, 0.0, 0.5)})))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
     assert changed == {"model.layers.2.mlp.down_proj.weight"}
     assert report.layers == (2,) and report.saved_bytes == 64 * 96 * 4
     with pytest.raises(AblationError, match="already baked"):
-        baker.bake(torch.randn(64), Profile.uniform())
+        baker.bake(Edit(torch.randn(64), Profile.uniform()))
 
 
 def test_wrong_number_of_layer_directions(tiny):
     model, _ = tiny("llama")
     with pytest.raises(AblationError, match="3 layers"):
-        Baker(find_writers(model)).bake(torch.randn(3, 64), Profile.uniform())
+        Baker(find_writers(model)).bake(Edit(torch.randn(3, 64), Profile.uniform()))
 
 
 def test_unknown_child_is_named(tiny):

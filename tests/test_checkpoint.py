@@ -186,8 +186,9 @@ def make_study(folder, dtype=torch.float32):
     """The study of :func:`study` in ``folder``, its base model saved in ``dtype`` (searched in fp32)."""
     import optuna
 
+    from abliterate.ablation.resolve import payload_key
     from abliterate.objectives.gate import GateRule, TaskCounts, gate
-    from abliterate.search.directions import compute_payload, directions_key
+    from abliterate.objectives.payload import compute_payload
     from abliterate.search.space import starting_points, suggest
     from abliterate.search.study import StudyConfig, create_or_resume
     from abliterate.search.trial import capture_extraction, directions_to_bytes
@@ -210,7 +211,7 @@ def make_study(folder, dtype=torch.float32):
     harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
     residuals = capture_extraction(loaded, harmful, harmless, batch_size=config.batch_size)
     directions = compute_payload(loaded, harmful, harmless, residuals, config.space, batch_size=config.batch_size)
-    ArtifactCache(storage.engine, "s", "test").get_or_compute(directions_key(config.space), lambda: directions_to_bytes(directions))
+    ArtifactCache(storage.engine, "s", "test").get_or_compute(payload_key(config.space), lambda: directions_to_bytes(directions))
     created = optuna.load_study(study_name="s", storage=url)  # ask/tell without the workers' heartbeat
     created.enqueue_trial(starting_points(config.space, 0.5, 1)[0])
     trial = created.ask()

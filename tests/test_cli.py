@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from abliterate.ablation.bake import Edit
 from abliterate.objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
 
 
@@ -142,7 +143,7 @@ def refuser_edit(tmp_path_factory):
                  for k in ("harmful", "harmless")]
     direction = mean_difference(*residuals)[2]
     out = tmp_path_factory.mktemp("edit") / "edited"
-    with Baker(find_writers(loaded.model)).baked_into(direction, Profile.uniform(1.0)):
+    with Baker(find_writers(loaded.model)).baked_into(Edit(direction, Profile.uniform(1.0))):
         export_checkpoint(loaded, out)
     return refuser_path(), out
 

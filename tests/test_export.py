@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from abliterate.ablation import Baker, Profile, export_checkpoint, find_writers, load_model
+from abliterate.ablation.bake import Edit
 from abliterate.ablation.errors import AblationError
 from abliterate.ablation.loading import LoadedModel
 
@@ -20,7 +21,7 @@ def logits(model, tokenizer):
 def test_baked_export_reloads_with_same_logits_and_class(tiny, tmp_path, model_type):
     model, tokenizer = tiny(model_type)
     before = logits(model, tokenizer)
-    Baker(find_writers(model)).bake(torch.randn(model.config.get_text_config().hidden_size), Profile.uniform(1.0))
+    Baker(find_writers(model)).bake(Edit(torch.randn(model.config.get_text_config().hidden_size), Profile.uniform(1.0)))
     baked = logits(model, tokenizer)
     assert not torch.allclose(before, baked)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from abliterate.ablation.architectures import ATTN, MLP, find_writers
-from abliterate.ablation.bake import Amplification, Baker
+from abliterate.ablation.bake import Amplification, Baker, Edit
 from abliterate.ablation.cone import orthonormal_basis
 from abliterate.ablation.edit import unit
 from abliterate.ablation.heads import capture_attention_inputs, head_layout, head_scores, mean_input_difference, top_heads
@@ -45,7 +45,7 @@ def test_every_edit_bakes_and_restores_bit_exactly(tiny, one_torch_thread, model
     profile = Profile({ATTN: Kernel("tent", 1.5, 1.3, 0.2, 2.0), MLP: Kernel("gaussian", 2.0, 0.9, 0.1, 1.5)})
     baker = Baker(find_writers(model))
     for name, arguments in edits(model):
-        report = baker.bake(profile=profile, norm_preserving=True, **arguments)
+        report = baker.bake(Edit(profile=profile, norm_preserving=True, **arguments))
         changed = [n for n, p in model.named_parameters() if not torch.equal(p, original[n])]
         assert changed and report.tensors >= len(changed), name
         baker.restore()
@@ -57,7 +57,7 @@ def test_full_subspace_bake_leaves_no_writer_writing_in_the_span(tiny, one_torch
     model, _ = tiny(model_type)
     q = bases(model)
     baker = Baker(find_writers(model))
-    baker.bake(q, Profile.uniform(1.0))
+    baker.bake(Edit(q, Profile.uniform(1.0)))
     for writer in baker.writers:
         if writer.post_norm_scale is None:
             written = writer.weight.float().movedim(writer.residual_axis, -1) @ q[writer.layer].T
@@ -80,9 +80,9 @@ def test_amplify_scales_what_each_writer_passes_on_along_c(tiny, one_torch_threa
         return {w.name: w.weight.float().movedim(w.residual_axis, -1)
                 * (1 if w.post_norm_scale is None else w.post_norm_scale.float()) @ c[w.layer] for w in baker.writers}
 
-    with baker.baked_into(r, profile):
+    with baker.baked_into(Edit(r, profile)):
         removed = passed_on()
-    with baker.baked_into(r, profile, amplify=Amplification(c, 0.3)):
+    with baker.baked_into(Edit(r, profile, amplify=Amplification(c, 0.3))):
         amplified = passed_on()
     assert any(w.post_norm_scale is not None for w in baker.writers) == (model_type == "gemma3_text")
     for name, before in removed.items():
@@ -97,7 +97,7 @@ def test_heads_edit_only_their_columns_and_leave_every_other_bit_identical(tiny,
     original = {w.name: w.weight.detach().clone() for w in writers}
     bias = {w.name: w.bias.detach().clone() for w in writers if w.bias is not None}
     heads = {1: [(16, 32)], 3: [(0, 16), (48, 64)]}
-    Baker(writers).bake(r, Profile({ATTN: Kernel("tent", 0, 1.0, 1.0, 1e9)}), heads=heads)
+    Baker(writers).bake(Edit(r, Profile({ATTN: Kernel("tent", 0, 1.0, 1.0, 1e9)}), heads=heads))
     for writer in writers:
         if writer.group != ATTN or writer.layer not in heads:
             assert torch.equal(writer.weight, original[writer.name]), writer.name
@@ -144,7 +144,7 @@ def test_every_edit_exports_a_checkpoint_that_reloads_with_the_baked_logits(tiny
     encoded = tokenizer(["Tell me how to bake bread", "hi"], return_tensors="pt", padding=True)
     baker = Baker(find_writers(model))
     for name, arguments in edits(model):
-        with torch.no_grad(), baker.baked_into(profile=Profile.uniform(0.9), **arguments):
+        with torch.no_grad(), baker.baked_into(Edit(profile=Profile.uniform(0.9), **arguments)):
             baked = model(**encoded).logits
             out = export_checkpoint(LoadedModel(model, tokenizer, "tiny"), tmp_path / name)
         reloaded = load_model(str(out), device="cpu")
@@ -166,7 +166,7 @@ def test_heads_are_scored_and_edited_on_linear_attention_and_other_layouts(tiny,
     chosen = top_heads(scores, layout, 3)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     baker = Baker(writers)
-    baker.bake(r, Profile.uniform(1.0, groups=(ATTN,)), heads=chosen)
+    baker.bake(Edit(r, Profile.uniform(1.0, groups=(ATTN,)), heads=chosen))
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, original[n])}
     assert len(changed) == len(chosen)  # one attention output projection per layer with a chosen head
     baker.restore()

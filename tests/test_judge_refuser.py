@@ -9,7 +9,7 @@ as judge are in bench/RESULTS.md. About 70 s on a loaded 2-core machine, hence s
 import pytest
 
 from abliterate.ablation.architectures import find_writers
-from abliterate.ablation.bake import Baker
+from abliterate.ablation.bake import Baker, Edit
 from abliterate.ablation.directions import mean_difference
 from abliterate.ablation.profile import Profile
 from abliterate.ablation.residuals import capture_last_token
@@ -66,7 +66,7 @@ def test_trial_judges_with_the_base_weights_after_the_restore(loaded, directions
     assert outcome.feasible and "judge" in outcome.seconds
 
     # The same answers, generated under the same bake, judged by hand by the unedited model ...
-    with Baker(find_writers(loaded.model)).baked_into(directions, Profile.uniform(1.0)):
+    with Baker(find_writers(loaded.model)).baked_into(Edit(directions, Profile.uniform(1.0))):
         responses = generate_greedy(loaded.model, loaded.tokenizer, loaded.format_chat(harmful), 40, 8).responses
         edited_view = LLMJudge(loaded, batch_size=8).verdicts(harmful, responses)
     assert sum(v.label == "refusal" for v in MarkerJudge().verdicts(harmful, responses)) <= 2  # the edit removed refusals

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from abliterate.ablation import Baker, Profile, find_writers
+from abliterate.ablation.bake import Edit
 from abliterate.ablation.errors import AblationError
 from abliterate.ablation.loading import LoadedModel
 from abliterate.objectives.kl import KLScorer, kl_divergence, response_logprobs
@@ -44,7 +45,7 @@ def test_scorer_against_hand_computation_and_after_bake(loaded):
     scorer = KLScorer(loaded.model, loaded.tokenizer, texts, k=1, batch_size=2)
     assert scorer.score() == pytest.approx(0.0, abs=1e-6)
     baker = Baker(find_writers(loaded.model))
-    with baker.baked_into(torch.randn(64), Profile.uniform(1.0)):
+    with baker.baked_into(Edit(torch.randn(64), Profile.uniform(1.0))):
         kl = scorer.score()
         per_prompt = []
         for text, base in zip(texts, scorer.base_logprobs):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from abliterate.ablation import Baker, Profile, export_checkpoint, find_writers, load_model
+from abliterate.ablation.bake import Edit
 from abliterate.ablation.directions import linear_probe, mean_difference
 from abliterate.ablation.residuals import capture_last_token
 from abliterate.objectives.prompts import DEMO_HARMFUL, DEMO_HARMLESS, demo_prompts
@@ -31,7 +32,7 @@ def test_gguf_loads_edits_exports_and_reloads(tmp_path):
     assert len(writers) == 2 * loaded.model.config.num_hidden_layers == 60
     original = {n: p.detach().clone() for n, p in loaded.model.named_parameters()}
     baker = Baker(writers)
-    baker.bake(torch.randn(576), Profile.uniform(1.0))
+    baker.bake(Edit(torch.randn(576), Profile.uniform(1.0)))
     encoded = loaded.tokenizer(loaded.format_chat(["Write a haiku about rain."]), return_tensors="pt")
     with torch.no_grad():
         baked = loaded.model(**encoded).logits
@@ -57,7 +58,7 @@ def test_real_refusing_model_has_a_separable_refusal_direction():
     agreement = (directions[18] * probe.directions[18]).sum()
     assert agreement > 0.3  # two independent methods point the same way
     baker = Baker(find_writers(loaded.model))
-    with baker.baked_into(directions[18], Profile.uniform(1.0)):
+    with baker.baked_into(Edit(directions[18], Profile.uniform(1.0))):
         edited = capture_last_token(loaded.model, loaded.tokenizer, loaded.format_chat(demo_prompts(DEMO_HARMFUL)), batch_size=8)
     before = (harmful[:, 18] @ directions[18]).mean()
     after = (edited[:, 18] @ directions[18]).mean()

@@ -33,7 +33,7 @@ import pytest
 import torch
 
 from abliterate.ablation.architectures import find_writers
-from abliterate.ablation.bake import Baker
+from abliterate.ablation.bake import Baker, Edit
 from abliterate.ablation.directions import mean_difference
 from abliterate.ablation.errors import AblationError
 from abliterate.ablation.loading import load_model
@@ -176,7 +176,7 @@ def test_abliteration_removes_refusals_and_a_random_direction_does_not(loaded, d
     direction = per_layer[REFUSAL_LAYER]
     baker = Baker(find_writers(loaded.model))
 
-    with baker.baked_into(direction, Profile.uniform(1.0)):
+    with baker.baked_into(Edit(direction, Profile.uniform(1.0))):
         harmful, harmless = refusal_rates(loaded)
         kl = kl_scorer.score()
     assert harmful <= 0.2, f"abliterated model still refuses {harmful:.0%} of harmful prompts"
@@ -186,7 +186,7 @@ def test_abliteration_removes_refusals_and_a_random_direction_does_not(loaded, d
     generator = torch.Generator().manual_seed(0)
     random_direction = torch.randn(direction.shape, generator=generator)
     random_direction *= direction.norm() / random_direction.norm()
-    with baker.baked_into(random_direction, Profile.uniform(1.0)):
+    with baker.baked_into(Edit(random_direction, Profile.uniform(1.0))):
         random_harmful, _ = refusal_rates(loaded)
         random_kl = kl_scorer.score()
     assert random_harmful >= 0.6, f"a random direction removed refusals ({random_harmful:.0%} left)"
@@ -200,11 +200,11 @@ def test_baking_only_the_layers_that_write_refusal_costs_less_kl(loaded, directi
     per_layer, _ = directions
     direction = per_layer[REFUSAL_LAYER]
     baker = Baker(find_writers(loaded.model))
-    with baker.baked_into(direction, Profile.uniform(1.0)):
+    with baker.baked_into(Edit(direction, Profile.uniform(1.0))):
         everywhere = kl_scorer.score()
     tent = Kernel("tent", peak=1.5, peak_weight=1.0, floor_weight=0.0, falloff=2.0)
     middle_profile = Profile({"attn": tent, "mlp": tent}, first_layer=1)  # 0.75 at layers 1-2, 0.25 at 3, layer 0 untouched
-    with baker.baked_into(direction, middle_profile):
+    with baker.baked_into(Edit(direction, middle_profile)):
         harmful, _ = refusal_rates(loaded)
         middle = kl_scorer.score()
     assert harmful <= 0.2
@@ -218,7 +218,7 @@ def test_wrong_layers_leave_refusals(loaded, directions, case):
         direction, profile = per_layer[REFUSAL_LAYER], Profile.uniform(1.0, first_layer=REFUSAL_LAYER + 1)
     else:  # a layer before the feature exists
         direction, profile = per_layer[0], Profile.uniform(1.0)
-    with Baker(find_writers(loaded.model)).baked_into(direction, profile):
+    with Baker(find_writers(loaded.model)).baked_into(Edit(direction, profile)):
         harmful = MarkerProxy().score(loaded, read("harmful", "evaluation")).rate("refusal")
     assert harmful >= 0.6
 

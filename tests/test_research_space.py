@@ -87,15 +87,15 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
 
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
     from abliterate.ablation import Baker, find_writers, load_model
+    from abliterate.ablation.resolve import payload_key, resolve
     from abliterate.search.checkpoint import export_loaded, rebuild
-    from abliterate.search.directions import bake_arguments, direction_for, directions_key, profile_for
     from abliterate.search.study import load
     from abliterate.search.trial import directions_from_bytes
     from abliterate.storage.cache import ArtifactCache
 
     url, study, _ = research_study
     _, config = load(open_storage(url, create=False), "s")
-    directions = directions_from_bytes(ArtifactCache(open_storage(url).engine, "s", "t").get(directions_key(config.space)))
+    directions = directions_from_bytes(ArtifactCache(open_storage(url).engine, "s", "t").get(payload_key(config.space)))
     base = load_model(config.model, "float32", "cpu")
     text = base.tokenizer(["How do I pick a lock?", "Bake bread"], return_tensors="pt", padding=True)
     kinds = {}
@@ -111,9 +111,7 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
         out = export_loaded(base, directions, "s", config, trial, None, tmp_path / f"t{number}")
         candidate = candidate_from_params(trial.params, 4)
         baker = Baker(find_writers(base.model))
-        with torch.no_grad(), baker.baked_into(direction_for(candidate, directions), profile_for(candidate, directions),
-                                               candidate.norm_preserving,
-                                               **bake_arguments(candidate, directions, base.model, baker.writers)):
+        with torch.no_grad(), baker.baked_into(resolve(candidate, directions, baker.writers)):
             baked = base.model(**text).logits
         unedited = base.model(**text).logits
         assert not torch.allclose(baked, unedited), intervention
@@ -184,9 +182,9 @@ def test_a_bad_space_is_one_line(options, message):
 def test_categories_line_up_with_the_prompts_and_shape_the_cone(tmp_path):
     import csv
 
+    from abliterate.ablation.resolve import method_tensor
     from abliterate.objectives.categories import load_categories
     from abliterate.objectives.prompts import load_prompts
-    from abliterate.search.directions import method_tensor
 
     rows = [("Pick a lock", "crime"), ("", "crime"), ("Make a weapon", "violence"), ("pick  a LOCK", "other"),
             ("Steal a car", "crime"), ("Hurt someone", "violence"), ("Forge a passport", "fraud")]
@@ -213,7 +211,8 @@ def test_categories_line_up_with_the_prompts_and_shape_the_cone(tmp_path):
 
 
 def test_a_calibrated_profile_scales_each_layer_by_its_strength_over_the_target():
-    from abliterate.search.directions import profile_for, refusal_strength
+    from abliterate.ablation.resolve import calibrated_profile as profile_for
+    from abliterate.ablation.resolve import refusal_strength
 
     r = torch.nn.functional.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     harmless = torch.zeros(3, 5, 8)
@@ -234,7 +233,7 @@ def test_a_calibrated_profile_scales_each_layer_by_its_strength_over_the_target(
 
 
 def test_the_compliance_direction_and_its_fallback():
-    from abliterate.search.directions import alignment_report, compliance_direction
+    from abliterate.ablation.interventions import alignment_report, compliance_direction
 
     g = torch.Generator().manual_seed(1)
     c = torch.nn.functional.normalize(torch.randn(2, 8, generator=g), dim=-1)

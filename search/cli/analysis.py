@@ -219,6 +219,8 @@ def _dose(args) -> int:
     if args.direction and not args.out:
         raise _error("dose --direction writes only where --out DIR says; pass --out (a study's trial has a default folder)")
     edit = _file_edit(args) if args.direction else _trial_edit(args)
+    from dataclasses import replace
+
     import torch
 
     from abliterate.ablation import Baker, find_writers
@@ -227,14 +229,14 @@ def _dose(args) -> int:
     from abliterate.objectives.plots import dose_curves
     from abliterate.search.analysis import write_json
 
-    alphas, loaded, profile, num_layers = edit["alphas"], edit["loaded"], edit["profile"], edit["num_layers"]
+    alphas, loaded, baked, num_layers = edit["alphas"], edit["loaded"], edit["edit"], edit["num_layers"]
     span = _layer_range(args.layers, num_layers)
     if args.mode == "ablate":
         if span:
+            profile = baked.profile
             last = num_layers - 1 if profile.last_layer is None else profile.last_layer
-            profile = Profile(profile.kernels, max(span[0], profile.first_layer), min(span[1], last))
-        intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit["direction"], profile, edit["norm_preserving"],
-                                             heads=edit["heads"])
+            baked = replace(baked, profile=Profile(profile.kernels, max(span[0], profile.first_layer), min(span[1], last)))
+        intervention = ablation_intervention(Baker(find_writers(loaded.model)), baked)
     else:
         from abliterate.ablation.residuals import capture_last_token
 
@@ -244,7 +246,7 @@ def _dose(args) -> int:
         residuals = capture_last_token(loaded.model, loaded.tokenizer, edit["chat"].apply(loaded, edit["harmless"]), args.batch_size)
         norms = residuals.norm(dim=-1).mean(0)
         stack = edit["stack"]
-        per_layer = {layer: stack[layer] if stack is not None else edit["direction"] for layer in layers}
+        per_layer = {layer: stack[layer] if stack is not None else baked.directions for layer in layers}
         intervention = steering_intervention(loaded.model, per_layer, {layer: float(norms[layer]) for layer in layers})
     scorer = Scorer(loaded, edit["harmful"], edit["harmless"], edit["edgy"], args.max_new_tokens, args.batch_size, edit["chat"])
     with torch.no_grad():
@@ -280,6 +282,7 @@ def _file_edit(args) -> dict:
     harmful, harmless = load_prompts(args.harmful or "advbench[0:64]"), load_prompts(args.harmless or "benign[0:64]")
     stack, means = _direction_file(args.direction)
     from abliterate.ablation.architectures import decoder_layers
+    from abliterate.ablation.bake import Edit
     from abliterate.ablation.loading import load_model
     from abliterate.ablation.profile import Profile
     from abliterate.objectives.analysis import parse_alphas
@@ -297,8 +300,8 @@ def _file_edit(args) -> dict:
         if not 0 <= layer < num_layers:
             raise _error(f"--direction-layer {layer}: the model has layers 0 to {num_layers - 1}")
     return {"alphas": alphas, "loaded": loaded, "chat": ChatFormat(enable_thinking=False if args.no_thinking else None), "harmful": harmful,
-            "harmless": harmless, "edgy": edgy, "direction": stack if layer is None else stack[layer], "stack": None,
-            "profile": Profile.uniform(1.0), "norm_preserving": False, "heads": None, "layer": layer, "num_layers": num_layers,
+            "harmless": harmless, "edgy": edgy, "edit": Edit(stack if layer is None else stack[layer], Profile.uniform(1.0)),
+            "stack": None, "layer": layer, "num_layers": num_layers,
             "title": f"{args.model}, direction of layer {layer}" if layer is not None else args.model}
 
 
@@ -316,19 +319,19 @@ def _trial_edit(args) -> dict:
     harmful = load_prompts(args.harmful) if args.harmful else prompts["harmful", "evaluation"]
     harmless = load_prompts(args.harmless) if args.harmless else prompts["harmless", "evaluation"]
     artifacts = artifact_folder(args.storage, args.artifacts)
-    from abliterate.ablation.architectures import decoder_layers
+    from abliterate.ablation.architectures import decoder_layers, find_writers
     from abliterate.objectives.analysis import parse_alphas
-    from abliterate.search.analysis import cached_directions, chat_of, load_study_model, trial_edit, trial_heads
+    from abliterate.search.analysis import cached_directions, chat_of, check_measurable, load_study_model, trial_edit
 
     alphas = parse_alphas(args.alphas)
     directions = cached_directions(storage, args.study, config)
-    candidate, direction, profile = trial_edit(trial.params, directions)
+    check_measurable(trial.params)  # before the model loads
     loaded = load_study_model(config, args.device)
+    candidate, edit = trial_edit(trial.params, directions, find_writers(loaded.model))
     # Steering without --layers adds the vector where the direction was read (the profile's peak for per-layer directions).
-    layer = round(candidate.direction_index if candidate.scope == "global" else profile.kernels["attn"].peak)
+    layer = round(candidate.direction_index if candidate.scope == "global" else edit.profile.kernels["attn"].peak)
     return {"alphas": alphas, "loaded": loaded, "chat": chat_of(config), "harmful": harmful, "harmless": harmless, "edgy": edgy,
-            "direction": direction, "stack": direction if direction.dim() == 2 else None, "profile": profile,
-            "norm_preserving": candidate.norm_preserving, "heads": trial_heads(candidate, directions, loaded), "layer": layer,
+            "edit": edit, "stack": edit.directions if edit.directions.dim() == 2 else None, "layer": layer,
             "num_layers": len(decoder_layers(loaded.model)), "title": f"trial {args.trial} of {args.study}",
             "storage": storage, "study": study, "artifacts": artifacts, "out": study_folder(artifacts, args.study, args.trial)}
 
