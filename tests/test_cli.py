@@ -110,6 +110,7 @@ def test_judge_check_on_a_binary_file_is_one_line(tmp_path):
     assert result.stderr.splitlines() == [f"error: {binary} is not UTF-8 text; give a .jsonl file of {{prompt, response, label}} rows"]
 
 
+@pytest.mark.slow  # README's main command end to end (minutes of CPU); its parts have default tests of their own
 def test_demo_runs_a_study_and_resumes(tmp_path):
     import optuna
 

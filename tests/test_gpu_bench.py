@@ -25,6 +25,7 @@ def _env():
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
+@pytest.mark.slow  # minutes of CPU: the whole GPU plan on a tiny config, two venvs' worth of runs
 def test_tiny_run_measures_every_part(tmp_path):
     out = tmp_path / "gpu.json"
     # A budget no machine exhausts: this test checks what is measured, never how fast.

@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from abliterate.objectives.gate import GateRule
 from abliterate.objectives.sweep.base import Attempt, Runner, run_sweep
-from abliterate.objectives.sweep.local import LocalRunner
+from abliterate.objectives.sweep.local import DEFAULT_TASKS, LocalRunner
 from abliterate.search.checkpoint import rebuild
 from abliterate.search.demo import demo_config
 from abliterate.search.paths import folder_name
@@ -108,12 +108,19 @@ def settings(tmp_path, **options):
 
 
 def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_same_verdict(postgres_url, tmp_path):
+    """Three of the shipped tasks (two harmful, one harmless) keep it affordable: what is tested is
+    the resume, which any number of tasks exercises the same way."""
     study_with_front(postgres_url)
     engine = open_storage(postgres_url).engine
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name in ("bake-pie", "steal-scooter", "forge-diploma"):
+        shutil.copy(DEFAULT_TASKS / f"{name}.yaml", tasks)
     promote = ["promote", "--storage", postgres_url, "--study", "s", "--once", "--attempts", ATTEMPTS, "--device", "cpu",
-               "--checkpoints", tmp_path / "ck", "--lease", 3, "--controls", 2]  # a small band: the controls are not what is tested
+               "--checkpoints", tmp_path / "ck", "--lease", 3, "--controls", 2,  # a small band: the controls are not what is tested
+               "--tasks", tasks]
     first = cli(*promote)
-    while len(attempt_rows(engine)) < 12:  # a state, whatever the time it takes
+    while len(attempt_rows(engine)) < 5:  # a state, whatever the time it takes: inside the baseline's sweep
         assert first.poll() is None, first.communicate()[0]
         time.sleep(0.2)
     first.send_signal(signal.SIGKILL)
@@ -130,7 +137,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     valid = [(sweep, task, attempt) for _, sweep, task, attempt, status in after if status in ("pass", "fail")]
     assert len(valid) == len(set(valid))  # no attempt ran twice
     assert f"({len({(s, t, a) for _, s, t, a, _ in before if s.startswith('baseline')})} stored)" in log
-    assert "design: rule any, fisher, alpha 0.1, 10 task(s), N = 3" in log  # the plan line, before any sweep
+    assert "design: rule any, fisher, alpha 0.1, 3 task(s), N = 3" in log  # the plan line, before any sweep
 
     report = cli("report", "--storage", postgres_url, "--study", "s", "--json")
     rows = json.loads(report.communicate()[0])
@@ -138,16 +145,16 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     assert decided, rows
     # Every decision counts the candidates gated before it in the study, one look each.
     assert sorted(r["gate"]["look"] for r in decided) == list(range(1, len(decided) + 1))
-    assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner().tasks()) for r in decided)
+    assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner(tasks).tasks()) for r in decided)
     row = decided[0]
     assert row["confirmation"]["passed"] and row["attempts"] == ATTEMPTS
     assert row["confirmation"]["specific"] is True and row["confirmation"]["controls"]["count"] == 2  # run in confirmation
     tasks = row["gate"]["tasks"]
-    assert len(tasks) == len(LocalRunner().tasks())
+    assert len(tasks) == len(LocalRunner(tasks).tasks())
     assert all(t["counts"]["candidate_n"] == ATTEMPTS and t["counts"]["baseline_n"] == ATTEMPTS for t in tasks)
 
     # The verdict equals a clean, uninterrupted sweep of the same checkpoints.
-    runner = LocalRunner(device="cpu", dtype="fp32")
+    runner = LocalRunner(tasks, device="cpu", dtype="fp32")
     fresh = {label: run_sweep(runner, model, ATTEMPTS, SweepStore(engine, f"clean:{label}"), tmp_path / "clean", log=lambda s: None)
              for label, model in (("base", demo_config(1).model), ("candidate", row["checkpoint"]))}
     for t in tasks:
