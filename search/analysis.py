@@ -27,37 +27,6 @@ SPECIFIC_ATTR = "specific"
 CONTROLS_ATTR = "controls"
 
 
-def open_study(storage_url: str | None, name: str):
-    """(storage, study, config) of an existing study; one-line errors otherwise."""
-    from abliterate.search.study import load
-    from abliterate.storage.rdb import open_storage
-
-    storage = open_storage(storage_url, create=False)
-    study, config = load(storage, name)
-    return storage, study, config
-
-
-def finished_trial(study, number: int):
-    """The study's finished trial ``number``; a one-line error naming what exists otherwise."""
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number == number:
-            if trial.state.name != "COMPLETE":
-                raise AblationError(f"trial {number} of {study.study_name!r} is {trial.state.name}, not finished; pick one from abliterate front")
-            return trial
-    raise AblationError(f"study {study.study_name!r} has no trial {number}; pick one from abliterate front")
-
-
-def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tensor]:
-    from abliterate.search.directions import directions_key
-    from abliterate.search.trial import directions_from_bytes
-    from abliterate.storage.cache import ArtifactCache
-
-    payload = ArtifactCache(storage.engine, study_name, "analysis").get(directions_key(config.space))
-    if payload is None:
-        raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
-    return directions_from_bytes(payload)
-
-
 def not_measurable(params: dict) -> str | None:
     """Why dose and controls cannot measure the edit of a trial's ``params``; None when they can.
 
@@ -71,42 +40,32 @@ def not_measurable(params: dict) -> str | None:
     return f"dose and controls measure single-direction ablations; this trial uses {what}"
 
 
+def check_measurable(params: dict) -> None:
+    """Refuse, in one line, a trial whose edit dose and controls cannot measure (:func:`not_measurable`)."""
+    reason = not_measurable(params)
+    if reason:
+        raise AblationError(f"{reason}; pick a trial of method mean, mean-projected, pca or probe with intervention ablate or heads")
+
+
 def trial_edit(params: dict, directions: dict[str, torch.Tensor]):
     """(candidate, direction, profile) of a trial's params: exactly what the trial baked; an
     edit that is not one direction (:func:`not_measurable`) is refused in one line."""
     from abliterate.search.directions import direction_for, profile_for
     from abliterate.search.space import candidate_from_params
 
-    reason = not_measurable(params)
-    if reason:
-        raise AblationError(f"{reason}; pick a trial of method mean, mean-projected, pca or probe with intervention ablate or heads")
+    check_measurable(params)
     candidate = candidate_from_params(params, next(iter(directions.values())).shape[0])
     return candidate, direction_for(candidate, directions), profile_for(candidate, directions)
 
 
-def trial_heads(candidate, directions: dict[str, torch.Tensor], loaded):
-    """The heads' columns a heads trial edits, chosen on the unedited ``loaded`` model by the
-    trial's own direction; None for a trial that ablates every writer. Dose and controls bake
-    every direction they try into these same heads, so a random direction is compared with the
+def measurable_edit(kit, params: dict):
+    """The :class:`search.kit.TrialEdit` of a trial's ``params`` on the study of ``kit``, which
+    dose and controls measure; an edit that is not one direction (:func:`not_measurable`) is
+    refused in one line, before anything loads. Dose and controls bake every direction they try
+    into the trial's own heads (a heads trial), so a random direction is compared with the
     trial's at the same place."""
-    if candidate.intervention != "heads":
-        return None
-    from abliterate.ablation import find_writers
-    from abliterate.search.directions import bake_arguments
-
-    return bake_arguments(candidate, directions, loaded.model, find_writers(loaded.model))["heads"]
-
-
-def load_study_model(config, device: str = "auto"):
-    from abliterate.ablation.loading import load_model
-
-    return load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
-
-
-def chat_of(config):
-    from abliterate.objectives.refusal import ChatFormat
-
-    return ChatFormat(enable_thinking=config.enable_thinking)
+    check_measurable(params)
+    return kit.edit(params)
 
 
 def attach(storage, study, paths: list[Path], artifacts: str | Path, prefix: str = "") -> list[str]:
@@ -149,12 +108,12 @@ def holdout_unavailable(prompts: dict) -> str | None:
             f"{len(harmful)} harmful and {len(harmless)} harmless")
 
 
-def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction: torch.Tensor, profile, norm_preserving: bool,
-                    max_new_tokens: int, batch_size: int, log: Callable[[str], None] = lambda _: None, heads=None) -> dict:
+def holdout_control(kit, params: dict, edit, log: Callable[[str], None] = lambda _: None) -> dict:
     """The trial's edit with its direction learned on one half of the extraction prompts (even
     positions) and scored on the other half and on the confirmation prompts, beside the study's
-    own direction on the confirmation prompts; and the cosine of the two directions. A heads
-    trial's directions are both baked into ``heads`` (:func:`trial_heads`)."""
+    own direction (``edit``, the trial's :class:`search.kit.TrialEdit`) on the confirmation
+    prompts; and the cosine of the two directions. A heads trial's directions are both baked
+    into the trial's heads."""
     import torch
 
     from abliterate.ablation import Baker, find_writers
@@ -162,7 +121,8 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
     from abliterate.objectives.dose import Scorer
     from abliterate.search.trial import capture_extraction
 
-    chat = chat_of(config)
+    loaded, chat, prompts, config = kit.model, kit.chat, kit.prompts, kit.config
+    max_new_tokens, batch_size = config.max_new_tokens, config.batch_size
     harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
     reason = holdout_unavailable(prompts)
     if reason:
@@ -170,6 +130,7 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
     residuals = capture_extraction(loaded, harmful[0::2], harmless[0::2], chat, batch_size)
     method = params["method"]
     _, learned, _ = trial_edit(params, {method: by_method(method, *residuals)[0]})
+    edit_direction, profile, norm_preserving, heads = edit.direction, edit.profile, edit.norm_preserving, edit.heads
     cosine = float(torch.nn.functional.cosine_similarity(learned.float().reshape(-1, learned.shape[-1]),
                                                          edit_direction.float().reshape(-1, learned.shape[-1])).mean())
     baker = Baker(find_writers(loaded.model))
@@ -188,26 +149,26 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit_direction:
             "confirmation": held_confirmation, "edit_confirmation": edit_confirmation}
 
 
-def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, count: int, seed: int = 0, holdout: bool = True,
+def run_controls(kit, params: dict, count: int, seed: int = 0, holdout: bool = True,
                  log: Callable[[str], None] = lambda _: None) -> dict:
-    """The specificity controls of a trial's edit (``params`` with the study's ``directions``) on
-    the study's evaluation prompts: ``count`` random directions baked with the trial's profile
-    (:func:`objectives.dose.controls`) and, with ``holdout``, the holdout-learned direction."""
+    """The specificity controls of a trial's edit (``params`` on the study of ``kit``, a
+    :class:`search.kit.StudyKit`) on the study's evaluation prompts: ``count`` random directions
+    baked with the trial's profile (:func:`objectives.dose.controls`) and, with ``holdout``, the
+    holdout-learned direction. An edit that is not one direction is refused in one line."""
     import torch
 
     from abliterate.ablation import Baker, find_writers
     from abliterate.objectives.dose import Scorer, controls
 
-    candidate, direction, profile = trial_edit(params, directions)
-    scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
-                    config.batch_size, chat_of(config))
+    edit = measurable_edit(kit, params)
+    config, loaded = kit.config, kit.model
+    scorer = Scorer(loaded, kit.prompts["harmful", "evaluation"], kit.prompts["harmless", "evaluation"], None,
+                    config.max_new_tokens, config.batch_size, kit.chat)
     with torch.no_grad():
-        heads = trial_heads(candidate, directions, loaded)
-        result = controls(scorer, Baker(find_writers(loaded.model)), direction, profile, candidate.norm_preserving, count, seed, log,
-                          heads=heads)
+        result = controls(scorer, Baker(find_writers(loaded.model)), edit.direction, edit.profile, edit.norm_preserving, count,
+                          seed, log, heads=edit.heads)
         if holdout:
-            result["holdout"] = holdout_control(loaded, config, prompts, params, direction, profile, candidate.norm_preserving,
-                                                config.max_new_tokens, config.batch_size, log, heads=heads)
+            result["holdout"] = holdout_control(kit, params, edit, log)
     return result
 
 
