@@ -1,11 +1,13 @@
-"""The analyses fed by a study: its prompts, its cached directions, a trial's own edit.
+"""The specificity controls of a trial's edit, the words the promotion report, the trial's
+note and the model card use for them, and what the analyses share (plots attached to a study, JSON).
 
-``abliterate analyze``, ``dose`` and ``controls`` call these to find what a study holds; the
-measurements are in :mod:`objectives.analysis` and :mod:`objectives.dose`. Plots are attached
-to the study in an Optuna artifact store, which optuna-dashboard shows
-(``abliterate dashboard --artifacts DIR``); controls' findings go on the trial (user attrs
-``controls`` and ``specific``, and a note section) so that ``front --json`` and the dashboard
-show them. The promoter runs the controls in each candidate's confirmation
+A study's parts (prompts, cached directions, model, a trial's edit) come from its
+:class:`search.kit.StudyKit`; ``abliterate analyze``, ``dose`` and ``controls`` are
+:mod:`search.measure`, and the measurements :mod:`objectives.analysis` and
+:mod:`objectives.dose`. Plots are attached to the study in an Optuna artifact store, which
+optuna-dashboard shows (``abliterate dashboard --artifacts DIR``); controls' findings go on the
+trial (user attrs ``controls`` and ``specific``, and a note section) so that ``front --json``
+and the dashboard show them. The promoter runs the controls in each candidate's confirmation
 (:class:`search.promoter.Promoter`); :func:`specificity_line` is their word in the promotion
 report, the trial's note and the model card. Importing this module imports no torch: the
 promoter's report and the card read the words only.

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from abliterate.ablation.errors import AblationError, ModelLoadError
 from abliterate.search.study import load
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     import torch
     from optuna.trial import FrozenTrial
 
+    from abliterate.ablation.bake import Amplification, HeadColumns
     from abliterate.ablation.loading import LoadedModel
     from abliterate.ablation.profile import Profile
     from abliterate.objectives.refusal import ChatFormat, RefusalProxy
@@ -53,8 +54,8 @@ class TrialEdit:
     direction: torch.Tensor
     profile: Profile
     norm_preserving: bool
-    amplify: Any = None
-    heads: Any = None
+    amplify: Amplification | None = None
+    heads: HeadColumns | None = None
 
     def bake_options(self) -> dict:
         """The keyword arguments of :meth:`ablation.bake.Baker.bake` after direction and profile."""
