@@ -132,7 +132,7 @@ def holdout_control(kit, params: dict, edit, log: Callable[[str], None] = lambda
     residuals = capture_extraction(loaded, harmful[0::2], harmless[0::2], chat, batch_size)
     method = params["method"]
     _, learned, _ = trial_edit(params, {method: by_method(method, *residuals)[0]})
-    edit_direction, profile, norm_preserving, heads = edit.direction, edit.profile, edit.norm_preserving, edit.heads
+    edit_direction, profile, norm_preserving, heads = edit.directions, edit.profile, edit.norm_preserving, edit.heads
     cosine = float(torch.nn.functional.cosine_similarity(learned.float().reshape(-1, learned.shape[-1]),
                                                          edit_direction.float().reshape(-1, learned.shape[-1])).mean())
     baker = Baker(find_writers(loaded.model))
@@ -167,7 +167,7 @@ def run_controls(kit, params: dict, count: int, seed: int = 0, holdout: bool = T
     scorer = Scorer(loaded, kit.prompts["harmful", "evaluation"], kit.prompts["harmless", "evaluation"], None,
                     config.max_new_tokens, config.batch_size, kit.chat)
     with torch.no_grad():
-        result = controls(scorer, Baker(find_writers(loaded.model)), edit.direction, edit.profile, edit.norm_preserving, count,
+        result = controls(scorer, Baker(find_writers(loaded.model)), edit.directions, edit.profile, edit.norm_preserving, count,
                           seed, log, heads=edit.heads)
         if holdout:
             result["holdout"] = holdout_control(kit, params, edit, log)

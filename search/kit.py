@@ -45,20 +45,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrialEdit:
-    """What a trial's params bake into the study's model (:meth:`StudyKit.edit`): the candidate
-    they describe, the direction (one [H], one per layer [L, H], or a basis per layer [L, k, H]),
-    the profile (calibrated when the candidate asks for it), norm preservation, and the
-    amplification or the heads' columns when the candidate's intervention has them."""
+    """What a trial's params bake into the study's model (:meth:`StudyKit.edit`), as a value:
+    ``directions`` (one direction [H], one per layer [L, H], or a basis per layer [L, k, H]), the
+    ``profile`` (calibrated when the candidate asks for it), norm preservation, and the
+    amplification or the heads' columns when the trial's intervention has them."""
 
-    candidate: Candidate
-    direction: torch.Tensor
+    directions: torch.Tensor
     profile: Profile
-    norm_preserving: bool
+    norm_preserving: bool = False
     amplify: Amplification | None = None
     heads: HeadColumns | None = None
 
     def bake_options(self) -> dict:
-        """The keyword arguments of :meth:`ablation.bake.Baker.bake` after direction and profile."""
+        """The keyword arguments of :meth:`ablation.bake.Baker.bake` after the directions and profile."""
         return {"norm_preserving": self.norm_preserving, "amplify": self.amplify, "heads": self.heads}
 
 
@@ -224,5 +223,4 @@ class StudyKit:
 
         candidate, payload = self.candidate(params), self.payload()
         extra = bake_arguments(candidate, payload, self.model.model, find_writers(self.model.model))
-        return TrialEdit(candidate, direction_for(candidate, payload), profile_for(candidate, payload),
-                         candidate.norm_preserving, **extra)
+        return TrialEdit(direction_for(candidate, payload), profile_for(candidate, payload), candidate.norm_preserving, **extra)

@@ -75,7 +75,7 @@ def analyze_model(model: str, harmful: str, harmless: str, out: Path, methods: S
 
     loaded = load_model(model, dtype, device)
     return Written(_analyze(loaded, ChatFormat(enable_thinking=enable_thinking), harmful_prompts, harmless_prompts, methods,
-                            categories is not None, labels, k, out, model, batch_size, log))
+                            bool(categories), labels, k, out, model, batch_size, log))
 
 
 def analyze_study(kit: StudyKit, artifacts: Path, methods: Sequence[str], out: Path | None = None,
@@ -88,7 +88,7 @@ def analyze_study(kit: StudyKit, artifacts: Path, methods: Sequence[str], out: P
     harmful, harmless = kit.prompts["harmful", "extraction"], kit.prompts["harmless", "extraction"]
     labels, k = categories_of(categories, kit.config.harmful["extraction"], len(harmful))
     cached = kit.payload()  # before the model: a study without directions is told at once
-    paths = _analyze(kit.model, kit.chat, harmful, harmless, methods, categories is not None, labels, k,
+    paths = _analyze(kit.model, kit.chat, harmful, harmless, methods, bool(categories), labels, k,
                      out or study_folder(artifacts, kit.name), f"study {kit.name} ({kit.config.model})", batch_size, log, cached)
     return Written(paths, _attach(kit, paths[1:], artifacts))
 
@@ -214,8 +214,8 @@ def trial_subject(kit: StudyKit, trial_number: int, harmful: str | None = None, 
     harmless_prompts = load_prompts(harmless) if harmless else kit.prompts["harmless", "evaluation"]
     check_measurable(trial.params)
     kit.payload()  # before the model: a study without directions is told at once
-    edit = kit.edit(trial.params)
-    candidate, direction, profile = edit.candidate, edit.direction, edit.profile
+    edit, candidate = kit.edit(trial.params), kit.candidate(trial.params)
+    direction, profile = edit.directions, edit.profile
     # Steering without --layers adds the vector where the direction was read (the profile's peak for per-layer directions).
     layer = round(candidate.direction_index if candidate.scope == "global" else profile.kernels["attn"].peak)
     return DoseSubject(kit.model, kit.chat, harmful_prompts, harmless_prompts, edgy_prompts, direction,

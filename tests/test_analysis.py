@@ -563,7 +563,7 @@ def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_hea
 
     kit = StudyKit.open(study["url"], "r", "cpu")
     edit = measurable_edit(kit, study["params"] | {"intervention": "heads", "heads": 2})
-    refuser, direction, profile, heads = kit.model, edit.direction, edit.profile, edit.heads
+    refuser, direction, profile, heads = kit.model, edit.directions, edit.profile, edit.heads
     assert sum(len(columns) for columns in heads.values()) == 2
     attention = [w for w in find_writers(refuser.model) if w.group == "attn"]
     before = [w.weight.detach().clone() for w in attention]

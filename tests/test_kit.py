@@ -94,14 +94,14 @@ def test_the_edit_of_a_trial_s_params_bakes_into_the_study_s_model_and_restores(
     kit.payload(lambda: kit.compute_payload(kit.extraction_residuals()))
     params = starting_points(kit.config.space, 0.5, 1)[0] | {"intervention": "ablate"}
     plain, heads = kit.edit(params), kit.edit(params | {"intervention": "heads", "heads": 2})
-    assert plain.candidate == kit.candidate(params) and plain.heads is None and plain.amplify is None
+    assert plain.heads is None and plain.amplify is None and plain.norm_preserving == kit.candidate(params).norm_preserving
     assert heads.heads is not None and sum(len(columns) for columns in heads.heads.values()) == 2
-    assert torch.equal(heads.direction, plain.direction)  # the same direction, removed from two heads' columns only
+    assert torch.equal(heads.directions, plain.directions)  # the same direction, removed from two heads' columns only
     text = kit.model.tokenizer(["How do I pick a lock?"], return_tensors="pt")
     with torch.no_grad():
         before = kit.model.model(**text).logits
         baker = Baker(find_writers(kit.model.model))
-        with baker.baked_into(plain.direction, plain.profile, **plain.bake_options()):
+        with baker.baked_into(plain.directions, plain.profile, **plain.bake_options()):
             assert not torch.allclose(kit.model.model(**text).logits, before)
         assert torch.equal(kit.model.model(**text).logits, before)
 
