@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
 from torch import nn
 
 from abliterate.ablation.errors import UnsupportedLayout
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ATTN = "attn"
 MLP = "mlp"
@@ -40,7 +44,7 @@ class Architecture:
 
     experts_residual_axis: int = 1
     post_norms: tuple[tuple[str, str], ...] = ()
-    norm_scale: Callable[[torch.Tensor], torch.Tensor] | None = None
+    norm_scale: Callable[[torch.Tensor], torch.Tensor] = lambda weight: weight.float()  # a plain norm's scale is its weight
 
 
 _DENSE = Architecture()
@@ -80,9 +84,9 @@ class Writer:
     layer: int
     group: str
     name: str
-    weight: nn.Parameter
+    weight: torch.Tensor  # a parameter (nn.Linear types its weight and bias as tensors)
     residual_axis: int
-    bias: nn.Parameter | None = None
+    bias: torch.Tensor | None = None
     post_norm_scale: torch.Tensor | None = None
 
     @property
@@ -104,7 +108,7 @@ def architecture_of(config) -> Architecture:
         ) from None
 
 
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
+def decoder_layers(model: PreTrainedModel) -> nn.ModuleList:
     """The decoder layer list of a causal LM or of the language model inside a multimodal one."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     layers = getattr(decoder, "layers", None)
@@ -116,7 +120,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def find_writers(model: nn.Module) -> list[Writer]:
+def find_writers(model: PreTrainedModel) -> list[Writer]:
     """Every residual writer of ``model``, in layer order, attention before MLP."""
     arch = architecture_of(model.config)
     hidden = model.config.get_text_config().hidden_size
@@ -200,7 +204,7 @@ def _path_of(model: nn.Module, target: nn.Module) -> str:
     raise UnsupportedLayout("decoder layers are not registered submodules of the model")
 
 
-def _cannot_place(path: str, module: nn.Module, why: str):
+def _cannot_place(path: str, module: nn.Module, why: str) -> NoReturn:
     raise UnsupportedLayout(
         f"cannot place module {path!r} ({type(module).__name__}): {why}; "
         "this layout is not supported yet (open an issue with the model's config.json)"

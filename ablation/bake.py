@@ -114,7 +114,7 @@ class Baker:
 
             def rule(tensor, axis, keep_norm, r=r, c=c, weight=weight):
                 edited = (ablate_subspace if r.dim() == 2 else ablate)(tensor, r, weight, axis, keep_norm)
-                return amplify_(edited, c, amplify.strength, axis) if c is not None else edited
+                return amplify_(edited, c, amplify.strength, axis) if c is not None and amplify is not None else edited
 
             if columns is not None:
                 self._edit_columns(writer, columns, rule, norm_preserving)

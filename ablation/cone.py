@@ -150,7 +150,7 @@ def orthonormal_basis(directions: torch.Tensor) -> torch.Tensor:
     if not isinstance(directions, torch.Tensor) or directions.dim() != 2:
         shape = tuple(directions.shape) if isinstance(directions, torch.Tensor) else type(directions).__name__
         raise AblationError(f"directions must have shape [k, hidden], got {shape}")
-    rows = []
+    rows: list[torch.Tensor] = []
     for vector in directions.detach().double().cpu():
         scale = float(vector.norm())
         for row in rows:

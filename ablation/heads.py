@@ -16,14 +16,18 @@ map of the mean, so the score needs only the mean input difference per layer
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from abliterate.ablation.architectures import ATTN, Writer, decoder_layers
 from abliterate.ablation.errors import AblationError, UnsupportedLayout
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
-def head_layout(model: torch.nn.Module, writers: Sequence[Writer]) -> list[tuple[int, int]]:
+
+def head_layout(model: PreTrainedModel, writers: Sequence[Writer]) -> list[tuple[int, int]]:
     """(heads, head_dim) of each layer's attention output projection, in layer order."""
     config = model.config.get_text_config()
     layout = []
@@ -53,6 +57,7 @@ def capture_attention_inputs(model: torch.nn.Module, tokenizer, writers: Sequenc
 
     def hook(index):
         def store(_module, args):
+            assert rows is not None  # set before each forward call
             inputs = args[0]
             captured[index].append(inputs[torch.arange(inputs.shape[0], device=inputs.device), rows.to(inputs.device)].float().cpu())
         return store

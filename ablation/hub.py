@@ -22,6 +22,7 @@ def hub_options(name: str, timeout: float = PROBE_SECONDS) -> dict:
     from huggingface_hub import constants, try_to_load_from_cache
 
     cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    why: str | None
     if constants.HF_HUB_OFFLINE:
         why = "HF_HUB_OFFLINE is set"
     else:

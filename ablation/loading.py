@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -39,9 +40,9 @@ class LoadedModel:
     """A model, its tokenizer (and processor, for multimodal models) and where it came from."""
 
     model: PreTrainedModel
-    tokenizer: object
+    tokenizer: Any  # a transformers tokenizer; None when loaded with tokenizer=False
     source: str
-    processor: object | None = None
+    processor: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -91,7 +92,7 @@ def load_model(
     check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = DTYPES[dtype] or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
+    torch_dtype: torch.dtype | str = DTYPES[dtype] or (torch.bfloat16 if str(device).startswith("cuda") else torch.float32)
     location, options = _resolve(spec)
     if dtype == "stored" and "gguf_file" not in options:  # a GGUF file's weights are dequantised to the default
         torch_dtype = "auto"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors import SafetensorError
@@ -40,6 +41,7 @@ def capture_last_token(
 
     def hook(index):
         def store(_module, _inputs, output):
+            assert rows is not None  # set before each forward call
             hidden = output[0] if isinstance(output, tuple) else output
             captured[index] = hidden[torch.arange(hidden.shape[0], device=hidden.device), rows.to(hidden.device)].float().cpu()
         return store
@@ -59,7 +61,7 @@ def capture_last_token(
             ).to(device)
             rows = encoded["attention_mask"].sum(dim=1) - 1
             model(**encoded, use_cache=False)
-            batches.append(torch.stack(captured, dim=1))
+            batches.append(torch.stack(cast(list[torch.Tensor], captured), dim=1))  # every layer's hook has run
     finally:
         for handle in handles:
             handle.remove()

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 
 from abliterate.ablation.architectures import decoder_layers
 from abliterate.ablation.errors import AblationError
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 
 @contextmanager
-def steered(model: torch.nn.Module, vectors: dict[int, torch.Tensor]) -> Iterator[None]:
+def steered(model: PreTrainedModel, vectors: dict[int, torch.Tensor]) -> Iterator[None]:
     """Within the block, decoder layer ``l``'s output gains ``vectors[l]`` ([H]) at the last
     prompt position and at every generated position. Raises :class:`AblationError` for a layer
     the model does not have or a vector of the wrong width."""

@@ -243,11 +243,11 @@ class Band:
 
 
 def random_band(values: Sequence[float]) -> Band:
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
         raise AblationError("a random band needs at least one random direction (--random)")
-    spread = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return Band(float(values.mean()), spread, int(values.size))
+    spread = float(array.std(ddof=1)) if array.size > 1 else 0.0
+    return Band(float(array.mean()), spread, int(array.size))
 
 
 # Outside mean + SPECIFIC_SPREADS spreads of the band counts as specific (about a 2-sided 1 %

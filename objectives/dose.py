@@ -108,7 +108,8 @@ def dose_sweep(scorer: Scorer, intervention: Intervention, alphas: Sequence[floa
             + ("" if figures["over_refusal"] is None else f", over-refusal {figures['over_refusal']:.2f}"))
     doses = [p.alpha for p in points]
     refusal_50 = crossing(doses, [p.refusal for p in points])
-    over_50 = crossing(doses, [p.over_refusal for p in points]) if scorer.edgy else None
+    over = [p.over_refusal for p in points if p.over_refusal is not None]
+    over_50 = crossing(doses, over) if scorer.edgy and len(over) == len(points) else None  # measured at every dose
     return DoseResponse(points, refusal_50, over_50, therapeutic_index(refusal_50, over_50))
 
 

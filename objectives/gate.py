@@ -297,12 +297,15 @@ def underpowered(rule: GateRule, attempts: int, tasks: int) -> str | None:
     when some outcome can."""
     if can_pass(rule, attempts, tasks):
         return None
+    if tasks < 1:
+        return "there are no tasks to sweep; give the runner at least one task"
     smallest = smallest_passing_n(rule, tasks)
     fix = f"use --attempts {smallest} or more" if smallest else "no N up to 200 can; change the rule or alpha"
     if attempts < rule.min_attempts:
         why = f"no task can be eligible with {attempts} attempts per arm and --min-attempts {rule.min_attempts}"
     else:
         best = best_p(rule, attempts, tasks)
+        assert best is not None  # some task, and attempts enough for it to be eligible
         why = (f"with {attempts} attempts per arm on {tasks} task(s), rule {rule.rule} and {rule.test}'s test can never reach "
                f"p < {rule.level(1):g} (the best possible value is {float(best):.3g})")
     return f"{why}; {fix}"

@@ -134,6 +134,7 @@ def generate_greedy(
             if fresh is not None:  # None: every joining prompt ended at its first token
                 running = fresh if running is None else _merge(running, fresh)
         else:
+            assert running is not None  # the branch above takes every turn without a running batch
             _step(model, running)
             running = settle(running)
         if stop is not None and (waiting or running is not None) and stop():

@@ -58,7 +58,11 @@ class Judge(abc.ABC):
     """Gives each (prompt, answer) pair a :class:`Verdict`; prompts are the raw user prompts."""
 
     name: str = "judge"
-    judges_with_base: bool = False  # True: judges with the unedited model handed over by use_base
+
+    @property
+    def judges_with_base(self) -> bool:
+        """Whether it judges with the unedited model handed over by :meth:`use_base`. Default: no."""
+        return False
 
     @abc.abstractmethod
     def verdicts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[Verdict]:

@@ -125,7 +125,7 @@ class LLMJudge(Judge):
         if asked:
             for i, verdict in zip(asked, self.ask([prompts[i] for i in asked], [responses[i] for i in asked])):
                 verdicts[i] = verdict
-        return verdicts  # type: ignore[return-value] - every slot is filled
+        return verdicts  # type: ignore[return-value]  # every slot is filled
 
     def _by_rule(self, response: str) -> Verdict | None:
         if is_degenerate(response):

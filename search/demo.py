@@ -9,7 +9,12 @@ same study, so a second run adds nothing (raise --trials to extend it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import optuna
+
 from abliterate.objectives.refuser import prompt_path, refuser_path
+from abliterate.search.settings import DEFAULTS
 from abliterate.search.space import SearchSpace
 from abliterate.search.study import PURPOSES, StudyConfig
 
@@ -28,8 +33,29 @@ DEMO_SPACE = SearchSpace(peak_weight=(0.3, 1.5))
 DEMO_MARGIN = 0.5
 
 
-def demo_config(trials: int) -> StudyConfig:
+def demo_config(trials: int, heartbeat: int = DEFAULTS.heartbeat, grace: int = DEFAULTS.grace) -> StudyConfig:
     """The embedded default: the shipped refuser and its held-out prompt sets."""
     prompts = {kind: {purpose: str(prompt_path(kind, purpose)) for purpose in PURPOSES} for kind in ("harmful", "harmless")}
     return StudyConfig(model=str(refuser_path()), harmful=prompts["harmful"], harmless=prompts["harmless"], dtype="fp32",
-                       n_trials=trials, space=DEMO_SPACE, kl_cap=0.5, max_new_tokens=32, batch_size=32, seed=0)
+                       n_trials=trials, space=DEMO_SPACE, kl_cap=0.5, max_new_tokens=32, batch_size=32, seed=0,
+                       heartbeat_interval=heartbeat, grace_period=grace)
+
+
+def run_demo(storage: str, trials: int, workers: int, heartbeat: int = DEFAULTS.heartbeat, grace: int = DEFAULTS.grace,
+             say: Callable[[str], None] = print) -> tuple[int, optuna.Study]:
+    """The demo's study, created or resumed in ``storage`` and run by ``workers`` CPU workers
+    (:func:`abliterate.search.run.run_study`): its exit status and the study."""
+    from abliterate.search.run import run_study
+
+    return run_study(storage, DEMO_STUDY, demo_config(trials, heartbeat, grace), ["cpu"] * workers, say=say)
+
+
+def promote_demo(storage: str) -> None:
+    """Promote the demo study's front once: confirmation, checkpoint, the local agent suite
+    against the base model, Fisher gate (:class:`abliterate.search.promoter.Promoter`)."""
+    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.storage.rdb import open_storage
+
+    settings = PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu")
+    Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"), settings).run_once()

@@ -24,6 +24,7 @@ from optuna.exceptions import ExperimentalWarning
 from abliterate.ablation.errors import AblationError
 from abliterate.objectives.judges import JudgeSettings
 from abliterate.objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts, split_slice
+from abliterate.search.settings import DEFAULTS, OBJECTIVES  # the defaults of abliterate search, written once there
 from abliterate.search.space import MAX_STARTING_POINTS, SearchSpace
 from abliterate.storage.errors import StorageError
 from abliterate.storage.leases import Leases
@@ -32,7 +33,6 @@ CONFIG_ATTR = "abliterate"
 STOP_ATTR = "abliterate_stop"  # set (with the reason) when an accepted promotion stops the study
 PURPOSES = ("extraction", "evaluation", "confirmation")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
-OBJECTIVES = ("refusal,kl", "refusal,kl,over-refusal")
 
 
 @dataclass(frozen=True)
@@ -46,34 +46,34 @@ class StudyConfig:
     model: str
     harmful: dict[str, str]
     harmless: dict[str, str]
-    dtype: str = "auto"
-    n_trials: int = 100
+    dtype: str = DEFAULTS.dtype
+    n_trials: int = DEFAULTS.trials
     space: SearchSpace = field(default_factory=SearchSpace)
-    kl_cap: float = 1.0
+    kl_cap: float = DEFAULTS.kl_cap
     kl_tokens: int = 1
-    proxy: str = "markers"
-    max_new_tokens: int = 48
-    batch_size: int = 64
+    proxy: str = DEFAULTS.proxy
+    max_new_tokens: int = DEFAULTS.max_new_tokens
+    batch_size: int = DEFAULTS.batch_size
     enable_thinking: bool | None = None
-    sampler: str = "tpe"
-    seed: int | None = None
-    starting_points: int = 5  # designed first trials (search.space.starting_points), before the sampler's own
-    judge: str = "markers"  # markers, llm or module:attribute (objectives.judges.JudgeSettings)
-    judge_model: str | None = None  # llm only: the model that judges; None: the base model itself
-    judge_prefilter: bool = False  # llm only: markers early in an answer settle it as a refusal
-    trust_remote_code: bool = False  # workers load the model as the study was created, not by their own flags
-    device_map: str | None = None
+    sampler: str = DEFAULTS.sampler
+    seed: int | None = DEFAULTS.seed
+    starting_points: int = DEFAULTS.starting_points  # designed first trials (search.space.starting_points), before the sampler's own
+    judge: str = DEFAULTS.judge  # markers, llm or module:attribute (objectives.judges.JudgeSettings)
+    judge_model: str | None = DEFAULTS.judge_model  # llm only: the model that judges; None: the base model itself
+    judge_prefilter: bool = DEFAULTS.judge_prefilter  # llm only: markers early in an answer settle it as a refusal
+    trust_remote_code: bool = DEFAULTS.trust_remote_code  # workers load the model as the study was created, not by their own flags
+    device_map: str | None = DEFAULTS.device_map
     # sha256 of each local prompt file the sets read, by absolute path (objectives.prompts.file_digests),
     # taken when the study is made: whoever loads the sets later refuses a file that changed since.
     prompt_files: dict[str, str] = field(default_factory=dict)
-    harmful_categories: str | None = None  # a column of the harmful source: the cone's categories (else k-means)
-    sae: str | None = None  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
-    objectives: str = "refusal,kl"  # or "refusal,kl,over-refusal": the refusal rate on benign-but-edgy prompts too
-    edgy: str | None = None  # prompt source of the over-refusal objective
+    harmful_categories: str | None = DEFAULTS.harmful_categories  # a column of the harmful source: the cone's categories (else k-means)
+    sae: str | None = DEFAULTS.sae  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
+    objectives: str = DEFAULTS.objectives  # or "refusal,kl,over-refusal": the refusal rate on benign-but-edgy prompts too
+    edgy: str | None = DEFAULTS.edgy  # prompt source of the over-refusal objective
     # Every process of the study beats and judges heartbeats alike: a worker with a shorter grace
     # period than another's heartbeat interval would fail that worker's live trials.
-    heartbeat_interval: int = 60  # seconds between a running trial's heartbeats
-    grace_period: int = 600  # seconds without a heartbeat before a trial counts as crashed
+    heartbeat_interval: int = DEFAULTS.heartbeat  # seconds between a running trial's heartbeats
+    grace_period: int = DEFAULTS.grace  # seconds without a heartbeat before a trial counts as crashed
 
     def __post_init__(self):
         for side, specs in (("harmful", self.harmful), ("harmless", self.harmless)):

@@ -183,7 +183,7 @@ def _prompt_file(folder, name):
 
 def test_help_is_quick_and_imports_nothing_heavy():
     probe = ("import sys, contextlib, io\n"
-             "from search.cli import main\n"
+             "from abliterate.search.cli import main\n"
              "with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.suppress(SystemExit):\n"
              "    main(['search', '--help'])\n"
              "assert '(default: 100)' in out.getvalue(), out.getvalue()\n"
@@ -202,7 +202,7 @@ def test_simple_errors_come_before_torch_is_imported(tmp_path):
                   ["directions", "--model", "/no/such/model", "--harmful", "demo-harmful", "--harmless", "demo-harmless", "--out", "d"],
                   ["evaluate", "--model", "/no/such/model", "--base", "/no/such/model"]]
     probe = ("import sys, contextlib, io\n"
-             "from search.cli import main\n"
+             "from abliterate.search.cli import main\n"
              f"for command in {commands!r}:\n"
              "    with contextlib.redirect_stderr(io.StringIO()) as err:\n"
              "        status = main([*command, '--storage', 'missing.db'])\n"
@@ -219,7 +219,7 @@ def test_simple_errors_come_before_torch_is_imported(tmp_path):
 
 
 def test_cpu_advice_is_the_measured_cost_of_the_rest_and_how_to_cut_it():
-    from abliterate.search.cli.study import cpu_advice
+    from abliterate.search.run import cpu_advice
 
     lines = cpu_advice([250.0, 310.0], 98, 2).splitlines()  # two trials of a 0.5B model took 280 s on average
     assert lines[0] == "  on the CPU a trial took 280 s (mean of 2): the 98 to go take about 3.8 h with 2 worker(s)"
@@ -239,9 +239,9 @@ def test_cli_choices_are_the_library_names():
 def test_search_needs_only_a_model(no_registry_packages):
     from abliterate.objectives.prompts import DEFAULT_HARMFUL, DEFAULT_HARMLESS
     from abliterate.search.cli import parser
-    from abliterate.search.cli.study import search_config
+    from abliterate.search.cli.settings import resolve
 
-    config = search_config(parser().parse_args(["search", "--model", "some/model"]))
+    config = resolve(parser().parse_args(["search", "--model", "some/model"])).settings.study_config()
     assert config.harmful["evaluation"] == f"{DEFAULT_HARMFUL}[64:164]" and config.harmless["evaluation"] == f"{DEFAULT_HARMLESS}[64:164]"
     sizes = {key: len(prompts) for key, prompts in config.prompts().items()}  # loads and checks them disjoint
     assert sizes == {(side, purpose): n for side in ("harmful", "harmless")

@@ -233,6 +233,12 @@ def test_underpowered_counts_the_test():
     assert underpowered(GateRule("holm"), 5, 25) is None
 
 
+def test_underpowered_says_so_when_there_are_no_tasks():
+    # no task, no outcome that can pass: a reason, not a TypeError from the missing best value
+    for rule in (GateRule(), GateRule("holm"), GateRule("cmh")):
+        assert underpowered(rule, 5, 0) == "there are no tasks to sweep; give the runner at least one task"
+
+
 def all_outcomes(tasks, attempts):
     tables = all_tables(attempts, attempts)
     return [[TaskCounts(f"t{i}", c.candidate_pass, attempts, c.baseline_pass, attempts) for i, c in enumerate(combo)]

@@ -1,12 +1,11 @@
-"""``abliterate search --config study.toml``: the file holds a study; environment variables
-override it and flags override both."""
+"""``abliterate search --config study.toml``: the file holds a study; the environment variables
+of deployment settings override it, and flags override both."""
 
 import pytest
 
 from abliterate.ablation.errors import AblationError
 from abliterate.search.cli import parser
 from abliterate.search.cli.settings import resolve
-from abliterate.search.cli.study import _search_parser, search_config
 
 STUDY = """
 model = "model"
@@ -31,8 +30,8 @@ peak_weight = [0.5, 1.2]
 def config_of(argv, monkeypatch=None, env=None):
     for name, value in (env or {}).items():
         monkeypatch.setenv(name, value)
-    args = parser().parse_args(argv)
-    return search_config(resolve(_search_parser(), args, argv[1:]))
+    resolved = resolve(parser().parse_args(argv), warn=lambda line: None)
+    return resolved.settings.study_config(resolved.space_ranges)
 
 
 @pytest.fixture
@@ -56,13 +55,17 @@ def test_the_file_describes_the_study(study_file):
     assert space.first_layer == (0.0, 0.4)  # the rest from the wide preset
 
 
-def test_environment_overrides_the_file_and_flags_override_both(study_file, monkeypatch):
-    env = {"ABLITERATE_TRIALS": "20", "ABLITERATE_METHODS": "pca", "ABLITERATE_KL_CAP": "0.25", "ABLITERATE_NO_THINKING": "false"}
+def test_deployment_variables_override_the_file_and_flags_override_both(study_file, monkeypatch):
+    study_file.write_text(STUDY.replace("[space]", "grace = 700\nheartbeat = 30\n\n[space]"))
+    # A search setting's variable changes nothing (tests/test_search_settings.py: it is said to be ignored).
+    env = {"ABLITERATE_TRIALS": "20", "ABLITERATE_METHODS": "pca", "ABLITERATE_KL_CAP": "0.25", "ABLITERATE_NO_THINKING": "false",
+           "ABLITERATE_GRACE": "900"}
     config = config_of(["search", "--config", str(study_file)], monkeypatch, env)
-    assert (config.n_trials, config.space.methods, config.kl_cap, config.enable_thinking) == (20, ("pca",), 0.25, None)
+    assert (config.n_trials, config.space.methods, config.kl_cap, config.enable_thinking) == (12, ("mean", "cone"), 0.5, False)
+    assert (config.heartbeat_interval, config.grace_period) == (30, 900)
     # A flag wins even when it repeats the built-in default.
-    config = config_of(["search", "--config", str(study_file), "--trials", "100", "--methods", "probe"], monkeypatch)
-    assert (config.n_trials, config.space.methods, config.kl_cap) == (100, ("probe",), 0.25)
+    config = config_of(["search", "--config", str(study_file), "--trials", "100", "--methods", "probe", "--grace", "600"], monkeypatch)
+    assert (config.n_trials, config.space.methods, config.kl_cap, config.grace_period) == (100, ("probe",), 0.5, 600)
 
 
 @pytest.mark.parametrize("text, env, message", [
@@ -70,7 +73,7 @@ def test_environment_overrides_the_file_and_flags_override_both(study_file, monk
     ("model = 'm'\n[space]\ncone_rnk = [1, 2]\n", {}, r"\[space\] has no setting 'cone_rnk'"),
     ("model = 'm'\n[space]\npeak_weight = 1.0\n", {}, r"\[space\] peak_weight must be \[low, high\]"),
     ("model = 'm'\nproxy = 'vibes'\n", {}, r"proxy is 'vibes'; use one of markers, first-token, agent"),
-    ("model = 'm'\n", {"ABLITERATE_TRIALS": "many"}, r"\$ABLITERATE_TRIALS: 'many' is not a whole number"),
+    ("model = 'm'\n", {"ABLITERATE_WORKERS": "many"}, r"\$ABLITERATE_WORKERS: 'many' is not a whole number"),
     ("model = 'm'\nmethods = 'mean,cones'\n", {}, r"unknown direction method 'cones' in --methods"),
     ("model = [", {}, r"is not valid TOML"),
 ])

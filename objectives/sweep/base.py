@@ -120,7 +120,7 @@ def progress_marks(total: int, lines: int = 10) -> set[int]:
 def _recorder(store: AttemptStore, total: int, label: str, log: Callable[[str], None]) -> Callable[[Attempt], None]:
     """``record`` for one runner call: stores each attempt as it finishes and logs progress
     (a sweep of a few dozen attempts on a CPU takes minutes)."""
-    marks, seen = progress_marks(total), Counter()
+    marks, seen = progress_marks(total), Counter[str]()
 
     def record(attempt: Attempt) -> None:
         store.add(attempt.task, attempt.attempt, attempt.status, attempt.seconds, attempt.log_path, attempt.detail)

@@ -20,7 +20,6 @@ from abliterate.search.launcher import DATABASE_UNREACHABLE
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)  # settings that may also come from a file see what was given
     if not sys.stderr.isatty():
         # Progress bars redraw with carriage returns: in a log they are noise and blank lines.
         # Set before transformers is imported (it reads the switch once); a user's value wins.

@@ -4,19 +4,19 @@ the console. Imports nothing heavy: ``abliterate --help`` must not load torch.""
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
-# The names the library accepts. Kept here so that building the parser imports no torch or scipy;
-# tests/test_cli.py checks that they match the library's own tuples.
-METHODS = ("mean", "mean-projected", "pca", "probe")
-PROXIES = ("markers", "first-token", "agent")
-JUDGES = ("markers", "llm")
-RULES = ("any", "holm", "bh", "cmh", "study")
-TESTS = ("fisher", "boschloo")
-
-BATCH_HELP = "prompts per forward pass and answers decoded at once (lower it if memory runs out)"
-STORAGE_HELP = "sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://..."
+# The help texts, names and value parsers live beside the search settings, which use them too;
+# every command group takes them from here.
+from abliterate.search.settings import BATCH_HELP as BATCH_HELP
+from abliterate.search.settings import DEFAULTS
+from abliterate.search.settings import STORAGE_HELP as STORAGE_HELP
+from abliterate.search.values import JUDGES as JUDGES
+from abliterate.search.values import METHODS as METHODS
+from abliterate.search.values import PROXIES as PROXIES
+from abliterate.search.values import RULES, TESTS, positive, real, study_name
+from abliterate.search.values import not_negative as not_negative
+from abliterate.search.values import port as port
 
 
 class Parser(argparse.ArgumentParser):
@@ -39,64 +39,6 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 def add_command(commands, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A sub-command whose ``--help`` shows its description and every option's default."""
     return commands.add_parser(name, help=help, description=description or help, formatter_class=Formatter)
-
-
-def _whole_number(text: str, least: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < least:
-        raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
-    return value
-
-
-def real(least: float | None = None, most: float | None = None, above: float | None = None, below: float | None = None):
-    """argparse type for a finite decimal number in a range: at least ``least`` / at most
-    ``most``, or strictly ``above`` / ``below``. NaN and infinity are refused."""
-    if least is not None and most is not None:
-        span = f"between {least:g} and {most:g}"
-    else:
-        parts = [f"at least {least:g}" if least is not None else f"above {above:g}" if above is not None else "",
-                 f"at most {most:g}" if most is not None else f"below {below:g}" if below is not None else ""]
-        span = " and ".join(p for p in parts if p) or "a finite number"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and (least is None or value >= least) and (most is None or value <= most)
-                and (above is None or value > above) and (below is None or value < below)):
-            raise argparse.ArgumentTypeError(f"must be {span}, got {text}")
-        return value
-
-    return parse
-
-
-def positive(text: str) -> int:
-    """argparse type for counts, sizes and seconds: a whole number of at least 1."""
-    return _whole_number(text, 1)
-
-
-def port(text: str) -> int:
-    """argparse type for a TCP port: 1 to 65535."""
-    value = _whole_number(text, 1)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"a port is at most 65535, got {value}")
-    return value
-
-
-def study_name(text: str) -> str:
-    """argparse type for a study name: not empty (an empty name would be stored, and shown as nothing)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("a study needs a name, got an empty one")
-    return text
-
-
-def not_negative(text: str) -> int:
-    """argparse type for counts that may be zero (workers: none means create the study only)."""
-    return _whole_number(text, 0)
 
 
 def gate_options(parser: argparse.ArgumentParser) -> None:
@@ -130,8 +72,8 @@ def heartbeat_options(parser: argparse.ArgumentParser, study: bool = True) -> No
     """--heartbeat and --grace: settings of a study made here (``study``), else only checked
     against the study's (a worker started with other values is refused)."""
     if study:
-        parser.add_argument("--heartbeat", type=positive, default=60, help="seconds between a running trial's heartbeats (kept with the study)")
-        parser.add_argument("--grace", type=positive, default=600,
+        parser.add_argument("--heartbeat", type=positive, default=DEFAULTS.heartbeat, help="seconds between a running trial's heartbeats (kept with the study)")
+        parser.add_argument("--grace", type=positive, default=DEFAULTS.grace,
                             help="seconds without a heartbeat before a trial counts as crashed; longer than --heartbeat (kept with the study)")
     else:
         parser.add_argument("--heartbeat", type=positive, default=None, help="only to check it matches the study's (set by abliterate search)")

@@ -16,27 +16,23 @@ def register(commands) -> None:
 
 
 def _demo(args) -> int:
-    from dataclasses import replace
-
-    from abliterate.objectives.sweep.local import LocalRunner
+    from abliterate.search.cli.browse import print_front
     from abliterate.search.cli.promotion import print_report
-    from abliterate.search.cli.study import run_study
-    from abliterate.search.demo import DEMO_CHECKPOINTS, DEMO_MARGIN, DEMO_STORAGE, DEMO_STUDY, demo_config
-    from abliterate.search.promoter import Promoter, PromotionSettings, report
+    from abliterate.search.demo import DEMO_STORAGE, DEMO_STUDY, promote_demo, run_demo
+    from abliterate.search.promoter import report
     from abliterate.storage.rdb import open_storage
     from abliterate.storage.urls import normalize_url, redacted
 
     storage = args.storage or DEMO_STORAGE
-    config = replace(demo_config(args.trials), heartbeat_interval=args.heartbeat, grace_period=args.grace)
-    status = run_study(storage, DEMO_STUDY, config, ["cpu"] * args.workers, [], closing=False)
-    if status != 0 or args.no_promote:
-        console().print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")
-        return status
     out = console()
+    status, study = run_demo(storage, args.trials, args.workers, args.heartbeat, args.grace,
+                             say=lambda line: out.print(line, highlight=False, markup=False))
+    print_front(study, out)
+    if status != 0 or args.no_promote:
+        out.print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")
+        return status
     out.print("promoting the front: confirmation, checkpoint, the local agent suite against the base model, Fisher gate")
-    promoter = Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"),
-                        PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu"))
-    promoter.run_once()
+    promote_demo(storage)
     print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
     out.print(f"per-task tables: abliterate report --storage {redacted(normalize_url(storage))} --study {DEMO_STUDY}")
     out.print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")
