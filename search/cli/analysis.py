@@ -154,17 +154,19 @@ def _dose(args) -> int:
     if args.direction and not args.model:
         raise _error("--direction needs --model: the model the directions were computed on")
     layers = _layers(args.layers)
-    from abliterate.objectives.analysis import parse_alphas
     from abliterate.search import measure
+
+    kit, artifacts = (None, None) if args.direction else (_kit(args, args.device), _artifacts(args))
+    # torch only now (the alphas are parsed by the library): a missing database or study is told at once
+    from abliterate.objectives.analysis import parse_alphas
 
     alphas = parse_alphas(args.alphas)
     options = dict(mode=args.mode, layers=layers, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    if args.direction:
+    if kit is None:
         subject = measure.file_subject(args.direction, args.model, args.harmful or "advbench[0:64]", args.harmless or "benign[0:64]",
                                        args.edgy, args.direction_layer, args.dtype, args.device, _thinking(args))
-        written, artifacts = measure.Written(measure.dose(subject, alphas, _out(args), **options)), None
+        written = measure.Written(measure.dose(subject, alphas, _out(args), **options))
     else:
-        kit, artifacts = _kit(args, args.device), _artifacts(args)
         written = measure.dose_of_trial(kit, args.trial, alphas, artifacts, _out(args), args.harmful,
                                         args.harmless, args.edgy, **options)
     _written(written, args, artifacts)
