@@ -1,11 +1,13 @@
-"""The analyses fed by a study: its prompts, its cached directions, a trial's own edit.
+"""The specificity controls of a trial's edit, the words the promotion report, the trial's
+note and the model card use for them, and what the analyses share (plots attached to a study, JSON).
 
-``abliterate analyze``, ``dose`` and ``controls`` call these to find what a study holds; the
-measurements are in :mod:`objectives.analysis` and :mod:`objectives.dose`. Plots are attached
-to the study in an Optuna artifact store, which optuna-dashboard shows
-(``abliterate dashboard --artifacts DIR``); controls' findings go on the trial (user attrs
-``controls`` and ``specific``, and a note section) so that ``front --json`` and the dashboard
-show them. The promoter runs the controls in each candidate's confirmation
+A study's parts (prompts, cached directions, model, a trial's edit) come from its
+:class:`search.kit.StudyKit`; ``abliterate analyze``, ``dose`` and ``controls`` are
+:mod:`search.measure`, and the measurements :mod:`objectives.analysis` and
+:mod:`objectives.dose`. Plots are attached to the study in an Optuna artifact store, which
+optuna-dashboard shows (``abliterate dashboard --artifacts DIR``); controls' findings go on the
+trial (user attrs ``controls`` and ``specific``, and a note section) so that ``front --json``
+and the dashboard show them. The promoter runs the controls in each candidate's confirmation
 (:class:`search.promoter.Promoter`); :func:`specificity_line` is their word in the promotion
 report, the trial's note and the model card. Importing this module imports no torch: the
 promoter's report and the card read the words only.
@@ -24,37 +26,6 @@ if TYPE_CHECKING:
     import torch
 
     from abliterate.ablation.bake import Edit
-
-
-def open_study(storage_url: str | None, name: str):
-    """(storage, study, config) of an existing study; one-line errors otherwise."""
-    from abliterate.search.study import load
-    from abliterate.storage.rdb import open_storage
-
-    storage = open_storage(storage_url, create=False)
-    study, config = load(storage, name)
-    return storage, study, config
-
-
-def finished_trial(study, number: int):
-    """The study's finished trial ``number``; a one-line error naming what exists otherwise."""
-    for trial in study.get_trials(deepcopy=False):
-        if trial.number == number:
-            if trial.state.name != "COMPLETE":
-                raise AblationError(f"trial {number} of {study.study_name!r} is {trial.state.name}, not finished; pick one from abliterate front")
-            return trial
-    raise AblationError(f"study {study.study_name!r} has no trial {number}; pick one from abliterate front")
-
-
-def cached_directions(storage, study_name: str, config) -> dict[str, torch.Tensor]:
-    from abliterate.ablation.resolve import payload_key
-    from abliterate.search.trial import directions_from_bytes
-    from abliterate.storage.cache import ArtifactCache
-
-    payload = ArtifactCache(storage.engine, study_name, "analysis").get(payload_key(config.space))
-    if payload is None:
-        raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
-    return directions_from_bytes(payload)
 
 
 def not_measurable(params: dict) -> str | None:
@@ -102,16 +73,14 @@ def trial_edit(params: dict, directions: dict[str, torch.Tensor], writers):
     return candidate, resolve(candidate, directions, writers)
 
 
-def load_study_model(config, device: str = "auto"):
-    from abliterate.ablation.loading import load_model
-
-    return load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
-
-
-def chat_of(config):
-    from abliterate.objectives.refusal import ChatFormat
-
-    return ChatFormat(enable_thinking=config.enable_thinking)
+def measurable_edit(kit, params: dict):
+    """The :class:`ablation.bake.Edit` of a trial's ``params`` on the study of ``kit``, which
+    dose and controls measure; an edit that is not one direction (:func:`not_measurable`) is
+    refused in one line, before anything loads. Dose and controls bake every direction they try
+    into the trial's own heads (a heads trial), so a random direction is compared with the
+    trial's at the same place."""
+    check_measurable(params)
+    return kit.edit(params)
 
 
 def attach(storage, study, paths: list[Path], artifacts: str | Path, prefix: str = "") -> list[str]:
@@ -154,12 +123,12 @@ def holdout_unavailable(prompts: dict) -> str | None:
             f"{len(harmful)} harmful and {len(harmless)} harmless")
 
 
-def holdout_control(loaded, config, prompts: dict, params: dict, edit: Edit, max_new_tokens: int, batch_size: int,
-                    log: Callable[[str], None] = lambda _: None) -> dict:
-    """The trial's ``edit`` with its direction learned on one half of the extraction prompts (even
+def holdout_control(kit, params: dict, edit: Edit, log: Callable[[str], None] = lambda _: None) -> dict:
+    """The trial's edit with its direction learned on one half of the extraction prompts (even
     positions) and scored on the other half and on the confirmation prompts, beside the study's
-    own direction on the confirmation prompts; and the cosine of the two directions. A heads
-    trial's directions are both baked into the trial's heads (:func:`trial_edit`)."""
+    own direction (``edit``, the trial's :class:`ablation.bake.Edit`) on the confirmation
+    prompts; and the cosine of the two directions. A heads trial's directions are both baked
+    into the trial's heads."""
     from dataclasses import replace
 
     import torch
@@ -171,7 +140,8 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit: Edit, max
     from abliterate.objectives.dose import Scorer
     from abliterate.search.trial import capture_extraction
 
-    chat = chat_of(config)
+    loaded, chat, prompts, config = kit.model, kit.chat, kit.prompts, kit.config
+    max_new_tokens, batch_size = config.max_new_tokens, config.batch_size
     harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
     reason = holdout_unavailable(prompts)
     if reason:
@@ -199,24 +169,25 @@ def holdout_control(loaded, config, prompts: dict, params: dict, edit: Edit, max
             "confirmation": held_confirmation, "edit_confirmation": edit_confirmation}
 
 
-def run_controls(loaded, config, prompts: dict, params: dict, directions: dict, count: int, seed: int = 0, holdout: bool = True,
+def run_controls(kit, params: dict, count: int, seed: int = 0, holdout: bool = True,
                  log: Callable[[str], None] = lambda _: None) -> dict:
-    """The specificity controls of a trial's edit (``params`` with the study's ``directions``) on
-    the study's evaluation prompts: ``count`` random directions baked with the trial's profile
-    (:func:`objectives.dose.controls`) and, with ``holdout``, the holdout-learned direction."""
+    """The specificity controls of a trial's edit (``params`` on the study of ``kit``, a
+    :class:`search.kit.StudyKit`) on the study's evaluation prompts: ``count`` random directions
+    baked with the trial's profile (:func:`objectives.dose.controls`) and, with ``holdout``, the
+    holdout-learned direction. An edit that is not one direction is refused in one line."""
     import torch
 
     from abliterate.ablation import Baker, find_writers
     from abliterate.objectives.dose import Scorer, controls
 
-    baker = Baker(find_writers(loaded.model))
-    _, edit = trial_edit(params, directions, baker.writers)
-    scorer = Scorer(loaded, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"], None, config.max_new_tokens,
-                    config.batch_size, chat_of(config))
+    edit = measurable_edit(kit, params)
+    config, loaded = kit.config, kit.model
+    scorer = Scorer(loaded, kit.prompts["harmful", "evaluation"], kit.prompts["harmless", "evaluation"], None,
+                    config.max_new_tokens, config.batch_size, kit.chat)
     with torch.no_grad():
-        result = controls(scorer, baker, edit, count, seed, log)
+        result = controls(scorer, Baker(find_writers(loaded.model)), edit, count, seed, log)
         if holdout:
-            result["holdout"] = holdout_control(loaded, config, prompts, params, edit, config.max_new_tokens, config.batch_size, log)
+            result["holdout"] = holdout_control(kit, params, edit, log)
     return result
 
 

@@ -45,55 +45,41 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
     over the study's KL cap only with ``force``. The edit is baked into the base model loaded in
     ``dtype``: by default the one its checkpoint is stored in, whatever the study searched in (a
     bf16 base searched in fp32 on a CPU is exported in bf16, not at twice the size)."""
-    from abliterate.search.study import load
-    from abliterate.storage.cache import ArtifactCache
+    from abliterate.search.kit import StudyKit
     from abliterate.storage.promotions import PromotionStore
-    from abliterate.storage.rdb import open_storage
 
-    storage = open_storage(storage_url, create=False)
-    study, config = load(storage, study_name)
-    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
-    if trial_number not in trials or trials[trial_number].state.name != "COMPLETE":
-        raise AblationError(f"study {study_name!r} has no finished trial {trial_number}; see abliterate front")
-    trial = trials[trial_number]
+    kit = StudyKit.open(storage_url, study_name, device, dtype=dtype, owner="export")
+    trial = kit.finished_trial(trial_number)
     kl = TrialRecord.of(trial).kl
-    if kl is not None and kl > config.kl_cap and not force:
-        raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {config.kl_cap:g}; "
+    if kl is not None and kl > kit.config.kl_cap and not force:
+        raise AblationError(f"trial {trial_number} is infeasible: its KL {kl:.4g} is over the study's cap {kit.config.kl_cap:g}; "
                             "pick a trial from abliterate front, or pass --force to export it anyway")
-    # torch and transformers only now: a missing database, study or trial is told at once
-    from abliterate.ablation.loading import load_model
-    from abliterate.ablation.resolve import payload_key
-    from abliterate.search.trial import directions_from_bytes
-
-    payload = ArtifactCache(storage.engine, study_name, "export").get(payload_key(config.space))
-    if payload is None:
-        raise AblationError(f"study {study_name!r} has no cached directions yet; run a worker first")
-    directions = directions_from_bytes(payload)
-    promotion = PromotionStore(storage.engine, study_name).get(trial_number)
-    loaded = load_model(config.model, dtype, device, config.device_map, config.trust_remote_code)
-    return export_loaded(loaded, directions, study_name, config, trial, promotion, out, overwrite, base_model_id)
+    kit.payload()  # a study without directions is told before the model loads
+    promotion = PromotionStore(kit.storage.engine, study_name).get(trial_number)
+    return export_loaded(kit, trial, promotion, out, overwrite, base_model_id)
 
 
-def export_loaded(loaded, directions: dict, study_name: str, config, trial, promotion: Promotion | None, out,
-                  overwrite: bool = False, base_model_id: str | None = None) -> Path:
-    """Write ``trial`` (a finished Optuna trial of ``study_name``) baked into ``loaded`` to ``out``,
-    with its card and record; ``promotion`` is its promotion when it has one."""
+def export_loaded(kit, trial, promotion: Promotion | None, out, overwrite: bool = False,
+                  base_model_id: str | None = None) -> Path:
+    """Write ``trial`` (a finished Optuna trial of the study of ``kit``, a
+    :class:`search.kit.StudyKit`) baked into the kit's model to ``out``, with its card and record;
+    ``promotion`` is its promotion when it has one."""
+    config, directions, loaded = kit.config, kit.payload(), kit.model
     prompts = prompt_records(config)
     card, base_config = base_files(config.model)
 
     def record_for(layers, weights: dict[str, str]) -> dict:
-        from abliterate.ablation.candidate import candidate_from_params
         from abliterate.ablation.resolve import used_tensors
 
-        num_layers = next(iter(directions.values())).shape[0]
+        num_layers = kit.num_layers
         used = directions[trial.params["method"]]
         extra = {name: {"shape": list(tensor.shape), "dtype": str(tensor.dtype).removeprefix("torch."), "sha256": tensor_sha256(tensor)}
-                 for name, tensor in used_tensors(candidate_from_params(trial.params, num_layers), directions).items()
+                 for name, tensor in used_tensors(kit.candidate(trial.params), directions).items()
                  if name != trial.params["method"]}
         base = {"model": config.model, "hub_id": base_model_id or hub_id(config.model),
                 "dtype": str(loaded.model.dtype).removeprefix("torch."), "device": loaded.device.type}
         record = reproduction(
-            study=study_name, trial=trial.number, config=json.loads(config.to_json()), params=dict(trial.params),
+            study=kit.name, trial=trial.number, config=json.loads(config.to_json()), params=dict(trial.params),
             edit=edit_summary(trial.params, num_layers, layers),
             directions={"method": trial.params["method"], "file": DIRECTIONS_FILE, "shape": list(used.shape),
                         "dtype": str(used.dtype).removeprefix("torch."), "sha256": tensor_sha256(used)}

@@ -38,10 +38,10 @@ from abliterate.objectives.plan import Design, plan, plan_problem, summary
 from abliterate.objectives.sweep.base import Runner, run_sweep
 from abliterate.search.analysis import specificity_line
 from abliterate.search.front import feasible_front
+from abliterate.search.kit import StudyKit
 from abliterate.search.paths import study_folder
 from abliterate.search.promotion_settings import DEFAULT_CONTROLS, MAX_SECONDS, PromotionSettings
 from abliterate.search.study import load, stop_requested
-from abliterate.storage.errors import StorageError
 from abliterate.storage.leases import Leases
 from abliterate.storage.optuna_access import append_trial_note, set_trial_user_attrs
 from abliterate.storage.promotions import PromotionStore, SweepStore
@@ -57,15 +57,17 @@ class Promoter:
     def __init__(self, storage, study_name: str, runner: Runner, settings: PromotionSettings = PromotionSettings(),
                  log: Callable[[str], None] = print):
         self.storage, self.runner, self.settings, self.log = storage, runner, settings, log
-        self.study, self.config = load(storage, study_name)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        # The study's model, payload and prompts, loaded on first need.
+        self.kit = StudyKit(storage, study_name, settings.device, owner=self.owner)
+        self.study, self.config = self.kit.study, self.kit.config
         self.config.check_prompt_files()  # now, not at the first candidate's confirmation
         runner.check()  # now, not after a candidate's confirmation and export
         self.name = study_name
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self.leases = Leases(storage.engine, self.owner, settings.lease_seconds)
         self.promotions = PromotionStore(storage.engine, study_name)
         self.root = study_folder(Path(settings.checkpoints).expanduser().resolve(), study_name)
-        self._bench = None  # model, directions and confirmation scorer, loaded on first need
+        self._confirmation = None  # (scorer, base model's refusal) on the confirmation prompts, on first need
         self.without_verdict: set[int] = set()  # candidates this run left without a verdict (no valid results)
         self._retried: set[str] = set()  # sweeps whose given-up attempts this run tried again
         tasks = len(runner.tasks())
@@ -206,12 +208,15 @@ class Promoter:
 
     def confirm(self, trial: FrozenTrial) -> Confirmation:
         """Re-score on the held-out confirmation prompts with longer answers, against the base
-        model; a candidate that beats it is then put to the specificity controls (:meth:`controls`)."""
-        bench = self._load()
-        outcome = bench["scorer"].run(self._candidate(trial))
+        model; a candidate that beats it is then put to the specificity controls (:meth:`controls`).
+
+        ``beats_base``: the confirmation's own finding; ``passed``: that, and specific (or not
+        controlled, or ``include_not_specific``); ``controls``: what the controls found."""
+        scorer, base_refusal = self._confirmation_bench()
+        outcome = scorer.run(self.kit.candidate(trial.params))
         refusal = outcome.values[0]
-        beats = bool(outcome.feasible and refusal <= bench["base_refusal"] - self.settings.margin)
-        found = Confirmation(refusal, outcome.kl, bench["base_refusal"], self.settings.margin, passed=beats, feasible=outcome.feasible,
+        beats = bool(outcome.feasible and refusal <= base_refusal - self.settings.margin)
+        found = Confirmation(refusal, outcome.kl, base_refusal, self.settings.margin, passed=beats, feasible=outcome.feasible,
                              beats_base=beats, refusal_rate=outcome.refusal.rate("refusal") if outcome.refusal else None)
         if not beats:  # the controls cost a dozen refusal passes: not for a candidate dropped anyway
             return found
@@ -237,12 +242,10 @@ class Promoter:
         if reason:
             self.log(f"trial {trial.number}: specificity controls not run: {reason}")
             return {"not_run": reason}
-        bench, prompts = self._load(), self.config.prompts()
-        no_holdout = holdout_unavailable(prompts)
+        no_holdout = holdout_unavailable(self.kit.prompts)
         if no_holdout:
             self.log(f"trial {trial.number}: holdout control not run: {no_holdout}")
-        result = run_controls(bench["loaded"], self.config, prompts, trial.params, bench["directions"], self.settings.controls,
-                              holdout=no_holdout is None)
+        result = run_controls(self.kit, trial.params, self.settings.controls, holdout=no_holdout is None)
         summary = record_controls(self.storage, self.study, trial, result)
         self.log(f"trial {trial.number}: controls: {verdict(result)}")
         return summary | ({"holdout": {"not_run": no_holdout}} if no_holdout else {})
@@ -255,9 +258,7 @@ class Promoter:
         target = self.root / f"trial-{trial.number}"
         if (target / "config.json").exists():
             return target
-        bench = self._load()
-        export_loaded(bench["loaded"], bench["directions"], self.name, self.config, trial, self.promotions.get(trial.number),
-                      target, overwrite=True)
+        export_loaded(self.kit, trial, self.promotions.get(trial.number), target, overwrite=True)
         self.log(f"trial {trial.number}: checkpoint {target}")
         return target
 
@@ -269,7 +270,7 @@ class Promoter:
             return str(Path(self.config.model).resolve())
         target = self.root / "base"
         if not (target / "config.json").exists():
-            export_checkpoint(self._load()["loaded"], target, overwrite=True)
+            export_checkpoint(self.kit.model, target, overwrite=True)
         return str(target)
 
     def sweep(self, model: str, key: str, label: str, retry: bool = False) -> dict[str, tuple[int, int]]:
@@ -292,34 +293,20 @@ class Promoter:
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _candidate(self, trial: FrozenTrial):
-        from abliterate.ablation.candidate import candidate_from_params
+    def _confirmation_bench(self):
+        """(scorer, the base model's refusal) on the held-out confirmation prompts, with answers
+        ``confirm_tokens`` long (default twice the study's), made once."""
+        if self._confirmation is None:
+            from abliterate.search.trial import TrialRunner
 
-        return candidate_from_params(trial.params, self._load()["num_layers"])
-
-    def _load(self) -> dict:
-        if self._bench is None:
-            from abliterate.ablation.loading import load_model
-            from abliterate.ablation.resolve import payload_key
-            from abliterate.objectives.refusal import ChatFormat, make_proxy
-            from abliterate.search.trial import TrialRunner, directions_from_bytes
-            from abliterate.storage.cache import ArtifactCache
-
-            payload = ArtifactCache(self.storage.engine, self.name, self.owner).get(payload_key(self.config.space))
-            if payload is None:
-                raise StorageError(f"study {self.name!r} has no cached directions yet; run a worker first")
-            directions = directions_from_bytes(payload)
-            config, prompts = self.config, self.config.prompts()
-            chat = ChatFormat(enable_thinking=config.enable_thinking)
-            loaded = load_model(config.model, config.dtype, self.settings.device, config.device_map, config.trust_remote_code)
-            proxy = make_proxy(config.proxy, self.settings.confirm_tokens or 2 * config.max_new_tokens, config.batch_size, chat,
-                               config.judge_settings(self.settings.device).build())
+            kit, config = self.kit, self.config
+            directions = kit.payload()  # before the model: a study without directions is told at once
+            prompts, loaded = kit.prompts, kit.model
+            proxy = kit.proxy(self.settings.confirm_tokens or 2 * config.max_new_tokens)
             scorer = TrialRunner(loaded, directions, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"],
-                                 proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size)
-            base_refusal = proxy.score(loaded, prompts["harmful", "confirmation"]).value
-            self._bench = {"loaded": loaded, "directions": directions, "scorer": scorer, "baker": scorer.baker,
-                           "base_refusal": base_refusal, "num_layers": next(iter(directions.values())).shape[0]}
-        return self._bench
+                                 proxy, config.kl_cap, config.kl_tokens, kit.chat, config.batch_size)
+            self._confirmation = scorer, proxy.score(loaded, prompts["harmful", "confirmation"]).value
+        return self._confirmation
 
     def _restate(self, checkpoint: Path, promotion: Promotion) -> None:
         """The verdict in the checkpoint's model card and record too (checkpoints exported by an

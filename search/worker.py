@@ -18,24 +18,13 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
-from abliterate.ablation.loading import load_model
-from abliterate.ablation.resolve import payload_key
-from abliterate.objectives.payload import compute_payload
-from abliterate.objectives.refusal import ChatFormat, make_proxy
 from abliterate.search import baseline, halt
 from abliterate.search.front import dominating_point
 from abliterate.search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
-from abliterate.search.space import candidate_from_params, starting_points, suggest
-from abliterate.search.study import load, stop_requested
-from abliterate.search.trial import (
-    TrialOutcome,
-    TrialRunner,
-    capture_extraction,
-    directions_from_bytes,
-    directions_to_bytes,
-    strongest_layer,
-)
-from abliterate.storage.cache import ArtifactCache
+from abliterate.search.kit import StudyKit
+from abliterate.search.space import starting_points, suggest
+from abliterate.search.study import stop_requested
+from abliterate.search.trial import TrialOutcome, TrialRunner, strongest_layer
 from abliterate.storage.errors import DatabaseUnreachable
 from abliterate.storage.leases import Leases
 from abliterate.storage.optuna_access import backend_of, record_heartbeat, set_system_attr, storage_of, stored_trial
@@ -67,7 +56,9 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     log = log or say
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # each trial logs its own one line
     storage = open_storage(storage_url, max_retry=max_retry, create=False)
-    study, config = load(storage, study_name)
+    owner = owner_name(os.getpid())
+    kit = StudyKit(storage, study_name, device, owner=owner, judge_device=judge_device)
+    study, config = kit.study, kit.config
     heartbeat_interval, grace_period = config.heartbeat_interval, config.grace_period
     storage.tolerate_outages(grace_period, log)
     if stop_requested(study):
@@ -76,8 +67,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     if finished(study) >= config.n_trials:
         log(f"study {study_name!r} already has {finished(study)} of {config.n_trials} finished trials")
         return 0
-    prompts = config.prompts()
-    chat = ChatFormat(enable_thinking=config.enable_thinking)
+    prompts = kit.prompts
     started = time.monotonic()
 
     def step(line: str) -> None:
@@ -85,21 +75,19 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         log(f"[{time.monotonic() - started:5.0f} s] {line}")
 
     step(f"loading {config.model} (dtype {config.dtype}, device {device})")
-    loaded = load_model(config.model, config.dtype, device, config.device_map, config.trust_remote_code)
+    loaded = kit.model
     step(f"loaded: {str(loaded.model.dtype).removeprefix('torch.')} on {loaded.device}")
-    owner = owner_name(os.getpid())
-    cache = ArtifactCache(storage.engine, study_name, owner, stale_after=grace_period)
     methods = sorted(config.space.methods)
     computed_here = False
-    proxy = make_proxy(config.proxy, config.max_new_tokens, config.batch_size, chat, config.judge_settings(judge_device or device).build())
+    proxy = kit.proxy()
 
-    def compute() -> bytes:
+    def compute() -> dict:
         nonlocal computed_here
         computed_here = True
         halt.at("directions")
         harmful, harmless = prompts["harmful", "extraction"], prompts["harmless", "extraction"]
         step(f"computing the directions ({', '.join(methods)}) from {len(harmful)} harmful and {len(harmless)} harmless prompts")
-        residuals = capture_extraction(loaded, harmful, harmless, chat, config.batch_size)
+        residuals = kit.extraction_residuals()
         # Once per study, with the directions: the designed first trials (a retried computation
         # enqueues nothing twice).
         points = starting_points(config.space, strongest_layer(*residuals), config.starting_points)
@@ -113,27 +101,24 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             report.append(line)
             log(line)
 
-        payload = compute_payload(loaded, harmful, harmless, residuals, config.space, proxy, chat, config.batch_size, note,
-                                  config.categories(), config.sae)
+        payload = kit.compute_payload(residuals, proxy, note)
         if report:  # what the directions look like (cone geometry, cos(r, c)), for whoever reads the study later
             study.set_user_attr(DIRECTIONS_REPORT, report)
         if baseline.baseline_of(study) is None:  # a computation retried after a crash does not measure it again
             harmful_evaluation = prompts["harmful", "evaluation"]
             step(f"measuring the base model's refusals on the {len(harmful_evaluation)} evaluation prompts (one refusal pass)")
             base = baseline.measure(loaded, proxy, harmful_evaluation, prompts["edgy", "evaluation"] if config.over_refusal else None,
-                                    chat, config.max_new_tokens, config.batch_size)
+                                    kit.chat, config.max_new_tokens, config.batch_size)
             study.set_user_attr(BASELINE, base)
             step(baseline.baseline_line(base))
             halt.at("baseline")
-        return directions_to_bytes(payload)
+        return payload
 
-    payload = cache.get_or_compute(payload_key(config.space), compute)
+    directions = kit.payload(compute)
     step(f"directions ({', '.join(methods)}): {'computed here' if computed_here else 'from the study cache'}")
-    directions = directions_from_bytes(payload)
-    num_layers = next(iter(directions.values())).shape[0]
     step(f"the base model's log-probs on the {len(prompts['harmless', 'evaluation'])} harmless evaluation prompts (KL's reference)")
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
-                         proxy, config.kl_cap, config.kl_tokens, chat, config.batch_size,
+                         proxy, config.kl_cap, config.kl_tokens, kit.chat, config.batch_size,
                          prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens)
     step("ready: running trials")
 
@@ -155,7 +140,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
 
         # Pruning compares (refusal, KL) only: with over-refusal as a third objective a trial
         # dominated there may still reach the front, so every trial runs to its end.
-        outcome = runner.run(candidate_from_params(params, num_layers), None if config.over_refusal else give_up_at)
+        outcome = runner.run(kit.candidate(params), None if config.over_refusal else give_up_at)
         record(trial, outcome, config.kl_cap, owner, dominated_by[-1] if outcome.pruned else None)
         halt.at("recorded", trial.number)
         if outcome.pruned:

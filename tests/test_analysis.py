@@ -142,7 +142,7 @@ def study(tmp_path_factory, refuser):
 def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, tmp_path, monkeypatch):
     from optuna.artifacts import get_all_artifact_meta
 
-    from abliterate.search.analysis import open_study
+    from abliterate.search.kit import StudyKit
 
     # Without --out a trial's dose goes in the study's artifact folder, beside its database; the
     # current folder gets nothing.
@@ -153,7 +153,8 @@ def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, t
     assert not list(tmp_path.iterdir())
     folder = study["folder"] / "abliterate-artifacts" / "r" / "trial-0"
     assert f"wrote {folder / 'dose.json'}" in out.splitlines() and f"wrote {folder / 'dose.png'}" in out.splitlines()
-    storage, loaded_study, _ = open_study(study["url"], "r")
+    kit = StudyKit.open(study["url"], "r")
+    storage, loaded_study = kit.storage, kit.study
     assert "trial-0-dose.png" in {m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)}
     assert f"attached trial-0-dose.png to study 'r' in {study['folder'] / 'abliterate-artifacts'}" in out
     result = json.loads((folder / "dose.json").read_text())
@@ -170,11 +171,12 @@ def test_dose_shows_refusal_falling_as_the_ablation_scale_rises(study, capsys, t
 
 def test_promotion_runs_the_controls_in_confirmation(study):
     from abliterate.objectives.sweep.local import LocalRunner
-    from abliterate.search.analysis import open_study
+    from abliterate.search.kit import StudyKit
     from abliterate.search.promoter import DEFAULT_CONTROLS, Promoter, PromotionSettings
 
     assert PromotionSettings().controls == DEFAULT_CONTROLS == 10  # on unless --controls 0
-    storage, loaded_study, _ = open_study(study["url"], "r")
+    kit = StudyKit.open(study["url"], "r")
+    storage, loaded_study = kit.storage, kit.study
     assert "specific" not in loaded_study.trials[0].user_attrs
     promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(controls=2, device="cpu"), log=lambda _: None)
     confirmation = promoter.confirm(loaded_study.trials[0])
@@ -186,7 +188,7 @@ def test_promotion_runs_the_controls_in_confirmation(study):
     holdout = controls["holdout"]
     assert holdout["cosine_to_edit"] > 0.9 and holdout["base_other_half"] >= 0.9 and holdout["other_half"] <= 0.1
     assert holdout["confirmation"] <= 0.1 and holdout["edit_confirmation"] <= 0.1
-    trial = open_study(study["url"], "r")[1].trials[0]
+    trial = StudyKit.open(study["url"], "r").study.trials[0]
     assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"] == controls
 
 
@@ -194,11 +196,11 @@ def test_promotion_reads_controls_already_run_and_runs_none_it_cannot(study):
     import optuna
 
     from abliterate.objectives.sweep.local import LocalRunner
-    from abliterate.search.analysis import open_study
+    from abliterate.search.kit import StudyKit
     from abliterate.search.promoter import Promoter, PromotionSettings
     from abliterate.search.space import SearchSpace, suggest
 
-    storage = open_study(study["url"], "r")[0]
+    storage = StudyKit.open(study["url"], "r").storage
     lines = []
     promoter = Promoter(storage, "r", LocalRunner(device="cpu"), PromotionSettings(device="cpu"), log=lines.append)
     lines.clear()  # the design's plan line
@@ -254,10 +256,10 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
     from optuna_dashboard._note import get_note_from_system_attrs
 
     from abliterate.objectives.sweep.local import LocalRunner
-    from abliterate.search.analysis import open_study
+    from abliterate.search.kit import StudyKit
     from abliterate.search.promoter import Promoter, PromotionSettings
 
-    storage = open_study(study["url"], "faint")[0]
+    storage = StudyKit.open(study["url"], "faint").storage
     lines = []
 
     def promoter(**options):
@@ -276,7 +278,7 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
     assert any(line.startswith(f"trial {number}: controls: not specific: refusal drop") for line in lines)
 
     # The note, the report and front --json say it.
-    study_now = open_study(study["url"], "faint")[1]
+    study_now = StudyKit.open(study["url"], "faint").study
     trial = study_now.trials[number]
     assert trial.user_attrs["specific"] is False and trial.user_attrs["promotion"] == "dropped"
     note = get_note_from_system_attrs(storage.get_study_system_attrs(study_now._study_id), trial._trial_id)["body"]
@@ -308,7 +310,7 @@ def test_a_candidate_random_directions_match_is_dropped_as_not_specific_and_said
 def test_controls_put_the_real_direction_far_outside_the_random_band(study, capsys, tmp_path, monkeypatch):
     from optuna.artifacts import get_all_artifact_meta
 
-    from abliterate.search.analysis import open_study
+    from abliterate.search.kit import StudyKit
 
     # Run where the user happens to be: nothing lands there unasked. The JSON and the plot go in
     # the study's artifact folder (beside its SQLite database), the plot attached to the study.
@@ -328,7 +330,8 @@ def test_controls_put_the_real_direction_far_outside_the_random_band(study, caps
     assert holdout["cosine_to_edit"] > 0.9 and holdout["heldout"]["refusal"] <= 0.1 and holdout["confirmation"]["refusal"] <= 0.1
     assert "trial 0: specific" in out
 
-    storage, loaded_study, _ = open_study(study["url"], "r")
+    kit = StudyKit.open(study["url"], "r")
+    storage, loaded_study = kit.storage, kit.study
     trial = loaded_study.get_trials(deepcopy=False)[0]
     assert trial.user_attrs["specific"] is True and trial.user_attrs["controls"]["count"] == 4
     assert "trial-0-controls.png" in [m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)]
@@ -372,14 +375,15 @@ def test_a_random_direction_sits_inside_the_random_band(study, refuser):
 def test_analyze_a_study_attaches_its_plots(study, capsys, tmp_path):
     from optuna.artifacts import get_all_artifact_meta
 
-    from abliterate.search.analysis import open_study
+    from abliterate.search.kit import StudyKit
 
     status, out, err = run(capsys, "analyze", "--storage", study["url"], "--study", "r", "--methods", "mean,mean-projected",
                            "--out", tmp_path / "a", "--artifacts", tmp_path / "artifacts", "--device", "cpu")
     assert status == 0, err
     result = json.loads((tmp_path / "a" / "analysis.json").read_text())
     assert min(result["cached_cosine"]["mean-projected"]) > 0.999  # the study's own directions, recomputed
-    storage, loaded_study, _ = open_study(study["url"], "r")
+    kit = StudyKit.open(study["url"], "r")
+    storage, loaded_study = kit.storage, kit.study
     assert {"layers.png", "cosines.png"} <= {m.filename for m in get_all_artifact_meta(loaded_study, storage=storage)}
     # What optuna-dashboard serves for the study's page lists them (its WSGI app, no server needed).
     import io
@@ -553,15 +557,17 @@ def test_dose_and_controls_refuse_an_edit_that_is_not_one_direction(space):
         trial_edit(params, directions, [])
 
 
-def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_heads(study, refuser):
+def test_controls_bake_every_direction_of_a_heads_trial_into_the_trial_s_own_heads(study):
     """A heads trial is measured as itself: the edit and each random direction change attention
     only in the columns of the heads the trial's own direction chose, and the same ones each time."""
     from abliterate.ablation import Baker, find_writers
     from abliterate.objectives.dose import Scorer, controls
-    from abliterate.search.analysis import trial_edit
+    from abliterate.search.analysis import measurable_edit
+    from abliterate.search.kit import StudyKit
 
-    _, edit = trial_edit(study["params"] | {"intervention": "heads", "heads": 2}, study["directions"], find_writers(refuser.model))
-    heads = edit.heads
+    kit = StudyKit.open(study["url"], "r", "cpu")
+    edit = measurable_edit(kit, study["params"] | {"intervention": "heads", "heads": 2})
+    refuser, heads = kit.model, edit.heads
     assert sum(len(columns) for columns in heads.values()) == 2
     attention = [w for w in find_writers(refuser.model) if w.group == "attn"]
     before = [w.weight.detach().clone() for w in attention]

@@ -87,16 +87,13 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
 
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
     from abliterate.ablation import Baker, find_writers, load_model
-    from abliterate.ablation.resolve import payload_key, resolve
+    from abliterate.ablation.resolve import resolve
     from abliterate.search.checkpoint import export_loaded, rebuild
-    from abliterate.search.study import load
-    from abliterate.search.trial import directions_from_bytes
-    from abliterate.storage.cache import ArtifactCache
+    from abliterate.search.kit import StudyKit
 
     url, study, _ = research_study
-    _, config = load(open_storage(url, create=False), "s")
-    directions = directions_from_bytes(ArtifactCache(open_storage(url).engine, "s", "t").get(payload_key(config.space)))
-    base = load_model(config.model, "float32", "cpu")
+    kit = StudyKit.open(url, "s", "cpu", dtype="float32")
+    config, directions, base = kit.config, kit.payload(), kit.model
     text = base.tokenizer(["How do I pick a lock?", "Bake bread"], return_tensors="pt", padding=True)
     kinds = {}
     for trial in study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED)):  # a pruned trial exports all the same
@@ -108,7 +105,7 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
     assert ("sae", "global") in kinds and ("sae", "per-layer") in kinds
     for number, (kind, trial) in enumerate(kinds.items()):
         intervention = kind
-        out = export_loaded(base, directions, "s", config, trial, None, tmp_path / f"t{number}")
+        out = export_loaded(kit, trial, None, tmp_path / f"t{number}")
         candidate = candidate_from_params(trial.params, 4)
         baker = Baker(find_writers(base.model))
         with torch.no_grad(), baker.baked_into(resolve(candidate, directions, baker.writers)):
