@@ -263,8 +263,7 @@ def _render(renderable) -> list[str]:
 def test_front_and_promotion_tables_fit_80_columns_one_line_a_row():
     from types import SimpleNamespace
 
-    from abliterate.search.cli.browse import front_table
-    from abliterate.search.cli.promotion import summary_table
+    from abliterate.search.cli.views import front_table, summary_table
 
     def trials(different):
         return [SimpleNamespace(number=n, values=(refusal, kl), user_attrs={"refusal_rate": refusal, "degenerate_rate": 0.0208},
@@ -301,7 +300,7 @@ def test_the_report_says_what_the_specificity_controls_found():
 
     from rich.console import Console
 
-    from abliterate.search.cli.promotion import print_report
+    from abliterate.search.cli.views import print_report
 
     gate = {"reason": "trial passed", "tasks": [{"p": 0.01, "p_holm": 0.1}], "pooled_p": 0.01, "look": 12, "tested": 1068,
             "pooled_odds_ratio": None, "flags": []}

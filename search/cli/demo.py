@@ -16,8 +16,7 @@ def register(commands) -> None:
 
 
 def _demo(args) -> int:
-    from abliterate.search.cli.browse import print_front
-    from abliterate.search.cli.promotion import print_report
+    from abliterate.search.cli.views import print_front, print_report
     from abliterate.search.demo import DEMO_STORAGE, DEMO_STUDY, promote_demo, run_demo
     from abliterate.search.promoter import report
     from abliterate.storage.rdb import open_storage

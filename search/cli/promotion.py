@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abliterate.search.cli.common import add_command, console, gate_options, gate_rule, not_negative, port, positive, real, study_options
+from abliterate.search.cli.views import print_report
 
 # Literals, not imported from search.promotion_settings: --help must not import the gate's scipy
 # (tests/test_cli.py checks that they agree).
@@ -149,84 +150,3 @@ def _report(args) -> int:
         return 0
     print_report(rows, args.study, console(), details=True)
     return 0
-
-
-def print_report(rows: list[dict], study: str, out, details: bool) -> None:
-    out.print(summary_table(rows, study))
-    for row in rows:  # decisions are prose: below the table, where a long one wraps as a paragraph
-        for line in (specificity_prose(row), (row.get("gate") or {}).get("reason", row.get("error", ""))):
-            if line:
-                out.print(f"  trial {row['trial']}: {line}", highlight=False)
-    for row in rows if details else []:
-        g = row.get("gate")
-        if not g:
-            continue
-        table = _task_table(row["trial"], row["status"], g)
-        out.print(table)
-        ratio = "n/a" if g["pooled_odds_ratio"] is None else f"{g['pooled_odds_ratio']:.3g}"
-        out.print(f"pooled CMH p {g['pooled_p']:.3g}, odds ratio {ratio}")
-        for flag in g["flags"]:
-            out.print(f"  note: {flag}", highlight=False)
-
-
-def summary_table(rows: list[dict], study: str):
-    """One row per promoted trial, fitting 80 columns; the decisions follow the table."""
-    from rich import box
-    from rich.table import Table
-
-    # Collapsed padding, no edge: nine columns in 80 (the specificity column came last).
-    summary = Table(title=f"promotions of {study!r}", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
-                    title_justify="left")
-    # "look": which candidate of the study this decision is (its task tests so far in brackets);
-    # "specific": the specificity controls' verdict, its spreads in the prose below the table
-    for column in ("trial", "status", "refusal", "base", "best p", "Holm p", "pooled p", "look", "specific"):
-        summary.add_column(column, no_wrap=True, justify="left" if column in ("status", "specific") else "right")
-    for row in rows:
-        c, g = row.get("confirmation") or {}, row.get("gate") or {}
-        tasks = g.get("tasks", [])
-        summary.add_row(str(row["trial"]), row["status"], f"{c['refusal']:.3f}" if c else "", f"{c['base_refusal']:.3f}" if c else "",
-                        f"{min(t['p'] for t in tasks):.3g}" if tasks else "",
-                        f"{min(t['p_holm'] for t in tasks):.3g}" if tasks else "",
-                        f"{g['pooled_p']:.3g}" if g else "", f"{g.get('look', 1)} ({g.get('tested', len(tasks))})" if g else "",
-                        specific_cell(row))
-    return summary
-
-
-def _controls(row: dict) -> dict | None:
-    """A report row's specificity controls: its confirmation's, or a skipped trial's own."""
-    c = row.get("confirmation") or {}
-    return row.get("controls") or c.get("controls") or ({"specific": c["specific"]} if "specific" in c else None)
-
-
-def specific_cell(row: dict) -> str:
-    """``yes`` / ``no`` / ``not run`` (a confirmation that ran no controls), or blank (no confirmation)."""
-    controls = _controls(row)
-    if not controls and not row.get("confirmation"):
-        return ""
-    verdict = (controls or {}).get("specific")
-    return "not run" if verdict is None else "yes" if verdict else "no"
-
-
-def specificity_prose(row: dict) -> str:
-    """The controls' finding on a report row in words (see search.analysis), when there is one."""
-    from abliterate.search.analysis import specificity_line, specificity_words
-    from abliterate.storage.records import Status
-
-    if row["status"] == Status.SKIPPED:
-        return f"{specificity_words(_controls(row))} (abliterate controls); skipped, --include-not-specific promotes it"
-    return specificity_line(row.get("confirmation") or {}) or ""
-
-
-def _task_table(trial: int, status: str, g: dict):
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=f"trial {trial}: {status} (rule {g['rule']['rule']}, {g['rule']['test']}, alpha {g['rule']['alpha']})",
-                  box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
-    for column in ("task", "candidate", "baseline", "p", "p (Holm)", "p (BH)"):
-        table.add_column(column, overflow="fold", justify="left" if column == "task" else "right")
-    for t in g["tasks"]:
-        c = t["counts"]
-        table.add_row(c["task"], f"{c['candidate_pass']}/{c['candidate_n']}", f"{c['baseline_pass']}/{c['baseline_n']}",
-                      f"{t['p']:.3g}", f"{t['p_holm']:.3g}", f"{t['p_bh']:.3g}")
-    return table

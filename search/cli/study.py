@@ -35,8 +35,8 @@ def register(commands) -> None:
 
 
 def _search(args) -> int:
-    from abliterate.search.cli.browse import print_front
     from abliterate.search.cli.settings import resolve
+    from abliterate.search.cli.views import print_front
     from abliterate.search.run import run_study
     from abliterate.storage.rdb import check_storage
     from abliterate.storage.urls import redacted
