@@ -22,6 +22,17 @@ def tiny():
     return tiny_model
 
 
+@pytest.fixture
+def saved_tiny(tmp_path, tiny):
+    """saved_tiny(model_type) -> the folder tmp_path/model holding a fresh tiny model and its tokenizer."""
+    def save(model_type: str):
+        model, tokenizer = tiny(model_type)
+        model.save_pretrained(tmp_path / "model")
+        tokenizer.save_pretrained(tmp_path / "model")
+        return tmp_path / "model"
+    return save
+
+
 ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 

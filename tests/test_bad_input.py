@@ -262,11 +262,8 @@ def test_inspect_needs_no_tokenizer_and_the_others_name_the_missing_files(tmp_pa
 
 
 @pytest.fixture
-def model_folder(tmp_path, tiny):
-    model, tokenizer = tiny("qwen3")
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
+def model_folder(saved_tiny):
+    return saved_tiny("qwen3")
 
 
 def _damage(folder, damage):

@@ -20,11 +20,8 @@ def abliterate(*args, cwd=None):
 
 
 @pytest.fixture
-def model_dir(tmp_path, tiny):
-    model, tokenizer = tiny("qwen3_moe")
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    return tmp_path / "model"
+def model_dir(saved_tiny):
+    return saved_tiny("qwen3_moe")
 
 
 def test_inspect_prints_every_writer(model_dir):

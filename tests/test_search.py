@@ -21,11 +21,8 @@ FAST = dict(n_trials=8, max_new_tokens=16, batch_size=8, seed=0, heartbeat_inter
 
 
 @pytest.fixture
-def model_dir(tmp_path, tiny):
-    model, tokenizer = tiny("qwen3")
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
+def model_dir(saved_tiny):
+    return str(saved_tiny("qwen3"))
 
 
 def config(model_dir, **options):

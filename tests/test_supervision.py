@@ -26,11 +26,8 @@ SEARCH = ["search", "--study", "s", "--harmful", "demo-harmful", "--harmless", "
 
 
 @pytest.fixture
-def model_dir(tmp_path, tiny):
-    model, tokenizer = tiny("qwen3")
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    return str(tmp_path / "model")
+def model_dir(saved_tiny):
+    return str(saved_tiny("qwen3"))
 
 
 @pytest.fixture
