@@ -112,13 +112,13 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     the resume, which any number of tasks exercises the same way."""
     study_with_front(postgres_url)
     engine = open_storage(postgres_url).engine
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
+    suite = tmp_path / "tasks"
+    suite.mkdir()
     for name in ("bake-pie", "steal-scooter", "forge-diploma"):
-        shutil.copy(DEFAULT_TASKS / f"{name}.yaml", tasks)
+        shutil.copy(DEFAULT_TASKS / f"{name}.yaml", suite)
     promote = ["promote", "--storage", postgres_url, "--study", "s", "--once", "--attempts", ATTEMPTS, "--device", "cpu",
                "--checkpoints", tmp_path / "ck", "--lease", 3, "--controls", 2,  # a small band: the controls are not what is tested
-               "--tasks", tasks]
+               "--tasks", suite]
     first = cli(*promote)
     while len(attempt_rows(engine)) < 5:  # a state, whatever the time it takes: inside the baseline's sweep
         assert first.poll() is None, first.communicate()[0]
@@ -145,16 +145,16 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     assert decided, rows
     # Every decision counts the candidates gated before it in the study, one look each.
     assert sorted(r["gate"]["look"] for r in decided) == list(range(1, len(decided) + 1))
-    assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner(tasks).tasks()) for r in decided)
+    assert all(r["gate"]["tested"] == r["gate"]["look"] * len(LocalRunner(suite).tasks()) for r in decided)
     row = decided[0]
     assert row["confirmation"]["passed"] and row["attempts"] == ATTEMPTS
     assert row["confirmation"]["specific"] is True and row["confirmation"]["controls"]["count"] == 2  # run in confirmation
     tasks = row["gate"]["tasks"]
-    assert len(tasks) == len(LocalRunner(tasks).tasks())
+    assert len(tasks) == len(LocalRunner(suite).tasks())
     assert all(t["counts"]["candidate_n"] == ATTEMPTS and t["counts"]["baseline_n"] == ATTEMPTS for t in tasks)
 
     # The verdict equals a clean, uninterrupted sweep of the same checkpoints.
-    runner = LocalRunner(tasks, device="cpu", dtype="fp32")
+    runner = LocalRunner(suite, device="cpu", dtype="fp32")
     fresh = {label: run_sweep(runner, model, ATTEMPTS, SweepStore(engine, f"clean:{label}"), tmp_path / "clean", log=lambda s: None)
              for label, model in (("base", demo_config(1).model), ("candidate", row["checkpoint"]))}
     for t in tasks:
