@@ -1,5 +1,6 @@
 import glob
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -12,6 +13,13 @@ import sqlalchemy
 import transformers
 
 transformers.logging.set_verbosity_error()
+
+
+# A shell that starts the suite in the background (``pytest &``) hands it SIGINT ignored, and
+# every process a test starts inherits that: Python then installs no Ctrl-C handler, and a test
+# that interrupts a command waits forever. The suite restores it, whatever started it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
