@@ -95,7 +95,8 @@ def test_a_second_promoter_leaves_a_finished_verdict_alone(tmp_path, monkeypatch
     gated = []
     monkeypatch.setattr(promoter, "promote", lambda t: gated.append(t.number) or "accepted")
     assert promoter.run_once() == 0 and gated == []
-    assert PromotionStore(storage.engine, "s").get(0) == ("no_lift", {"gate": {"by": "the first promoter"}})
+    kept = PromotionStore(storage.engine, "s").get(0)
+    assert (kept.status, kept.gate) == ("no_lift", {"by": "the first promoter"})
 
 
 def test_a_worker_with_a_user_error_is_not_restarted(tmp_path, capfd):
