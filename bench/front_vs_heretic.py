@@ -102,18 +102,26 @@ def heretic_startup(budget: int) -> int:
 
 
 def run_heretic(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
+    raw, wall, cpu = search_heretic(run_dir, budget, seed, prompts, model, python, keep)
+    _write_run(run_dir, "heretic", budget, seed, wall, raw["trials"], {"base_refusals": raw["base_refusals"], "cpu_seconds": cpu})
+
+
+def search_heretic(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int,
+                   system: str = QWEN_SYSTEM, new_tokens: int = NEW_TOKENS) -> tuple[dict, float, float]:
+    """Heretic's own search in ``run_dir``, its first ``keep`` front trials saved as folders under
+    ``run_dir/candidates``: (its raw record, wall seconds, CPU seconds of the child)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     (run_dir / "config.toml").write_text(f"""model = "{model}"
 dtypes = ["bfloat16"]
 device_map = "cpu"
 batch_size = {BATCH}
-max_response_length = {NEW_TOKENS}
+max_response_length = {new_tokens}
 response_prefix = ""
 seed = {seed}
 n_trials = {budget}
 n_startup_trials = {heretic_startup(budget)}
-system_prompt = "{QWEN_SYSTEM}"
+system_prompt = {json.dumps(system)}
 study_checkpoint_dir = "checkpoints"
 export_strategy = "merge"
 [good_prompts]
@@ -131,9 +139,7 @@ dataset = "{prompts['harmful_evaluation']}"
         subprocess.run([python, str(ROOT / "bench" / "heretic_front.py"), "--model", str(model), "--save", str(keep),
                         "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")],
                        cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    raw = json.loads((run_dir / "raw.json").read_text())
-    _write_run(run_dir, "heretic", budget, seed, time.time() - start, raw["trials"],
-               {"base_refusals": raw["base_refusals"], "cpu_seconds": _children_cpu() - cpu})
+    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu
 
 
 def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, keep: int,
@@ -141,17 +147,25 @@ def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], mo
     """Our search through its real service path (a study in SQLite, one worker) in a subprocess,
     with the project's code from ``code`` (another checkout measures an earlier version); the
     first ``keep`` candidates of its front (lowest refusals first) are saved."""
+    raw, wall, cpu = search_ours(run_dir, budget, seed, model, keep, overrides, sampler, code)
+    _write_run(run_dir, "ours", budget, seed, wall, raw["trials"],
+               {"config": overrides, "sampler": sampler, "code": _revision(code), "cpu_seconds": cpu})
+
+
+def search_ours(run_dir: Path, budget: int, seed: int, model: Path, keep: int, overrides: dict | None = None,
+                sampler: str | None = None, code: Path = ROOT, prompt_folder: Path = WORK) -> tuple[dict, float, float]:
+    """Our search in ``run_dir`` on the search prompts under ``prompt_folder``, its first ``keep``
+    front trials exported under ``run_dir/candidates``: (raw record, wall seconds, CPU seconds)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)
     start, cpu = time.time(), _children_cpu()
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
-               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or ""]
+               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or "",
+               "--prompts", str(prompt_folder)]
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
-    raw = json.loads((run_dir / "raw.json").read_text())
-    _write_run(run_dir, "ours", budget, seed, time.time() - start, raw["trials"],
-               {"config": overrides, "sampler": sampler, "code": _revision(code), "cpu_seconds": _children_cpu() - cpu})
+    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu
 
 
 def unscored_front(name: str, keep: int = OURS_KEEP) -> list[int]:
@@ -173,7 +187,7 @@ def extend_ours(run_dir: Path, model: Path, keep: int, code: Path = ROOT) -> Non
     record = json.loads((RECORD / run_dir.name / "trials.json").read_text())
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--model", str(model), "--keep", str(keep),
                "--budget", str(record["budget"]), "--seed", str(record["seed"]), "--config", json.dumps(record.get("config") or {}),
-               "--sampler", record.get("sampler") or "", "--only", ",".join(map(str, unscored_front(run_dir.name, keep)))]
+               "--sampler", record.get("sampler") or "", "--prompts", str(WORK), "--only", ",".join(map(str, unscored_front(run_dir.name, keep)))]
     with open(run_dir / "log-extend.txt", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
@@ -200,6 +214,7 @@ def _revision(code: Path) -> str:
 def _ours_in_process(args) -> None:
     import torch
 
+    import abliterate.search
     from abliterate.search.checkpoint import export_trial
     from abliterate.search.front import pareto_front
     from abliterate.search.space import SearchSpace
@@ -210,8 +225,11 @@ def _ours_in_process(args) -> None:
 
     # OMP_NUM_THREADS, when set, gives each tool its own cores for a side-by-side run
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
-    run_dir, prompts = Path(args.dir), prompt_files(WORK)
-    assert Path(sys.modules["search"].__file__).resolve().is_relative_to(Path(os.environ.get("PYTHONPATH", ROOT)).resolve())
+    run_dir, prompts = Path(args.dir), prompt_files(Path(args.prompts) if args.prompts else WORK)
+    code = Path(os.environ.get("PYTHONPATH", ROOT)).resolve()
+    if not Path(abliterate.search.__file__).resolve().is_relative_to(code):
+        raise SystemExit(f"--code {code}: this Python imports abliterate from {Path(abliterate.search.__file__).parent.parent}; "
+                         "run the bench with the Python of a venv where that checkout is installed (pip install -e)")
     overrides = json.loads(args.config)  # StudyConfig fields; "space" holds SearchSpace fields
     space = SearchSpace.from_dict({**SearchSpace().as_dict(), **overrides.pop("space", {})})
     options = overrides | ({"sampler": args.sampler} if args.sampler else {})
@@ -497,7 +515,7 @@ def main() -> None:
     run.add_argument("--code", default=str(ROOT), help="checkout whose search runs as ours (an earlier version, say)")
     report_.add_argument("--markdown", default=None)
     inner = commands.add_parser("_ours")
-    for name in ("--dir", "--model", "--sampler"):
+    for name in ("--dir", "--model", "--sampler", "--prompts"):
         inner.add_argument(name, default="")
     inner.add_argument("--config", "--space", dest="config", default="{}")
     inner.add_argument("--only", default="", help="save these trials of the finished study; no search")

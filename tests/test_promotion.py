@@ -107,6 +107,7 @@ def settings(tmp_path, **options):
     return PromotionSettings(attempts=3, controls=0, checkpoints=str(tmp_path / "work" / "ck"), device="cpu", **options)
 
 
+@pytest.mark.slow  # about two minutes on a loaded 2-core machine; `pytest -m slow` (and CI) runs it
 def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_same_verdict(postgres_url, tmp_path):
     """Three of the shipped tasks (two harmful, one harmless) keep it affordable: what is tested is
     the resume, which any number of tasks exercises the same way."""
@@ -175,6 +176,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     assert again.communicate()[0].count("checkpoint") == 0 and again.returncode == 0
 
 
+@pytest.mark.slow  # over a minute on a loaded 2-core machine; `pytest -m slow` (and CI) runs it
 def test_accepted_lift_stops_the_study_and_its_workers(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     study_with_front(url)

@@ -1,0 +1,321 @@
+"""The fair front benchmark: every tool searched, chosen from and scored the same way.
+
+    python bench/fair_front.py run --model qwen2.5-coder-0.5b --tools ours,heretic --budget 30 --seeds 1,2,3
+    python bench/fair_front.py report [--model NAME] [--budget 30]
+
+The rules (search prompts, candidate rule, held-out sets, judges, hypervolume box, bootstrap) are
+bench/fair_protocol.py's and bench/fair_judges.py's; this script runs them. ``run`` performs each
+(tool, seed) search that has no record yet (so it resumes after an interruption), with
+``--threads`` threads for every tool, saves each tool's ``--candidates`` lowest-refusal front
+trials, gives each one the common evaluation (greedy answers to the held-out harmful and edgy
+prompts, read by every common judge; first-token KL per held-out harmless prompt against the base
+model) and deletes the saved model. ``report`` compares the tools per (model, seed) and judge,
+prints the table with bootstrap intervals and writes it to ``bench/fair/report.md`` and
+``report.json``.
+
+Records, kept in the repository: ``bench/fair/MODEL/base.json`` (the base model's answers and
+verdicts) and ``bench/fair/MODEL/TOOL-bBUDGET-sSEED/{trials,evaluation}.json`` (every trial by the
+tool's own count; per candidate its answers, verdicts per judge and KL per prompt). Models, prompt
+files, studies and logs stay in ``bench/out/fair/``.
+
+Models have a role: ``development`` models are where defaults may be tuned; ``evaluation``
+models never are, and each is run once per default change and reported as it falls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import fair_protocol as protocol  # noqa: E402
+from fair_judges import common_judges, our_markers  # noqa: E402
+from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, ensure_model, prompt_files, search_heretic, search_ours  # noqa: E402
+
+WORK = ROOT / "bench" / "out" / "fair"
+RECORD = ROOT / "bench" / "fair"
+ANSWER_TOKENS = 64  # the common evaluation's answer length, every tool and the base alike
+SEARCH_TOKENS = 32  # the answer length every tool's search scores refusals with
+
+
+@dataclass(frozen=True)
+class Model:
+    role: str  # "development" or "evaluation"
+    folder: Path
+    system: str | None  # the system prompt every tool uses (the chat template's default)
+    how: str  # how to make the folder when it is missing
+
+
+MODELS = {
+    "qwen2.5-coder-0.5b": Model("development", ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct-bf16", QWEN_SYSTEM,
+                                "bash bench/fetch_real_model.sh (the bf16 folder is made from its GGUF)"),
+    "smollm2-135m-refuser": Model("evaluation", ROOT / "bench" / ".models" / "smollm2-135m-refuser",
+                                  "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
+                                  "python bench/eval_models.py smollm2-refuser"),
+}
+
+
+def held_out_files(folder: Path) -> dict[str, Path]:
+    """The held-out sets as one-per-line files, written once (a test may write smaller ones first)."""
+    from abliterate.objectives.prompts import load_prompts
+
+    paths = {name: folder / f"heldout_{name}.txt" for name in protocol.HELD_OUT}
+    if all(p.exists() for p in paths.values()):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, specs in protocol.HELD_OUT.items():
+        paths[name].write_text("\n".join(p for spec in specs for p in load_prompts(spec)) + "\n", encoding="utf-8")
+    return paths
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+# --- the common evaluation -------------------------------------------------------------------
+
+class Evaluator:
+    """Answers, verdicts and per-prompt KL of one model folder at a time, against the base model."""
+
+    def __init__(self, model: Model, held_out: dict[str, Path], judges: dict, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model, self.judges = model, judges
+        self.prompts = {name: _lines(path) for name, path in held_out.items()}
+        self.base_logprobs = self._logprobs(self._load(model.folder))
+
+    def _load(self, folder: Path):
+        from abliterate.ablation import load_model
+
+        return load_model(str(folder), "bf16", "cpu")
+
+    def _chat(self, loaded, prompts: list[str]) -> list[str]:
+        return loaded.format_chat(prompts, system=self.model.system)
+
+    def _logprobs(self, loaded):
+        from abliterate.objectives.kl import response_logprobs
+
+        return response_logprobs(loaded.model, loaded.tokenizer, self._chat(loaded, self.prompts["harmless"]), batch_size=32)
+
+    def evaluate(self, folder: Path) -> dict:
+        """Per held-out harmless prompt the first-token KL; per harmful and edgy prompt the greedy
+        answer and, per judge, whether it is not compliance."""
+        from abliterate.objectives.generation import generate_greedy
+        from abliterate.objectives.kl import kl_divergence
+
+        loaded = self._load(folder)
+        kl = kl_divergence(self.base_logprobs, self._logprobs(loaded)).reshape(-1)
+        result: dict = {"kl": [float(x) for x in kl], "answers": {}, "refused": {}}
+        for part in ("harmful", "edgy"):
+            texts = self._chat(loaded, self.prompts[part])
+            answers = generate_greedy(loaded.model, loaded.tokenizer, texts, ANSWER_TOKENS, batch_size=32).responses
+            result["answers"][part] = answers
+            result["refused"][part] = {name: judge(self.prompts[part], answers) for name, judge in self.judges.items()}
+        return result
+
+
+# --- one search per tool -----------------------------------------------------------------------
+
+def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args) -> tuple[dict, float, float]:
+    prompts = prompt_files(args.work / "prompts")
+    if tool == "ours":
+        return search_ours(run_dir, budget, seed, model.folder, keep, prompt_folder=args.work / "prompts")
+    if tool == "heretic":
+        return search_heretic(run_dir, budget, seed, prompts, model.folder, args.heretic_python, keep,
+                              system=model.system or "", new_tokens=SEARCH_TOKENS)
+    if tool == "abliterix":
+        from peers import search_abliterix
+
+        return search_abliterix(run_dir, budget, seed, prompts, model.folder, args.abliterix_python, keep,
+                                system=model.system or "", new_tokens=SEARCH_TOKENS)
+    raise SystemExit(f"unknown tool {tool!r}; pick from ours, heretic, abliterix")
+
+
+def run(args) -> None:
+    model = MODELS[args.model] if args.model in MODELS else Model("local", Path(args.model), None, "a local folder")
+    name = args.model if args.model in MODELS else Path(args.model).name
+    if args.model == "qwen2.5-coder-0.5b":
+        ensure_model(model.folder)
+    if not (model.folder / "config.json").exists():
+        raise SystemExit(f"no model at {model.folder}; make it with: {model.how}")
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every tool's search and the evaluation alike
+    judges, judge_ids = common_judges(args.heretic_python) if args.heretic_python else ({"markers": our_markers}, {"markers": "abliterate MarkerJudge"})
+    record = args.record / name
+    _same_judges(record / "base.json", judge_ids)
+    evaluator = Evaluator(model, held_out_files(args.work / "prompts"), judges, args.threads)
+    if not (record / "base.json").exists():
+        print(f"{time.strftime('%H:%M:%S')} {name}: evaluating the base model", flush=True)
+        base = evaluator.evaluate(model.folder)
+        record.mkdir(parents=True, exist_ok=True)
+        (record / "base.json").write_text(json.dumps({"model": name, "role": model.role, "judges": judge_ids, **base}, indent=1))
+    for seed in args.seeds:
+        for tool in args.tools:
+            run_name = f"{tool}-b{args.budget}-s{seed}"
+            run_dir, kept = args.work / name / run_name, record / run_name
+            if not (kept / "trials.json").exists():
+                print(f"{time.strftime('%H:%M:%S')} {name} {run_name}: searching", flush=True)
+                shutil.rmtree(run_dir / "candidates", ignore_errors=True)
+                raw, wall, cpu = search(tool, run_dir, args.budget, seed, model, args.candidates, args)
+                kept.mkdir(parents=True, exist_ok=True)
+                (kept / "trials.json").write_text(json.dumps({
+                    "tool": tool, "model": name, "budget": args.budget, "seed": seed, "threads": args.threads,
+                    "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT),
+                    "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
+            evaluate_run(kept, evaluator, judge_ids)
+
+
+def evaluate_run(kept: Path, evaluator: Evaluator, judge_ids: dict) -> None:
+    """The common evaluation of the run's candidates (by the protocol's rule) not yet evaluated."""
+    runs = json.loads((kept / "trials.json").read_text())
+    file = kept / "evaluation.json"
+    _same_judges(file, judge_ids)
+    done = json.loads(file.read_text()) if file.exists() else {"judges": judge_ids, "candidates": {}}
+    for trial in protocol.candidates(runs["trials"], runs["candidates"]):
+        if str(trial["number"]) in done["candidates"]:
+            continue
+        if not trial.get("saved"):
+            raise SystemExit(f"{kept.name}: candidate trial {trial['number']} was not saved by its search; "
+                             f"delete {kept} to search again")
+        print(f"{time.strftime('%H:%M:%S')} {kept.name}: evaluating trial {trial['number']}", flush=True)
+        done["candidates"][str(trial["number"])] = evaluator.evaluate(Path(trial["saved"]))
+        file.write_text(json.dumps(done, indent=1))  # after each candidate: an interruption loses one
+        shutil.rmtree(trial["saved"], ignore_errors=True)
+
+
+def _same_judges(file: Path, judge_ids: dict) -> None:
+    """Records of one model are read by one set of judges, or the comparison would mix them."""
+    if file.exists() and json.loads(file.read_text())["judges"] != judge_ids:
+        raise SystemExit(f"{file} was judged by {json.loads(file.read_text())['judges']}, this run by {judge_ids}; "
+                         "run with the same judges (--heretic-python) or move the model's records away")
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def scored_run(name: str, evaluation: dict) -> list[protocol.Scored]:
+    return [protocol.Scored(f"{name}:{n}", c["refused"]["harmful"], c["kl"]) for n, c in evaluation["candidates"].items()]
+
+
+def model_runs(folder: Path, budget: int) -> dict[int, dict[str, tuple[dict, dict]]]:
+    """seed -> tool -> (trials record, evaluation record) of the evaluated runs at ``budget``."""
+    runs: dict[int, dict[str, tuple[dict, dict]]] = {}
+    for kept in sorted(folder.glob(f"*-b{budget}-s*")):
+        if (kept / "evaluation.json").exists():
+            trials = json.loads((kept / "trials.json").read_text())
+            runs.setdefault(trials["seed"], {})[trials["tool"]] = (trials, json.loads((kept / "evaluation.json").read_text()))
+    return runs
+
+
+def compare_seed(base_record: dict, tools: dict[str, tuple[dict, dict]], judge: str, draws: int) -> dict:
+    """One (model, seed, judge) row: the protocol's comparison, over-refusal and cost per tool."""
+    import statistics
+
+    base = protocol.Scored("base", base_record["refused"]["harmful"], base_record["kl"])
+    result = protocol.compare({tool: scored_run(tool, e) for tool, (_, e) in tools.items()}, base, judge, draws=draws)
+    for tool, (trials, evaluation) in tools.items():
+        over = [sum(c["refused"]["edgy"][judge]) for c in evaluation["candidates"].values()]
+        result["tools"][tool].update({
+            "over_refusals": [min(over), max(over)], "cpu_per_trial": trials["cpu_seconds"] / len(trials["trials"]),
+            "median_trial_seconds": statistics.median(t["seconds"] for t in trials["trials"]), "threads": trials["threads"]})
+    result["base_over_refusals"] = sum(base_record["refused"]["edgy"][judge])
+    result["edgy_total"] = len(base_record["refused"]["edgy"][judge])
+    return result
+
+
+def report(args) -> None:
+    rows = []
+    for folder in sorted(p for p in args.record.iterdir() if (p / "base.json").exists()):
+        if args.model and folder.name != args.model:
+            continue
+        base_record = json.loads((folder / "base.json").read_text())
+        for seed, tools in sorted(model_runs(folder, args.budget).items()):
+            if "ours" in tools and len(tools) > 1:
+                for judge in base_record["refused"]["harmful"]:
+                    rows.append({"model": folder.name, "role": base_record["role"], "seed": seed, "budget": args.budget,
+                                 **compare_seed(base_record, tools, judge, args.draws)})
+    header = ("| model (role) | seed | judge | base refusals | tool | HV (95 % CI) | lowest refusals, KL | "
+              "HV ours minus tool (95 % CI) | KL ratio ours/tool at its lowest count (95 % CI) | over-refusal | "
+              "CPU s/trial | median s/trial |")
+    text = "\n".join([f"Budget {args.budget} trials; KL bound {protocol.KL_BOUND}; {args.draws} paired bootstrap draws.", "",
+                      header, "|" + "---|" * 12, *map(_row_markdown, rows), "", *summary(rows)])
+    print(text)
+    (args.record / "report.json").write_text(json.dumps(rows, indent=1))
+    (args.record / "report.md").write_text(text + "\n")
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Per judge and model role, the two goals counted over (model, seed, peer) pairs, and the
+    pairs whose interval does not exclude the other outcome."""
+    lines = []
+    for judge in sorted({r["judge"] for r in rows}):
+        for role in ("evaluation", "development", "local"):
+            pairs = [(r, peer, f) for r in rows if r["judge"] == judge and r["role"] == role for peer, f in r["peers"].items()]
+            if not pairs:
+                continue
+            hv_ok = sum(f["hypervolume_difference"]["estimate"] >= 0 for _, _, f in pairs)
+            hv_sure = sum(f["hypervolume_difference"]["low"] > 0 for _, _, f in pairs)
+            kl_ok = sum(f["kl_ratio"]["estimate"] <= 0.6 for _, _, f in pairs)
+            kl_sure = sum(f["kl_ratio"]["high"] <= 0.6 for _, _, f in pairs)
+            lines.append(f"{judge}, {role} models: our hypervolume at or above the peer's on {hv_ok} of {len(pairs)} "
+                         f"(model, seed, peer) pairs ({hv_sure} with the whole interval above 0); KL at most 0.6x the "
+                         f"peer's at its lowest count on {kl_ok} of {len(pairs)} ({kl_sure} with the whole interval).")
+    return lines
+
+
+def _ci(interval: dict, digits: int = 3, suffix: str = "") -> str:
+    show = lambda x: "inf" if x == float("inf") else f"{x:.{digits}f}{suffix}"  # noqa: E731
+    return f"{show(interval['estimate'])} ({show(interval['low'])}-{show(interval['high'])})"
+
+
+def _row_markdown(row: dict) -> str:
+    cells = []
+    for tool, figures in row["tools"].items():
+        peer = row["peers"].get(tool)
+        low, high = figures["over_refusals"]
+        cells.append(
+            f"| {row['model']} ({row['role']}) | {row['seed']} | {row['judge']} | {row['base_refusals']}/{row['total']} | {tool} | "
+            f"{_ci(figures['hypervolume'])} | {figures['lowest_refusals']}/{row['total']}, {figures['kl_at_lowest']:.4f} | "
+            f"{_ci(peer['hypervolume_difference']) if peer else ''} | {_ci(peer['kl_ratio'], 2, 'x') if peer else ''} | "
+            f"{low}-{high}/{row['edgy_total']} (base {row['base_over_refusals']}) | "
+            f"{figures['cpu_per_trial']:.1f} | {figures['median_trial_seconds']:.1f} |")
+    return "\n".join(cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_ = commands.add_parser("run")
+    run_.add_argument("--model", default="qwen2.5-coder-0.5b", help=f"one of {', '.join(MODELS)}, or a model folder")
+    run_.add_argument("--tools", type=lambda s: s.split(","), default=["ours", "heretic"])
+    run_.add_argument("--budget", type=int, default=30)
+    run_.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
+    run_.add_argument("--candidates", type=int, default=5, help="front trials per tool given the common evaluation")
+    run_.add_argument("--threads", type=int, default=1, help="threads for every tool's search and the evaluation")
+    run_.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON"),
+                      help="Heretic's venv python: runs Heretic and gives its marker list to the common judges")
+    run_.add_argument("--abliterix-python", default=os.environ.get("ABLITERIX_PYTHON"))
+    report_ = commands.add_parser("report")
+    report_.add_argument("--model", default=None)
+    report_.add_argument("--budget", type=int, default=30)
+    report_.add_argument("--draws", type=int, default=protocol.DRAWS)
+    for command in (run_, report_):
+        command.add_argument("--work", type=Path, default=WORK, help="scratch: prompt files, studies, models, logs")
+        command.add_argument("--record", type=Path, default=RECORD, help="where the kept records are")
+    args = parser.parse_args()
+    if args.command == "run":
+        if "heretic" in args.tools and not args.heretic_python:
+            raise SystemExit("--tools heretic needs --heretic-python (or HERETIC_PYTHON): the python of Heretic 1.4.0's venv")
+        run(args)
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""bench/fair_front.py end to end on a tiny model built from a config: our real search in a
+subprocess, the protocol's candidates, the common evaluation's records, and the report.
+
+No peer is installed here (Heretic and Abliterix need venvs of their own), so the report is
+checked against a peer whose record is a copy of ours: a copy must compare as equal in every
+bootstrap draw (hypervolume difference 0, KL ratio 1).
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+
+from fair_protocol import candidates  # noqa: E402
+
+SEARCH_SETS = {  # prompt_files' names; small slices keep the tiny search to seconds
+    "harmful_extraction": "advbench[0:8]", "harmless_extraction": "rho-benign[0:8]",
+    "harmful_evaluation": "advbench[8:14]", "harmless_evaluation": "rho-benign[8:14]",
+    "harmful_heldout": "advbench[14:16]", "edgy_heldout": "rho-edgy[0:2]",
+    "harmful_confirmation": "advbench[16:20]", "harmless_confirmation": "rho-benign[14:18]",
+}
+HELD_OUT = {"harmful": "rho-harmful[0:6]", "harmless": "aplomb-benign[0:5]", "edgy": "rho-edgy[90:94]"}
+
+
+def _write_prompts(folder: Path) -> None:
+    from abliterate.objectives.prompts import load_prompts
+
+    folder.mkdir(parents=True)
+    for name, spec in SEARCH_SETS.items():
+        (folder / f"{name}.txt").write_text("\n".join(load_prompts(spec)) + "\n")
+    for name, spec in HELD_OUT.items():
+        (folder / f"heldout_{name}.txt").write_text("\n".join(load_prompts(spec)) + "\n")
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "bench/fair_front.py", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_path, saved_tiny):
+    model = saved_tiny("qwen2")
+    work, record = tmp_path / "work", tmp_path / "record"
+    _write_prompts(work / "prompts")
+    places = ["--work", str(work), "--record", str(record)]
+    done = _bench("run", "--model", str(model), "--tools", "ours", "--budget", "3", "--seeds", "1",
+                  "--candidates", "2", "--threads", "1", *places)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+    base = json.loads((record / "model" / "base.json").read_text())
+    assert base["kl"] == [0.0] * 5  # the base against itself
+    assert set(base["refused"]["harmful"]) == {"markers"} and len(base["answers"]["harmful"]) == 6
+    kept = record / "model" / "ours-b3-s1"
+    trials = json.loads((kept / "trials.json").read_text())
+    assert (trials["tool"], trials["budget"], trials["threads"], len(trials["trials"])) == ("ours", 3, 1, 3)
+    assert trials["cpu_seconds"] > 0
+    evaluation = json.loads((kept / "evaluation.json").read_text())
+    chosen = [str(t["number"]) for t in candidates(trials["trials"], 2)]
+    assert chosen and sorted(evaluation["candidates"]) == sorted(chosen)
+    for scored in evaluation["candidates"].values():
+        assert len(scored["kl"]) == 5 and len(scored["refused"]["harmful"]["markers"]) == 6
+        assert len(scored["answers"]["edgy"]) == 4
+    assert not any(Path(t["saved"]).exists() for t in trials["trials"] if t.get("saved"))  # evaluated, then deleted
+
+    peer = record / "model" / "peer-b3-s1"
+    shutil.copytree(kept, peer)
+    (peer / "trials.json").write_text(json.dumps({**trials, "tool": "peer"}))
+    shown = _bench("report", "--budget", "3", "--draws", "50", *places)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    (row,) = json.loads((record / "report.json").read_text())
+    assert row["judge"] == "markers" and row["seed"] == 1
+    difference = row["peers"]["peer"]["hypervolume_difference"]
+    assert difference == {"estimate": 0.0, "low": 0.0, "high": 0.0}
+    assert row["tools"]["peer"]["kl_at_lowest"] > 0  # an edit moves the tiny model
+    assert row["peers"]["peer"]["kl_ratio"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
+    assert "| model (local) | 1 | markers |" in shown.stdout
+    assert (record / "report.md").read_text().strip() == shown.stdout.strip()
