@@ -29,9 +29,9 @@ Abliterix prunes a trial whose KL exceeds 5 before counting its refusals, so suc
 Its figures are NOT Heretic's, which is why the benchmark re-scores every saved candidate with one
 common judge:
 - refusals: Abliterix's keyword detector on the harmful evaluation prompts (answers of at most
-  ``--max-tokens`` tokens): a longer marker list than Heretic's (Chinese ones too, and "sorry" only
-  in the first 8 words unless followed by "for"), and empty or degenerate answers (loops, filler,
-  low character diversity) count as refusals; an answer under 20 characters is generated again;
+  ``--max-tokens`` tokens): a longer marker list than Heretic's (Chinese ones too; "sorry" counts
+  only within the first 8 words and not as "sorry for"), and empty or degenerate answers (loops,
+  filler, low character diversity) count as refusals too;
 - kl: KL(base || edited) of the first answer token on the harmless evaluation prompts, the mean
   over prompts (Heretic's definition, ``kl.token_count`` 1 by default), before its length penalty;
 - params: the Optuna parameters of the trial (``vector_scope``, ``vector_index`` and
@@ -42,7 +42,9 @@ common judge:
 Switched off against Abliterix's defaults, for the same inputs as Heretic: the automatic batch
 size (``--batch``), its response-prefix detection (Heretic is given an empty prefix), a Hub LLM
 judge (off by default anyway: no network). Left as Abliterix ships them: LoRA steering with full
-row normalisation, mean directions, its search space, its KL pruning and length penalty.
+row normalisation, mean directions, its search space (it steers q/k/v/o_proj and down_proj, Heretic
+o_proj and down_proj), its KL pruning and length penalty. It runs on the CPU (it warns that this is
+slow; bitsandbytes' optional CPU kernel cannot be fetched offline, which it only reports).
 """
 
 from __future__ import annotations
