@@ -1,0 +1,54 @@
+"""The peer tools the front benchmark runs beside ours, side by side: Heretic 1.4.0 and Abliterix 1.12.2.
+
+Both are AGPL-3.0: each is only installed in a virtualenv of its own (bench/heretic_eval.sh,
+bench/abliterix_setup.sh) and run there by a small driver (bench/heretic_front.py,
+bench/abliterix_front.py) that answers for the person at its end and writes raw.json. Each
+``run_*`` gives its tool the same inputs (the prompt files of front_vs_heretic.prompt_files, answers
+of NEW_TOKENS tokens, BATCH prompts a batch, the budget, the seed, Qwen's system prompt, no
+network), saves the first ``keep`` trials of the tool's own front as merged model folders under
+``run_dir/candidates`` and records the run with front_vs_heretic._write_run (bench/front/<run
+folder name>/trials.json), including the CPU seconds of the child.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import front_vs_heretic  # noqa: E402
+from front_vs_heretic import BATCH, NEW_TOKENS, QWEN_SYSTEM, ROOT, _children_cpu, _write_run, heretic_startup  # noqa: E402
+
+ABLITERIX_PYTHON = os.environ.get("ABLITERIX_PYTHON", "/tmp/abliterix-venv/bin/python")
+
+
+def run_heretic(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
+    """Heretic 1.4.0's search, as front_vs_heretic runs it (tool "heretic")."""
+    front_vs_heretic.run_heretic(run_dir, budget, seed, prompts, model, python, keep)
+
+
+def run_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
+    """Abliterix 1.12.2's own search with Heretic's inputs (tool "abliterix"): ``budget`` trials, of
+    which heretic_startup(budget) random, in ``run_dir`` with ``python`` of Abliterix's venv; the
+    first ``keep`` trials of its front saved; a failed run raises CalledProcessError (see log.txt)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fresh study, as run_heretic's
+    command = [python, str(ROOT / "bench" / "abliterix_front.py"), "--model", str(model),
+               "--trials", str(budget), "--startup", str(heretic_startup(budget)), "--seed", str(seed),
+               "--system-prompt", QWEN_SYSTEM, "--max-tokens", str(NEW_TOKENS), "--batch", str(BATCH),
+               "--save", str(keep), "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")]
+    for name in ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation"):
+        command += ["--" + name.replace("_", "-"), str(prompts[name])]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    start, cpu = time.time(), _children_cpu()
+    with open(run_dir / "log.txt", "w") as log:
+        subprocess.run(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    raw = json.loads((run_dir / "raw.json").read_text())
+    _write_run(run_dir, "abliterix", budget, seed, time.time() - start, raw["trials"],
+               {"base_refusals": raw["base_refusals"], "cpu_seconds": _children_cpu() - cpu})
