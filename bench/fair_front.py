@@ -37,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fair_protocol as protocol  # noqa: E402
 from fair_judges import common_judges, our_markers  # noqa: E402
-from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, ensure_model, prompt_files, search_heretic, search_ours  # noqa: E402
+from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, ensure_model, prompt_files, search_ours  # noqa: E402
+from peers import search_abliterix, search_heretic  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "fair"
 RECORD = ROOT / "bench" / "fair"
@@ -132,8 +133,6 @@ def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep:
         return search_heretic(run_dir, budget, seed, prompts, model.folder, args.heretic_python, keep,
                               system=model.system or "", new_tokens=SEARCH_TOKENS)
     if tool == "abliterix":
-        from peers import search_abliterix
-
         return search_abliterix(run_dir, budget, seed, prompts, model.folder, args.abliterix_python, keep,
                                 system=model.system or "", new_tokens=SEARCH_TOKENS)
     raise SystemExit(f"unknown tool {tool!r}; pick from ours, heretic, abliterix")
@@ -312,6 +311,8 @@ def main() -> None:
     if args.command == "run":
         if "heretic" in args.tools and not args.heretic_python:
             raise SystemExit("--tools heretic needs --heretic-python (or HERETIC_PYTHON): the python of Heretic 1.4.0's venv")
+        if "abliterix" in args.tools and not args.abliterix_python:
+            raise SystemExit("--tools abliterix needs --abliterix-python (or ABLITERIX_PYTHON); make its venv with bench/abliterix_setup.sh")
         run(args)
     else:
         report(args)

@@ -3,11 +3,12 @@
 Both are AGPL-3.0: each is only installed in a virtualenv of its own (bench/heretic_eval.sh,
 bench/abliterix_setup.sh) and run there by a small driver (bench/heretic_front.py,
 bench/abliterix_front.py) that answers for the person at its end and writes raw.json. Each
-``run_*`` gives its tool the same inputs (the prompt files of front_vs_heretic.prompt_files, answers
-of NEW_TOKENS tokens, BATCH prompts a batch, the budget, the seed, Qwen's system prompt, no
-network), saves the first ``keep`` trials of the tool's own front as merged model folders under
-``run_dir/candidates`` and records the run with front_vs_heretic._write_run (bench/front/<run
-folder name>/trials.json), including the CPU seconds of the child.
+``search_*`` gives its tool the same inputs (the prompt files of front_vs_heretic.prompt_files,
+answers of ``new_tokens`` tokens, BATCH prompts a batch, the budget, the seed, the model's system
+prompt, no network), saves the first ``keep`` trials of the tool's own front as merged model
+folders under ``run_dir/candidates`` and returns (raw record, wall seconds, CPU seconds of the
+child): bench/fair_front.py records that itself. Each ``run_*`` records it the earlier way, with
+front_vs_heretic._write_run under bench/front/.
 """
 
 from __future__ import annotations
@@ -33,15 +34,26 @@ def run_heretic(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path],
     front_vs_heretic.run_heretic(run_dir, budget, seed, prompts, model, python, keep)
 
 
+search_heretic = front_vs_heretic.search_heretic
+
+
 def run_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
-    """Abliterix 1.12.2's own search with Heretic's inputs (tool "abliterix"): ``budget`` trials, of
-    which heretic_startup(budget) random, in ``run_dir`` with ``python`` of Abliterix's venv; the
-    first ``keep`` trials of its front saved; a failed run raises CalledProcessError (see log.txt)."""
+    """Abliterix's search recorded under bench/front as tool "abliterix" (:func:`search_abliterix`)."""
+    raw, wall, cpu = search_abliterix(run_dir, budget, seed, prompts, model, python, keep)
+    _write_run(run_dir, "abliterix", budget, seed, wall, raw["trials"], {"base_refusals": raw["base_refusals"], "cpu_seconds": cpu})
+
+
+def search_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int,
+                     system: str = QWEN_SYSTEM, new_tokens: int = NEW_TOKENS) -> tuple[dict, float, float]:
+    """Abliterix 1.12.2's own search with Heretic's inputs: ``budget`` trials, of which
+    heretic_startup(budget) random, in ``run_dir`` with ``python`` of Abliterix's venv; the first
+    ``keep`` trials of its front saved under ``run_dir/candidates``; (its raw record, wall seconds,
+    CPU seconds of the child). A failed run raises CalledProcessError (see log.txt)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fresh study, as run_heretic's
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fresh study, as Heretic's
     command = [python, str(ROOT / "bench" / "abliterix_front.py"), "--model", str(model),
                "--trials", str(budget), "--startup", str(heretic_startup(budget)), "--seed", str(seed),
-               "--system-prompt", QWEN_SYSTEM, "--max-tokens", str(NEW_TOKENS), "--batch", str(BATCH),
+               "--system-prompt", system, "--max-tokens", str(new_tokens), "--batch", str(BATCH),
                "--save", str(keep), "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")]
     for name in ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation"):
         command += ["--" + name.replace("_", "-"), str(prompts[name])]
@@ -49,6 +61,4 @@ def run_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path
     start, cpu = time.time(), _children_cpu()
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    raw = json.loads((run_dir / "raw.json").read_text())
-    _write_run(run_dir, "abliterix", budget, seed, time.time() - start, raw["trials"],
-               {"base_refusals": raw["base_refusals"], "cpu_seconds": _children_cpu() - cpu})
+    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu
