@@ -216,7 +216,6 @@ def _ours_in_process(args) -> None:
 
     import abliterate.search
     from abliterate.search.checkpoint import export_trial
-    from abliterate.search.front import pareto_front
     from abliterate.search.space import SearchSpace
     from abliterate.search.study import StudyConfig, create_or_resume
     from abliterate.search.worker import run_worker
@@ -254,8 +253,9 @@ def _ours_in_process(args) -> None:
         rows.append({"number": t.number, "refusals": round(t.values[0] * total) if scored else None, "total": total,
                      "kl": record.kl, "params": t.params, "pruned": t.state.name == "PRUNED",
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds(), "saved": None})
-    feasible = [r for r in rows if r["refusals"] is not None]
-    front = sorted((feasible[i] for i in pareto_front([(r["refusals"], r["kl"]) for r in feasible])), key=lambda r: (r["refusals"], r["kl"]))
+    from fair_protocol import candidates
+
+    front = candidates(rows, len(rows))  # the fair protocol's rule: fewest refusals first, then KL
     only = {int(n) for n in args.only.split(",")} if args.only else None
     for row in front[: args.keep] if only is None else [r for r in front if r["number"] in only]:
         # the product's own export: every method and intervention a study can search re-bakes from the params
