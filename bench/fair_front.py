@@ -126,9 +126,9 @@ class Evaluator:
 # --- one search per tool -----------------------------------------------------------------------
 
 def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args) -> tuple[dict, float, float]:
-    prompts = prompt_files(args.work / "prompts")
+    prompts = prompt_files(args.work)  # the files go to args.work / "prompts", beside the held-out ones
     if tool == "ours":
-        return search_ours(run_dir, budget, seed, model.folder, keep, prompt_folder=args.work / "prompts")
+        return search_ours(run_dir, budget, seed, model.folder, keep, prompt_folder=args.work)
     if tool == "heretic":
         return search_heretic(run_dir, budget, seed, prompts, model.folder, args.heretic_python, keep,
                               system=model.system or "", new_tokens=SEARCH_TOKENS)

@@ -154,7 +154,7 @@ def run_ours(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], mo
 
 def search_ours(run_dir: Path, budget: int, seed: int, model: Path, keep: int, overrides: dict | None = None,
                 sampler: str | None = None, code: Path = ROOT, prompt_folder: Path = WORK) -> tuple[dict, float, float]:
-    """Our search in ``run_dir`` on the search prompts under ``prompt_folder``, its first ``keep``
+    """Our search in ``run_dir`` on the search prompts of ``prompt_files(prompt_folder)``, its first ``keep``
     front trials exported under ``run_dir/candidates``: (raw record, wall seconds, CPU seconds)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)

@@ -56,6 +56,7 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     trials = json.loads((kept / "trials.json").read_text())
     assert (trials["tool"], trials["budget"], trials["threads"], len(trials["trials"])) == ("ours", 3, 1, 3)
     assert trials["cpu_seconds"] > 0
+    assert {t["total"] for t in trials["trials"]} == {6}  # the search read the prompt files written above
     evaluation = json.loads((kept / "evaluation.json").read_text())
     chosen = [str(t["number"]) for t in candidates(trials["trials"], 2)]
     assert chosen and sorted(evaluation["candidates"]) == sorted(chosen)
