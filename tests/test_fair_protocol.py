@@ -93,7 +93,7 @@ def test_held_out_sets_are_large_enough_and_disjoint_from_the_search():
     held = {name: [p for spec in specs for p in load_prompts(spec)] for name, specs in HELD_OUT.items()}
     assert len(held["harmful"]) >= 150 and len(held["harmless"]) >= 100
     search = {"advbench": load_prompts("advbench"), "jailbreakbench": load_prompts("jailbreakbench"),
-              "harmless_search": load_prompts("rho-benign[0:128]"), "edgy_earlier_bench": load_prompts("rho-edgy[0:40]")}
+              "harmless_search": load_prompts("rho-benign[0:96]"), "edgy_earlier_bench": load_prompts("rho-edgy[0:40]")}
     check_disjoint(**held)
     for name, prompts in search.items():
         check_disjoint(**held, **{name: prompts})
