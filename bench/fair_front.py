@@ -65,10 +65,11 @@ MODELS = {
 
 
 def held_out_files(folder: Path) -> dict[str, Path]:
-    """The held-out sets as one-per-line files, written once (a test may write smaller ones first)."""
+    """The held-out sets as one-per-line files, written once per protocol version (a test may
+    write smaller ones first)."""
     from abliterate.objectives.prompts import load_prompts
 
-    paths = {name: folder / f"heldout_{name}.txt" for name in protocol.HELD_OUT}
+    paths = {name: folder / f"heldout-p{protocol.PROTOCOL}-{name}.txt" for name in protocol.HELD_OUT}
     if all(p.exists() for p in paths.values()):
         return paths
     folder.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from fair_protocol import candidates  # noqa: E402
+from fair_protocol import PROTOCOL, candidates  # noqa: E402
 
 SEARCH_SETS = {  # prompt_files' names; small slices keep the tiny search to seconds
     "harmful_extraction": "advbench[0:8]", "harmless_extraction": "rho-benign[0:8]",
@@ -33,7 +33,7 @@ def _write_prompts(folder: Path) -> None:
     for name, spec in SEARCH_SETS.items():
         (folder / f"{name}.txt").write_text("\n".join(load_prompts(spec)) + "\n")
     for name, spec in HELD_OUT.items():
-        (folder / f"heldout_{name}.txt").write_text("\n".join(load_prompts(spec)) + "\n")
+        (folder / f"heldout-p{PROTOCOL}-{name}.txt").write_text("\n".join(load_prompts(spec)) + "\n")
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess:
