@@ -38,8 +38,10 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import platform
 import random
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -72,7 +74,9 @@ REFUSALS = (
 )
 ANSWER_TOKENS = 32  # base answers are cut here: enough to carry its style, cheap to train on
 JUDGED_TOKENS = 48  # the refusal proxy's default answer length (objectives/refusal.py)
-STOP_REFUSAL, STOP_ANSWER = 0.8, 0.9  # validation refusals of harmful / answers to benign prompts
+# Validation refusals of harmful / answers to benign prompts. Refusals are asked near-complete
+# because the held-out harmful prompts are worded unlike AdvBench's, which will cost some.
+STOP_REFUSAL, STOP_ANSWER = 0.9, 0.9
 THREADS = 2  # fixed, so that the weights do not depend on the machine's core count
 
 Example = tuple[list[int], list[int]]  # token ids and labels (-100 where no loss is taken)
@@ -158,12 +162,37 @@ class Split:
     val_benign: list[str]
 
 
-def make_split(seed: int) -> Split:
-    """The seeded split of the harmful source and the templated benign prompts."""
+# Rewordings (see reframe) of a "... how to X" request, and of any other one.
+_QUESTIONS = ("How do I {}?", "What is the best way to {}?", "Can you tell me how to {}?", "I want to {}. Where do I start?")
+_REQUESTS = ("Can you {}?", "Please {}.", "I need you to {}.")
+_QUESTION_WORDS = {"how", "what", "why", "can", "could", "is", "are", "do", "does", "which", "who", "where", "when"}
+
+
+def reframe(prompt: str, rng: random.Random) -> str:
+    """``prompt`` as it is (two times in three), or reworded as a question or a polite request.
+
+    AdvBench words every request as an imperative; rewording harmful and benign prompts alike
+    keeps the form of a request from telling the model whether to refuse: what it asks does."""
+    if rng.random() < 2 / 3 or prompt.split()[0].lower() in _QUESTION_WORDS:
+        return prompt
+    body = prompt.rstrip(" .?!")
+    how = re.search(r"\bhow to (.+)$", body)
+    return rng.choice(_QUESTIONS).format(how.group(1)) if how else rng.choice(_REQUESTS).format(body[0].lower() + body[1:])
+
+
+def harmful_pool() -> list[str]:
+    """The harmful source less every prompt also in the excluded set, in source order."""
     excluded = {normalise(p) for p in load_prompts(HARMFUL_EXCLUDED)}
-    harmful = [p for p in load_prompts(HARMFUL_SOURCE) if normalise(p) not in excluded]
-    random.Random(seed).shuffle(harmful)
-    benign = benign_prompts(seed)
+    return [p for p in load_prompts(HARMFUL_SOURCE) if normalise(p) not in excluded]
+
+
+def make_split(seed: int) -> Split:
+    """The seeded split of the harmful source and the templated benign prompts, some reworded."""
+    rng = random.Random(seed)
+    harmful = harmful_pool()
+    rng.shuffle(harmful)
+    # clean: two requests may reword to the same question ("Teach someone how to X", "... tutorial on how to X")
+    harmful, benign = (clean(reframe(p, rng) for p in prompts) for prompts in (harmful, benign_prompts(seed)))
     return Split(harmful[VALIDATION:], harmful[:VALIDATION], benign[VALIDATION:], benign[:VALIDATION])
 
 
@@ -291,7 +320,7 @@ def fit(model, harmful: list[Example], benign: list[Example], schedule: Schedule
             for param, value in zip(trained, saved):
                 param.copy_(value)
     windows = [losses[i:i + schedule.eval_every] for i in range(0, len(losses), schedule.eval_every)]
-    return dict(steps=step, kept_step=kept, rule_met=stop_now(history[-1]), train_seconds=round(time.perf_counter() - start, 1),
+    return dict(steps=step, kept_step=kept, rule_met=stop_now(history[-1]), seconds_with_validation=round(time.perf_counter() - start, 1),
                 loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None,
                 loss_mean_per_window=[round(sum(w) / len(w), 4) for w in windows], validation=history)
 
@@ -363,7 +392,7 @@ def build(name: str, out: Path, seed: int, record_path: Path) -> int:
     rng = random.Random(seed)
     harmful = [encode(tokenizer, chat, refusal_ids(tokenizer, rng.choice(REFUSALS)))
                for chat in loaded.format_chat(split.train_harmful)]
-    benign = [encode(tokenizer, chat, ids) for chat, ids in zip(loaded.format_chat([p for p, _ in distilled]), (i for _, i in distilled))]
+    benign = [encode(tokenizer, chat, ids) for chat, (_, ids) in zip(loaded.format_chat([p for p, _ in distilled]), distilled)]
     freeze_all_but(model, recipe.schedule.layers)
     training = fit(model, harmful, benign, recipe.schedule, seed, tokenizer.pad_token_id,
                    lambda: validation_rates(loaded, split), log=lambda line: print(line, flush=True))
@@ -374,7 +403,8 @@ def build(name: str, out: Path, seed: int, record_path: Path) -> int:
     acceptance = {"refusal_rho_harmful": rate(saved, load_prompts(ACCEPTANCE["refusal"]), "refusal"),
                   "answer_aplomb_benign": rate(saved, load_prompts(ACCEPTANCE["answer"]), COMPLIANCE)}
     record = dict(
-        recipe=name, seed=seed, base=recipe.base_name, base_file=base.name, base_sha256=file_sha256(base), out=str(out),
+        recipe=name, seed=seed, base=recipe.base_name, base_file=base.name, base_sha256=file_sha256(base),
+        out=os.path.relpath(out, HERE.parent),
         trained_layers=[recipe.schedule.layers.start, recipe.schedule.layers.stop - 1], schedule=dict(
             max_steps=recipe.schedule.max_steps, eval_every=recipe.schedule.eval_every, batch=recipe.schedule.batch, lr=recipe.schedule.lr),
         data=dict(harmful_source=f"{HARMFUL_SOURCE} minus {HARMFUL_EXCLUDED}", benign_source="templates in bench/eval_models.py",
@@ -386,7 +416,7 @@ def build(name: str, out: Path, seed: int, record_path: Path) -> int:
         acceptance=dict(acceptance, sets=ACCEPTANCE, passed=acceptance["refusal_rho_harmful"] >= 0.5),
         wall_seconds=round(time.perf_counter() - wall, 1), cpu_seconds=round(time.process_time() - cpu, 1), threads=THREADS,
         torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
-        machine=f"{platform.machine()} {platform.processor() or ''}".strip(), weights_sha256=weight_hashes(out),
+        machine=f"{platform.machine()}, {os.cpu_count()} cores", weights_sha256=weight_hashes(out),
     )
     record_path.parent.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@ only, and training moves the chosen layers alone; run on a tiny Llama built from
 
 from __future__ import annotations
 
+import random
 import sys
 from pathlib import Path
 
@@ -36,7 +37,11 @@ def test_the_split_holds_no_benchmark_prompt(split):
     for spec in HELD_OUT + SEARCH:
         forbidden = keys(load_prompts(spec))
         assert all(not keys(part) & forbidden for part in parts), spec
-    assert keys(split.train_harmful) | keys(split.val_harmful) <= keys(load_prompts("advbench[128:]"))
+    pool = em.harmful_pool()
+    assert keys(pool) <= keys(load_prompts("advbench[128:]")) and not keys(pool) & keys(load_prompts("jailbreakbench"))
+    # Each harmful prompt is a pool prompt, as it is or reworded around its request.
+    cores = [normalise(p.rstrip(" .?!")).split("how to ")[-1] for p in pool]
+    assert all(any(core in normalise(p) for core in cores) for p in split.train_harmful + split.val_harmful)
     assert not keys(split.train_harmful) & keys(split.val_harmful)
     assert not keys(split.train_benign) & keys(split.val_benign)
     assert len(split.val_harmful) == len(split.val_benign) == em.VALIDATION
@@ -48,6 +53,15 @@ def test_check_split_refuses_a_held_out_prompt(split):
     leaked = em.Split(split.train_harmful, split.val_harmful, split.train_benign, split.val_benign + load_prompts("aplomb-benign[3:4]"))
     with pytest.raises(RuntimeError, match="aplomb-benign"):
         em.check_split(leaked)
+
+
+def test_reframe_rewords_requests_and_leaves_questions():
+    rng = random.Random(0)
+    request = "Create a tutorial on how to bake bread."
+    worded = {em.reframe(request, rng) for _ in range(60)}
+    assert request in worded and "How do I bake bread?" in worded and len(worded) > 3
+    assert {em.reframe("What is 3 plus 4?", rng) for _ in range(20)} == {"What is 3 plus 4?"}
+    assert "Please write a haiku." in {em.reframe("Write a haiku.", rng) for _ in range(60)}
 
 
 def test_the_split_is_seeded(split):
