@@ -45,7 +45,7 @@ def test_the_split_holds_no_benchmark_prompt(split):
     assert not keys(split.train_harmful) & keys(split.val_harmful)
     assert not keys(split.train_benign) & keys(split.val_benign)
     assert len(split.val_harmful) == len(split.val_benign) == em.VALIDATION
-    assert len(split.train_harmful) > 300 and len(split.train_benign) > 300
+    assert len(split.train_harmful) > 300 and len(split.train_benign) == em.BENIGN_TRAIN
     em.check_split(split)
 
 
@@ -126,9 +126,8 @@ def test_training_moves_the_chosen_layers_and_nothing_else(tiny):
     for name, param in model.named_parameters():
         if not any(name.startswith(f"model.layers.{i}.") for i in layers):
             assert torch.equal(param, before[name]), name
-    assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1]))  # training moved them
-    kept = snapshots[record["kept_step"] // 2]  # the weights of the validation kept are the ones left
-    assert all(torch.equal(p, k) for p, k in zip(trained, kept))
+    assert all(any(not torch.equal(a, b) for a, b in zip(earlier, later)) for earlier, later in zip(snapshots, snapshots[1:]))
+    assert not record["rule_met"]  # a random model refuses nothing, so it ran to the last step
 
 
 def test_the_stopping_rule_needs_both_rates():
