@@ -283,7 +283,10 @@ def summary(rows: list[dict]) -> list[str]:
 
 
 def _ci(interval: dict, digits: int = 3, suffix: str = "") -> str:
-    show = lambda x: "inf" if x == float("inf") else f"{x:.{digits}f}{suffix}"  # noqa: E731
+    """``estimate (low-high)``; an infinite ratio is a count our candidates never reach."""
+    show = lambda x: "not reached" if x == float("inf") else f"{x:.{digits}f}{suffix}"  # noqa: E731
+    if interval["estimate"] == float("inf"):
+        return "not reached"
     return f"{show(interval['estimate'])} ({show(interval['low'])}-{show(interval['high'])})"
 
 
