@@ -1,6 +1,6 @@
 """Run Abliterix 1.12.2's own search headlessly and keep what a front comparison needs.
 
-Run by ``run_abliterix`` (bench/peers.py) with the Python of Abliterix's virtualenv
+Run by ``search_abliterix`` (bench/peers.py) with the Python of Abliterix's virtualenv
 (bench/abliterix_setup.sh), in a run folder. Abliterix (AGPL-3.0, a Heretic derivative) is only
 installed and run; none of its code is copied here.
 

@@ -29,18 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from fair_protocol import candidates  # noqa: E402
 from front_vs_heretic import RECORD, hypervolume, kl_at, load_runs  # noqa: E402
-
-
-def lowest_refusal_front(run: dict, keep: int) -> list[dict]:
-    """The run's ``keep`` front trials with the fewest refusals by its own count (ties: lower KL)."""
-    feasible = sorted((t for t in run["trials"] if t["refusals"] is not None), key=lambda t: (t["refusals"], t["kl"]))
-    front, best_kl = [], float("inf")
-    for trial in feasible:
-        if trial["kl"] < best_kl:
-            front.append(trial)
-            best_kl = trial["kl"]
-    return front[:keep]
 
 
 def common_points(run: dict, numbers: list[int] | None = None) -> list[tuple[int, float]]:
@@ -65,7 +55,7 @@ def clopper_pearson(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
 
 
 def audit_pair(heretic: dict, ours: dict, keep: int) -> dict:
-    h_front, o_front = lowest_refusal_front(heretic, keep), lowest_refusal_front(ours, keep)
+    h_front, o_front = candidates(heretic["trials"], keep), candidates(ours["trials"], keep)
     missing = [t["number"] for t in o_front if str(t["number"]) not in ours["evaluation"]]
     if missing:
         raise SystemExit(f"{ours['name']}: front trials {missing} have no common evaluation; run front_vs_heretic.py run to score them")

@@ -7,8 +7,7 @@ bench/abliterix_front.py) that answers for the person at its end and writes raw.
 answers of ``new_tokens`` tokens, BATCH prompts a batch, the budget, the seed, the model's system
 prompt, no network), saves the first ``keep`` trials of the tool's own front as merged model
 folders under ``run_dir/candidates`` and returns (raw record, wall seconds, CPU seconds of the
-child): bench/fair_front.py records that itself. Each ``run_*`` records it the earlier way, with
-front_vs_heretic._write_run under bench/front/.
+child); bench/fair_front.py records it.
 """
 
 from __future__ import annotations
@@ -24,23 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import front_vs_heretic  # noqa: E402
-from front_vs_heretic import BATCH, NEW_TOKENS, QWEN_SYSTEM, ROOT, _children_cpu, _write_run, heretic_startup  # noqa: E402
-
-ABLITERIX_PYTHON = os.environ.get("ABLITERIX_PYTHON", "/tmp/abliterix-venv/bin/python")
-
-
-def run_heretic(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
-    """Heretic 1.4.0's search, as front_vs_heretic runs it (tool "heretic")."""
-    front_vs_heretic.run_heretic(run_dir, budget, seed, prompts, model, python, keep)
-
+from front_vs_heretic import BATCH, NEW_TOKENS, QWEN_SYSTEM, ROOT, _children_cpu, heretic_startup  # noqa: E402
 
 search_heretic = front_vs_heretic.search_heretic
-
-
-def run_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int) -> None:
-    """Abliterix's search recorded under bench/front as tool "abliterix" (:func:`search_abliterix`)."""
-    raw, wall, cpu = search_abliterix(run_dir, budget, seed, prompts, model, python, keep)
-    _write_run(run_dir, "abliterix", budget, seed, wall, raw["trials"], {"base_refusals": raw["base_refusals"], "cpu_seconds": cpu})
 
 
 def search_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int,
