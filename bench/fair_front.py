@@ -326,12 +326,17 @@ def main() -> None:
         command.add_argument("--record", type=Path, default=RECORD, help="where the kept records are")
     args = parser.parse_args()
     if args.command == "run":
+        unknown = [t for t in args.tools if t not in ("ours", "heretic", "abliterix")]
+        if unknown:
+            raise SystemExit(f"unknown tool {unknown[0]!r}; pick from ours, heretic, abliterix")
         if "heretic" in args.tools and not args.heretic_python:
             raise SystemExit("--tools heretic needs --heretic-python (or HERETIC_PYTHON): the python of Heretic 1.4.0's venv")
         if "abliterix" in args.tools and not args.abliterix_python:
             raise SystemExit("--tools abliterix needs --abliterix-python (or ABLITERIX_PYTHON); make its venv with bench/abliterix_setup.sh")
         run(args)
     else:
+        if not args.record.is_dir():
+            raise SystemExit(f"no records at {args.record}; run `fair_front.py run` first or pass --record")
         report(args)
 
 
