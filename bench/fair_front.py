@@ -127,17 +127,29 @@ class Evaluator:
 
 # --- one search per tool -----------------------------------------------------------------------
 
+# Every tool a run can search, and what it is. ``ours-tpe`` is our search without the designed
+# starting trials (the sampler's own random start, then TPE): whether those trials, whose constants
+# were tuned on the development model, help on a model they never saw.
+TOOLS = {
+    "ours": "abliterate, defaults",
+    "ours-tpe": "abliterate, no designed starting trials (starting_points=0)",
+    "heretic": "Heretic 1.4.0",
+    "abliterix": "Abliterix 1.12.2",
+}
+OURS_CONFIG = {"ours": {}, "ours-tpe": {"starting_points": 0}}  # StudyConfig overrides per variant of ours
+
+
 def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args) -> tuple[dict, float, float]:
     prompts = prompt_files(args.work)  # the files go to args.work / "prompts", beside the held-out ones
-    if tool == "ours":
-        return search_ours(run_dir, budget, seed, model.folder, keep, prompt_folder=args.work)
+    if tool in OURS_CONFIG:
+        return search_ours(run_dir, budget, seed, model.folder, keep, overrides=dict(OURS_CONFIG[tool]), prompt_folder=args.work)
     if tool == "heretic":
         return search_heretic(run_dir, budget, seed, prompts, model.folder, args.heretic_python, keep,
                               system=model.system or "", new_tokens=SEARCH_TOKENS)
     if tool == "abliterix":
         return search_abliterix(run_dir, budget, seed, prompts, model.folder, args.abliterix_python, keep,
                                 system=model.system or "", new_tokens=SEARCH_TOKENS)
-    raise SystemExit(f"unknown tool {tool!r}; pick from ours, heretic, abliterix")
+    raise SystemExit(f"unknown tool {tool!r}; pick from {', '.join(TOOLS)}")
 
 
 def run(args) -> None:
@@ -168,7 +180,8 @@ def run(args) -> None:
                 raw, wall, cpu = search(tool, run_dir, args.budget, seed, model, args.candidates, args)
                 kept.mkdir(parents=True, exist_ok=True)
                 (kept / "trials.json").write_text(json.dumps({
-                    "tool": tool, "model": name, "budget": args.budget, "seed": seed, "threads": args.threads,
+                    "tool": tool, "what": TOOLS[tool], "config": OURS_CONFIG.get(tool), "model": name,
+                    "budget": args.budget, "seed": seed, "threads": args.threads,
                     "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
             evaluate_run(kept, evaluator, rules)
@@ -265,21 +278,27 @@ def report(args) -> None:
 
 def summary(rows: list[dict]) -> list[str]:
     """Per judge and model role, the two goals counted over (model, seed, peer) pairs, and the
-    pairs whose interval does not exclude the other outcome."""
+    pairs whose interval does not exclude the other outcome. A variant of ours (``ours-tpe``) is
+    counted apart from the peers: it answers whether our defaults help, not whether we lead."""
     lines = []
     for judge in sorted({r["judge"] for r in rows}):
         for role in ("evaluation", "development", "local"):
-            pairs = [(r, peer, f) for r in rows if r["judge"] == judge and r["role"] == role for peer, f in r["peers"].items()]
-            if not pairs:
-                continue
-            hv_ok = sum(f["hypervolume_difference"]["estimate"] >= 0 for _, _, f in pairs)
-            hv_sure = sum(f["hypervolume_difference"]["low"] > 0 for _, _, f in pairs)
-            kl_ok = sum(f["kl_ratio"]["estimate"] <= 0.6 for _, _, f in pairs)
-            kl_sure = sum(f["kl_ratio"]["high"] <= 0.6 for _, _, f in pairs)
-            lines.append(f"{judge}, {role} models: our hypervolume at or above the peer's on {hv_ok} of {len(pairs)} "
-                         f"(model, seed, peer) pairs ({hv_sure} with the whole interval above 0); KL at most 0.6x the "
-                         f"peer's at its lowest count on {kl_ok} of {len(pairs)} ({kl_sure} with the whole interval).")
+            for kind, of_ours in (("peer", False), ("variant", True)):
+                pairs = [f for r in rows if r["judge"] == judge and r["role"] == role
+                         for peer, f in r["peers"].items() if peer.startswith("ours") == of_ours]
+                if pairs:
+                    lines.append(f"{judge}, {role} models: " + _goals(pairs, kind))
     return lines
+
+
+def _goals(pairs: list[dict], kind: str) -> str:
+    hv_ok = sum(f["hypervolume_difference"]["estimate"] >= 0 for f in pairs)
+    hv_sure = sum(f["hypervolume_difference"]["low"] > 0 for f in pairs)
+    kl_ok = sum(f["kl_ratio"]["estimate"] <= 0.6 for f in pairs)
+    kl_sure = sum(f["kl_ratio"]["high"] <= 0.6 for f in pairs)
+    return (f"our hypervolume at or above the {kind}'s on {hv_ok} of {len(pairs)} (model, seed, {kind}) pairs "
+            f"({hv_sure} with the whole interval above 0); KL at most 0.6x the {kind}'s at its lowest count on "
+            f"{kl_ok} of {len(pairs)} ({kl_sure} with the whole interval).")
 
 
 def _ci(interval: dict, digits: int = 3, suffix: str = "") -> str:
@@ -309,7 +328,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run_ = commands.add_parser("run")
     run_.add_argument("--model", default="qwen2.5-coder-0.5b", help=f"one of {', '.join(MODELS)}, or a model folder")
-    run_.add_argument("--tools", type=lambda s: s.split(","), default=["ours", "heretic"])
+    run_.add_argument("--tools", type=lambda s: s.split(","), default=["ours", "heretic"], help=f"from {', '.join(TOOLS)}")
     run_.add_argument("--budget", type=int, default=30)
     run_.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     run_.add_argument("--candidates", type=int, default=5, help="front trials per tool given the common evaluation")
@@ -326,9 +345,9 @@ def main() -> None:
         command.add_argument("--record", type=Path, default=RECORD, help="where the kept records are")
     args = parser.parse_args()
     if args.command == "run":
-        unknown = [t for t in args.tools if t not in ("ours", "heretic", "abliterix")]
+        unknown = [t for t in args.tools if t not in TOOLS]
         if unknown:
-            raise SystemExit(f"unknown tool {unknown[0]!r}; pick from ours, heretic, abliterix")
+            raise SystemExit(f"unknown tool {unknown[0]!r}; pick from {', '.join(TOOLS)}")
         if "heretic" in args.tools and not args.heretic_python:
             raise SystemExit("--tools heretic needs --heretic-python (or HERETIC_PYTHON): the python of Heretic 1.4.0's venv")
         if "abliterix" in args.tools and not args.abliterix_python:

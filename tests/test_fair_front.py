@@ -45,7 +45,7 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     work, record = tmp_path / "work", tmp_path / "record"
     _write_prompts(work / "prompts")
     places = ["--work", str(work), "--record", str(record)]
-    done = _bench("run", "--model", str(model), "--tools", "ours", "--budget", "3", "--seeds", "1",
+    done = _bench("run", "--model", str(model), "--tools", "ours,ours-tpe", "--budget", "3", "--seeds", "1",
                   "--candidates", "2", "--threads", "1", *places)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
@@ -64,6 +64,10 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
         assert len(scored["kl"]) == 5 and len(scored["refused"]["harmful"]["markers"]) == 6
         assert len(scored["answers"]["edgy"]) == 4
     assert not any(Path(t["saved"]).exists() for t in trials["trials"] if t.get("saved"))  # evaluated, then deleted
+    # the variant without designed starting trials: its study queued none, ours' began with them
+    assert json.loads((record / "model" / "ours-tpe-b3-s1" / "trials.json").read_text())["config"] == {"starting_points": 0}
+    assert _starting_points(work / "model" / "ours-b3-s1") == [True] * 3
+    assert _starting_points(work / "model" / "ours-tpe-b3-s1") == [False] * 3
 
     peer = record / "model" / "peer-b3-s1"
     shutil.copytree(kept, peer)
@@ -78,3 +82,16 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     assert row["peers"]["peer"]["kl_ratio"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
     assert "| model (local) | 1 | markers |" in shown.stdout
     assert (record / "report.md").read_text().strip() == shown.stdout.strip()
+    assert "ours-tpe" in row["peers"]  # a variant of ours is compared like a peer, and counted apart from the peers
+    assert "markers, local models: our hypervolume at or above the variant's on 1 of 1" in shown.stdout
+    assert "markers, local models: our hypervolume at or above the peer's on 1 of 1" in shown.stdout
+
+
+def _starting_points(run_dir: Path) -> list[bool]:
+    import optuna
+
+    from abliterate.storage.records import TrialRecord
+
+    study = optuna.load_study(study_name="front", storage=f"sqlite:///{run_dir / 'study.db'}")
+    ran = [t for t in study.trials if t.state.is_finished()]  # designed points past the budget stay queued
+    return [bool(TrialRecord.of(t).starting_point) for t in ran]
