@@ -10,8 +10,8 @@ bench/fair_protocol.py's and bench/fair_judges.py's; this script runs them. ``ru
 trials, gives each one the common evaluation (greedy answers to the held-out harmful and edgy
 prompts, read by every common judge; first-token KL per held-out harmless prompt against the base
 model) and deletes the saved model. ``report`` compares the tools per (model, seed) and judge,
-prints the table with bootstrap intervals and writes it to ``bench/fair/report.md`` and
-``report.json``.
+prints the table with bootstrap intervals and writes it to ``bench/fair/report-bBUDGET.md`` and
+``report-bBUDGET.json`` (one pair per budget, so a report of one budget never replaces another's).
 
 Records, kept in the repository: ``bench/fair/MODEL/base.json`` (the base model's answers and
 verdicts) and ``bench/fair/MODEL/TOOL-bBUDGET-sSEED/{trials,evaluation}.json`` (every trial by the
@@ -272,8 +272,8 @@ def report(args) -> None:
                       f"{args.draws} paired bootstrap draws.", "",
                       header, "|" + "---|" * 12, *map(_row_markdown, rows), "", *summary(rows)])
     print(text)
-    (args.record / "report.json").write_text(json.dumps(rows, indent=1))
-    (args.record / "report.md").write_text(text + "\n")
+    (args.record / f"report-b{args.budget}.json").write_text(json.dumps(rows, indent=1))
+    (args.record / f"report-b{args.budget}.md").write_text(text + "\n")
 
 
 def summary(rows: list[dict]) -> list[str]:

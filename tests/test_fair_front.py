@@ -74,14 +74,14 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     (peer / "trials.json").write_text(json.dumps({**trials, "tool": "peer"}))
     shown = _bench("report", "--budget", "3", "--draws", "50", *places)
     assert shown.returncode == 0, shown.stderr[-3000:]
-    (row,) = json.loads((record / "report.json").read_text())
+    (row,) = json.loads((record / "report-b3.json").read_text())
     assert row["judge"] == "markers" and row["seed"] == 1
     difference = row["peers"]["peer"]["hypervolume_difference"]
     assert difference == {"estimate": 0.0, "low": 0.0, "high": 0.0}
     assert row["tools"]["peer"]["kl_at_lowest"] > 0  # an edit moves the tiny model
     assert row["peers"]["peer"]["kl_ratio"] == {"estimate": 1.0, "low": 1.0, "high": 1.0}
     assert "| model (local) | 1 | markers |" in shown.stdout
-    assert (record / "report.md").read_text().strip() == shown.stdout.strip()
+    assert (record / "report-b3.md").read_text().strip() == shown.stdout.strip()
     assert "ours-tpe" in row["peers"]  # a variant of ours is compared like a peer, and counted apart from the peers
     assert "markers, local models: our hypervolume at or above the variant's on 1 of 1" in shown.stdout
     assert "markers, local models: our hypervolume at or above the peer's on 1 of 1" in shown.stdout
