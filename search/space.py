@@ -202,8 +202,9 @@ def starting_points(space: SearchSpace, strongest: float, count: int) -> list[di
 
     A search of a few dozen trials is mostly spent finding where to take the direction and how
     hard to remove it. These points take the direction a tenth of the depth after the layer where
-    the refusal feature separates best (``strongest``, a fraction of depth, e.g. the peak of
-    :func:`ablation.directions.separation`) and remove it from the middle of the stack (a tent at
+    the refusal feature separates best (``strongest``, a fraction of depth: the worker passes
+    :func:`search.trial.strongest_layer`, the peak of :func:`ablation.directions.separation` below
+    the last fifth of the stack) and remove it from the middle of the stack (a tent at
     60 % depth) at a ladder of doses: strong, weaker, from a fifth deeper, mild, medium, and last
     strong at the separation peak itself. The doses lay out a front from few refusals to little
     KL before the sampler starts, so that even a short search has one to refine. A space with

@@ -45,10 +45,22 @@ def compute_directions(loaded: LoadedModel, harmful: Sequence[str], harmless: Se
     return {method: method_tensor(method, *residuals, space, labels=labels, sae=sae) for method in methods}
 
 
+# The share of the stack, from the bottom, where the strongest layer is looked for. Near the
+# unembedding the class means keep drifting apart for reasons of their own, and a direction read
+# there is a poor refusal direction; Arditi et al. (2024) leave the last fifth of the layers out of
+# their direction selection for this reason. The separation of the SmolLM2 refuser grows to its
+# last layer, where every designed first trial then read its direction (bench/RESULTS.md); on the
+# development model the peak lies below this share, so its trials are unchanged.
+SELECTABLE_DEPTH = 0.8
+
+
 def strongest_layer(harmful_residuals: torch.Tensor, harmless_residuals: torch.Tensor) -> float:
-    """Where the refusal feature is strongest, as a fraction of depth (see ablation.directions.separation)."""
+    """Where the refusal feature is strongest, as a fraction of depth: the layer of highest
+    separation (ablation.directions.separation) among the first ``SELECTABLE_DEPTH`` of the stack,
+    ``int(layers * SELECTABLE_DEPTH)`` layers (at least one)."""
     ratio = separation(harmful_residuals, harmless_residuals)
-    return int(ratio.argmax()) / max(len(ratio) - 1, 1)
+    selectable = max(int(len(ratio) * SELECTABLE_DEPTH), 1)
+    return int(ratio[:selectable].argmax()) / max(len(ratio) - 1, 1)
 
 
 def directions_to_bytes(directions: dict[str, torch.Tensor]) -> bytes:

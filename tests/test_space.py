@@ -1,7 +1,9 @@
 import optuna
 import pytest
+import torch
 
 from abliterate.search.space import PRESETS, SearchSpace, candidate_from_params, classic_seed, suggest
+from abliterate.search.trial import strongest_layer
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -88,3 +90,20 @@ def test_starting_points_lie_in_the_space_and_differ(preset):
     assert deep[0]["scope"] == "global" and deep[0]["direction_index"] == top  # held inside the range
     assert deep[5]["direction_index"] == pytest.approx(min(0.95, top))
     assert len(starting_points(space, 0.7, 3)) == 3
+
+
+def _residuals(gap: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Harmful and harmless residuals [3, L, 4] whose class means differ by ``gap[l]`` at layer l,
+    over harmless residuals of norm 2 everywhere: the separation of layer l is gap[l] / 2."""
+    harmless = torch.ones(3, len(gap), 4)
+    harmful = harmless.clone()
+    harmful[:, :, 0] += torch.tensor(gap)
+    return harmful, harmless
+
+
+def test_the_strongest_layer_is_looked_for_below_the_last_fifth():
+    # separation grows to the top layer; the last fifth (layers 8 and 9 of 10) is not looked at
+    assert strongest_layer(*_residuals([0, 1, 2, 3, 4, 5, 6, 5, 8, 9])) == 6 / 9
+    assert strongest_layer(*_residuals([0, 1, 7, 3, 4, 5, 6, 5, 1, 0])) == 2 / 9
+    assert strongest_layer(*_residuals([0, 1, 2, 3, 9])) == 3 / 4  # int(5 * 0.8) = 4 layers looked at
+    assert strongest_layer(*_residuals([5])) == 0.0  # a one-layer stack keeps its layer
