@@ -331,7 +331,8 @@ def main() -> None:
     run_.add_argument("--tools", type=lambda s: s.split(","), default=["ours", "heretic"], help=f"from {', '.join(TOOLS)}")
     run_.add_argument("--budget", type=int, default=30)
     run_.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
-    run_.add_argument("--candidates", type=int, default=5, help="front trials per tool given the common evaluation")
+    run_.add_argument("--candidates", default="5",
+                      help="front trials per tool given the common evaluation, or 'all': each tool's whole front")
     run_.add_argument("--threads", type=int, default=1, help="threads for every tool's search and the evaluation")
     run_.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON"),
                       help="Heretic's venv python: runs Heretic and gives its marker list to the common judges")
@@ -350,6 +351,10 @@ def main() -> None:
             raise SystemExit(f"unknown tool {unknown[0]!r}; pick from {', '.join(TOOLS)}")
         if "heretic" in args.tools and not args.heretic_python:
             raise SystemExit("--tools heretic needs --heretic-python (or HERETIC_PYTHON): the python of Heretic 1.4.0's venv")
+        if args.candidates != "all" and not (args.candidates.isdigit() and int(args.candidates) > 0):
+            raise SystemExit(f"--candidates {args.candidates}: give a positive number of front trials, or 'all'")
+        # a front holds at most one trial per trial run, so the budget takes the whole front
+        args.candidates = args.budget if args.candidates == "all" else int(args.candidates)
         if "abliterix" in args.tools and not args.abliterix_python:
             raise SystemExit("--tools abliterix needs --abliterix-python (or ABLITERIX_PYTHON); make its venv with bench/abliterix_setup.sh")
         run(args)

@@ -53,7 +53,9 @@ HELD_OUT = {
 }
 PROTOCOL = 2  # bumped whenever a held-out set or the box changes; records of two versions never mix
 # KL past which an edit counts as broken for the hypervolume (first-token KL on harmless prompts,
-# nats). Fixed before any run of this protocol; the earlier fronts' useful points lie at 0.002-0.05.
+# nats). Decided on the development model alone, before any run of this protocol, and not revisited
+# after an evaluation run: the useful points of its earlier fronts lie at 0.002-0.05 (bench/front),
+# and 0.1 is the KL past which Arditi et al. (2024) discard a candidate refusal direction.
 KL_BOUND = 0.1
 DRAWS = 2000
 

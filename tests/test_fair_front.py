@@ -95,3 +95,15 @@ def _starting_points(run_dir: Path) -> list[bool]:
     study = optuna.load_study(study_name="front", storage=f"sqlite:///{run_dir / 'study.db'}")
     ran = [t for t in study.trials if t.state.is_finished()]  # designed points past the budget stay queued
     return [bool(TrialRecord.of(t).starting_point) for t in ran]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    places = ["--work", str(tmp_path / "work"), "--record", str(tmp_path / "record")]
+    for args, message in (
+        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, heretic, abliterix"),
+        (("--tools", "ours", "--candidates", "0"), "--candidates 0: give a positive number of front trials, or 'all'"),
+        (("--tools", "ours", "--model", str(tmp_path / "missing")), f"no model at {tmp_path / 'missing'}"),
+    ):
+        done = _bench("run", *args, *places)
+        assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+    assert not any(tmp_path.iterdir())
