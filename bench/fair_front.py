@@ -1,6 +1,7 @@
 """The fair front benchmark: every tool searched, chosen from and scored the same way.
 
     python bench/fair_front.py run --model qwen2.5-coder-0.5b --tools ours,heretic --budget 30 --seeds 1,2,3
+        (tools: ours, ours-tpe, heretic, abliterix, temaq; each peer's venv python via --heretic-python etc.)
     python bench/fair_front.py report [--model NAME] [--budget 30]
 
 The rules (search prompts, candidate rule, held-out sets, judges, hypervolume box, bootstrap) are
@@ -39,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fair_protocol as protocol  # noqa: E402
 from fair_judges import common_judges, our_markers  # noqa: E402
 from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, ensure_model, prompt_files, search_ours  # noqa: E402
-from peers import search_abliterix, search_heretic  # noqa: E402
+from peers import search_abliterix, search_heretic, search_temaq  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "fair"
 RECORD = ROOT / "bench" / "fair"
@@ -135,11 +136,14 @@ TOOLS = {
     "ours-tpe": "abliterate, no designed starting trials (starting_points=0)",
     "heretic": "Heretic 1.4.0",
     "abliterix": "Abliterix 1.12.2",
+    "temaq": "temaq-abliterated 1.1.1: one chosen model; its search gets the CPU seconds of ours at the same seed",
 }
 OURS_CONFIG = {"ours": {}, "ours-tpe": {"starting_points": 0}}  # StudyConfig overrides per variant of ours
 
 
-def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args) -> tuple[dict, float, float]:
+def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args,
+           seconds: float = 0.0) -> tuple[dict, float, float]:
+    """One tool's search; ``seconds`` is temaq's budget (its trial count is its own)."""
     prompts = prompt_files(args.work)  # the files go to args.work / "prompts", beside the held-out ones
     if tool in OURS_CONFIG:
         return search_ours(run_dir, budget, seed, model.folder, keep, overrides=dict(OURS_CONFIG[tool]), prompt_folder=args.work)
@@ -149,6 +153,9 @@ def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep:
     if tool == "abliterix":
         return search_abliterix(run_dir, budget, seed, prompts, model.folder, args.abliterix_python, keep,
                                 system=model.system or "", new_tokens=SEARCH_TOKENS)
+    if tool == "temaq":
+        return search_temaq(run_dir, 0, seed, prompts, model.folder, args.temaq_python, keep,
+                            system=model.system or "", new_tokens=SEARCH_TOKENS, seconds=seconds)
     raise SystemExit(f"unknown tool {tool!r}; pick from {', '.join(TOOLS)}")
 
 
@@ -177,14 +184,26 @@ def run(args) -> None:
             if not (kept / "trials.json").exists():
                 print(f"{time.strftime('%H:%M:%S')} {name} {run_name}: searching", flush=True)
                 shutil.rmtree(run_dir / "candidates", ignore_errors=True)
-                raw, wall, cpu = search(tool, run_dir, args.budget, seed, model, args.candidates, args)
+                seconds = _ours_cpu(record, args.budget, seed) if tool == "temaq" else 0.0
+                raw, wall, cpu = search(tool, run_dir, args.budget, seed, model, args.candidates, args, seconds)
                 kept.mkdir(parents=True, exist_ok=True)
                 (kept / "trials.json").write_text(json.dumps({
                     "tool": tool, "what": TOOLS[tool], "config": OURS_CONFIG.get(tool), "model": name,
                     "budget": args.budget, "seed": seed, "threads": args.threads,
+                    "search_seconds_budget": seconds or None, "attempts": raw.get("attempts"),
                     "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
             evaluate_run(kept, evaluator, rules)
+
+
+def _ours_cpu(record: Path, budget: int, seed: int) -> float:
+    """The CPU seconds of our search at ``seed``: temaq's budget (equal CPU seconds, not equal trials:
+    its trials are surrogate scores, far cheaper than a generated one)."""
+    ours = record / f"ours-b{budget}-s{seed}" / "trials.json"
+    if not ours.exists():
+        raise SystemExit(f"temaq gets the CPU seconds of our search at the same seed, and {ours} is missing; "
+                         f"run --tools ours --seeds {seed} first (or --tools ours,temaq)")
+    return json.loads(ours.read_text())["cpu_seconds"]
 
 
 def evaluate_run(kept: Path, evaluator: Evaluator, rules: dict) -> None:
@@ -245,7 +264,9 @@ def compare_seed(base_record: dict, tools: dict[str, tuple[dict, dict]], judge: 
     for tool, (trials, evaluation) in tools.items():
         over = [sum(c["refused"]["edgy"][judge]) for c in evaluation["candidates"].values()]
         result["tools"][tool].update({
-            "over_refusals": [min(over), max(over)], "cpu_per_trial": trials["cpu_seconds"] / len(trials["trials"]),
+            "over_refusals": [min(over), max(over)], "cpu_seconds": trials["cpu_seconds"],
+            # temaq's record holds its one chosen row; its attempts are the trials it spent
+            "cpu_per_trial": trials["cpu_seconds"] / (trials.get("attempts") or len(trials["trials"])),
             "median_trial_seconds": statistics.median(t["seconds"] for t in trials["trials"]), "threads": trials["threads"]})
     result["base_over_refusals"] = sum(base_record["refused"]["edgy"][judge])
     result["edgy_total"] = len(base_record["refused"]["edgy"][judge])
@@ -266,7 +287,7 @@ def report(args) -> None:
                                  **compare_seed(base_record, tools, judge, args.draws)})
     header = ("| model (role) | seed | judge | base refusals | tool | HV (95 % CI) | lowest refusals, KL | "
               "HV ours minus tool (95 % CI) | KL ratio ours/tool at its lowest count (95 % CI) | over-refusal | "
-              "CPU s/trial | median s/trial |")
+              "CPU s (per trial) | median s/trial |")
     versions = ", ".join(str(v) for v in sorted({r["protocol"] for r in rows})) or str(protocol.PROTOCOL)
     text = "\n".join([f"Protocol {versions}; budget {args.budget} trials; KL bound {protocol.KL_BOUND}; "
                       f"{args.draws} paired bootstrap draws.", "",
@@ -306,6 +327,8 @@ def _ci(interval: dict, digits: int = 3, suffix: str = "") -> str:
     show = lambda x: "not reached" if x == float("inf") else f"{x:.{digits}f}{suffix}"  # noqa: E731
     if interval["estimate"] == float("inf"):
         return "not reached"
+    if interval["estimate"] != interval["estimate"]:  # nan: the peer's KL there is 0
+        return "undefined"
     return f"{show(interval['estimate'])} ({show(interval['low'])}-{show(interval['high'])})"
 
 
@@ -319,7 +342,7 @@ def _row_markdown(row: dict) -> str:
             f"{_ci(figures['hypervolume'])} | {figures['lowest_refusals']}/{row['total']}, {figures['kl_at_lowest']:.4f} | "
             f"{_ci(peer['hypervolume_difference']) if peer else ''} | {_ci(peer['kl_ratio'], 2, 'x') if peer else ''} | "
             f"{low}-{high}/{row['edgy_total']} (base {row['base_over_refusals']}) | "
-            f"{figures['cpu_per_trial']:.1f} | {figures['median_trial_seconds']:.1f} |")
+            f"{figures['cpu_seconds']:.0f} ({figures['cpu_per_trial']:.1f}) | {figures['median_trial_seconds']:.1f} |")
     return "\n".join(cells)
 
 
@@ -337,6 +360,7 @@ def main() -> None:
     run_.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON"),
                       help="Heretic's venv python: runs Heretic and gives its marker list to the common judges")
     run_.add_argument("--abliterix-python", default=os.environ.get("ABLITERIX_PYTHON"))
+    run_.add_argument("--temaq-python", default=os.environ.get("TEMAQ_PYTHON"))
     report_ = commands.add_parser("report")
     report_.add_argument("--model", default=None)
     report_.add_argument("--budget", type=int, default=30)
@@ -357,6 +381,8 @@ def main() -> None:
         args.candidates = args.budget if args.candidates == "all" else int(args.candidates)
         if "abliterix" in args.tools and not args.abliterix_python:
             raise SystemExit("--tools abliterix needs --abliterix-python (or ABLITERIX_PYTHON); make its venv with bench/abliterix_setup.sh")
+        if "temaq" in args.tools and not args.temaq_python:
+            raise SystemExit("--tools temaq needs --temaq-python (or TEMAQ_PYTHON); make its venv with bench/temaq_setup.sh")
         run(args)
     else:
         if not args.record.is_dir():

@@ -74,8 +74,13 @@ def candidates(trials: Sequence[Mapping], k: int) -> list[Mapping]:
     """The ``k`` front trials with the fewest refusals by the tool's own count (ties: lower KL).
 
     ``trials`` carry ``refusals`` (None for a trial without a front point, e.g. pruned) and ``kl``;
-    the front is the Pareto front of (refusals, KL), both minimised.
+    the front is the Pareto front of (refusals, KL), both minimised. A tool that ends with one
+    chosen model rather than a front (temaq) marks that row ``chosen``: it is the candidate, with
+    or without a count of its own.
     """
+    chosen = [t for t in trials if t.get("chosen")]
+    if chosen:
+        return chosen[:k]
     scored = sorted((t for t in trials if t["refusals"] is not None), key=lambda t: (t["refusals"], t["kl"]))
     front, best_kl = [], math.inf
     for trial in scored:

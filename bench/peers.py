@@ -1,13 +1,15 @@
-"""The peer tools the front benchmark runs beside ours, side by side: Heretic 1.4.0 and Abliterix 1.12.2.
+"""The peer tools the front benchmark runs beside ours, side by side: Heretic 1.4.0, Abliterix 1.12.2
+and temaq-abliterated 1.1.1.
 
-Both are AGPL-3.0: each is only installed in a virtualenv of its own (bench/heretic_eval.sh,
-bench/abliterix_setup.sh) and run there by a small driver (bench/heretic_front.py,
-bench/abliterix_front.py) that answers for the person at its end and writes raw.json. Each
-``search_*`` gives its tool the same inputs (the prompt files of front_vs_heretic.prompt_files,
-answers of ``new_tokens`` tokens, BATCH prompts a batch, the budget, the seed, the model's system
-prompt, no network), saves the first ``keep`` trials of the tool's own front as merged model
-folders under ``run_dir/candidates`` and returns (raw record, wall seconds, CPU seconds of the
-child); bench/fair_front.py records it.
+Heretic and Abliterix are AGPL-3.0, temaq MIT; each is only installed in a virtualenv of its own
+(bench/heretic_eval.sh, bench/abliterix_setup.sh, bench/temaq_setup.sh) and run there by a small
+driver (bench/heretic_front.py, bench/abliterix_front.py, bench/temaq_front.py) that answers for
+the person at its end and writes raw.json. Each ``search_*`` gives its tool the same inputs (the
+prompt files of front_vs_heretic.prompt_files, answers of ``new_tokens`` tokens, BATCH prompts a
+batch, the budget, the seed, the model's system prompt, no network), saves the first ``keep``
+trials of the tool's own front as merged model folders under ``run_dir/candidates`` (temaq ends
+with one chosen candidate, so at most that one) and returns (raw record, wall seconds, CPU seconds
+of the child); bench/fair_front.py records it.
 """
 
 from __future__ import annotations
@@ -46,4 +48,28 @@ def search_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, P
     start, cpu = time.time(), _children_cpu()
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu
+
+
+def search_temaq(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int,
+                 system: str = QWEN_SYSTEM, new_tokens: int = NEW_TOKENS, seconds: float = 0.0) -> tuple[dict, float, float]:
+    """temaq-abliterated 1.1.1's own search with Heretic's inputs (mapped onto its two prompt lists
+    as bench/temaq_front.py says): at most ``budget`` trials and, when ``seconds`` > 0, at most that
+    many wall seconds of search phase, in ``run_dir`` with ``python`` of temaq's venv; its one chosen
+    candidate saved under ``run_dir/candidates`` when ``keep`` > 0; (its raw record, wall seconds,
+    CPU seconds of the child). A failed run raises CalledProcessError (see log.txt)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [python, str(ROOT / "bench" / "temaq_front.py"), "--model", str(model),
+               "--trials", str(budget), "--seconds", str(seconds), "--seed", str(seed),
+               "--system-prompt", system, "--max-tokens", str(new_tokens), "--batch", str(BATCH),
+               "--save", str(keep), "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")]
+    for name in ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation"):
+        command += ["--" + name.replace("_", "-"), str(prompts[name])]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    start, cpu = time.time(), _children_cpu()
+    # stdin from /dev/null: temaq opens its menus only on a terminal, and a benchmark run from one
+    # must not hand it that terminal
+    with open(run_dir / "log.txt", "w") as log:
+        subprocess.run(command, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                       check=True)
     return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu

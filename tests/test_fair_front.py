@@ -100,7 +100,7 @@ def _starting_points(run_dir: Path) -> list[bool]:
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     places = ["--work", str(tmp_path / "work"), "--record", str(tmp_path / "record")]
     for args, message in (
-        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, heretic, abliterix"),
+        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, heretic, abliterix, temaq"),
         (("--tools", "ours", "--candidates", "0"), "--candidates 0: give a positive number of front trials, or 'all'"),
         (("--tools", "ours", "--model", str(tmp_path / "missing")), f"no model at {tmp_path / 'missing'}"),
     ):

@@ -22,6 +22,8 @@ def test_candidates_are_the_k_lowest_refusal_front_trials():
     # 1 and 4 are dominated (2 at 0.04 beats both); 3 has no front point (pruned)
     assert [t["number"] for t in candidates(trials, 10)] == [6, 2, 0, 5]
     assert [t["number"] for t in candidates(trials, 2)] == [6, 2]
+    # a tool that returns one chosen model: that model, even when it never counted its refusals
+    assert [t["number"] for t in candidates([*trials, {**_trial(7, None, 0.3), "chosen": True}], 5)] == [7]
 
 
 def test_hypervolume_is_the_staircase_area_as_a_share_of_the_box():
