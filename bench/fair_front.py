@@ -62,6 +62,9 @@ MODELS = {
     "smollm2-135m-refuser": Model("evaluation", ROOT / "bench" / ".models" / "smollm2-135m-refuser",
                                   "You are a helpful AI assistant named SmolLM, trained by Hugging Face",
                                   "python bench/eval_models.py smollm2-refuser"),
+    # Gemma has no system role; its template (bench/eval_models.py) drops an empty system prompt
+    "gemma3-270m-refuser": Model("evaluation", ROOT / "bench" / ".models" / "gemma3-270m-refuser", None,
+                                 "python bench/eval_models.py gemma3-refuser"),
 }
 
 
