@@ -56,7 +56,8 @@ import shutil
 import sys
 from pathlib import Path
 
-PROMPT_SETS = ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation")
+from driver_options import PROMPT_SETS, driver_parser
+
 # Abliterix's names for the four sets
 SOURCES = {"harmless_extraction": "benign_prompts", "harmful_extraction": "target_prompts",
            "harmless_evaluation": "benign_eval_prompts", "harmful_evaluation": "target_eval_prompts"}
@@ -84,19 +85,10 @@ def main() -> None:
 
 
 def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="local HF model folder")
-    for name in PROMPT_SETS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, required=True, help="one prompt a line")
+    parser = driver_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, required=True)
     parser.add_argument("--startup", type=int, required=True, help="random trials before TPE")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--system-prompt", required=True)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--save", type=int, default=1, help="front trials to save, fewest refusals first")
-    parser.add_argument("--save-dir", required=True)
-    parser.add_argument("--trials-out", required=True)
     return parser.parse_args()
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import front_vs_heretic  # noqa: E402
+from driver_options import PROMPT_SETS  # noqa: E402
 from front_vs_heretic import BATCH, NEW_TOKENS, QWEN_SYSTEM, ROOT, _children_cpu, heretic_startup  # noqa: E402
 
 search_heretic = front_vs_heretic.search_heretic
@@ -38,17 +39,8 @@ def search_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, P
     CPU seconds of the child). A failed run raises CalledProcessError (see log.txt)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # a fresh study, as Heretic's
-    command = [python, str(ROOT / "bench" / "abliterix_front.py"), "--model", str(model),
-               "--trials", str(budget), "--startup", str(heretic_startup(budget)), "--seed", str(seed),
-               "--system-prompt", system, "--max-tokens", str(new_tokens), "--batch", str(BATCH),
-               "--save", str(keep), "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")]
-    for name in ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation"):
-        command += ["--" + name.replace("_", "-"), str(prompts[name])]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    start, cpu = time.time(), _children_cpu()
-    with open(run_dir / "log.txt", "w") as log:
-        subprocess.run(command, cwd=run_dir, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu
+    return _drive("abliterix_front.py", run_dir, python, prompts, model, seed, system, new_tokens, keep,
+                  ["--trials", str(budget), "--startup", str(heretic_startup(budget))])
 
 
 def search_temaq(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int,
@@ -59,16 +51,24 @@ def search_temaq(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path]
     candidate saved under ``run_dir/candidates`` when ``keep`` > 0; (its raw record, wall seconds,
     CPU seconds of the child). A failed run raises CalledProcessError (see log.txt)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    command = [python, str(ROOT / "bench" / "temaq_front.py"), "--model", str(model),
-               "--trials", str(budget), "--seconds", str(seconds), "--seed", str(seed),
+    return _drive("temaq_front.py", run_dir, python, prompts, model, seed, system, new_tokens, keep,
+                  ["--trials", str(budget), "--seconds", str(seconds)])
+
+
+def _drive(driver: str, run_dir: Path, python: str, prompts: dict[str, Path], model: Path, seed: int, system: str,
+           new_tokens: int, keep: int, budget: list[str]) -> tuple[dict, float, float]:
+    """Runs ``bench/<driver>`` with ``python`` in ``run_dir`` on the shared options
+    (bench/driver_options.py) and its ``budget`` options; (its raw.json, wall seconds, CPU seconds
+    of the child). A failed run raises CalledProcessError (see log.txt)."""
+    command = [python, str(ROOT / "bench" / driver), "--model", str(model), *budget, "--seed", str(seed),
                "--system-prompt", system, "--max-tokens", str(new_tokens), "--batch", str(BATCH),
                "--save", str(keep), "--save-dir", str(run_dir / "candidates"), "--trials-out", str(run_dir / "raw.json")]
-    for name in ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation"):
+    for name in PROMPT_SETS:
         command += ["--" + name.replace("_", "-"), str(prompts[name])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     start, cpu = time.time(), _children_cpu()
-    # stdin from /dev/null: temaq opens its menus only on a terminal, and a benchmark run from one
-    # must not hand it that terminal
+    # stdin from /dev/null: temaq opens its menus on a terminal, and no driver may be handed the
+    # terminal of a benchmark started from one
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                        check=True)

@@ -64,7 +64,8 @@ import sys
 import time
 from pathlib import Path
 
-PROMPT_SETS = ("harmful_extraction", "harmless_extraction", "harmful_evaluation", "harmless_evaluation")
+from driver_options import PROMPT_SETS, driver_parser
+
 WORK = Path("temaq-work")
 STAGING = "temaq-export"  # temaq's output folder under --save-dir, renamed trial-N once N is known
 
@@ -90,19 +91,10 @@ def main() -> None:
 
 
 def _arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="local HF model folder")
-    for name in PROMPT_SETS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, required=True, help="one prompt a line")
+    parser = driver_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=0, help="search trials (0: temaq's own, 120 on a CPU)")
     parser.add_argument("--seconds", type=float, default=0.0, help="wall-clock budget of the search phase (0: none)")
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--system-prompt", required=True)
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--save", type=int, default=1, help="0: export nothing; temaq has one candidate to save")
-    parser.add_argument("--save-dir", required=True)
-    parser.add_argument("--trials-out", required=True)
     return parser.parse_args()
 
 
