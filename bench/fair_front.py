@@ -169,6 +169,8 @@ def run(args) -> None:
         ensure_model(model.folder)
     if not (model.folder / "config.json").exists():
         raise SystemExit(f"no model at {model.folder}; make it with: {model.how}")
+    if "temaq" in args.tools:
+        _ours_before_temaq(args.record / name, args.budget, args.seeds, args.tools)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every tool's search and the evaluation alike
     judges, judge_ids = common_judges(args.heretic_python) if args.heretic_python else ({"markers": our_markers}, {"markers": "abliterate MarkerJudge"})
     record = args.record / name
@@ -202,11 +204,18 @@ def run(args) -> None:
 def _ours_cpu(record: Path, budget: int, seed: int) -> float:
     """The CPU seconds of our search at ``seed``: temaq's budget (equal CPU seconds, not equal trials:
     its trials are surrogate scores, far cheaper than a generated one)."""
-    ours = record / f"ours-b{budget}-s{seed}" / "trials.json"
-    if not ours.exists():
-        raise SystemExit(f"temaq gets the CPU seconds of our search at the same seed, and {ours} is missing; "
-                         f"run --tools ours --seeds {seed} first (or --tools ours,temaq)")
-    return json.loads(ours.read_text())["cpu_seconds"]
+    return json.loads((record / f"ours-b{budget}-s{seed}" / "trials.json").read_text())["cpu_seconds"]
+
+
+def _ours_before_temaq(record: Path, budget: int, seeds: list[int], tools: list[str]) -> None:
+    """Before anything is written: every seed temaq runs at has our search's record, or gets one
+    earlier in this run (ours listed before temaq)."""
+    if "ours" in tools and tools.index("ours") < tools.index("temaq"):
+        return
+    missing = [seed for seed in seeds if not (record / f"ours-b{budget}-s{seed}" / "trials.json").exists()]
+    if missing:
+        raise SystemExit(f"temaq gets the CPU seconds of our search at the same seed, and seed {missing[0]} has none "
+                         f"under {record}; run --tools ours,temaq (ours first)")
 
 
 def evaluate_run(kept: Path, evaluator: Evaluator, rules: dict) -> None:

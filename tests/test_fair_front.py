@@ -99,11 +99,16 @@ def _starting_points(run_dir: Path) -> list[bool]:
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     places = ["--work", str(tmp_path / "work"), "--record", str(tmp_path / "record")]
+    model = tmp_path / "model"  # passes the folder check; nothing may be loaded or written before the temaq one
+    model.mkdir()
+    (model / "config.json").write_text("{}")
     for args, message in (
         (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, heretic, abliterix, temaq"),
         (("--tools", "ours", "--candidates", "0"), "--candidates 0: give a positive number of front trials, or 'all'"),
         (("--tools", "ours", "--model", str(tmp_path / "missing")), f"no model at {tmp_path / 'missing'}"),
+        (("--tools", "temaq,ours", "--temaq-python", sys.executable, "--model", str(model)),
+         "temaq gets the CPU seconds of our search at the same seed, and seed 1 has none"),
     ):
         done = _bench("run", *args, *places)
         assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
-    assert not any(tmp_path.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
