@@ -2,7 +2,8 @@
 
     python bench/fair_front.py run --model qwen2.5-coder-0.5b --tools ours,heretic --budget 30 --seeds 1,2,3
         (tools: ours, ours-tpe, heretic, abliterix, temaq; each peer's venv python via --heretic-python etc.)
-    python bench/fair_front.py report [--model NAME] [--budget 30]
+    python bench/fair_front.py report [--model NAME] [--budget 30]       (bench/fair_report.py)
+    python bench/fair_front.py rejudge [--model NAME]                   (a judge that joined later reads the kept answers)
 
 The rules (search prompts, candidate rule, held-out sets, judges, hypervolume box, bootstrap) are
 bench/fair_protocol.py's and bench/fair_judges.py's; this script runs them. ``run`` performs each
@@ -10,9 +11,10 @@ bench/fair_protocol.py's and bench/fair_judges.py's; this script runs them. ``ru
 ``--threads`` threads for every tool, saves each tool's ``--candidates`` lowest-refusal front
 trials, gives each one the common evaluation (greedy answers to the held-out harmful and edgy
 prompts, read by every common judge; first-token KL per held-out harmless prompt against the base
-model) and deletes the saved model. ``report`` compares the tools per (model, seed) and judge,
-prints the table with bootstrap intervals and writes it to ``bench/fair/report-bBUDGET.md`` and
-``report-bBUDGET.json`` (one pair per budget, so a report of one budget never replaces another's).
+model) and deletes the saved model. ``report`` (bench/fair_report.py) compares the tools per
+(model, seed) and judge, prints the table with bootstrap intervals and writes it to
+``bench/fair/report-bBUDGET.md`` and ``report-bBUDGET.json`` (one pair per budget, so a report of
+one budget never replaces another's).
 
 Records, kept in the repository: ``bench/fair/MODEL/base.json`` (the base model's answers and
 verdicts) and ``bench/fair/MODEL/TOOL-bBUDGET-sSEED/{trials,evaluation}.json`` (every trial by the
@@ -38,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fair_protocol as protocol  # noqa: E402
-from fair_judges import common_judges, our_markers  # noqa: E402
+from fair_judges import add_judges, common_judges  # noqa: E402
+from fair_report import report  # noqa: E402
 from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, ensure_model, prompt_files, search_ours  # noqa: E402
 from peers import search_abliterix, search_heretic, search_temaq  # noqa: E402
 
@@ -172,7 +175,7 @@ def run(args) -> None:
     if "temaq" in args.tools:
         _ours_before_temaq(args.record / name, args.budget, args.seeds, args.tools)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every tool's search and the evaluation alike
-    judges, judge_ids = common_judges(args.heretic_python) if args.heretic_python else ({"markers": our_markers}, {"markers": "abliterate MarkerJudge"})
+    judges, judge_ids = common_judges(args.heretic_python)
     record = args.record / name
     rules = {"protocol": protocol.PROTOCOL, "held_out": protocol.HELD_OUT, "judges": judge_ids}
     _same_rules(record / "base.json", rules)
@@ -247,115 +250,25 @@ def _same_rules(file: Path, rules: dict) -> None:
         raise SystemExit(f"{file} follows protocol {version}, this code protocol {rules['protocol']}; "
                          "move that model's records away (or report them with --record) and run again")
     if kept["judges"] != rules["judges"]:
-        raise SystemExit(f"{file} was judged by {kept['judges']}, this run by {rules['judges']}; "
-                         "run with the same judges (--heretic-python) or move the model's records away")
+        raise SystemExit(f"{file} was judged by {kept['judges']}, this run by {rules['judges']}; run `fair_front.py rejudge` "
+                         "to give the records the judges they lack, or run with the same judges (--heretic-python)")
 
 
-# --- the report --------------------------------------------------------------------------------
-
-def scored_run(name: str, evaluation: dict) -> list[protocol.Scored]:
-    return [protocol.Scored(f"{name}:{n}", c["refused"]["harmful"], c["kl"]) for n, c in evaluation["candidates"].items()]
-
-
-def model_runs(folder: Path, budget: int) -> dict[int, dict[str, tuple[dict, dict]]]:
-    """seed -> tool -> (trials record, evaluation record) of the evaluated runs at ``budget``."""
-    runs: dict[int, dict[str, tuple[dict, dict]]] = {}
-    for kept in sorted(folder.glob(f"*-b{budget}-s*")):
-        if (kept / "evaluation.json").exists():
-            trials = json.loads((kept / "trials.json").read_text())
-            runs.setdefault(trials["seed"], {})[trials["tool"]] = (trials, json.loads((kept / "evaluation.json").read_text()))
-    return runs
-
-
-def compare_seed(base_record: dict, tools: dict[str, tuple[dict, dict]], judge: str, draws: int) -> dict:
-    """One (model, seed, judge) row: the protocol's comparison, over-refusal and cost per tool."""
-    import statistics
-
-    base = protocol.Scored("base", base_record["refused"]["harmful"], base_record["kl"])
-    result = protocol.compare({tool: scored_run(tool, e) for tool, (_, e) in tools.items()}, base, judge, draws=draws)
-    for tool, (trials, evaluation) in tools.items():
-        over = [sum(c["refused"]["edgy"][judge]) for c in evaluation["candidates"].values()]
-        result["tools"][tool].update({
-            "over_refusals": [min(over), max(over)], "cpu_seconds": trials["cpu_seconds"],
-            # temaq's record holds its one chosen row; its attempts are the trials it spent
-            "cpu_per_trial": trials["cpu_seconds"] / (trials.get("attempts") or len(trials["trials"])),
-            "median_trial_seconds": statistics.median(t["seconds"] for t in trials["trials"]), "threads": trials["threads"]})
-    result["base_over_refusals"] = sum(base_record["refused"]["edgy"][judge])
-    result["edgy_total"] = len(base_record["refused"]["edgy"][judge])
-    return result
-
-
-def report(args) -> None:
-    rows = []
+def rejudge(args) -> None:
+    """The kept records of ``--model`` (else of every model) read by every current common judge: a
+    judge that joined after a record was written gets its verdicts from the stored answers."""
+    judges, ids = common_judges(args.heretic_python)
+    prompts = {name: _lines(path) for name, path in held_out_files(args.work / "prompts").items()}
     for folder in sorted(p for p in args.record.iterdir() if (p / "base.json").exists()):
         if args.model and folder.name != args.model:
             continue
-        base_record = json.loads((folder / "base.json").read_text())
-        for seed, tools in sorted(model_runs(folder, args.budget).items()):
-            if "ours" in tools and len(tools) > 1:
-                for judge in base_record["refused"]["harmful"]:
-                    rows.append({"model": folder.name, "role": base_record["role"], "protocol": base_record.get("protocol", 1),
-                                 "seed": seed, "budget": args.budget,
-                                 **compare_seed(base_record, tools, judge, args.draws)})
-    header = ("| model (role) | seed | judge | base refusals | tool | HV (95 % CI) | lowest refusals, KL | "
-              "HV ours minus tool (95 % CI) | KL ratio ours/tool at its lowest count (95 % CI) | over-refusal | "
-              "CPU s (per trial) | median s/trial |")
-    versions = ", ".join(str(v) for v in sorted({r["protocol"] for r in rows})) or str(protocol.PROTOCOL)
-    text = "\n".join([f"Protocol {versions}; budget {args.budget} trials; KL bound {protocol.KL_BOUND}; "
-                      f"{args.draws} paired bootstrap draws.", "",
-                      header, "|" + "---|" * 12, *map(_row_markdown, rows), "", *summary(rows)])
-    print(text)
-    (args.record / f"report-b{args.budget}.json").write_text(json.dumps(rows, indent=1))
-    (args.record / f"report-b{args.budget}.md").write_text(text + "\n")
-
-
-def summary(rows: list[dict]) -> list[str]:
-    """Per judge and model role, the two goals counted over (model, seed, peer) pairs, and the
-    pairs whose interval does not exclude the other outcome. A variant of ours (``ours-tpe``) is
-    counted apart from the peers: it answers whether our defaults help, not whether we lead."""
-    lines = []
-    for judge in sorted({r["judge"] for r in rows}):
-        for role in ("evaluation", "development", "local"):
-            for kind, of_ours in (("peer", False), ("variant", True)):
-                pairs = [f for r in rows if r["judge"] == judge and r["role"] == role
-                         for peer, f in r["peers"].items() if peer.startswith("ours") == of_ours]
-                if pairs:
-                    lines.append(f"{judge}, {role} models: " + _goals(pairs, kind))
-    return lines
-
-
-def _goals(pairs: list[dict], kind: str) -> str:
-    hv_ok = sum(f["hypervolume_difference"]["estimate"] >= 0 for f in pairs)
-    hv_sure = sum(f["hypervolume_difference"]["low"] > 0 for f in pairs)
-    kl_ok = sum(f["kl_ratio"]["estimate"] <= 0.6 for f in pairs)
-    kl_sure = sum(f["kl_ratio"]["high"] <= 0.6 for f in pairs)
-    return (f"our hypervolume at or above the {kind}'s on {hv_ok} of {len(pairs)} (model, seed, {kind}) pairs "
-            f"({hv_sure} with the whole interval above 0); KL at most 0.6x the {kind}'s at its lowest count on "
-            f"{kl_ok} of {len(pairs)} ({kl_sure} with the whole interval).")
-
-
-def _ci(interval: dict, digits: int = 3, suffix: str = "") -> str:
-    """``estimate (low-high)``; an infinite ratio is a count our candidates never reach."""
-    show = lambda x: "not reached" if x == float("inf") else f"{x:.{digits}f}{suffix}"  # noqa: E731
-    if interval["estimate"] == float("inf"):
-        return "not reached"
-    if interval["estimate"] != interval["estimate"]:  # nan: the peer's KL there is 0
-        return "undefined"
-    return f"{show(interval['estimate'])} ({show(interval['low'])}-{show(interval['high'])})"
-
-
-def _row_markdown(row: dict) -> str:
-    cells = []
-    for tool, figures in row["tools"].items():
-        peer = row["peers"].get(tool)
-        low, high = figures["over_refusals"]
-        cells.append(
-            f"| {row['model']} ({row['role']}) | {row['seed']} | {row['judge']} | {row['base_refusals']}/{row['total']} | {tool} | "
-            f"{_ci(figures['hypervolume'])} | {figures['lowest_refusals']}/{row['total']}, {figures['kl_at_lowest']:.4f} | "
-            f"{_ci(peer['hypervolume_difference']) if peer else ''} | {_ci(peer['kl_ratio'], 2, 'x') if peer else ''} | "
-            f"{low}-{high}/{row['edgy_total']} (base {row['base_over_refusals']}) | "
-            f"{figures['cpu_seconds']:.0f} ({figures['cpu_per_trial']:.1f}) | {figures['median_trial_seconds']:.1f} |")
-    return "\n".join(cells)
+        version = json.loads((folder / "base.json").read_text()).get("protocol", 1)
+        if version != protocol.PROTOCOL:
+            print(f"{folder.name}: protocol {version}, held-out sets of another version; left as it is")
+            continue
+        files = [folder / "base.json", *sorted(folder.glob("*/evaluation.json"))]
+        changed = add_judges(files, prompts, judges, ids)
+        print(f"{folder.name}: {len(changed)} of {len(files)} records given the verdicts of judges they lacked")
 
 
 def main() -> None:
@@ -373,11 +286,15 @@ def main() -> None:
                       help="Heretic's venv python: runs Heretic and gives its marker list to the common judges")
     run_.add_argument("--abliterix-python", default=os.environ.get("ABLITERIX_PYTHON"))
     run_.add_argument("--temaq-python", default=os.environ.get("TEMAQ_PYTHON"))
+    rejudge_ = commands.add_parser("rejudge", help="add the verdicts of judges that joined later to the kept records")
+    rejudge_.add_argument("--model", default=None)
+    rejudge_.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON"),
+                          help="Heretic's venv python: its marker list is one of the judges (without it, records keep theirs)")
     report_ = commands.add_parser("report")
     report_.add_argument("--model", default=None)
     report_.add_argument("--budget", type=int, default=30)
     report_.add_argument("--draws", type=int, default=protocol.DRAWS)
-    for command in (run_, report_):
+    for command in (run_, rejudge_, report_):
         command.add_argument("--work", type=Path, default=WORK, help="scratch: prompt files, studies, models, logs")
         command.add_argument("--record", type=Path, default=RECORD, help="where the kept records are")
     args = parser.parse_args()
@@ -396,6 +313,8 @@ def main() -> None:
         if "temaq" in args.tools and not args.temaq_python:
             raise SystemExit("--tools temaq needs --temaq-python (or TEMAQ_PYTHON); make its venv with bench/temaq_setup.sh")
         run(args)
+    elif args.command == "rejudge":
+        rejudge(args)
     else:
         if not args.record.is_dir():
             raise SystemExit(f"no records at {args.record}; run `fair_front.py run` first or pass --record")

@@ -6,7 +6,9 @@ One contract, :class:`Judge`, and its implementations:
 * :class:`PluginJudge` - any object with ``refuses(prompts, responses) -> list[bool]``, loaded from
   ``module:attribute`` (the plug-in form the CLI has always taken);
 * :class:`objectives.llm_judge.LLMJudge` - a chat model asked one question under a fixed rubric,
-  read from the next-token probabilities of its answer letters.
+  read from the next-token probabilities of its answer letters;
+* :class:`objectives.trained_judge.TrainedJudge` - a classifier trained here over a frozen sentence
+  encoder (``embed``).
 
 Every judge gives each answer a :class:`Verdict`: one of :data:`VERDICTS` and the probability that
 the answer is *not* compliance. Rule-based judges give 0 or 1; a model judge gives its own
@@ -152,12 +154,13 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-JUDGES = ("markers", "llm")
+JUDGES = ("markers", "llm", "embed")
 
 
 @dataclass(frozen=True)
 class JudgeSettings:
-    """How to build a judge: ``spec`` is ``markers``, ``llm`` or ``module:attribute``.
+    """How to build a judge: ``spec`` is ``markers``, ``llm``, ``embed`` (the shipped trained judge,
+    :mod:`objectives.trained_judge`) or ``module:attribute``.
 
     For ``llm``: ``model`` is a local model folder (or hub id, or .gguf) that judges; without it
     the judge is the base model itself, handed over with :meth:`Judge.use_base` (in a search,
@@ -175,7 +178,7 @@ class JudgeSettings:
 
     def __post_init__(self):
         if self.spec not in JUDGES and ":" not in self.spec:
-            raise AblationError(f"unknown judge {self.spec!r}; use markers, llm or module:attribute of your own judge")
+            raise AblationError(f"unknown judge {self.spec!r}; use markers, llm, embed or module:attribute of your own judge")
         if self.spec != "llm" and (self.model or self.prefilter):
             raise AblationError("--judge-model and --judge-prefilter apply to --judge llm only; add --judge llm or drop them")
 
@@ -183,6 +186,10 @@ class JudgeSettings:
         """The judge; ``base`` (optional) is the unedited model a default ``llm`` judge uses."""
         if self.spec == "markers":
             return MarkerJudge()
+        if self.spec == "embed":
+            from abliterate.objectives.trained_judge import TrainedJudge
+
+            return TrainedJudge.shipped("embed")
         if self.spec != "llm":
             return load_judge(self.spec)
         from abliterate.objectives.llm_judge import LLMJudge

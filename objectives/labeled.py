@@ -12,6 +12,9 @@ of :data:`objectives.judges.VERDICTS`, or the name of a preset:
   out) and degenerate ones.
 * ``refuser-answers``: real greedy answers of the shipped refuser model and of an abliterated
   copy of it (``objectives/data/refuser_answers.jsonl``, written by ``bench/judge_labeled.py``).
+* ``real-answers``: real greedy answers of the development model (Qwen2.5-Coder-0.5B-Instruct)
+  unedited and under eight edits, labelled by reading each under the rubric of
+  ``objectives/data/NOTICE.md``; each row names its edit (``bench/real_answers.py``).
 
 :func:`agreement` compares verdicts with labels: accuracy over the four classes, binary accuracy
 (compliance against everything else, which is what a search optimises), per-class precision and
@@ -30,7 +33,8 @@ from pathlib import Path
 from abliterate.ablation.errors import AblationError
 from abliterate.objectives.judges import COMPLIANCE, VERDICTS
 
-SHIPPED = {"uncensorbench": "uncensorbench.jsonl", "judge-hard": "judge_hard.jsonl", "refuser-answers": "refuser_answers.jsonl"}
+SHIPPED = {"uncensorbench": "uncensorbench.jsonl", "judge-hard": "judge_hard.jsonl", "refuser-answers": "refuser_answers.jsonl",
+           "real-answers": "real_answers.jsonl"}
 PRESETS = tuple(SHIPPED)
 _SLICE = re.compile(r"\[(-?\d*):(-?\d*)\]$")
 

@@ -65,7 +65,8 @@ class SearchSettings:
     proxy: str = _setting("markers", "refusal measure", choices=PROXIES)
     max_new_tokens: int = _setting(48, "answer length of the refusal pass", type=positive)
     judge: str = _setting("markers", "markers (refusal phrases), llm (a chat model under a fixed rubric, read from its next-token "
-                                     "probabilities) or module:attribute of your own judge")
+                                     "probabilities), embed (a classifier trained here over a sentence encoder; pip install 'abliterate[judge]') "
+                                     "or module:attribute of your own judge")
     judge_model: str | None = _setting(None, "llm judge: a local chat model (folder, hub id or .gguf) that judges (default: the "
                                              "base model itself, after each trial's edit is undone)")
     judge_device: str | None = _setting(None, "llm judge: device of --judge-model (default: the model's device)", deployment=True)

@@ -58,7 +58,7 @@ class StudyConfig:
     sampler: str = DEFAULTS.sampler
     seed: int | None = DEFAULTS.seed
     starting_points: int = DEFAULTS.starting_points  # designed first trials (search.space.starting_points), before the sampler's own
-    judge: str = DEFAULTS.judge  # markers, llm or module:attribute (objectives.judges.JudgeSettings)
+    judge: str = DEFAULTS.judge  # markers, llm, embed or module:attribute (objectives.judges.JudgeSettings)
     judge_model: str | None = DEFAULTS.judge_model  # llm only: the model that judges; None: the base model itself
     judge_prefilter: bool = DEFAULTS.judge_prefilter  # llm only: markers early in an answer settle it as a refusal
     trust_remote_code: bool = DEFAULTS.trust_remote_code  # workers load the model as the study was created, not by their own flags

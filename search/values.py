@@ -11,7 +11,7 @@ import math
 # tests/test_cli.py checks that they match the library's own tuples.
 METHODS = ("mean", "mean-projected", "pca", "probe")
 PROXIES = ("markers", "first-token", "agent")
-JUDGES = ("markers", "llm")
+JUDGES = ("markers", "llm", "embed")
 RULES = ("any", "holm", "bh", "cmh", "study")
 TESTS = ("fisher", "boschloo")
 

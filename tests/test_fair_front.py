@@ -51,7 +51,7 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
 
     base = json.loads((record / "model" / "base.json").read_text())
     assert base["kl"] == [0.0] * 5  # the base against itself
-    assert set(base["refused"]["harmful"]) == {"markers"} and len(base["answers"]["harmful"]) == 6
+    assert set(base["refused"]["harmful"]) == {"markers", "embed"} and len(base["answers"]["harmful"]) == 6
     kept = record / "model" / "ours-b3-s1"
     trials = json.loads((kept / "trials.json").read_text())
     assert (trials["tool"], trials["budget"], trials["threads"], len(trials["trials"])) == ("ours", 3, 1, 3)
@@ -69,13 +69,28 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     assert _starting_points(work / "model" / "ours-b3-s1") == [True] * 3
     assert _starting_points(work / "model" / "ours-tpe-b3-s1") == [False] * 3
 
+    # a judge that joins later reads the kept answers: rejudge gives back exactly the verdicts taken away
+    judged = {f: json.loads(f.read_text()) for f in (record / "model" / "base.json", kept / "evaluation.json")}
+    for file, content in judged.items():
+        stripped = json.loads(json.dumps(content))
+        del stripped["judges"]["embed"]
+        for entry in [stripped] if "answers" in stripped else stripped["candidates"].values():
+            for part in entry["refused"].values():
+                del part["embed"]
+        file.write_text(json.dumps(stripped))
+    again = _bench("rejudge", *places)
+    assert again.returncode == 0 and "model: 2 of 3 records given the verdicts" in again.stdout, again.stderr[-2000:]
+    assert {f: json.loads(f.read_text()) for f in judged} == judged
+
     peer = record / "model" / "peer-b3-s1"
     shutil.copytree(kept, peer)
     (peer / "trials.json").write_text(json.dumps({**trials, "tool": "peer"}))
     shown = _bench("report", "--budget", "3", "--draws", "50", *places)
     assert shown.returncode == 0, shown.stderr[-3000:]
-    (row,) = json.loads((record / "report-b3.json").read_text())
-    assert row["judge"] == "markers" and row["seed"] == 1
+    rows = json.loads((record / "report-b3.json").read_text())
+    assert [r["judge"] for r in rows] == ["markers", "embed"]
+    row = rows[0]
+    assert row["seed"] == 1
     difference = row["peers"]["peer"]["hypervolume_difference"]
     assert difference == {"estimate": 0.0, "low": 0.0, "high": 0.0}
     assert row["tools"]["peer"]["kl_at_lowest"] > 0  # an edit moves the tiny model

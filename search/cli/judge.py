@@ -11,7 +11,7 @@ def register(commands) -> None:
                         "confusion matrix of the refusal markers and of --judge against labelled answers.")
     check.add_argument("--labeled", required=True,
                        help="JSON lines {prompt, response, label} (label: refusal, compliance, evasive, degenerate) or a preset: "
-                            "uncensorbench, judge-hard, refuser-answers; a slice like uncensorbench[0:40] takes part of it")
+                            "uncensorbench, judge-hard, refuser-answers, real-answers; a slice like uncensorbench[0:40] takes part of it")
     judge_options(check, default_model="none; an llm judge needs it here")
     check.add_argument("--dtype", default="auto", help="dtype of --judge-model: auto, bf16, fp16, fp32")
     check.add_argument("--batch-size", type=positive, default=8, help="answers judged per forward pass")
@@ -40,8 +40,10 @@ def _judge_check(args) -> int:
         start = time.perf_counter()
         verdicts = judge.verdicts(prompts, responses)
         seconds = time.perf_counter() - start
+        # a trained judge shown the rows it learnt from is not measured on them
+        seen = judge.trained_on(prompts, responses) if hasattr(judge, "trained_on") else 0
         result["judge"] = {"spec": args.judge, "model": args.judge_model, "prefilter": args.judge_prefilter,
-                           **agreement(labels, [v.label for v in verdicts]), "seconds": round(seconds, 2),
+                           **agreement(labels, [v.label for v in verdicts]), "seconds": round(seconds, 2), "trained_on": seen,
                            "seconds_per_answer": round(seconds / len(rows), 4),
                            "mean_non_compliance": sum(v.non_compliance for v in verdicts) / len(rows),
                            # does the continuous score (what a search optimises) rank the classes apart?
@@ -54,6 +56,9 @@ def _judge_check(args) -> int:
     for name in ("markers", "judge"):
         if result[name] is not None:
             print_agreement(out, name if name == "markers" else f"judge {args.judge}", result[name])
+    if result["judge"] and result["judge"]["trained_on"]:
+        out.print(f"[bold]note[/]: judge {args.judge} was trained on {result['judge']['trained_on']} of these {len(rows)} answers; "
+                  "its figures here are not a held-out measure", highlight=False)
     cost = result["prefilter"]
     wrong = ", ".join(f"{n} {label}" for label, n in cost["wrong_by_label"].items())
     out.print(f"--judge-prefilter would settle {cost['settled']} of {cost['rows']} answers as refusals without the judge; "
