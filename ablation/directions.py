@@ -94,6 +94,23 @@ def separation(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
     return _raw_mean_difference(harmful, harmless).norm(dim=-1) / harmless.norm(dim=-1).mean(dim=0).clamp_min(_DEGENERATE)
 
 
+def writes_along(harmful: torch.Tensor, harmless: torch.Tensor, layer: int) -> torch.Tensor:
+    """Per layer, how much that layer widens the gap between the class means along the unit mean
+    difference taken at ``layer``, shape [L], never negative.
+
+    With ``g_l`` the gap after layer ``l`` (``(mean(harmful) - mean(harmless))[l] . r``) and
+    ``g_-1 = 0`` (both classes end on the same chat-template token), layer ``l`` writes
+    ``max(g_l - g_(l-1), 0)``: the layers an edit of the writers should reach to keep the
+    direction out of the stream. Raises :class:`AblationError` for a layer outside the stack.
+    """
+    harmful, harmless = _checked(harmful, harmless)
+    difference = _raw_mean_difference(harmful, harmless)
+    if not 0 <= layer < difference.shape[0]:
+        raise AblationError(f"layer {layer} is outside the stack of {difference.shape[0]} layers")
+    gap = difference @ unit(difference[layer])
+    return torch.diff(gap, prepend=gap.new_zeros(1)).clamp_min(0.0)
+
+
 def principal_components(harmful: torch.Tensor, harmless: torch.Tensor, k: int = 1) -> torch.Tensor:
     """The top-``k`` principal directions of paired differences per layer, shape [k, L, H].
 

@@ -261,7 +261,9 @@ def _ours_in_process(args) -> None:
         # the product's own export: every method and intervention a study can search re-bakes from the params
         row["saved"] = str(export_trial(url, "front", row["number"], str(run_dir / "candidates" / f"trial-{row['number']}"),
                                         device="cpu", overwrite=True))
-    (run_dir / "raw.json").write_text(json.dumps({"trials": rows}, indent=1))
+    from abliterate.storage.records import STARTS
+
+    (run_dir / "raw.json").write_text(json.dumps({"trials": rows, "starts": study.user_attrs.get(STARTS)}, indent=1))
 
 
 def _write_run(run_dir: Path, tool: str, budget: int, seed: int, wall: float, trials: list[dict], extra: dict) -> None:

@@ -92,6 +92,9 @@ class SearchSettings:
                                                     "prompt's category: the cone takes one direction per category instead of "
                                                     "k-means clusters", metavar="COLUMN")
     starting_points: int = _setting(5, "designed first trials (0 to 6) before the sampler's own", type=int)
+    measured_starts: bool = _setting(False, "centre and size the designed first trials' kernels where this model's layers write "
+                                            "the refusal direction (measured on the extraction prompts) instead of at the "
+                                            "development model's 60 % depth")
     sampler: str = _setting("tpe", "tpe (multivariate), nsga2, gp or random")
     seed: int | None = _setting(None, "sampler seed (default: random)", type=int)
     objectives: str = _setting("refusal,kl", "what trials minimise; over-refusal is the refusal rate on --edgy prompts",
@@ -156,7 +159,7 @@ class SearchSettings:
         return StudyConfig.split(model, absolute_spec(self.harmful), absolute_spec(self.harmless), sizes, dtype=self.dtype,
                                  n_trials=self.trials, kl_cap=self.kl_cap, proxy=self.proxy, max_new_tokens=self.max_new_tokens,
                                  batch_size=self.batch_size, sampler=self.sampler, seed=self.seed, space=space,
-                                 starting_points=self.starting_points,
+                                 starting_points=self.starting_points, measured_starts=self.measured_starts,
                                  enable_thinking=False if self.no_thinking else None,
                                  trust_remote_code=self.trust_remote_code, device_map=self.device_map,
                                  judge=self.judge, judge_model=self.judge_model, judge_prefilter=self.judge_prefilter,

@@ -197,7 +197,8 @@ _STARTS = (("global", 0.1, _STRONG, "heads"), ("global", 0.1, _WEAKER, "heads"),
 MAX_STARTING_POINTS = len(_STARTS)
 
 
-def starting_points(space: SearchSpace, strongest: float, count: int) -> list[dict]:
+def starting_points(space: SearchSpace, strongest: float, count: int,
+                    writing: tuple[float, float] | None = None) -> list[dict]:
     """The first ``count`` trials (at most six): designed, not random.
 
     A search of a few dozen trials is mostly spent finding where to take the direction and how
@@ -211,9 +212,22 @@ def starting_points(space: SearchSpace, strongest: float, count: int) -> list[di
     both interventions ablate and heads takes the strong dose from a fifth deeper (and the one at
     the peak) as a whole ablation and every other dose in the heads only.
     Every value is held inside ``space``; fixed choices of ``space`` are kept as they are.
+
+    ``writing``, when given, is where this model's layers write the refusal direction, measured
+    (``(peak, falloff)`` from :func:`search.trial.writing_kernel`): every kernel is centred on that
+    peak instead of 60 % depth, and its falloff is the measured one scaled as the ladder's are
+    against the strong dose's, so that the constants found on the development model keep only the
+    doses (peak weights and floors).
     """
-    return [_point(space, scope, strongest + shift, kernel, intervention=intervention)
+    return [_point(space, scope, strongest + shift, _placed(kernel, writing), intervention=intervention)
             for scope, shift, kernel, intervention in _STARTS[:count]]
+
+
+def _placed(kernel: tuple[float, float, float, float], writing: tuple[float, float] | None) -> tuple[float, float, float, float]:
+    if writing is None:
+        return kernel
+    peak, weight, floor, falloff = kernel
+    return writing[0], weight, floor, writing[1] * falloff / _STRONG[3]
 
 
 def classic_seed(space: SearchSpace) -> dict:

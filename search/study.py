@@ -58,6 +58,7 @@ class StudyConfig:
     sampler: str = DEFAULTS.sampler
     seed: int | None = DEFAULTS.seed
     starting_points: int = DEFAULTS.starting_points  # designed first trials (search.space.starting_points), before the sampler's own
+    measured_starts: bool = DEFAULTS.measured_starts  # the starting points' kernels placed where the model writes refusal (search.trial.writing_kernel)
     judge: str = DEFAULTS.judge  # markers, llm, embed or module:attribute (objectives.judges.JudgeSettings)
     judge_model: str | None = DEFAULTS.judge_model  # llm only: the model that judges; None: the base model itself
     judge_prefilter: bool = DEFAULTS.judge_prefilter  # llm only: markers early in an answer settle it as a refusal
@@ -83,6 +84,9 @@ class StudyConfig:
             raise AblationError(f"the KL cap must be a positive number, got {self.kl_cap!r} (--kl-cap; e.g. 1.0)")
         if not 0 <= self.starting_points <= MAX_STARTING_POINTS:
             raise AblationError(f"starting points must be 0 to {MAX_STARTING_POINTS}, got {self.starting_points} (--starting-points)")
+        if self.measured_starts and not self.starting_points:
+            raise AblationError("--measured-starts places the designed first trials, and --starting-points is 0; "
+                                "give a count (1 to 6) or drop --measured-starts")
         if self.sampler not in SAMPLERS:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if self.objectives not in OBJECTIVES:

@@ -17,7 +17,7 @@ from safetensors.torch import save as save_tensors
 
 from abliterate.ablation import Baker, find_writers
 from abliterate.ablation.candidate import Candidate
-from abliterate.ablation.directions import separation
+from abliterate.ablation.directions import separation, writes_along
 from abliterate.ablation.loading import LoadedModel
 from abliterate.ablation.residuals import capture_last_token
 from abliterate.ablation.resolve import method_tensor, resolve
@@ -61,6 +61,24 @@ def strongest_layer(harmful_residuals: torch.Tensor, harmless_residuals: torch.T
     ratio = separation(harmful_residuals, harmless_residuals)
     selectable = max(int(len(ratio) * SELECTABLE_DEPTH), 1)
     return int(ratio[:selectable].argmax()) / max(len(ratio) - 1, 1)
+
+
+def writing_kernel(harmful_residuals: torch.Tensor, harmless_residuals: torch.Tensor, strongest: float) -> tuple[float, float] | None:
+    """Where the layers write the refusal direction read at ``strongest`` (a fraction of depth), as
+    a kernel's (peak, falloff) in fractions of depth: the mean and twice the standard deviation of
+    the layer positions weighted by :func:`ablation.directions.writes_along`, so that a tent of
+    that falloff around that peak covers most of the writing. None when no layer writes along it.
+    """
+    layers = harmful_residuals.shape[1]
+    depth = max(layers - 1, 1)
+    writes = writes_along(harmful_residuals, harmless_residuals, round(strongest * depth)).double()
+    if not writes.sum() > 0:
+        return None
+    share = writes / writes.sum()
+    positions = torch.arange(layers, dtype=torch.float64) / depth
+    peak = float((share * positions).sum())
+    spread = float((share * (positions - peak) ** 2).sum().sqrt())
+    return peak, 2 * spread
 
 
 def directions_to_bytes(directions: dict[str, torch.Tensor]) -> bytes:

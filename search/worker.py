@@ -24,13 +24,13 @@ from abliterate.search.interrupts import check, held, let_go, mark_running, owne
 from abliterate.search.kit import StudyKit
 from abliterate.search.space import starting_points, suggest
 from abliterate.search.study import stop_requested
-from abliterate.search.trial import TrialOutcome, TrialRunner, strongest_layer
+from abliterate.search.trial import TrialOutcome, TrialRunner, strongest_layer, writing_kernel
 from abliterate.storage.errors import DatabaseUnreachable
 from abliterate.storage.leases import Leases
 from abliterate.storage.optuna_access import backend_of, record_heartbeat, set_system_attr, storage_of, stored_trial
 from abliterate.storage.outage import describe
 from abliterate.storage.rdb import open_storage
-from abliterate.storage.records import BASELINE, DIRECTIONS_REPORT, PARAMS_COMPLETE, TrialRecord
+from abliterate.storage.records import BASELINE, DIRECTIONS_REPORT, PARAMS_COMPLETE, STARTS, TrialRecord
 
 # A pruned trial ran to its verdict (it cannot reach the front), so it counts as finished.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -90,7 +90,13 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         residuals = kit.extraction_residuals()
         # Once per study, with the directions: the designed first trials (a retried computation
         # enqueues nothing twice).
-        points = starting_points(config.space, strongest_layer(*residuals), config.starting_points)
+        strongest = strongest_layer(*residuals)
+        writing = writing_kernel(*residuals, strongest) if config.measured_starts else None
+        if writing:
+            step(f"the layers write the refusal direction around {writing[0]:.2f} of depth (falloff {writing[1]:.2f}): "
+                 "the designed trials' kernels are placed there")
+        points = starting_points(config.space, strongest, config.starting_points, writing)
+        study.set_user_attr(STARTS, {"strongest": strongest, "writing": list(writing) if writing else None})
         for point in points:
             study.enqueue_trial(point, user_attrs=TrialRecord(starting_point=True).to_attrs(), skip_if_exists=True)
         if points:

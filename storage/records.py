@@ -22,6 +22,9 @@ CONFIG = "abliterate"  # the study's settings (search.study.StudyConfig as JSON)
 STOP = "abliterate_stop"  # {"trial", "reason"}: an accepted promotion stopped the study
 BASELINE = "abliterate_baseline"  # the base model's figures (search.baseline.measure)
 DIRECTIONS_REPORT = "abliterate_directions_report"  # lines on what the computed directions look like
+# {"strongest", "writing"}: where the designed first trials were placed (search.trial.strongest_layer,
+# and writing_kernel's [peak, falloff] when the study measures it, else None), as fractions of depth
+STARTS = "abliterate_starts"
 
 # ---- trial user attrs ----------------------------------------------------------------------
 # What a trial measured (search.worker.record): see TrialRecord for each one's meaning.

@@ -46,6 +46,7 @@ def test_search_checks_model_and_device_before_writing_the_study(tmp_path, monke
 @pytest.mark.parametrize("extra, message", [
     (["--kl-cap", "-1"], "error: the KL cap must be a positive number, got -1.0"),
     (["--kl-cap", "nan"], "error: the KL cap must be a positive number, got nan"),
+    (["--measured-starts", "--starting-points", "0"], "error: --measured-starts places the designed first trials, and --starting-points is 0"),
     (["--workers", "-1"], "argument --workers: must be at least 0, got -1"),
     (["--heartbeat", "60", "--grace", "1"], "error: the grace period (1 s, --grace) must be longer than the heartbeat interval (60 s"),
 ])

@@ -505,3 +505,23 @@ def test_trials_that_cannot_reach_the_front_are_pruned_exactly(demo_study):
     # the designed starting points ran first, once each
     starts = StudyConfig.from_json(study.user_attrs[CONFIG]).starting_points
     assert [bool(t.user_attrs.get("starting_point")) for t in study.trials] == [True] * starts + [False] * (24 - starts)
+
+
+def test_measured_starts_are_placed_where_the_study_records(tmp_path, model_dir):
+    """With measured_starts, the worker measures where the layers write the refusal direction,
+    records it with the study, and the designed first trials are exactly the points placed there."""
+    from abliterate.search.space import starting_points
+    from abliterate.search.worker import run_worker
+    from abliterate.storage.records import STARTS
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create_or_resume(open_storage(url), "s", config(model_dir, n_trials=2, starting_points=2, measured_starts=True))
+    said = []
+    assert run_worker(url, "s", device="cpu", log=said.append) == 2  # trials run
+    study, stored = load(open_storage(url), "s")
+    starts = study.user_attrs[STARTS]
+    assert len(starts["writing"]) == 2 and 0 <= starts["writing"][0] <= 1
+    placed = starting_points(stored.space, starts["strongest"], 2, tuple(starts["writing"]))
+    assert [t.params for t in study.trials] == placed
+    assert placed != starting_points(stored.space, starts["strongest"], 2)  # the tiny model writes around 0.47, not 0.6
+    assert any("the layers write the refusal direction around" in line for line in said)

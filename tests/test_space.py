@@ -2,7 +2,8 @@ import optuna
 import pytest
 import torch
 
-from abliterate.search.space import PRESETS, SearchSpace, candidate_from_params, classic_seed, suggest
+from abliterate.ablation.errors import AblationError
+from abliterate.search.space import GROUPS, PRESETS, SearchSpace, candidate_from_params, classic_seed, suggest
 from abliterate.search.trial import strongest_layer
 
 
@@ -107,3 +108,43 @@ def test_the_strongest_layer_is_looked_for_below_the_last_fifth():
     assert strongest_layer(*_residuals([0, 1, 7, 3, 4, 5, 6, 5, 1, 0])) == 2 / 9
     assert strongest_layer(*_residuals([0, 1, 2, 3, 9])) == 3 / 4  # int(5 * 0.8) = 4 layers looked at
     assert strongest_layer(*_residuals([5])) == 0.0  # a one-layer stack keeps its layer
+
+
+def test_layers_write_the_widening_of_the_gap_along_the_direction():
+    from abliterate.ablation.directions import writes_along
+
+    harmful, harmless = _residuals([1, 3, 2, 6])
+    assert writes_along(harmful, harmless, 3).tolist() == [1, 2, 0, 4]  # layer 2 narrows it: writes nothing
+    # along a direction the gap does not point in, nothing is written
+    harmful[:, 1:, 1] += torch.tensor([0.0, 0.0, 5.0])  # the last layer's difference, so the direction, is (6, 5)
+    gap = torch.tensor([6.0, 18, 12, 61]) / 61**0.5
+    assert writes_along(harmful, harmless, 3) == pytest.approx(torch.diff(gap, prepend=torch.zeros(1)).clamp_min(0))
+    with pytest.raises(AblationError, match="layer 4 is outside the stack of 4 layers"):
+        writes_along(harmful, harmless, 4)
+
+
+def test_the_writing_kernel_is_the_mean_and_twice_the_spread_of_the_writes():
+    from abliterate.search.trial import writing_kernel
+
+    # writes 0, 0, 2, 0, 2 over positions 0, 1/4, 1/2, 3/4, 1: mean 3/4, standard deviation 1/4
+    assert writing_kernel(*_residuals([0, 0, 2, 2, 4]), strongest=1.0) == pytest.approx((0.75, 0.5))
+    # all written by one layer: no spread
+    assert writing_kernel(*_residuals([0, 3, 3, 3, 3]), strongest=0.5) == pytest.approx((0.25, 0.0))
+    assert writing_kernel(*_residuals([0, 0, 0]), strongest=0.5) is None  # no gap, nothing written
+
+
+def test_measured_starts_move_every_kernel_and_keep_the_doses():
+    from abliterate.search.space import starting_points
+
+    space = PRESETS["default"]
+    designed = starting_points(space, 0.7, 6)
+    placed = starting_points(space, 0.7, 6, writing=(0.8, 0.2))
+    for before, after in zip(designed, placed):
+        for group in GROUPS:
+            assert after[f"{group}_peak"] == 0.8
+            # the ladder's falloffs keep their ratios to the strong dose's (0.4), held inside the space
+            assert after[f"{group}_falloff"] == pytest.approx(max(0.2 * before[f"{group}_falloff"] / 0.4, space.falloff[0]))
+        assert {k: v for k, v in after.items() if not k.endswith(("_peak", "_falloff"))} == \
+            {k: v for k, v in before.items() if not k.endswith(("_peak", "_falloff"))}
+    low = starting_points(space, 0.7, 1, writing=(0.1, 0.0))[0]
+    assert low["attn_peak"] == space.peak[0] and low["attn_falloff"] == space.falloff[0]  # held inside the space
