@@ -315,12 +315,13 @@ def main() -> None:
         if "temaq" in args.tools and not args.temaq_python:
             raise SystemExit("--tools temaq needs --temaq-python (or TEMAQ_PYTHON); make its venv with bench/temaq_setup.sh")
         run(args)
-    elif args.command == "rejudge":
-        rejudge(args)
     else:
         if not args.record.is_dir():
             raise SystemExit(f"no records at {args.record}; run `fair_front.py run` first or pass --record")
-        report(args)
+        if args.command == "rejudge":
+            rejudge(args)
+        else:
+            report(args)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,8 @@ def generate() -> None:
 
 
 def _rows() -> list[dict]:
+    if not UNLABELLED.exists():
+        raise SystemExit(f"no answers at {UNLABELLED}; run `python bench/real_answers.py generate` first")
     return [json.loads(line) for line in UNLABELLED.read_text(encoding="utf-8").splitlines()]
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from front_vs_heretic import GGUF, ensure_model  # noqa: E402
 from judge_attacks import attacks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,7 +144,8 @@ def main() -> None:
     from abliterate.ablation.loading import load_model
     from abliterate.objectives.trained_judge import ResidualEncoder, SentenceEncoder
 
-    torch.manual_seed(0)
+    if not GGUF.exists():
+        raise SystemExit(f"no development model at {GGUF} (the probe's encoder); fetch it with bash bench/fetch_real_model.sh")
     data = sources()
     training = data["uncensorbench"] + data["real-answers (trained edits)"]
     held_out = {name: rows for name, rows in data.items() if name not in ("uncensorbench", "real-answers (trained edits)")}
@@ -153,6 +155,7 @@ def main() -> None:
     print("training the embed judge", flush=True)
     embed, embed_entry = train(SentenceEncoder(), training, held_out)
     print("training the probe judge on the development model's residuals", flush=True)
+    ensure_model(DEVELOPMENT)  # the bf16 folder, made once from the GGUF
     loaded = load_model(str(DEVELOPMENT), "bf16", "cpu")
     depth = loaded.model.config.num_hidden_layers
     _, probe_entry = train(ResidualEncoder(loaded), training, held_out, layers=list(range(depth // 4 - 1, depth, depth // 4)))
