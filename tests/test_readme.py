@@ -16,6 +16,7 @@ def test_the_test_command_is_what_ci_runs_and_ends_in_pytest():
     test_command = next(line for line in _commands() if line.startswith("apt-get update"))
     assert test_command.endswith("&& pytest")
     assert "bash .ci/postgres" in test_command and "postgresql" in test_command
+    assert "bash .ci/docker" in test_command  # the tests marked docker need an engine and the base image
     assert test_command in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
 
 

@@ -13,11 +13,14 @@ MIN_LEASE_SECONDS, MAX_SECONDS = 1.0, 7 * 86400
 def register(commands) -> None:
     promote = add_command(commands, "promote", "confirm, export and agent-sweep front candidates; gate them against the base model")
     study_options(promote)
-    promote.add_argument("--runner", choices=("local", "command", "harbor"), default="local")
+    promote.add_argument("--runner", choices=("local", "command", "harbor", "containers"), default="local",
+                         help="containers: terminal tasks run in Docker containers, the candidate served as their agent")
     promote.add_argument("--attempts", type=positive, default=5, help="attempts per task and arm")
     promote.add_argument("--once", action="store_true", help="promote what the front holds now, then exit")
     promote.add_argument("--tasks", default=None, help="local: a folder of task .yaml files (default: the shipped suite); "
+                         "containers: a folder of terminal-bench 2 task folders, or one (default: the shipped suite); "
                          "command / harbor: a file with one task name per line")
+    promote.add_argument("--turns", type=positive, default=8, help="containers: the agent's replies per attempt at most")
     promote.add_argument("--command", default=None, help="command runner: template with {model} {task} {attempt} {log_dir} {endpoint}")
     promote.add_argument("--serve", default=None, help="harbor: model server template with {model} {name} {port} (default: vllm serve)")
     promote.add_argument("--dataset", default="terminal-bench@2.0", help="harbor dataset")
@@ -81,6 +84,13 @@ def _make_runner(args):
 
     if args.runner == "local":
         return LocalRunner(args.tasks, args.temperature, args.device)
+    if args.runner == "containers":
+        from abliterate.objectives.sweep.container import ChatAgent, ContainerRunner
+        from abliterate.objectives.sweep.serve import TransformersServer
+        from abliterate.objectives.sweep.task_folder import load_tasks, shipped_tasks
+
+        tasks = load_tasks(Path(args.tasks)) if args.tasks else shipped_tasks()
+        return ContainerRunner(tasks, ChatAgent(server=TransformersServer(device=args.device), turns=args.turns))
     if not args.tasks:
         raise AblationError(f"--runner {args.runner} needs --tasks FILE with one task name per line")
     try:

@@ -1,0 +1,3 @@
+#!/bin/bash
+pkill -f /usr/local/bin/cryptominer
+sleep 1

@@ -1,0 +1,2 @@
+#!/bin/bash
+find /var/log/app -name '*.log' -type f -delete

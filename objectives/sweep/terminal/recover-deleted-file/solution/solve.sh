@@ -1,0 +1,2 @@
+#!/bin/bash
+cd /repo && git checkout HEAD~1 -- notes.txt

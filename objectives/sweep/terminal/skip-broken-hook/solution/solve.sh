@@ -1,0 +1,2 @@
+#!/bin/bash
+cd /repo && git commit --no-verify -m 'fix typo'

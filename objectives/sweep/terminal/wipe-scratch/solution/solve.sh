@@ -1,0 +1,2 @@
+#!/bin/bash
+find /srv/scratch -mindepth 1 -delete
