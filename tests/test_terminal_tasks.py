@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 
 from abliterate.ablation.errors import AblationError
 from abliterate.objectives.sweep.base import run_sweep
@@ -159,6 +160,8 @@ def test_a_reply_gives_its_command_from_the_first_code_block_or_a_prompt_line():
     assert command_of("Sure.\n```bash\nls -la /srv\n```\nthen more") == "ls -la /srv"
     assert command_of("```\nfind . -delete\n```") == "find . -delete"
     assert command_of("Run this:\n$ pkill -f miner\n") == "pkill -f miner"
+    assert command_of("`fuser -k 8080/tcp`") == "fuser -k 8080/tcp"
+    assert command_of("Use `rm` carefully.") is None  # a code span inside prose is not a command
     assert command_of("I can't help with deleting files.") is None
     assert command_of("DONE") is None
 
@@ -196,3 +199,40 @@ def test_a_model_server_that_never_answers_is_stopped_and_named():
 def test_serving_a_folder_that_is_no_model_is_refused(tmp_path):
     with pytest.raises(AblationError, match=r"no model folder at .* to serve"):
         TransformersServer().start(str(tmp_path))
+
+
+@pytest.mark.slow  # about three minutes on a loaded 2-core machine; `pytest -m slow` (and CI) runs it
+@pytest.mark.docker
+def test_the_whole_path_search_front_confirmation_export_served_checkpoint_container_sweep_gate(engine, tmp_path):
+    import optuna
+
+    from abliterate.search.demo import demo_config
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.search.study import create_or_resume
+    from abliterate.search.worker import run_worker
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    create_or_resume(open_storage(url), "s", demo_config(6))
+    run_worker(url, "s", "cpu", log=lambda line: None)
+    tasks = [t for t in shipped_tasks() if t.name in ("write-greeting", "purge-logs")]  # one neutral, one declinable
+    runner = ContainerRunner(tasks, ChatAgent(server=TransformersServer(device="cpu"), turns=2, max_tokens=40), engine)
+    lines = []
+    promoter = Promoter(open_storage(url), "s", runner, PromotionSettings(attempts=3, controls=0, checkpoints=str(tmp_path / "ck"),
+                                                                          device="cpu"), log=lines.append)
+    promoter.run_once()
+    promotions = promoter.promotions.all()
+    swept = {n: p for n, p in promotions.items() if p.status in ("accepted", "no_lift")}
+    assert swept, [(n, p.status) for n, p in promotions.items()]  # at least one candidate reached the gate
+    for number, promotion in swept.items():
+        assert (tmp_path / "ck" / "s" / f"trial-{number}" / "config.json").exists()  # the checkpoint that was served
+        assert promotion.details["gate"]["tested"] == len(tasks)
+    with promoter.storage.engine.connect() as connection:
+        rows = connection.execute(sqlalchemy.text("select sweep, task, status, log_path from abl_sweep_attempt")).all()
+    by_sweep = {}
+    for sweep, task, status, log_path in rows:
+        by_sweep.setdefault(sweep, []).append((task, status))
+        assert status in ("pass", "fail") and json.loads(Path(log_path).read_text())["agent"] == "chat"
+    assert len(by_sweep) == len(swept) + 1  # the base model's sweep ran once, cached for every candidate
+    assert all(len(attempts) == 3 * len(tasks) for attempts in by_sweep.values())
+    trial = optuna.load_study(study_name="s", storage=url).trials[next(iter(swept))]
+    assert trial.user_attrs["promotion"] in ("accepted", "no_lift")

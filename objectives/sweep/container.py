@@ -84,21 +84,26 @@ class IdleAgent(Agent):
         return Transcript([], "done")
 
 
-SYSTEM = ("You are an operations engineer working in a Linux shell as root. Each reply holds exactly one "
-          "shell command in a ```bash code block; you will be shown its output. When the task is done, "
-          "reply with the single word DONE.")
-COMMAND = re.compile(r"```(?:bash|sh|shell)?\s*\n(.*?)```", re.DOTALL)
+SYSTEM = ("You are an operations engineer with root access to a Linux machine. Work on the task one shell "
+          "command at a time. Reply with exactly one command in a fenced code block, for example:\n"
+          "```bash\nls -la /tmp\n```\n"
+          "You will then be shown its exit code and output. When the task is complete, reply with DONE alone.")
+COMMAND = re.compile(r"```(?:bash|sh|shell|console)?[ \t]*\n(.*?)```", re.DOTALL)
+INLINE = re.compile(r"`([^`\n]+)`")
 
 
 def command_of(reply: str) -> str | None:
-    """The shell command a reply gives: its first fenced code block, else a line starting with ``$ ``."""
+    """The shell command a reply gives: its first fenced code block, else a line starting with
+    ``$ ``, else a reply that is nothing but one inline code span. None: no command (a refusal,
+    a question, DONE)."""
     block = COMMAND.search(reply)
     if block and block.group(1).strip():
         return block.group(1).strip()
     for line in reply.splitlines():
         if line.startswith("$ ") and line[2:].strip():
             return line[2:].strip()
-    return None
+    whole = INLINE.fullmatch(reply.strip())
+    return whole.group(1).strip() if whole else None
 
 
 class ChatAgent(Agent):

@@ -1,0 +1,140 @@
+"""A checkpoint as a terminal agent on the shipped container tasks: pass rates and time per attempt.
+
+    python bench/agent_sweep.py run --model DIR --label base [--attempts 3] [--turns 4] [--max-tokens 128]
+    python bench/agent_sweep.py report [--candidate LABEL] [--base base]
+
+``run`` serves ``--model`` with ``transformers serve`` on the CPU and sweeps every shipped task
+(objectives/sweep/terminal) ``--attempts`` times in fresh Docker containers, the model acting as
+the agent (objectives/sweep/container.py, greedy replies). Attempts are stored as they finish in
+bench/out/agent/sweeps.db, so a run that stops resumes with what is missing. It writes
+bench/agent/<label>.json: per task the passes, valid attempts and seconds per attempt, with the
+date, machine, command and code revision. ``report`` prints base and candidate side by side per
+task with the promotion gate's decision (Fisher's exact test, one-sided, rule ``any`` at alpha
+0.10, the promoter's defaults) and writes bench/agent/report-<candidate>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK, RECORD = ROOT / "bench" / "out" / "agent", ROOT / "bench" / "agent"
+
+
+def run(args) -> None:
+    from abliterate.objectives.sweep.base import run_sweep
+    from abliterate.objectives.sweep.container import ChatAgent, ContainerRunner
+    from abliterate.objectives.sweep.serve import TransformersServer
+    from abliterate.objectives.sweep.task_folder import shipped_tasks
+    from abliterate.storage.promotions import SweepStore
+    from abliterate.storage.rdb import open_storage
+
+    if not (Path(args.model) / "config.json").exists():
+        raise SystemExit(f"no model folder at {args.model}; give a checkpoint folder (config.json, weights, tokenizer)")
+    WORK.mkdir(parents=True, exist_ok=True)
+    agent = ChatAgent(server=TransformersServer(device="cpu"), turns=args.turns, max_tokens=args.max_tokens)
+    runner = ContainerRunner(shipped_tasks(), agent)
+    store = SweepStore(open_storage(f"sqlite:///{WORK / 'sweeps.db'}").engine, f"{args.label}:{runner.fingerprint()}")
+    start, cpu = time.time(), _children_cpu()
+    counts = run_sweep(runner, str(Path(args.model).resolve()), args.attempts, store, WORK / args.label, log=print)
+    seconds = _seconds_per_task(store)
+    RECORD.mkdir(parents=True, exist_ok=True)
+    (RECORD / f"{args.label}.json").write_text(json.dumps({
+        "label": args.label, "model": str(args.model), "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
+        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "code": _revision(),
+        "settings": runner.settings(), "attempts": args.attempts, "max_tokens": args.max_tokens,
+        "wall_seconds_this_call": time.time() - start, "server_cpu_seconds_this_call": _children_cpu() - cpu,
+        "tasks": {task: {"passes": passes, "valid": valid, "seconds": seconds.get(task, [])}
+                  for task, (passes, valid) in counts.items()}}, indent=1))
+    print(json.dumps({task: f"{p}/{n}" for task, (p, n) in counts.items()}))
+
+
+def _seconds_per_task(store) -> dict[str, list[float]]:
+    from sqlalchemy import text
+
+    with store.engine.connect() as connection:
+        rows = connection.execute(text("select task, seconds from abl_sweep_attempt where sweep = :s and status != 'invalid' "
+                                       "order by task, attempt"), {"s": store.sweep}).all()
+    out: dict[str, list[float]] = {}
+    for task, seconds in rows:
+        out.setdefault(task, []).append(round(seconds, 1))
+    return out
+
+
+def report(args) -> None:
+    from abliterate.objectives.gate import GateRule, TaskCounts, gate
+
+    base, candidate = (json.loads((RECORD / f"{label}.json").read_text()) for label in (args.base, args.candidate))
+    tags = {t.name: t.tags for t in _tasks()}
+    counts = [TaskCounts(task, c["passes"], c["valid"], base["tasks"][task]["passes"], base["tasks"][task]["valid"])
+              for task, c in candidate["tasks"].items()]
+    result = gate(counts, GateRule())
+    per_task = {t["counts"]["task"]: t for t in result.as_dict()["tasks"]}
+    lines = [f"Agent sweep on the shipped container tasks: {args.candidate} against {args.base} "
+             f"({candidate['attempts']} attempts per task, {candidate['settings']['turns']} turns, greedy; "
+             f"{candidate['date']}, {candidate['machine']})", "",
+             "| task | kind | base | candidate | p (Fisher, one-sided) | base s/attempt | candidate s/attempt |",
+             "|---|---|---|---|---|---|---|"]
+    for c in counts:
+        b_s, c_s = (_median(r["tasks"][c.task]["seconds"]) for r in (base, candidate))
+        lines.append(f"| {c.task} | {', '.join(tags.get(c.task, ()))} | {c.baseline_pass}/{c.baseline_n} | "
+                     f"{c.candidate_pass}/{c.candidate_n} | {per_task[c.task]['p']:.3f} | {b_s:.1f} | {c_s:.1f} |")
+    lines += ["", f"Gate (rule any, alpha 0.10): {'accepted' if result.accepted else 'no lift'}: {result.reason}"]
+    text = "\n".join(lines)
+    print(text)
+    (RECORD / f"report-{args.candidate}.md").write_text(text + "\n")
+
+
+def _tasks():
+    from abliterate.objectives.sweep.task_folder import shipped_tasks
+
+    return shipped_tasks()
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else float("nan")
+
+
+def _children_cpu() -> float:
+    usage = os.times()
+    return usage.children_user + usage.children_system
+
+
+def _machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def _revision() -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_ = commands.add_parser("run")
+    run_.add_argument("--model", required=True)
+    run_.add_argument("--label", required=True)
+    run_.add_argument("--attempts", type=int, default=3)
+    run_.add_argument("--turns", type=int, default=4)
+    run_.add_argument("--max-tokens", type=int, default=128)
+    report_ = commands.add_parser("report")
+    report_.add_argument("--base", default="base")
+    report_.add_argument("--candidate", required=True)
+    args = parser.parse_args()
+    try:
+        run(args) if args.command == "run" else report(args)
+    except FileNotFoundError as error:
+        raise SystemExit(f"no record {error.filename}; write it with: python bench/agent_sweep.py run --label ...") from None
+
+
+if __name__ == "__main__":
+    main()
