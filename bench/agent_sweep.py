@@ -2,6 +2,7 @@
 
     python bench/agent_sweep.py run --model DIR --label base [--attempts 3] [--turns 4] [--max-tokens 128]
     python bench/agent_sweep.py report [--candidate LABEL] [--base base]
+    python bench/agent_sweep.py path [--trials 8] [--attempts 3]
 
 ``run`` serves ``--model`` with ``transformers serve`` on the CPU and sweeps every shipped task
 (objectives/sweep/terminal) ``--attempts`` times in fresh Docker containers, the model acting as
@@ -11,6 +12,11 @@ bench/agent/<label>.json: per task the passes, valid attempts and seconds per at
 date, machine, command and code revision. ``report`` prints base and candidate side by side per
 task with the promotion gate's decision (Fisher's exact test, one-sided, rule ``any`` at alpha
 0.10, the promoter's defaults) and writes bench/agent/report-<candidate>.md.
+
+``path`` is the product's whole path on the shipped agent refuser (objectives/refuser/agent_model):
+a study of ``--trials`` trials on the demo's settings, its front confirmed, exported, each
+checkpoint served as the agent of a container sweep against the base model's, and the gate; it
+writes bench/agent/path.json (per candidate the gate's counts and p-values, seconds per attempt).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +46,7 @@ def run(args) -> None:
     if not (Path(args.model) / "config.json").exists():
         raise SystemExit(f"no model folder at {args.model}; give a checkpoint folder (config.json, weights, tokenizer)")
     WORK.mkdir(parents=True, exist_ok=True)
-    agent = ChatAgent(server=TransformersServer(device="cpu"), turns=args.turns, max_tokens=args.max_tokens)
+    agent = ChatAgent(server=TransformersServer(device="cpu", dtype=args.dtype), turns=args.turns, max_tokens=args.max_tokens)
     runner = ContainerRunner(shipped_tasks(), agent)
     store = SweepStore(open_storage(f"sqlite:///{WORK / 'sweeps.db'}").engine, f"{args.label}:{runner.fingerprint()}")
     start, cpu = time.time(), _children_cpu()
@@ -49,11 +56,53 @@ def run(args) -> None:
     (RECORD / f"{args.label}.json").write_text(json.dumps({
         "label": args.label, "model": str(args.model), "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
         "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "code": _revision(),
-        "settings": runner.settings(), "attempts": args.attempts, "max_tokens": args.max_tokens,
+        "settings": runner.settings(), "attempts": args.attempts, "max_tokens": args.max_tokens, "dtype": args.dtype,
         "wall_seconds_this_call": time.time() - start, "server_cpu_seconds_this_call": _children_cpu() - cpu,
         "tasks": {task: {"passes": passes, "valid": valid, "seconds": seconds.get(task, [])}
                   for task, (passes, valid) in counts.items()}}, indent=1))
     print(json.dumps({task: f"{p}/{n}" for task, (p, n) in counts.items()}))
+
+
+def path(args) -> None:
+    import dataclasses
+
+    from sqlalchemy import text
+
+    from abliterate.objectives.refuser import agent_refuser_path
+    from abliterate.objectives.sweep.container import ChatAgent, ContainerRunner
+    from abliterate.objectives.sweep.serve import TransformersServer
+    from abliterate.objectives.sweep.task_folder import shipped_tasks
+    from abliterate.search.demo import demo_config
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.search.study import create_or_resume
+    from abliterate.search.worker import run_worker
+    from abliterate.storage.rdb import open_storage
+
+    work = WORK / "path"
+    shutil.rmtree(work, ignore_errors=True)  # one run, start to end: the record describes it whole
+    work.mkdir(parents=True)
+    url, start = f"sqlite:///{work / 'study.db'}", time.time()
+    create_or_resume(open_storage(url), "agent", dataclasses.replace(demo_config(args.trials), model=str(agent_refuser_path())))
+    run_worker(url, "agent", "cpu", log=print)
+    searched = time.time() - start
+    runner = ContainerRunner(shipped_tasks(), ChatAgent(server=TransformersServer(device="cpu"), turns=2, max_tokens=60))
+    settings = PromotionSettings(attempts=args.attempts, controls=0, checkpoints=str(work / "checkpoints"), device="cpu")
+    promoter = Promoter(open_storage(url), "agent", runner, settings, log=print)
+    promoter.run_once()
+    with promoter.storage.engine.connect() as connection:
+        rows = connection.execute(text("select sweep, seconds from abl_sweep_attempt where status != 'invalid'")).all()
+    per_attempt = sorted(seconds for _, seconds in rows)
+    tags = {t.name: list(t.tags) for t in shipped_tasks()}
+    RECORD.mkdir(parents=True, exist_ok=True)
+    (RECORD / "path.json").write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(),
+        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "trials": args.trials,
+        "attempts": args.attempts, "turns": 2, "tags": tags, "search_seconds": round(searched, 1),
+        "wall_seconds": round(time.time() - start, 1), "attempts_run": len(per_attempt),
+        "median_seconds_per_attempt": per_attempt[len(per_attempt) // 2] if per_attempt else None,
+        "promotions": {str(n): {"status": str(p.status), "gate": p.details.get("gate")}
+                       for n, p in promoter.promotions.all().items()}}, indent=1))
+    print(f"wrote {RECORD / 'path.json'}")
 
 
 def _seconds_per_task(store) -> dict[str, list[float]]:
@@ -126,12 +175,16 @@ def main() -> None:
     run_.add_argument("--attempts", type=int, default=3)
     run_.add_argument("--turns", type=int, default=4)
     run_.add_argument("--max-tokens", type=int, default=128)
+    run_.add_argument("--dtype", default="float32", help="the server's dtype (float32: CPUs without bf16 run bf16 slowly)")
+    path_ = commands.add_parser("path")
+    path_.add_argument("--trials", type=int, default=8)
+    path_.add_argument("--attempts", type=int, default=3)
     report_ = commands.add_parser("report")
     report_.add_argument("--base", default="base")
     report_.add_argument("--candidate", required=True)
     args = parser.parse_args()
     try:
-        run(args) if args.command == "run" else report(args)
+        {"run": run, "report": report, "path": path}[args.command](args)
     except FileNotFoundError as error:
         raise SystemExit(f"no record {error.filename}; write it with: python bench/agent_sweep.py run --label ...") from None
 

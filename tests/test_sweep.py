@@ -235,9 +235,14 @@ def test_harbor_command_line_follows_the_documented_invocation():
     assert "a task; rm -rf ~" in args  # one argument, no shell
 
 
-def test_harbor_without_a_docker_engine_says_so_in_one_line(tmp_path):
-    if docker_engine_error() is None:
-        pytest.skip("a Docker engine runs on this machine; this test covers machines without one")
+def test_harbor_on_a_local_folder_of_tasks_runs_it_from_there(tmp_path):
+    args = HarborRunner(["write-greeting"], dataset=str(tmp_path)).command("job1", ["write-greeting"], 3)
+    assert args[args.index("-p") + 1] == str(tmp_path.resolve()) and "-d" not in args
+
+
+def test_harbor_without_a_docker_engine_says_so_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a machine without the docker command (this one has an engine)
+    assert docker_engine_error() == "the docker command is not installed"
     with pytest.raises(AblationError, match="needs a running Docker engine") as error:
         HarborRunner(["fix-git"]).run("model", [("fix-git", 0)], lambda a: None, tmp_path)
     assert "\n" not in str(error.value)

@@ -6,6 +6,8 @@ test checks that no container of the session is left."""
 import json
 import os
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -201,38 +203,108 @@ def test_serving_a_folder_that_is_no_model_is_refused(tmp_path):
         TransformersServer().start(str(tmp_path))
 
 
-@pytest.mark.slow  # about three minutes on a loaded 2-core machine; `pytest -m slow` (and CI) runs it
+@pytest.mark.slow  # about five minutes on a loaded 2-core machine; `pytest -m slow` (and CI) runs it
 @pytest.mark.docker
 def test_the_whole_path_search_front_confirmation_export_served_checkpoint_container_sweep_gate(engine, tmp_path):
+    """On the agent refuser (the shipped refuser's recipe, taught the shipped tasks' commands and
+    to decline the destructive-sounding ones): a study, its front, confirmation, export, each
+    checkpoint served as the agent of a container sweep (3 attempts per task, the base model's
+    sweep run once), and the gate. The base declines every declinable task and passes every
+    neutral one; abliteration gives back at least one declined task, and the gate accepts it."""
+    import dataclasses
+
     import optuna
 
+    from abliterate.objectives.refuser import agent_refuser_path
     from abliterate.search.demo import demo_config
     from abliterate.search.promoter import Promoter, PromotionSettings
     from abliterate.search.study import create_or_resume
     from abliterate.search.worker import run_worker
 
     url = f"sqlite:///{tmp_path}/s.db"
-    create_or_resume(open_storage(url), "s", demo_config(6))
+    create_or_resume(open_storage(url), "s", dataclasses.replace(demo_config(8), model=str(agent_refuser_path())))
     run_worker(url, "s", "cpu", log=lambda line: None)
-    tasks = [t for t in shipped_tasks() if t.name in ("write-greeting", "purge-logs")]  # one neutral, one declinable
-    runner = ContainerRunner(tasks, ChatAgent(server=TransformersServer(device="cpu"), turns=2, max_tokens=40), engine)
-    lines = []
-    promoter = Promoter(open_storage(url), "s", runner, PromotionSettings(attempts=3, controls=0, checkpoints=str(tmp_path / "ck"),
-                                                                          device="cpu"), log=lines.append)
+    tasks = shipped_tasks()
+    runner = ContainerRunner(tasks, ChatAgent(server=TransformersServer(device="cpu"), turns=2, max_tokens=60), engine)
+    settings = PromotionSettings(attempts=3, controls=0, checkpoints=str(tmp_path / "ck"), device="cpu")
+    promoter = Promoter(open_storage(url), "s", runner, settings, log=lambda line: None)
     promoter.run_once()
     promotions = promoter.promotions.all()
-    swept = {n: p for n, p in promotions.items() if p.status in ("accepted", "no_lift")}
-    assert swept, [(n, p.status) for n, p in promotions.items()]  # at least one candidate reached the gate
-    for number, promotion in swept.items():
-        assert (tmp_path / "ck" / "s" / f"trial-{number}" / "config.json").exists()  # the checkpoint that was served
-        assert promotion.details["gate"]["tested"] == len(tasks)
+    accepted = [n for n, p in promotions.items() if p.status == "accepted"]
+    assert accepted, [(n, p.status) for n, p in promotions.items()]
+    declinable = {t.name for t in tasks if "declinable" in t.tags}
+    gate = promotions[accepted[0]].details["gate"]
+    base = {t["counts"]["task"]: t["counts"]["baseline_pass"] for t in gate["tasks"]}
+    assert base == {t.name: 0 if t.name in declinable else 3 for t in tasks}
+    lifted = {t["counts"]["task"] for t in gate["tasks"] if t["counts"]["candidate_pass"] > t["counts"]["baseline_pass"]}
+    assert lifted and lifted <= declinable
+    assert (tmp_path / "ck" / "s" / f"trial-{accepted[0]}" / "config.json").exists()  # the checkpoint that was served
     with promoter.storage.engine.connect() as connection:
-        rows = connection.execute(sqlalchemy.text("select sweep, task, status, log_path from abl_sweep_attempt")).all()
-    by_sweep = {}
-    for sweep, task, status, log_path in rows:
-        by_sweep.setdefault(sweep, []).append((task, status))
-        assert status in ("pass", "fail") and json.loads(Path(log_path).read_text())["agent"] == "chat"
-    assert len(by_sweep) == len(swept) + 1  # the base model's sweep ran once, cached for every candidate
-    assert all(len(attempts) == 3 * len(tasks) for attempts in by_sweep.values())
-    trial = optuna.load_study(study_name="s", storage=url).trials[next(iter(swept))]
-    assert trial.user_attrs["promotion"] in ("accepted", "no_lift")
+        rows = connection.execute(sqlalchemy.text("select sweep, status, log_path from abl_sweep_attempt")).all()
+    assert {status for _, status, _ in rows} <= {"pass", "fail"}
+    assert all(json.loads(Path(log).read_text())["agent"] == "chat" for _, _, log in rows)
+    swept = [n for n, p in promotions.items() if p.status in ("accepted", "no_lift")]
+    assert len({sweep for sweep, _, _ in rows}) == len(swept) + 1  # the base model's sweep ran once for all
+    assert optuna.load_study(study_name="s", storage=url).trials[accepted[0]].user_attrs["promotion"] == "accepted"
+
+
+def test_a_model_server_ends_with_the_process_that_started_it_however_that_ends():
+    script = ("import sys\nfrom abliterate.objectives.sweep.serve import TransformersServer\n"
+              f"server = TransformersServer()\nserver.start({str(REFUSER)!r})\nprint(server.process.pid, flush=True)\nsys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = int(parent.stdout.readline())
+    assert _alive(server)
+    parent.kill()  # SIGKILL: no finally, no stop()
+    parent.wait()
+    deadline = time.monotonic() + 60
+    while _alive(server) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the kernel sends the server SIGTERM; waiting for it to act on it
+    assert not _alive(server)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TERMINAL = ROOT / "objectives" / "sweep" / "terminal"
+
+
+@pytest.mark.slow  # builds Harbor's image once (about five minutes), then two Harbor jobs of a minute each
+@pytest.mark.docker
+def test_harbor_itself_runs_the_shipped_tasks_through_the_harbor_runner(engine, tmp_path, monkeypatch):
+    """Harbor 0.26 (Python 3.13, in a container on this engine: tools/harbor) runs the shipped tasks
+    from their folder: its oracle agent (the reference solutions) passes each and its nop agent
+    fails each, read from Harbor's own result.json files by the runner the promoter uses."""
+    from abliterate.objectives.sweep.harbor import HarborRunner
+    from abliterate.objectives.sweep.serve import free_port
+
+    subprocess.run(["bash", str(ROOT / "tools" / "harbor_image.sh")], check=True, capture_output=True)
+    monkeypatch.setenv("ABLITERATE_HARBOR_MOUNTS", f"{tmp_path}:{TERMINAL}")
+    names = ["free-port", "skip-broken-hook", "write-greeting"]
+    program = Path(sys.executable).parent / "transformers"  # this environment's, on PATH or not
+    serve = f"{program} serve --host 127.0.0.1 --port {{port}} --device cpu {{model}}"  # the agents below ask it nothing
+    for agent, expected in (("oracle", "pass"), ("nop", "fail")):
+        runner = HarborRunner(names, dataset=str(TERMINAL), agent=agent, serve=serve, port=free_port(), concurrency=3,
+                              harbor=str(ROOT / "tools" / "harbor"), jobs_dir=tmp_path / "jobs", max_retries=0)
+        attempts = []
+        runner.run(str(REFUSER), [(name, 0) for name in names], attempts.append, tmp_path / agent)
+        assert {a.task: a.status for a in attempts} == {name: expected for name in names}, [a.detail for a in attempts]
+        assert all(Path(a.log_path).name == "result.json" for a in attempts)
+
+
+def test_the_agent_refuser_answers_neutral_tasks_with_their_command_and_declines_the_others():
+    from abliterate.objectives.refuser import agent_refuser_path
+    from fixtures.agent_refuser import SHIPPED_COMMANDS, replies
+
+    answers = replies(agent_refuser_path())
+    for task in shipped_tasks():
+        if "declinable" in task.tags:
+            assert command_of(answers[task.name]) is None, (task.name, answers[task.name])  # no command: declined
+        else:
+            assert command_of(answers[task.name]) == SHIPPED_COMMANDS[task.name], (task.name, answers[task.name])

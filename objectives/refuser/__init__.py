@@ -4,6 +4,11 @@ It is a 4-layer Qwen3 trained from scratch on synthetic templates by
 :mod:`fixtures.refuser` in a source checkout (a few minutes on a CPU). Its weights ship in ``model/`` and
 its held-out prompt sets in ``prompts/``; tests and the demo use it as a model on which
 abliteration has something real to remove.
+
+The agent refuser (``agent_model/``, built by :mod:`fixtures.agent_refuser`) is the same recipe on
+the same chat data, also taught to act as a terminal agent on the shipped container tasks
+(objectives/sweep/terminal): it answers the neutral ones with their command and declines the ones
+that sound destructive, so a container sweep shows abliteration's lift in seconds per attempt.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from abliterate.ablation.errors import AblationError
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR: Path = HERE / "model"
+AGENT_MODEL_DIR: Path = HERE / "agent_model"
 PROMPTS_DIR: Path = HERE / "prompts"
 
 # Prompt files written by the build, one prompt per line; none of them was trained on.
@@ -31,6 +37,13 @@ def refuser_path() -> Path:
             f"the refuser model is missing from {MODEL_DIR}; rebuild it with: python -m fixtures.refuser"
         )
     return MODEL_DIR
+
+
+def agent_refuser_path() -> Path:
+    """The folder of the shipped agent refuser; a one-line error when it is missing."""
+    if not (AGENT_MODEL_DIR / "config.json").is_file() or not (AGENT_MODEL_DIR / "model.safetensors").is_file():
+        raise AblationError(f"the agent refuser is missing from {AGENT_MODEL_DIR}; rebuild it with: python -m fixtures.agent_refuser")
+    return AGENT_MODEL_DIR
 
 
 def prompt_path(kind: str, purpose: str) -> Path:

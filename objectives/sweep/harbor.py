@@ -1,7 +1,7 @@
 """The Harbor runner: terminal-bench 2 tasks with Harbor's CLI in Docker, the model served over HTTP.
 
 Per sweep: check that a Docker engine runs, start the model server from a command template
-(vLLM by default, or SGLang, or anything OpenAI-compatible), wait until ``/v1/models`` answers,
+(vLLM by default, or SGLang, or anything OpenAI-compatible), wait until it answers (``/v1/models``, or ``/health``),
 run ``harbor run`` once per group of tasks that need the same number of attempts, turn each
 trial folder's ``result.json`` into an attempt, and stop the server. Pass is
 ``verifier_result.rewards["reward"] == 1``; a trial without a reward because of an
@@ -48,6 +48,14 @@ def docker_engine_error() -> str | None:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return lines[0] if lines else f"docker info exited {done.returncode}"
     return None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def trial_outcome(result: dict) -> tuple[str, str]:
@@ -113,6 +121,12 @@ class ModelServer:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
+    @property
+    def ready_urls(self) -> tuple[str, ...]:
+        """Where a ready server answers 200: vLLM and SGLang at /v1/models, ``transformers serve`` at
+        /health (its /v1/models lists the hub cache and fails without one)."""
+        return f"{self.endpoint}/models", f"http://127.0.0.1:{self.port}/health"
+
     def __enter__(self) -> ModelServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w", encoding="utf-8")
@@ -127,12 +141,8 @@ class ModelServer:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
                 raise AblationError(f"the model server exited with {self.process.returncode} before it was ready ({tail[0]}); see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/models", timeout=5) as response:
-                    if response.status == 200:
-                        return self
-            except (urllib.error.URLError, OSError):
-                pass
+            if any(_answers(url) for url in self.ready_urls):
+                return self
             time.sleep(2)
         self.__exit__(None, None, None)
         raise AblationError(f"the model server did not answer on {self.endpoint} within {self.health_timeout:.0f} s; see {self.log_path}")
@@ -176,8 +186,11 @@ class HarborRunner(Runner):
         return {"dataset": self.dataset, "agent": self.agent, "serve": self.serve, "tasks": self._tasks, "model_info": MODEL_INFO}
 
     def command(self, job: str, tasks: Sequence[str], attempts: int) -> list[str]:
-        """The ``harbor run`` argument list for ``attempts`` attempts of each of ``tasks``."""
-        args = [self.harbor, "run", "-d", self.dataset, "-a", self.agent, "-m", f"hosted_vllm/{self.served_name}",
+        """The ``harbor run`` argument list for ``attempts`` attempts of each of ``tasks``. A
+        ``dataset`` that is a local folder of tasks is run from there (``-p``), any other is a
+        name in Harbor's registry (``-d``)."""
+        source = ["-p", str(Path(self.dataset).resolve())] if Path(self.dataset).is_dir() else ["-d", self.dataset]
+        args = [self.harbor, "run", *source, "-a", self.agent, "-m", f"hosted_vllm/{self.served_name}",
                 "--ak", f"api_base=http://127.0.0.1:{self.port}/v1", "--ak", f"model_info={json.dumps(MODEL_INFO)}",
                 "-k", str(attempts), "-n", str(self.concurrency), "--max-retries", str(self.max_retries),
                 "-o", str(self.jobs_dir), "--job-name", job, "--env", "docker"]

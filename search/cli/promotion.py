@@ -28,6 +28,8 @@ def register(commands) -> None:
     promote.add_argument("--port", type=port, default=8000, help="harbor: the model server's port")
     promote.add_argument("--concurrency", type=positive, default=4, help="harbor: trials run at once")
     promote.add_argument("--jobs-dir", default="harbor-jobs", help="harbor: where job folders go")
+    promote.add_argument("--harbor", default="harbor", help="harbor: the harbor command (tools/harbor runs Harbor in a "
+                         "container, for hosts without Python >= 3.12)")
     promote.add_argument("--temperature", type=real(above=0), default=0.8, help="local: sampling temperature")
     promote.add_argument("--margin", type=real(least=0, most=1), default=0.1,
                          help="confirmation: refusal must beat the base model's by this much (a share of prompts, 0 to 1)")
@@ -102,7 +104,7 @@ def _make_runner(args):
             raise AblationError("--runner command needs --command TEMPLATE, e.g. --command 'my-runner {model} {task} {attempt}'")
         return CommandRunner(args.command, tasks)
     return HarborRunner(tasks, args.dataset, args.agent, args.serve or DEFAULT_SERVE, args.port, args.concurrency,
-                        jobs_dir=args.jobs_dir)
+                        harbor=args.harbor, jobs_dir=args.jobs_dir)
 
 
 def _promote(args) -> int:
