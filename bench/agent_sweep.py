@@ -3,6 +3,8 @@
     python bench/agent_sweep.py run --model DIR --label base [--attempts 3] [--turns 4] [--max-tokens 128]
     python bench/agent_sweep.py report [--candidate LABEL] [--base base]
     python bench/agent_sweep.py path [--trials 8] [--attempts 3]
+    python bench/agent_sweep.py harbor
+    python bench/agent_sweep.py show          (path.json and harbor.json as tables; bench/agent/summary.md)
 
 ``run`` serves ``--model`` with ``transformers serve`` on the CPU and sweeps every shipped task
 (objectives/sweep/terminal) ``--attempts`` times in fresh Docker containers, the model acting as
@@ -17,6 +19,10 @@ task with the promotion gate's decision (Fisher's exact test, one-sided, rule ``
 a study of ``--trials`` trials on the demo's settings, its front confirmed, exported, each
 checkpoint served as the agent of a container sweep against the base model's, and the gate; it
 writes bench/agent/path.json (per candidate the gate's counts and p-values, seconds per attempt).
+
+``harbor`` runs the shipped tasks through Harbor itself (0.26, in a container: tools/harbor) with
+Harbor's oracle agent (the reference solutions) and its nop agent, read by the harbor runner the
+promoter uses, and writes bench/agent/harbor.json.
 """
 
 from __future__ import annotations
@@ -105,6 +111,68 @@ def path(args) -> None:
     print(f"wrote {RECORD / 'path.json'}")
 
 
+def harbor(args) -> None:
+    from abliterate.objectives.refuser import refuser_path
+    from abliterate.objectives.sweep.harbor import HarborRunner
+    from abliterate.objectives.sweep.serve import free_port
+    from abliterate.objectives.sweep.task_folder import shipped_tasks
+
+    subprocess.run(["bash", str(ROOT / "tools" / "harbor_image.sh")], check=True)
+    work = WORK / "harbor"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    folder = ROOT / "objectives" / "sweep" / "terminal"
+    os.environ["ABLITERATE_HARBOR_MOUNTS"] = f"{work}:{folder}"
+    names = [t.name for t in shipped_tasks()]
+    serve = f"{Path(sys.executable).parent / 'transformers'} serve --host 127.0.0.1 --port {{port}} --device cpu {{model}}"
+    outcome = {}
+    for agent in ("oracle", "nop"):
+        runner = HarborRunner(names, dataset=str(folder), agent=agent, serve=serve, port=free_port(), concurrency=2,
+                              harbor=str(ROOT / "tools" / "harbor"), jobs_dir=work / "jobs", max_retries=0)
+        attempts, start = [], time.time()
+        runner.run(str(refuser_path()), [(name, 0) for name in names], attempts.append, work / agent)
+        outcome[agent] = {"wall_seconds": round(time.time() - start, 1),
+                          "tasks": {a.task: {"status": a.status, "seconds": round(a.seconds, 1), "why": a.detail} for a in attempts}}
+        print(agent, {a.task: a.status for a in attempts}, flush=True)
+    version = subprocess.run([str(ROOT / "tools" / "harbor"), "--version"], capture_output=True, text=True).stdout.strip()
+    RECORD.mkdir(parents=True, exist_ok=True)
+    (RECORD / "harbor.json").write_text(json.dumps({
+        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(), "harbor": version,
+        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "agents": outcome}, indent=1))
+    print(f"wrote {RECORD / 'harbor.json'}")
+
+
+def show(args) -> None:
+    lines = []
+    if (RECORD / "path.json").exists():
+        record = json.loads((RECORD / "path.json").read_text())
+        lines += [f"Whole path on the agent refuser ({record['date']}, {record['machine']}, code {record['code']}): "
+                  f"{record['trials']} trials, {record['attempts']} attempts per task and arm, {record['turns']} turns; "
+                  f"{record['attempts_run']} attempts, median {record['median_seconds_per_attempt']:.1f} s each; "
+                  f"search {record['search_seconds']:.0f} s, all {record['wall_seconds']:.0f} s.", ""]
+        for number, promotion in record["promotions"].items():
+            gate = promotion["gate"]
+            lines.append(f"trial {number}: {promotion['status']}" + (f" ({gate['reason']})" if gate else ""))
+            if gate:
+                lines += ["", "| task | kind | base | candidate | p (Fisher, one-sided) |", "|---|---|---|---|---|"]
+                for row in gate["tasks"]:
+                    c = row["counts"]
+                    lines.append(f"| {c['task']} | {', '.join(record['tags'][c['task']])} | {c['baseline_pass']}/{c['baseline_n']} | "
+                                 f"{c['candidate_pass']}/{c['candidate_n']} | {row['p']:.3f} |")
+                lines.append("")
+    if (RECORD / "harbor.json").exists():
+        record = json.loads((RECORD / "harbor.json").read_text())
+        lines += ["", f"Harbor {record['harbor']} itself on the shipped tasks ({record['date']}, code {record['code']}):", "",
+                  "| agent | passed | failed | invalid | wall s |", "|---|---|---|---|---|"]
+        for agent, outcome in record["agents"].items():
+            statuses = [t["status"] for t in outcome["tasks"].values()]
+            lines.append(f"| {agent} | {statuses.count('pass')} | {statuses.count('fail')} | {statuses.count('invalid')} | "
+                         f"{outcome['wall_seconds']:.0f} |")
+    text = "\n".join(lines)
+    print(text)
+    (RECORD / "summary.md").write_text(text + "\n")
+
+
 def _seconds_per_task(store) -> dict[str, list[float]]:
     from sqlalchemy import text
 
@@ -179,12 +247,14 @@ def main() -> None:
     path_ = commands.add_parser("path")
     path_.add_argument("--trials", type=int, default=8)
     path_.add_argument("--attempts", type=int, default=3)
+    commands.add_parser("harbor")
+    commands.add_parser("show")
     report_ = commands.add_parser("report")
     report_.add_argument("--base", default="base")
     report_.add_argument("--candidate", required=True)
     args = parser.parse_args()
     try:
-        {"run": run, "report": report, "path": path}[args.command](args)
+        {"run": run, "report": report, "path": path, "harbor": harbor, "show": show}[args.command](args)
     except FileNotFoundError as error:
         raise SystemExit(f"no record {error.filename}; write it with: python bench/agent_sweep.py run --label ...") from None
 

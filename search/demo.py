@@ -5,6 +5,11 @@ local workers, the space's default ranges, a couple of minutes on a CPU. It then
 feasible Pareto front with the local agent suite (confirmation, checkpoint, sweep, Fisher gate)
 and ends with the promotions and the command that opens the dashboard. Running it again resumes the
 same study, so a second run adds nothing (raise --trials to extend it).
+
+Where a Docker engine answers (and ``abliterate[agent]`` is installed), the demo then runs the
+whole path in containers: a short study ``demo-agent`` on the agent refuser, its front confirmed,
+exported, each checkpoint served as the agent of the shipped terminal tasks in fresh containers
+against the base model's sweep, and the gate. Without one it says why in one line.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from abliterate.search.study import PURPOSES, StudyConfig
 
 DEMO_STORAGE = "sqlite:///abliterate-demo.db"
 DEMO_STUDY = "demo"
+DEMO_AGENT_STUDY = "demo-agent"
+DEMO_AGENT_TRIALS = 8  # the container part's study: enough for a front on the 4-layer agent refuser
 DEMO_CHECKPOINTS = "abliterate-demo-checkpoints"
 
 
@@ -59,3 +66,42 @@ def promote_demo(storage: str) -> None:
 
     settings = PromotionSettings(attempts=5, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu")
     Promoter(open_storage(storage), DEMO_STUDY, LocalRunner(device="cpu"), settings).run_once()
+
+
+def containers_unavailable() -> str | None:
+    """Why the demo's container part cannot run here (one line naming the fix), or None."""
+    import importlib.util
+
+    from abliterate.ablation.errors import AblationError
+    from abliterate.objectives.sweep.engine import DockerEngine
+    from abliterate.objectives.sweep.task_folder import BASE_IMAGE
+
+    engine = DockerEngine()
+    try:
+        engine.check()
+    except AblationError as error:
+        return str(error)
+    if not engine.has_image(BASE_IMAGE):
+        return f"the shipped tasks' base image {BASE_IMAGE} is not here; bash .ci/docker builds it"
+    if importlib.util.find_spec("uvicorn") is None or importlib.util.find_spec("fastapi") is None:
+        return "serving a checkpoint to the agent needs transformers serve: pip install 'abliterate[agent]'"
+    return None
+
+
+def run_container_demo(storage: str, say: Callable[[str], None] = print) -> None:
+    """The whole path in containers on the agent refuser (see the module docstring)."""
+    import dataclasses
+
+    from abliterate.objectives.refuser import agent_refuser_path
+    from abliterate.objectives.sweep.container import ChatAgent, ContainerRunner
+    from abliterate.objectives.sweep.serve import TransformersServer
+    from abliterate.objectives.sweep.task_folder import shipped_tasks
+    from abliterate.search.promoter import Promoter, PromotionSettings
+    from abliterate.search.run import run_study
+    from abliterate.storage.rdb import open_storage
+
+    config = dataclasses.replace(demo_config(DEMO_AGENT_TRIALS), model=str(agent_refuser_path()))
+    run_study(storage, DEMO_AGENT_STUDY, config, ["cpu"], say=say)
+    runner = ContainerRunner(shipped_tasks(), ChatAgent(server=TransformersServer(device="cpu"), turns=2, max_tokens=60))
+    settings = PromotionSettings(attempts=3, margin=DEMO_MARGIN, checkpoints=DEMO_CHECKPOINTS, device="cpu")
+    Promoter(open_storage(storage), DEMO_AGENT_STUDY, runner, settings, log=say).run_once()

@@ -123,6 +123,10 @@ def test_demo_runs_a_study_and_resumes(tmp_path):
     assert any(t.user_attrs.get("promotion") in ("accepted", "no_lift", "dropped") for t in study.trials)
     assert any((tmp_path / "abliterate-demo-checkpoints" / "demo").glob("trial-*/config.json"))
     assert any(t.user_attrs.get("specific") is True for t in study.trials)  # the controls ran in confirmation
+    # This machine has a Docker engine (README's test command starts one): the whole path ran in containers.
+    assert "promotions of 'demo-agent'" in result.stdout, result.stdout[-2000:]
+    agent = optuna.load_study(study_name="demo-agent", storage=f"sqlite:///{tmp_path / 'abliterate-demo.db'}")
+    assert any(t.user_attrs.get("promotion") == "accepted" for t in agent.trials)
     again = abliterate("demo", "--trials", "12", cwd=tmp_path)
     assert "resumed study 'demo'" in again.stdout and len(optuna.load_study(study_name="demo", storage=f"sqlite:///{tmp_path / 'abliterate-demo.db'}").trials) == len(study.trials)
 

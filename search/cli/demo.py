@@ -17,7 +17,7 @@ def register(commands) -> None:
 
 def _demo(args) -> int:
     from abliterate.search.cli.views import print_front, print_report
-    from abliterate.search.demo import DEMO_STORAGE, DEMO_STUDY, promote_demo, run_demo
+    from abliterate.search.demo import DEMO_AGENT_STUDY, DEMO_STORAGE, DEMO_STUDY, containers_unavailable, promote_demo, run_container_demo, run_demo
     from abliterate.search.promoter import report
     from abliterate.storage.rdb import open_storage
     from abliterate.storage.urls import normalize_url, redacted
@@ -34,5 +34,13 @@ def _demo(args) -> int:
     promote_demo(storage)
     print_report(report(open_storage(storage), DEMO_STUDY), DEMO_STUDY, out, details=False)
     out.print(f"per-task tables: abliterate report --storage {redacted(normalize_url(storage))} --study {DEMO_STUDY}")
+    problem = containers_unavailable()
+    if problem:
+        out.print(f"the container sweep is skipped: {problem}", highlight=False, markup=False)
+    else:
+        out.print("the whole path in Docker containers: a study on the agent refuser, its front served as the agent of "
+                  "the shipped terminal tasks against the base model, Fisher gate")
+        run_container_demo(storage, say=lambda line: out.print(line, highlight=False, markup=False))
+        print_report(report(open_storage(storage), DEMO_AGENT_STUDY), DEMO_AGENT_STUDY, out, details=False)
     out.print(f"browse it: abliterate dashboard --storage {redacted(normalize_url(storage))}")
     return 0
