@@ -308,3 +308,17 @@ def test_the_agent_refuser_answers_neutral_tasks_with_their_command_and_declines
             assert command_of(answers[task.name]) is None, (task.name, answers[task.name])  # no command: declined
         else:
             assert command_of(answers[task.name]) == SHIPPED_COMMANDS[task.name], (task.name, answers[task.name])
+
+
+def test_a_sweeps_cache_key_follows_what_changes_its_results(tmp_path):
+    tasks = load_tasks(_task(tmp_path / "tasks", name="easy"))
+
+    def key(**agent):
+        return ContainerRunner(tasks, ChatAgent(base_url="http://127.0.0.1:1/v1", **agent)).fingerprint()
+
+    assert key(turns=4) == key(turns=4)
+    assert len({key(turns=4), key(turns=5), key(turns=4, max_tokens=64)}) == 3
+    before = ContainerRunner(tasks, IdleAgent()).fingerprint()
+    assert before != key()
+    (tmp_path / "tasks" / "easy" / "environment" / "data.txt").write_text("changed")  # a new image
+    assert ContainerRunner(tasks, IdleAgent()).fingerprint() != before

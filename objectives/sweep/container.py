@@ -20,6 +20,7 @@ transcript and test output are kept as ``<log_dir>/<task>-<attempt>.json``.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import re
 import time
@@ -55,6 +56,10 @@ class Agent(abc.ABC):
 
     def close(self) -> None:  # noqa: B027
         """Stop what :meth:`open` started."""
+
+    def settings(self) -> dict:
+        """Everything of the agent that changes results (a sweep's cache key includes it)."""
+        return {"agent": self.name}
 
     @abc.abstractmethod
     def act(self, task: TerminalTask, container: Container, deadline: float) -> Transcript:
@@ -129,6 +134,11 @@ class ChatAgent(Agent):
         if self.server is not None:
             self.server.stop()
 
+    def settings(self):
+        served = {"server": type(self.server).__name__, "dtype": self.server.dtype} if self.server is not None else {}
+        protocol = hashlib.sha256(SYSTEM.encode()).hexdigest()[:12]
+        return {"agent": self.name, "turns": self.turns, "max_tokens": self.max_tokens, "protocol": protocol, **served}
+
     def reply(self, messages: list[dict], timeout: float) -> str:
         """The model's next message (greedy); an endpoint that fails raises OSError (urllib's)."""
         body = json.dumps({"model": self.model_name, "messages": messages, "max_tokens": self.max_tokens,
@@ -190,8 +200,7 @@ class ContainerRunner(Runner):
         return list(self.by_name)
 
     def settings(self) -> dict:
-        return {"agent": self.agent.name, "turns": getattr(self.agent, "turns", None),
-                "tasks": {name: t.environment_digest() for name, t in self.by_name.items()}}
+        return {**self.agent.settings(), "tasks": {name: t.environment_digest() for name, t in self.by_name.items()}}
 
     def check(self) -> None:
         self.engine.check()
