@@ -217,6 +217,8 @@ def test_a_candidate_that_no_longer_beats_the_base_is_dropped(escaped, tmp_path)
     (["--runner", "command", "--tasks", "TASKS"], "needs --command"),
     (["--runner", "harbor"], "needs --tasks FILE"),
     (["--runner", "local", "--tasks", "/nonexistent"], "does not exist"),
+    (["--runner", "containers", "--tasks", "/nonexistent"], "no task folder at /nonexistent; give a folder in the terminal-bench 2 layout"),
+    (["--runner", "containers", "--turns", "0"], "at least 1"),
     (["--alpha", "2"], "--alpha: must be above 0 and below 1, got 2"),
     (["--alpha", "nan"], "--alpha: must be above 0 and below 1, got nan"),
     (["--margin", "nan"], "--margin: must be between 0 and 1, got nan"),
