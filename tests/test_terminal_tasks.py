@@ -109,6 +109,8 @@ def test_an_image_that_is_not_here_is_refused_before_any_pull(engine, tmp_path):
     task = TerminalTask.load(_task(tmp_path, dockerfile="FROM ubuntu:24.04\n"))
     with pytest.raises(AblationError, match=r"FROM ubuntu:24.04, which is not on this machine and cannot be pulled here"):
         engine.image(task)
+    with pytest.raises(AblationError, match=r"FROM ubuntu:24.04"):
+        ContainerRunner([task], IdleAgent(), engine).check()  # the promoter's check, before anything is confirmed
 
 
 @pytest.mark.docker

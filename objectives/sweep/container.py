@@ -203,7 +203,10 @@ class ContainerRunner(Runner):
         return {**self.agent.settings(), "tasks": {name: t.environment_digest() for name, t in self.by_name.items()}}
 
     def check(self) -> None:
+        """An engine answers and every task's base image is here (no registry can supply one)."""
         self.engine.check()
+        for task in self.by_name.values():
+            self.engine.check_base(task)
 
     def run(self, model: str, todo: Sequence[tuple[str, int]], record: Record, log_dir: Path) -> None:
         self.engine.check()

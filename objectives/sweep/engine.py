@@ -59,16 +59,20 @@ class DockerEngine:
     def has_image(self, image: str) -> bool:
         return self._run("image", "inspect", image).returncode == 0
 
+    def check_base(self, task: TerminalTask) -> None:
+        """The image the task's Dockerfile builds FROM is on this machine: nothing is pulled."""
+        base = task.base_image()
+        if not self.has_image(base):
+            how = "bash .ci/docker builds it" if base == BASE_IMAGE else f"build or load {base} here first (docker build / docker load)"
+            raise AblationError(f"task {task.name} builds FROM {base}, which is not on this machine and cannot be pulled here; {how}")
+
     def image(self, task: TerminalTask) -> str:
         """The task's image, built now unless an unchanged one exists. A base image missing here is
         an error before the build starts: no registry can be reached to pull it."""
         tag = f"abliterate-task/{task.name}:{task.environment_digest()}"
         if self.has_image(tag):
             return tag
-        base = task.base_image()
-        if not self.has_image(base):
-            how = "bash .ci/docker builds it" if base == BASE_IMAGE else f"build or load {base} here first (docker build / docker load)"
-            raise AblationError(f"task {task.name} builds FROM {base}, which is not on this machine and cannot be pulled here; {how}")
+        self.check_base(task)
         try:
             built = self._run("build", "--force-rm", "--label", f"{LABEL}={self.owner}", "-t", tag, str(task.folder / "environment"),
                               timeout=task.build_seconds)
