@@ -38,6 +38,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from front_vs_heretic import _children_cpu, _revision  # noqa: E402 - the benches' one way to count CPU and name the code
+
 WORK, RECORD = ROOT / "bench" / "out" / "agent", ROOT / "bench" / "agent"
 
 
@@ -61,7 +64,7 @@ def run(args) -> None:
     RECORD.mkdir(parents=True, exist_ok=True)
     (RECORD / f"{args.label}.json").write_text(json.dumps({
         "label": args.label, "model": str(args.model), "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
-        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "code": _revision(),
+        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "code": _revision(ROOT),
         "settings": runner.settings(), "attempts": args.attempts, "max_tokens": args.max_tokens, "dtype": args.dtype,
         "wall_seconds_this_call": time.time() - start, "server_cpu_seconds_this_call": _children_cpu() - cpu,
         "tasks": {task: {"passes": passes, "valid": valid, "seconds": seconds.get(task, [])}
@@ -101,7 +104,7 @@ def path(args) -> None:
     tags = {t.name: list(t.tags) for t in shipped_tasks()}
     RECORD.mkdir(parents=True, exist_ok=True)
     (RECORD / "path.json").write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(),
+        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(ROOT),
         "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "trials": args.trials,
         "attempts": args.attempts, "turns": 2, "tags": tags, "search_seconds": round(searched, 1),
         "wall_seconds": round(time.time() - start, 1), "attempts_run": len(per_attempt),
@@ -137,7 +140,7 @@ def harbor(args) -> None:
     version = subprocess.run([str(ROOT / "tools" / "harbor"), "--version"], capture_output=True, text=True).stdout.strip()
     RECORD.mkdir(parents=True, exist_ok=True)
     (RECORD / "harbor.json").write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(), "harbor": version,
+        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(ROOT), "harbor": version,
         "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "agents": outcome}, indent=1))
     print(f"wrote {RECORD / 'harbor.json'}")
 
@@ -220,18 +223,8 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2] if ordered else float("nan")
 
 
-def _children_cpu() -> float:
-    usage = os.times()
-    return usage.children_user + usage.children_system
-
-
 def _machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
-
-
-def _revision() -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

@@ -18,8 +18,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -28,6 +26,7 @@ from pathlib import Path
 from abliterate.ablation.errors import AblationError
 from abliterate.objectives.sweep.base import Attempt, Record, Runner
 from abliterate.objectives.sweep.command import fill
+from abliterate.objectives.sweep.serve import answers
 
 DEFAULT_SERVE = "vllm serve {model} --served-model-name {name} --port {port}"
 # hosted_vllm needs model_info; zero costs keep LiteLLM from guessing prices.
@@ -48,14 +47,6 @@ def docker_engine_error() -> str | None:
         lines = (done.stderr or done.stdout).strip().splitlines()
         return lines[0] if lines else f"docker info exited {done.returncode}"
     return None
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def trial_outcome(result: dict) -> tuple[str, str]:
@@ -141,7 +132,7 @@ class ModelServer:
             if self.process.poll() is not None:
                 tail = self.log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
                 raise AblationError(f"the model server exited with {self.process.returncode} before it was ready ({tail[0]}); see {self.log_path}")
-            if any(_answers(url) for url in self.ready_urls):
+            if any(answers(url) for url in self.ready_urls):
                 return self
             time.sleep(2)
         self.__exit__(None, None, None)

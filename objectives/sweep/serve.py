@@ -35,7 +35,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether ``url`` answers 200 now (a server's readiness probe)."""
     try:
         with urllib.request.urlopen(url, timeout=5) as answer:
             return answer.status == 200
@@ -82,7 +83,7 @@ class TransformersServer:
                 self.process = None
                 raise AblationError(f"the model server for {model} exited before it answered: {lines[-1].strip()} "
                                     f"(the whole output: {self.log})")
-            if _answers(f"{url}/health"):
+            if answers(f"{url}/health"):
                 return f"{url}/v1"
             if time.monotonic() > deadline:
                 self.stop()
