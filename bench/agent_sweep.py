@@ -57,6 +57,7 @@ def run(args) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     agent = ChatAgent(server=TransformersServer(device="cpu", dtype=args.dtype), turns=args.turns, max_tokens=args.max_tokens)
     runner = ContainerRunner(shipped_tasks(), agent)
+    runner.check()  # an engine and the base image, before anything is started or stored
     store = SweepStore(open_storage(f"sqlite:///{WORK / 'sweeps.db'}").engine, f"{args.label}:{runner.fingerprint()}")
     start, cpu = time.time(), _children_cpu()
     counts = run_sweep(runner, str(Path(args.model).resolve()), args.attempts, store, WORK / args.label, log=print)
@@ -250,6 +251,12 @@ def main() -> None:
         {"run": run, "report": report, "path": path, "harbor": harbor, "show": show}[args.command](args)
     except FileNotFoundError as error:
         raise SystemExit(f"no record {error.filename}; write it with: python bench/agent_sweep.py run --label ...") from None
+    except Exception as error:  # the project's one-line errors (no engine, no base image, a bad task folder)
+        from abliterate.ablation.errors import AblationError
+
+        if isinstance(error, AblationError):
+            raise SystemExit(str(error)) from None
+        raise
 
 
 if __name__ == "__main__":
