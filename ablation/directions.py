@@ -5,10 +5,13 @@ harmful prompts and one of shape [M, L, H] for harmless prompts (N and M may dif
 direction returned here points from harmless toward harmful (harmful minus harmless), is unit
 length along its last axis, float32 and on the CPU.
 
-Four estimators are offered:
+Six estimators are offered:
 
 * :func:`mean_difference` - the difference of the class means per layer, optionally with its
   component along the harmless mean removed ("projected mean difference");
+* :func:`winsorized_difference` and :func:`median_difference` - the projected difference of robust
+  class locations (each coordinate clipped to its quantiles before the mean; the coordinate-wise
+  median), which a few outlier prompts cannot swing;
 * :func:`principal_components` - the top principal directions of paired differences;
 * :func:`linear_probe` - the weight vector of a logistic-regression probe per layer, with its
   cross-validated accuracy;
@@ -77,9 +80,47 @@ def mean_difference(
     if orthogonalize:
         # The harmless mean is largely what every prompt writes regardless of content; projecting
         # it out keeps the edit from shrinking the residual's ordinary magnitude along that axis.
-        baseline = unit(harmless.mean(dim=0))
-        difference = difference - (difference * baseline).sum(dim=-1, keepdim=True) * baseline
+        return _projected(difference, harmless.mean(dim=0))
     return unit(difference)
+
+
+# The share of prompts clipped at each end of every coordinate by the winsorized estimator: enough
+# to blunt one or two outliers among the few dozen extraction prompts a study uses, and fixed
+# (not searched) so that a study's payload is one tensor per method.
+WINSOR_QUANTILE = 0.05
+
+
+def _projected(difference: torch.Tensor, baseline: torch.Tensor) -> torch.Tensor:
+    """``unit(difference)`` after removing its component along ``unit(baseline)``, per layer."""
+    baseline = unit(baseline)
+    return unit(difference - (difference * baseline).sum(dim=-1, keepdim=True) * baseline)
+
+
+def winsorize(residuals: torch.Tensor, quantile: float = WINSOR_QUANTILE) -> torch.Tensor:
+    """Residuals [N, L, H] with every (layer, coordinate) clipped to its own ``quantile`` and
+    ``1 - quantile`` quantiles over the N prompts (linear interpolation between prompts). Raises
+    :class:`AblationError` for a quantile outside [0, 0.5)."""
+    if not 0.0 <= quantile < 0.5:
+        raise AblationError(f"the winsorizing quantile must be in [0, 0.5), got {quantile}")
+    low, high = torch.quantile(residuals, torch.tensor([quantile, 1.0 - quantile]), dim=0)
+    return residuals.clamp(min=low, max=high)
+
+
+def winsorized_difference(harmful: torch.Tensor, harmless: torch.Tensor, quantile: float = WINSOR_QUANTILE) -> torch.Tensor:
+    """The projected mean difference of the winsorized residuals of each class, shape [L, H]:
+    :func:`mean_difference` with ``orthogonalize=True`` after :func:`winsorize` (each class
+    clipped at its own quantiles). With ``quantile=0`` it is exactly the projected mean difference."""
+    harmful, harmless = _checked(harmful, harmless)
+    return mean_difference(winsorize(harmful, quantile), winsorize(harmless, quantile), orthogonalize=True)
+
+
+def median_difference(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
+    """``unit(median(harmful) - median(harmless))`` per layer with its component along the
+    harmless median removed, shape [L, H]; medians coordinate-wise over the prompts (the mean of
+    the two middle values for an even count, so that it does not depend on the prompts' order)."""
+    harmful, harmless = _checked(harmful, harmless)
+    harmful_median, harmless_median = torch.quantile(harmful, 0.5, dim=0), torch.quantile(harmless, 0.5, dim=0)
+    return _projected(harmful_median - harmless_median, harmless_median)
 
 
 def separation(harmful: torch.Tensor, harmless: torch.Tensor) -> torch.Tensor:
@@ -224,7 +265,7 @@ def interpolate(directions: torch.Tensor, index: float) -> torch.Tensor:
     return unit(blended)
 
 
-METHODS = ("mean", "mean-projected", "pca", "probe")
+METHODS = ("mean", "mean-projected", "pca", "probe", "winsorized", "median")
 
 
 def by_method(method: str, harmful: torch.Tensor, harmless: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -238,4 +279,8 @@ def by_method(method: str, harmful: torch.Tensor, harmless: torch.Tensor) -> tup
     if method == "probe":
         result = linear_probe(harmful, harmless, folds=min(5, harmful.shape[0], harmless.shape[0]))
         return result.directions, result.accuracy
+    if method == "winsorized":
+        return winsorized_difference(harmful, harmless), None
+    if method == "median":
+        return median_difference(harmful, harmless), None
     raise AblationError(f"unknown direction method {method!r}; use one of {', '.join(METHODS)}")

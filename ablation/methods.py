@@ -1,6 +1,7 @@
 """The built-in direction methods (see :mod:`ablation.registry` for the contract).
 
-* ``mean``, ``mean-projected``, ``probe``: [L, H] unit directions (:mod:`ablation.directions`);
+* ``mean``, ``mean-projected``, ``probe``, ``winsorized``, ``median``: [L, H] unit directions
+  (:mod:`ablation.directions`);
 * ``pca``: [L, K, H] the first K principal components (K: the top of the space's component range + 1);
 * ``cone``: [L, K, H] orthonormal bases of the refusal cone, strongest category first (K: the
   top of the space's rank range), so a trial of rank k removes ``[:, :k]``;
@@ -158,6 +159,6 @@ class SparseAutoencoder(_Subspace):
         return f"the decoder rows of the {edit['sae_features']} most harmful SAE features"
 
 
-for _method in (_Estimator("mean"), _Estimator("mean-projected"), PrincipalComponents(), _Estimator("probe"), Cone(),
-                SparseAutoencoder()):
+for _method in (_Estimator("mean"), _Estimator("mean-projected"), PrincipalComponents(), _Estimator("probe"),
+                _Estimator("winsorized"), _Estimator("median"), Cone(), SparseAutoencoder()):
     methods.register(_method)

@@ -78,7 +78,7 @@ class SearchSettings:
                                      "wide (seventeen: also methods, layer range, kernel shapes, norm-preserving)",
                           choices=SPACE_PRESETS)
     methods: str | None = _setting(None, "direction methods the trials choose from, comma-separated: mean, mean-projected, pca, "
-                                         "probe, cone, sae (default: the --space preset's)")
+                                         "probe, winsorized, median, cone, sae (default: the --space preset's)")
     interventions: str | None = _setting(None, "what trials do with the direction, comma-separated: ablate, amplify (also amplify "
                                                "the compliance direction), heads (only the attention heads that carry refusal) "
                                                "(default: the --space preset's)")

@@ -9,7 +9,7 @@ import math
 
 # The names the library accepts. Kept here so that building a parser imports no torch or scipy;
 # tests/test_cli.py checks that they match the library's own tuples.
-METHODS = ("mean", "mean-projected", "pca", "probe")
+METHODS = ("mean", "mean-projected", "pca", "probe", "winsorized", "median")
 PROXIES = ("markers", "first-token", "agent")
 JUDGES = ("markers", "llm", "embed")
 RULES = ("any", "holm", "bh", "cmh", "study")

@@ -9,10 +9,14 @@ import torch
 
 from abliterate.ablation.directions import (
     ProbeResult,
+    WINSOR_QUANTILE,
     interpolate,
     linear_probe,
     mean_difference,
+    median_difference,
     principal_components,
+    winsorize,
+    winsorized_difference,
 )
 from abliterate.ablation.errors import AblationError
 
@@ -186,10 +190,13 @@ _ESTIMATORS = [
     lambda a, b: mean_difference(a, b, orthogonalize=True),
     lambda a, b: principal_components(a, b, k=1),
     lambda a, b: linear_probe(a, b, folds=2),
+    winsorized_difference,
+    median_difference,
 ]
+_NAMES = ["mean", "projected", "pca", "probe", "winsorized", "median"]
 
 
-@pytest.mark.parametrize("estimator", _ESTIMATORS, ids=["mean", "projected", "pca", "probe"])
+@pytest.mark.parametrize("estimator", _ESTIMATORS, ids=_NAMES)
 @pytest.mark.parametrize(
     "harmless_shape",
     [(8, 3, 4), (8, 2, 5), (8, 2, 4, 1), (8, 8)],
@@ -202,7 +209,7 @@ def test_mismatched_shapes_raise(estimator, harmless_shape):
         estimator(harmful, harmless)
 
 
-@pytest.mark.parametrize("estimator", _ESTIMATORS, ids=["mean", "projected", "pca", "probe"])
+@pytest.mark.parametrize("estimator", _ESTIMATORS, ids=_NAMES)
 def test_empty_residuals_raise(estimator):
     with pytest.raises(AblationError):
         estimator(torch.randn(0, 2, 4), torch.randn(8, 2, 4))
@@ -217,3 +224,47 @@ def test_linear_probe_needs_folds_samples_per_class():
         linear_probe(harmless, harmful, folds=5)
     with pytest.raises(AblationError):
         linear_probe(harmless, harmless, folds=1)
+
+
+def test_winsorize_clips_each_coordinate_to_its_own_quantiles():
+    # Five prompts, one layer, two coordinates; at q = 0.25 the quantiles fall on the 2nd and 4th values.
+    column = torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0])
+    residuals = torch.stack([column, -column], dim=1).unsqueeze(1)  # [5, 1, 2]
+    clipped = winsorize(residuals, 0.25)
+    assert torch.equal(clipped[:, 0, 0], torch.tensor([1.0, 1.0, 2.0, 3.0, 3.0]))
+    assert torch.equal(clipped[:, 0, 1], torch.tensor([-1.0, -1.0, -2.0, -3.0, -3.0]))
+    with pytest.raises(AblationError, match="quantile"):
+        winsorize(residuals, 0.5)
+
+
+def test_winsorized_at_zero_is_the_projected_mean_difference(planted):
+    harmful, harmless, _ = planted
+    assert torch.equal(winsorized_difference(harmful, harmless, quantile=0.0), mean_difference(harmful, harmless, orthogonalize=True))
+
+
+def test_median_difference_matches_hand_computation():
+    # Even counts: the median is the mean of the two middle values, whatever the order.
+    harmful = torch.tensor([[[4.0, 0.0, 0.0]], [[0.0, 2.0, 0.0]], [[2.0, 6.0, 0.0]], [[8.0, 0.0, 0.0]]])
+    harmless = torch.tensor([[[0.0, 0.0, 1.0]], [[0.0, 0.0, 3.0]]])
+    # Medians (3, 1, 0) and (0, 0, 2); the difference (3, 1, -2) loses its part along (0, 0, 1).
+    expected = torch.tensor([[3.0, 1.0, 0.0]]) / math.sqrt(10.0)
+    assert torch.allclose(median_difference(harmful, harmless), expected, atol=1e-6)
+    assert torch.equal(median_difference(harmful.flip(0), harmless.flip(0)), median_difference(harmful, harmless))
+
+
+def test_robust_estimators_hold_the_planted_direction_against_an_outlier_prompt(planted):
+    """One harmful prompt far out along another direction swings the projected mean difference;
+    the winsorized and median estimators keep what it finds without that prompt."""
+    harmful, harmless, direction = planted
+    clean = mean_difference(harmful, harmless, orthogonalize=True)
+    generator = torch.Generator().manual_seed(7)
+    away = torch.randn(LAYERS, HIDDEN, generator=generator)
+    away = away - (away * direction).sum(-1, keepdim=True) * direction
+    away = away / away.norm(dim=-1, keepdim=True)
+    spoiled = harmful.clone()
+    spoiled[0] += 300.0 * away
+    assert (_cosines(mean_difference(spoiled, harmless, orthogonalize=True), clean) < 0.8).all()
+    for estimator in (winsorized_difference, median_difference):
+        assert (_cosines(estimator(spoiled, harmless), clean) > 0.99).all(), estimator.__name__
+    assert 0 < WINSOR_QUANTILE < 0.5
+

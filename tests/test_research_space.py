@@ -166,7 +166,7 @@ def test_research_spaces_sample_their_own_params_and_starting_points_lie_inside(
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(methods=("mean", "cones")), r"unknown direction method 'cones' in --methods; use one or more of mean,mean-projected,pca,probe,cone"),
+    (dict(methods=("mean", "cones")), r"unknown direction method 'cones' in --methods; use one or more of mean,mean-projected,pca,probe,winsorized,median,cone"),
     (dict(interventions=("steer",)), r"unknown intervention 'steer' in --interventions"),
     (dict(methods=()), r"no direction method given in --methods"),
     (dict(cone_rank=(0, 2)), r"cone_rank range 0..2"),
