@@ -22,7 +22,7 @@ One bake applies, to every writer its profile gives a non-zero weight w:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -55,6 +55,8 @@ class Amplification:
 
 # Column ranges [start, stop) of an attention writer's input, per layer: the heads to edit.
 HeadColumns = Mapping[int, Sequence[tuple[int, int]]]
+# rule(tensor, residual_axis, norm_preserving) -> the edited tensor (see Baker.plan)
+Rule = Callable[[torch.Tensor, int, bool], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,31 @@ class Baker:
     @torch.no_grad()
     def bake(self, edit: Edit) -> BakeReport:
         """Apply ``edit`` to every writer whose profile weight is non-zero (see the module docstring)."""
-        directions, profile, norm_preserving, amplify, heads = (edit.directions, edit.profile, edit.norm_preserving,
-                                                                 edit.amplify, edit.heads)
         if self.baked:
             raise AblationError("model is already baked; restore() before baking again")
+        layers = set()
+        for writer, rule, columns in self.plan(edit):
+            if columns is not None:
+                self._edit_columns(writer, columns, rule, edit.norm_preserving)
+            else:
+                self._edit(writer.weight, rule, writer.residual_axis, edit.norm_preserving)
+                if writer.bias is not None:
+                    self._edit(writer.bias, rule, writer.bias.dim() - 1, False)
+            layers.add(writer.layer)
+        return BakeReport(len(self._saved), self.saved_bytes, tuple(sorted(layers)))
+
+    def plan(self, edit: Edit) -> Iterator[tuple[Writer, Rule, Sequence[tuple[int, int]] | None]]:
+        """What :meth:`bake` does, writer by writer, touching nothing: each writer ``edit``
+        changes, its ``rule(tensor, residual_axis, norm_preserving)`` (the edited tensor, float32
+        inside, in the tensor's dtype), and the head columns it applies to (None: the whole
+        weight, and the bias with ``norm_preserving`` False)."""
+        directions, profile, amplify, heads = edit.directions, edit.profile, edit.amplify, edit.heads
         if directions.dim() >= 2 and directions.shape[0] != self.num_layers:
             raise AblationError(
                 f"got directions for {directions.shape[0]} layers, the model has {self.num_layers}"
             )
         if amplify is not None and amplify.direction.dim() == 2 and amplify.direction.shape[0] != self.num_layers:
             raise AblationError(f"got a compliance direction for {amplify.direction.shape[0]} layers, the model has {self.num_layers}")
-        layers = set()
         for writer in self.writers:
             weight = profile.weight(writer.group, writer.layer)
             columns = None if heads is None or writer.group != ATTN else heads.get(writer.layer, ())
@@ -132,14 +148,7 @@ class Baker:
                 edited = (ablate_subspace if r.dim() == 2 else ablate)(tensor, r, weight, axis, keep_norm)
                 return amplify_(edited, c, amplify.strength, axis) if c is not None and amplify is not None else edited
 
-            if columns is not None:
-                self._edit_columns(writer, columns, rule, norm_preserving)
-            else:
-                self._edit(writer.weight, rule, writer.residual_axis, norm_preserving)
-                if writer.bias is not None:
-                    self._edit(writer.bias, rule, writer.bias.dim() - 1, False)
-            layers.add(writer.layer)
-        return BakeReport(len(self._saved), self.saved_bytes, tuple(sorted(layers)))
+            yield writer, rule, columns
 
     @torch.no_grad()
     def restore(self) -> None:

@@ -75,10 +75,13 @@ def weight_hashes(folder: str | os.PathLike) -> dict[str, str]:
 
 
 def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bool = False, max_shard_size: str = "4GB",
-                      finish: Callable[[Path], None] | None = None, log: Callable[[str], None] | None = None) -> Path:
+                      finish: Callable[[Path], None] | None = None, log: Callable[[str], None] | None = None,
+                      weights: Callable[[Path], None] | None = None) -> Path:
     """Write config, tokenizer (and processor) and safetensors shards of ``loaded`` to ``out``.
 
     The architecture class is the loaded one (a multimodal model stays multimodal).
+    ``weights(staging)``, when given, writes the folder's weights instead of the model's own
+    (an adapter: :func:`ablation.adapter.save_adapter`); the tokenizer is written either way.
     ``finish(staging)``, when given, runs once the model files are in the staging folder and
     may add files (a model card) or raise to abandon the export: then nothing is written, and
     neither when the disk fills (a one-line error). Staging folders that killed exports, of any
@@ -96,7 +99,10 @@ def export_checkpoint(loaded: LoadedModel, out: str | os.PathLike, overwrite: bo
     except OSError as error:
         raise _unwritable(target, error) from None
     try:
-        loaded.model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
+        if weights is not None:
+            weights(staging)
+        else:
+            loaded.model.save_pretrained(staging, safe_serialization=True, max_shard_size=max_shard_size)
         _forget_last_call(loaded.tokenizer)
         loaded.tokenizer.save_pretrained(staging)
         if loaded.processor is not None:

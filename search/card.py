@@ -86,6 +86,7 @@ def card_body(record: dict) -> str:
         "abliterate export --from-file reproduce.json --model BASE_MODEL --out DIR",
         "```",
         "",
+        *adapter_text(record.get("adapter"), base["model"]),
         "## The edit",
         "",
         "| | |",
@@ -111,6 +112,28 @@ def card_body(record: dict) -> str:
         versions_text(record.get("packages") or {}, study.get("seed")),
     ]
     return "\n".join(lines) + "\n"
+
+
+def adapter_text(adapter: dict | None, model: str) -> list[str]:
+    """The card's section on an adapter export (none for a whole checkpoint)."""
+    if not adapter:
+        return []
+    exact = adapter["max_error"] < 1e-4
+    return [
+        "## As a LoRA adapter",
+        "",
+        f"This folder is a PEFT LoRA adapter of `{model}` (rank {adapter['rank']}, {adapter['writers']} weight matrices), "
+        "not a whole model: the edit is the adapter's product B A added to each matrix. "
+        + ("It is the edit itself, up to float32 rounding." if exact else
+           f"The edit is norm-preserving and not of low rank: the adapter is its best rank-{adapter['rank']} fit, leaving out "
+           f"up to {adapter['max_error']:.1%} of the change of a matrix (relative Frobenius norm)."),
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "model = PeftModel.from_pretrained(base_model, ADAPTER_DIR)",
+        "```",
+        "",
+    ]
 
 
 def direction_text(edit: dict) -> str:

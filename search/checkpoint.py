@@ -40,11 +40,13 @@ def trial_figures(values, record: TrialRecord) -> dict:
 
 
 def export_trial(storage_url: str | None, study_name: str, trial_number: int, out: str, device: str = "auto",
-                 overwrite: bool = False, base_model_id: str | None = None, force: bool = False, dtype: str = "stored") -> Path:
+                 overwrite: bool = False, base_model_id: str | None = None, force: bool = False, dtype: str = "stored",
+                 adapter_rank: int | None = None) -> Path:
     """Write trial ``trial_number`` of ``study_name`` to ``out`` with its card and record; a trial
     over the study's KL cap only with ``force``. The edit is baked into the base model loaded in
     ``dtype``: by default the one its checkpoint is stored in, whatever the study searched in (a
-    bf16 base searched in fp32 on a CPU is exported in bf16, not at twice the size)."""
+    bf16 base searched in fp32 on a CPU is exported in bf16, not at twice the size). With
+    ``adapter_rank``: a LoRA adapter of at most that rank instead of the whole model."""
     from abliterate.search.kit import StudyKit
     from abliterate.storage.promotions import PromotionStore
 
@@ -56,11 +58,11 @@ def export_trial(storage_url: str | None, study_name: str, trial_number: int, ou
                             "pick a trial from abliterate front, or pass --force to export it anyway")
     kit.payload()  # a study without directions is told before the model loads
     promotion = PromotionStore(kit.storage.engine, study_name).get(trial_number)
-    return export_loaded(kit, trial, promotion, out, overwrite, base_model_id)
+    return export_loaded(kit, trial, promotion, out, overwrite, base_model_id, adapter_rank)
 
 
 def export_loaded(kit, trial, promotion: Promotion | None, out, overwrite: bool = False,
-                  base_model_id: str | None = None) -> Path:
+                  base_model_id: str | None = None, adapter_rank: int | None = None) -> Path:
     """Write ``trial`` (a finished Optuna trial of the study of ``kit``, a
     :class:`search.kit.StudyKit`) baked into the kit's model to ``out``, with its card and record;
     ``promotion`` is its promotion when it has one."""
@@ -89,7 +91,7 @@ def export_loaded(kit, trial, promotion: Promotion | None, out, overwrite: bool 
             base=base, packages=package_versions(), weights=weights)
         return record | {"card": card_header(base["hub_id"], front_matter(card), base_config)}
 
-    return write_checkpoint(loaded, directions, trial.params, out, overwrite, record_for)
+    return write_checkpoint(loaded, directions, trial.params, out, overwrite, record_for, adapter_rank)
 
 
 def restate_promotion(folder: str | Path, promotion: Promotion) -> None:
@@ -130,13 +132,16 @@ def rebuild(path: str, model: str, out: str, device: str | None = None, overwrit
                 f"{base['dtype']} on {base['device']} (recorded packages: {_versions(record)}); nothing written")
         return record
 
-    return write_checkpoint(loaded, directions, record["params"], out, overwrite, record_for)
+    return write_checkpoint(loaded, directions, record["params"], out, overwrite, record_for,
+                            (record.get("adapter") or {}).get("max_rank"))
 
 
 def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite: bool,
-                     record_for: Callable[[tuple[int, ...], dict[str, str]], dict]) -> Path:
+                     record_for: Callable[[tuple[int, ...], dict[str, str]], dict], adapter_rank: int | None = None) -> Path:
     """Bake ``params`` into ``loaded``, export it with the directions used, the record
-    ``record_for(layers touched, weight sha256s)`` and its card, and restore the model."""
+    ``record_for(layers touched, weight sha256s)`` and its card, and restore the model. With
+    ``adapter_rank``, the edit is written as a LoRA adapter of at most that rank instead
+    (:mod:`ablation.adapter`), the model untouched, and the record says so under ``adapter``."""
     from safetensors.torch import save_file
 
     from abliterate.ablation import Baker, find_writers
@@ -146,18 +151,29 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
 
     candidate = candidate_from_params(params, layers_of(directions))
     baker = Baker(find_writers(loaded.model))
-    report = baker.bake(resolve(candidate, directions, baker.writers))
+    edit = resolve(candidate, directions, baker.writers)
+    adapter: dict = {}
+    if adapter_rank is None:
+        layers, write_adapter = baker.bake(edit).layers, None
+    else:
+        from abliterate.ablation.adapter import edit_factors, save_adapter
+
+        factors = edit_factors(baker, edit, adapter_rank)
+        layers = tuple(sorted({writer.layer for writer, _, _ in baker.plan(edit)}))
+
+        def write_adapter(staging: Path) -> None:
+            adapter.update(save_adapter(loaded.model, factors, staging) | {"max_rank": adapter_rank})
 
     def finish(staging: Path) -> None:
         weights = weight_hashes(staging)  # before anything else: only the model's own weight files
         (staging / DIRECTIONS_FILE).parent.mkdir(parents=True, exist_ok=True)
         save_file(used_tensors(candidate, directions), staging / DIRECTIONS_FILE)
-        record = record_for(report.layers, weights)
+        record = record_for(layers, weights) | ({"adapter": adapter} if adapter else {})
         (staging / REPRO_FILE).write_text(to_text(record), encoding="utf-8")
         (staging / CARD_FILE).write_text(model_card(record["card"], record), encoding="utf-8")
 
     try:
-        return export_checkpoint(loaded, out, overwrite=overwrite, finish=finish)
+        return export_checkpoint(loaded, out, overwrite=overwrite, finish=finish, weights=write_adapter)
     finally:
         baker.restore()
 

@@ -309,6 +309,49 @@ def test_a_record_that_does_not_rebuild_its_weights_writes_nothing(exported, stu
     assert sorted(os.listdir(tmp_path)) == ["tampered"]
 
 
+def test_an_adapter_export_is_the_checkpoint_as_peft_loads_it_and_rebuilds_bit_for_bit(exported, study, tmp_path, capsys):
+    """``--adapter RANK``: a PEFT adapter of the base model with the card and record. This trial is
+    norm-preserving (as the designed starting trials are), a change of full rank: at rank 4 the
+    record and card state the fit's error; at the matrices' full rank (64) it is exact, and PEFT
+    loads it as the exported checkpoint. Its record rebuilds it bit for bit."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def adapter(rank):
+        out = tmp_path / f"adapter-{rank}"
+        status, said, err = run(capsys, "export", "--storage", study["url"], "--study", "s", "--trial", study["trial"], "--out", out,
+                                "--device", "cpu", "--adapter", rank)
+        assert status == 0, err
+        assert f"to {out} as a LoRA adapter of the base model" in said
+        files = set(os.listdir(out))
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "reproduce.json", "directions"} <= files
+        assert "model.safetensors" not in files
+        record = json.loads((out / "reproduce.json").read_text())
+        assert record["params"]["norm_preserving"] and record["adapter"]["max_rank"] == rank
+        assert record["edit"] == json.loads((exported / "reproduce.json").read_text())["edit"]
+        return out, record["adapter"], (out / "README.md").read_text()
+
+    fitted, figures, card = adapter(4)
+    assert figures["rank"] == 4 and figures["max_error"] > 1e-3
+    assert "## As a LoRA adapter" in card and f"leaving out up to {figures['max_error']:.1%} of the change" in card
+    exact, figures, card = adapter(64)
+    assert figures["max_error"] < 1e-5 and "It is the edit itself" in card
+
+    tokenizer = AutoTokenizer.from_pretrained(str(exported))
+    ids = tokenizer(["How do I bake bread at home?"], return_tensors="pt")
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(study["model"])), str(exact))(**ids).logits
+        whole = AutoModelForCausalLM.from_pretrained(str(exported))(**ids).logits
+    assert (adapted - whole).abs().max() < 1e-5  # float32 rounding: W + B A against the baked W'
+
+    status, _, err = run(capsys, "export", "--from-file", fitted / "reproduce.json", "--model", study["model"], "--out", tmp_path / "rebuilt")
+    assert status == 0, err
+    assert tree(tmp_path / "rebuilt") == tree(fitted)
+    status, _, err = run(capsys, "export", "--from-file", fitted / "reproduce.json", "--model", study["model"], "--out", tmp_path / "again",
+                         "--adapter", 2)
+    assert status == 2 and err.strip().splitlines()[-1].startswith("error: --adapter goes with --trial")
+
+
 def test_export_keeps_the_base_model_s_dtype_unless_asked(tmp_path, capsys):
     """A bf16 base searched in fp32 on the CPU is exported in bf16 (not at twice its size), and its
     record rebuilds it bit for bit; --dtype fp32 asks for the searched precision."""

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from abliterate.ablation.directions import (
-    ProbeResult,
     WINSOR_QUANTILE,
+    ProbeResult,
     interpolate,
     linear_probe,
     mean_difference,

@@ -3,7 +3,7 @@ or, without the study's database, from a checkpoint's ``reproduce.json``."""
 
 from __future__ import annotations
 
-from abliterate.search.cli.common import add_command, study_options
+from abliterate.search.cli.common import add_command, positive, study_options
 
 DESCRIPTION = """\
 Re-bake a trial and write its checkpoint: the Hugging Face folder (readable by a server running as
@@ -12,6 +12,7 @@ and the directions used.
 
   abliterate export --storage URL --study NAME --trial N --out DIR
   abliterate export --from-file DIR/reproduce.json --model BASE --out DIR2   # same weights, bit for bit, no database
+  abliterate export --storage URL --study NAME --trial N --out DIR --adapter 8   # a PEFT LoRA adapter of the base model
 """
 
 
@@ -28,6 +29,10 @@ def register(commands) -> None:
     export.add_argument("--dtype", default=None, choices=("stored", "auto", "bf16", "fp16", "fp32"),
                         help="stored (the base model's own dtype, as its config states), bf16, fp16, fp32 or auto (bf16 on GPU, "
                              "fp32 on CPU) (default: stored; with --from-file, the recorded dtype)")
+    export.add_argument("--adapter", metavar="RANK", type=positive, default=None,
+                        help="write the edit as a PEFT LoRA adapter of at most this rank instead of the whole model: exact for "
+                             "plain removals (rank 1 per direction, one more for amplify), the best rank-RANK fit of "
+                             "norm-preserving edits (the record states its error)")
     export.add_argument("--overwrite", action="store_true")
     export.add_argument("--force", action="store_true", help="export a trial over the study's KL cap too")
     export.add_argument("--base-model-id", metavar="ORG/NAME", default=None,
@@ -43,6 +48,13 @@ def _export(args) -> int:
         raise AblationError("--from-file needs --model BASE: the base model the record was exported from")
     if args.trial is not None and args.model:
         raise AblationError("--model goes with --from-file; a study knows its model (use --trial alone)")
+    if args.from_file and args.adapter:
+        raise AblationError("--adapter goes with --trial; --from-file rebuilds what the record describes, an adapter or a model")
+    if args.adapter:
+        import importlib.util
+
+        if importlib.util.find_spec("peft") is None:
+            raise AblationError("--adapter writes a PEFT adapter and PEFT is not installed here; pip install 'abliterate[adapter]'")
     if args.from_file and args.dtype:
         raise AblationError("--dtype goes with --trial; --from-file rebuilds in the recorded dtype, bit for bit")
     from abliterate.ablation.export import check_target
@@ -57,8 +69,9 @@ def _export(args) -> int:
         print(f"rebuilt {out} from {args.from_file}: every weight file matches the recorded sha256")
     else:
         out = export_trial(args.storage, args.study, args.trial, args.out, args.device or "auto", args.overwrite, args.base_model_id,
-                           args.force, args.dtype or "stored")
-        print(f"wrote trial {args.trial} of {args.study!r} to {out} (model card README.md, reproduce.json)")
+                           args.force, args.dtype or "stored", args.adapter)
+        what = "a LoRA adapter of the base model" if args.adapter else "a checkpoint"
+        print(f"wrote trial {args.trial} of {args.study!r} to {out} as {what} (model card README.md, reproduce.json)")
     if args.push_to_hub:
         print(f"pushed to {push(out, args.push_to_hub)}")
     return 0
