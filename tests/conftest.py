@@ -22,15 +22,6 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def pytest_collection_modifyitems(items):
-    """The suite runs on two pytest-xdist workers (pyproject's addopts). Every test keeps to its
-    own database, folder and port, except the Docker tests: their engine fixture checks that no
-    container outlives it, which holds only while no other test starts one, so they share a worker."""
-    for item in items:
-        if item.get_closest_marker("docker"):
-            item.add_marker(pytest.mark.xdist_group("docker"))
-
-
 @pytest.fixture
 def tiny():
     """tiny(model_type) -> (model, tokenizer), a fresh random model per call."""

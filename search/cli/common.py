@@ -102,10 +102,12 @@ def load(args, tokenizer: bool = True):
 
 
 def console():
-    """A rich console; piped output keeps one line per row so it can be grepped."""
+    """A rich console; piped output keeps one line per row and per message, however long (a
+    path can make one longer than any width), so it can be grepped."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 240)
+    piped = not sys.stdout.isatty()
+    return Console(width=240 if piped else None, soft_wrap=piped)
 
 
 def judge_options(parser: argparse.ArgumentParser, default_model: str = "the base model itself") -> None:
