@@ -1,6 +1,7 @@
 """How close an adapter export comes to the baked checkpoint on the development model, by rank.
 
     python bench/adapter_fit.py        (prints and writes bench/adapter/fit.json)
+    python bench/adapter_fit.py table  (the record as RESULTS' table)
 
 The edit is the default space's first designed trial that ablates whole matrices (norm-preserving,
 as the study starts) and the
@@ -104,5 +105,17 @@ def main() -> None:
     print(f"the whole checkpoint in bf16: {weights:.0f} MiB; wrote {RECORD.relative_to(ROOT)}")
 
 
+def table() -> None:
+    record = json.loads(RECORD.read_text())
+    print(f"{record['date']}, {record['model']} in {record['dtype']}, {record['threads']} thread, {record['held_out_prompts']} held-out "
+          f"benign prompts; the whole checkpoint in bf16: {record['checkpoint_mib_bf16']:.0f} MiB.\n")
+    print("| norm-preserving | rank | share of a matrix's change left out (largest) | adapter (MiB, fp32) "
+          "| KL(baked ‖ adapter) | KL(base ‖ baked), the edit | seconds to factor and save |")
+    print("|---|---|---|---|---|---|---|")
+    for row in record["rows"]:
+        print(f"| {'yes' if row['norm_preserving'] else 'no'} | {row['rank']} | {row['max_error']:.2%} | {row['adapter_mib']:.1f} "
+              f"| {row['kl_adapter_vs_baked']:.2e} | {row['kl_edit']:.2e} | {row['seconds']:.0f} |")
+
+
 if __name__ == "__main__":
-    main()
+    table() if sys.argv[1:] == ["table"] else main()
