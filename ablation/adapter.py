@@ -121,10 +121,9 @@ def edit_factors(baker: Baker, edit: Edit, max_rank: int) -> list[Factors]:
 
 def save_adapter(model, factors: Sequence[Factors], folder: Path) -> dict:
     """Write ``factors`` into ``folder`` as a PEFT LoRA adapter of ``model``: adapter_config.json
-    and adapter_model.safetensors, one rank for every
-    writer (the largest; the others padded with zeros) and lora_alpha equal to it, so that the
-    adapter adds exactly ``up @ down``. ``model`` is left as it was. Returns the adapter's
-    rank and its largest error."""
+    and adapter_model.safetensors, one rank for every writer (the largest; the others padded with
+    zeros) and lora_alpha equal to it, so that the adapter adds exactly ``up @ down``. ``model``
+    is left as it was. Returns the adapter's rank, its largest error and how many writers it holds."""
     from peft import LoraConfig, get_peft_model
 
     rank = max(f.rank for f in factors)
