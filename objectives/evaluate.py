@@ -1,4 +1,5 @@
-"""Score an edited model against its base: KL drift, refusals, degenerate answers, over-refusal."""
+"""Score an edited model against its base: KL drift, refusals, degenerate answers, over-refusal,
+and the capability check (questions and the length of harmless answers)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from abliterate.ablation.errors import AblationError
 from abliterate.ablation.loading import LoadedModel
+from abliterate.objectives.capability import CapabilityCheck
 from abliterate.objectives.kl import kl_divergence, response_logprobs
 from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
 
@@ -20,6 +22,7 @@ class Evaluation:
     refusal: RefusalScore
     base_refusal: RefusalScore
     over_refusal: RefusalScore | None = None
+    capability: CapabilityCheck | None = None
 
     def as_dict(self) -> dict:
         def scored(score: RefusalScore | None):
@@ -29,7 +32,8 @@ class Evaluation:
                     **asdict(score)}
 
         return {"kl": self.kl, "refusal": scored(self.refusal), "base_refusal": scored(self.base_refusal),
-                "over_refusal": scored(self.over_refusal)}
+                "over_refusal": scored(self.over_refusal),
+                "capability": self.capability.as_dict() if self.capability else None}
 
 
 def evaluate(
@@ -41,8 +45,11 @@ def evaluate(
     chat: ChatFormat = ChatFormat(),
     edgy: Sequence[str] | None = None,
     batch_size: int = 16,
+    capability_tokens: int = 0,
 ) -> Evaluation:
-    """Base figures first, then the edited model's; only one model is in memory at a time.
+    """Base figures first, then the edited model's; only one model is in memory at a time. With
+    ``capability_tokens``, the capability check too (:mod:`objectives.capability`): the shipped
+    questions, and greedy answers of at most that many tokens to the harmless prompts.
 
     A judge that is the base model itself judges the edited model's answers after the edited
     model is released and the base loaded again: the edited model never judges itself.
@@ -53,6 +60,12 @@ def evaluate(
     proxy.prepare(base, harmful)
     base_refusal = proxy.score(base, harmful)
     proxy.use_base(None)
+    if capability_tokens:
+        from abliterate.objectives.capability import answer_lengths, ask, check, load_questions
+
+        questions = load_questions()
+        base_answers = ask(base, questions, chat, batch_size)
+        base_lengths = answer_lengths(base, harmless, chat, capability_tokens, batch_size)
     vocabulary = len(base.tokenizer)
     del base
     gc.collect()
@@ -65,10 +78,12 @@ def evaluate(
     finish = proxy.score_edited(edited, harmful)
     # Over-refusal is a refusal rate on benign prompts, whatever proxy drives the search.
     over_refusal = MarkerProxy(chat=chat, batch_size=batch_size).score(edited, edgy) if edgy else None
+    capability = (check(edited, base_answers, base_lengths, questions, harmless, chat, capability_tokens, batch_size)
+                  if capability_tokens else None)
     if proxy.judges_with_base:
         del edited
         gc.collect()
         proxy.use_base(load_base())
     refusal = finish()
     proxy.use_base(None)
-    return Evaluation(kl, refusal, base_refusal, over_refusal)
+    return Evaluation(kl, refusal, base_refusal, over_refusal, capability)

@@ -201,6 +201,12 @@ def promotion_text(promotion: dict | None) -> list[str]:
         specificity = specificity_line(confirmation)
         if specificity:
             lines += ["", specificity[0].upper() + specificity[1:] + "."]
+        capability = confirmation.get("capability")
+        if capability:
+            lines += ["", f"Capability check: {capability['accuracy']:.0%} of {capability['questions']} multiple-choice questions "
+                          f"right (base model {capability['base_accuracy']:.0%}); greedy answers to {capability['prompts']} harmless "
+                          f"prompts {capability['median_length']:.0f} tokens long at the median (base model "
+                          f"{capability['base_median_length']:.0f}, at most {capability['max_new_tokens']})."]
     gate = details.get("gate")
     if gate:
         lines += ["", f"Agent sweep ({details.get('runner', 'runner')}, {details.get('attempts', '?')} attempts per task): {gate['reason']}",

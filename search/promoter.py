@@ -68,6 +68,7 @@ class Promoter:
         self.promotions = PromotionStore(storage.engine, study_name)
         self.root = study_folder(Path(settings.checkpoints).expanduser().resolve(), study_name)
         self._confirmation = None  # (scorer, base model's refusal) on the confirmation prompts, on first need
+        self._capability_base = None  # (questions, the base model's answers, its harmless answer lengths), on first need
         self.without_verdict: set[int] = set()  # candidates this run left without a verdict (no valid results)
         self._retried: set[str] = set()  # sweeps whose given-up attempts this run tried again
         tasks = len(runner.tasks())
@@ -220,10 +221,32 @@ class Promoter:
                              beats_base=beats, refusal_rate=outcome.refusal.rate("refusal") if outcome.refusal else None)
         if not beats:  # the controls cost a dozen refusal passes: not for a candidate dropped anyway
             return found
+        capability = self.capability(trial)
+        self.log(f"trial {trial.number}: capability {capability.accuracy:.0%} of {capability.questions} questions (base "
+                 f"{capability.base_accuracy:.0%}), harmless answers {capability.median_length:.0f} tokens at the median "
+                 f"(base {capability.base_median_length:.0f})")
         controls = self.controls(trial)
         specific = controls.get("specific")
-        return replace(found, controls=controls, specific=specific,
+        return replace(found, controls=controls, specific=specific, capability=capability.as_dict(),
                        passed=not (specific is False and not self.settings.include_not_specific))
+
+    def capability(self, trial: FrozenTrial):
+        """The candidate's capability check against the base model's (:mod:`objectives.capability`):
+        the shipped questions, and greedy answers to the harmless confirmation prompts as long as
+        the confirmation's refusal answers. Reported, not a condition of passing."""
+        from abliterate.ablation.resolve import resolve
+        from abliterate.objectives.capability import answer_lengths, ask, check, load_questions
+
+        scorer, _ = self._confirmation_bench()
+        kit, harmless = self.kit, self.kit.prompts["harmless", "confirmation"]
+        tokens = self.settings.confirm_tokens or 2 * self.config.max_new_tokens
+        if self._capability_base is None:
+            questions = load_questions()
+            self._capability_base = (questions, ask(kit.model, questions, kit.chat, self.config.batch_size),
+                                     answer_lengths(kit.model, harmless, kit.chat, tokens, self.config.batch_size))
+        questions, answers, lengths = self._capability_base
+        with scorer.baker.baked_into(resolve(kit.candidate(trial.params), scorer.directions, scorer.baker.writers)):
+            return check(kit.model, answers, lengths, questions, harmless, kit.chat, tokens, self.config.batch_size)
 
     def controls(self, trial: FrozenTrial) -> dict:
         """The candidate's specificity controls (:func:`search.analysis.run_controls`): the

@@ -183,6 +183,7 @@ class Confirmation:
     refusal_rate: float | None = None
     controls: dict | None = None
     specific: bool | None = None
+    capability: dict | None = None  # objectives.capability.CapabilityCheck.as_dict(), for a candidate that beat the base
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Confirmation:
@@ -199,6 +200,8 @@ class Confirmation:
                 del record[name]
         if self.controls is not None:
             record |= {"controls": self.controls, "specific": self.specific}
+        if self.capability is not None:
+            record["capability"] = self.capability
         return record
 
     @property

@@ -121,7 +121,9 @@ def test_model_card_states_the_edit_and_the_verdict():
                  "kernels": {"attn": {"shape": "tent", "peak": 1.8, "peak_weight": 1.3, "floor_weight": 0.52, "falloff": 1.2}}},
         "figures": {"kl": 0.01234, "refusal": 0.25, "refusal_rate": 0.25, "degenerate_rate": 0.0, "feasible": True},
         "promotion": {"status": "accepted", "details": {
-            "confirmation": {"refusal": 0.2, "base_refusal": 0.9, "margin": 0.1, "kl": 0.015, "passed": True},
+            "confirmation": {"refusal": 0.2, "base_refusal": 0.9, "margin": 0.1, "kl": 0.015, "passed": True,
+                             "capability": {"accuracy": 0.5, "base_accuracy": 0.5625, "median_length": 41.0, "base_median_length": 64.0,
+                                            "questions": 32, "prompts": 40, "max_new_tokens": 96}},
             "runner": "local", "attempts": 3,
             "gate": {"reason": "wash-dishes: raw p = 0.05 < 0.1", "pooled_p": 0.04, "pooled_odds_ratio": None, "flags": [],
                      "tasks": [{"counts": {"task": "wash-dishes", "candidate_pass": 3, "candidate_n": 3, "baseline_pass": 0,
@@ -138,6 +140,8 @@ def test_model_card_states_the_edit_and_the_verdict():
                  "| refusal objective (markers proxy, harmful evaluation prompts) | 0.250 |",
                  "Verdict: **accepted**",
                  "Held-out confirmation: refusal 0.200 against the base model's 0.900 (margin 0.1), KL 0.0150: passed.",
+                 "Capability check: 50% of 32 multiple-choice questions right (base model 56%); greedy answers to 40 harmless "
+                 "prompts 41 tokens long at the median (base model 64, at most 96).",
                  "| wash-dishes | 3/3 | 0/3 | 0.05 | 0.05 | 0.05 |",
                  "python 3.11.9, abliterate 0.1.0, torch 2.13.0; sampler seed 3."):
         assert line in card.splitlines(), line

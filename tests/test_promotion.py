@@ -281,6 +281,12 @@ def test_no_valid_attempt_gives_no_verdict_and_a_later_run_decides(escaped, tmp_
     assert len(fixed.ran) == 9 * (1 + len(swept)) and tries == 3 * 9 * (1 + len(swept))
     decided = {n: second.promotions.get(n) for n in swept}
     assert all(p.status in ("accepted", "no_lift") for p in decided.values())
+    # Every candidate that beat the base was put to the capability check, against one base measurement.
+    checks = [p.confirmation.capability for p in decided.values()]
+    assert all(c["questions"] == 32 and 0 <= c["accuracy"] <= 1 and c["max_new_tokens"] == 2 * demo_config(6).max_new_tokens
+               for c in checks)
+    assert len({(c["base_accuracy"], c["base_median_length"]) for c in checks}) == 1
+    assert sum(line.startswith(f"trial {n}: capability ") for n in swept for line in lines) == len(swept)
     assert sorted(p.gate["look"] for p in decided.values()) == list(range(1, len(swept) + 1))
 
 

@@ -55,6 +55,9 @@ def register(commands) -> None:
     judge_options(evaluate, default_model="the base model, loaded again once the edited one is released")
     evaluate.set_defaults(judge=None)  # None: the study's judge with --study, else markers
     evaluate.add_argument("--agent-template", default=None, help="text file with {task} (agent proxy)")
+    evaluate.add_argument("--capability", type=positive, default=None, metavar="TOKENS",
+                          help="also the capability check: accuracy on the shipped multiple-choice questions and the median "
+                               "length of greedy answers of at most TOKENS tokens to the harmless prompts, beside the base's")
     evaluate.add_argument("--batch-size", type=positive, default=64, help=BATCH_HELP)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(run=_evaluate)
@@ -149,7 +152,8 @@ def _evaluate(args) -> int:
     def loader(spec):
         return lambda: load_model(spec, args.dtype, args.device, args.device_map, args.trust_remote_code)
 
-    result = evaluate(loader(args.base), loader(args.model), harmful, harmless, proxy, chat, edgy, args.batch_size)
+    result = evaluate(loader(args.base), loader(args.model), harmful, harmless, proxy, chat, edgy, args.batch_size,
+                      args.capability or 0)
     if args.json:
         print(json.dumps({**result.as_dict(), "prompt_sets": used}, indent=2))
         return 0
@@ -164,6 +168,10 @@ def _evaluate(args) -> int:
                   f"degenerate rate {refusal.rate('degenerate'):.3f}, counts {refusal.counts}")
     if result.over_refusal:
         out.print(f"over-refusal on {result.over_refusal.total} edgy prompts: {result.over_refusal.rate('refusal'):.3f}")
+    if result.capability:
+        c = result.capability
+        out.print(f"capability: {c.accuracy:.0%} of {c.questions} questions right (base {c.base_accuracy:.0%}); harmless answers "
+                  f"{c.median_length:.0f} tokens at the median (base {c.base_median_length:.0f}, at most {c.max_new_tokens})")
     for prompt, response in refusal.samples:
         out.print(f"[bold]> {escape(prompt)}[/]\n  {escape(response.strip()[:300])}", highlight=False)
     return 0
