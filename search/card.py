@@ -114,6 +114,14 @@ def card_body(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def capability_line(capability: dict) -> str:
+    """A candidate's capability check in words (the card's and the dashboard note's)."""
+    c = capability
+    return (f"{c['accuracy']:.0%} of {c['questions']} multiple-choice questions right (base model {c['base_accuracy']:.0%}); "
+            f"greedy answers to {c['prompts']} harmless prompts {c['median_length']:.0f} tokens long at the median (base model "
+            f"{c['base_median_length']:.0f}, at most {c['max_new_tokens']})")
+
+
 def adapter_text(adapter: dict | None, model: str) -> list[str]:
     """The card's section on an adapter export (none for a whole checkpoint)."""
     if not adapter:
@@ -201,12 +209,8 @@ def promotion_text(promotion: dict | None) -> list[str]:
         specificity = specificity_line(confirmation)
         if specificity:
             lines += ["", specificity[0].upper() + specificity[1:] + "."]
-        capability = confirmation.get("capability")
-        if capability:
-            lines += ["", f"Capability check: {capability['accuracy']:.0%} of {capability['questions']} multiple-choice questions "
-                          f"right (base model {capability['base_accuracy']:.0%}); greedy answers to {capability['prompts']} harmless "
-                          f"prompts {capability['median_length']:.0f} tokens long at the median (base model "
-                          f"{capability['base_median_length']:.0f}, at most {capability['max_new_tokens']})."]
+        if confirmation.get("capability"):
+            lines += ["", f"Capability check: {capability_line(confirmation['capability'])}."]
     gate = details.get("gate")
     if gate:
         lines += ["", f"Agent sweep ({details.get('runner', 'runner')}, {details.get('attempts', '?')} attempts per task): {gate['reason']}",

@@ -37,6 +37,7 @@ from abliterate.objectives.gate import GateResult, TaskCounts, gate, no_evidence
 from abliterate.objectives.plan import Design, plan, plan_problem, summary
 from abliterate.objectives.sweep.base import Runner, run_sweep
 from abliterate.search.analysis import specificity_line
+from abliterate.search.card import capability_line
 from abliterate.search.front import feasible_front
 from abliterate.search.kit import StudyKit
 from abliterate.search.paths import study_folder
@@ -358,6 +359,8 @@ def promotion_note(status: Status, confirmation: Confirmation | None, result: Ga
         specificity = specificity_line(c.to_record())  # None: no controls (dropped before them, or an older promotion)
         if specificity:
             lines.append(specificity)
+        if c.capability:
+            lines.append(f"capability: {capability_line(c.capability)}")
     if result is None:
         return "\n".join(lines)
     lines += [result.reason, "", "| task | candidate | baseline | p | p (Holm) | p (BH) |", "|---|---|---|---|---|---|"]

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from abliterate.objectives.gate import GateRule
 from abliterate.objectives.sweep.base import Attempt, Runner, run_sweep
 from abliterate.objectives.sweep.local import DEFAULT_TASKS, LocalRunner
+from abliterate.search.card import capability_line
 from abliterate.search.checkpoint import rebuild
 from abliterate.search.demo import demo_config
 from abliterate.search.paths import folder_name
@@ -170,6 +171,7 @@ def test_promoter_killed_mid_sweep_resumes_without_rerunning_and_reaches_the_sam
     assert trial.user_attrs["promotion_p_min"] == pytest.approx(min(t["p"] for t in tasks))
     note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), trial._trial_id)["body"]
     assert "## Promotion" in note and "| task | candidate | baseline |" in note and "**KL**" in note  # the worker's note is kept
+    assert f"capability: {capability_line(row['confirmation']['capability'])}" in note
 
     # A second run finds nothing left to do.
     again = cli(*promote)
