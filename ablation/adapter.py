@@ -119,13 +119,22 @@ def edit_factors(baker: Baker, edit: Edit, max_rank: int) -> list[Factors]:
     return found
 
 
+def require_peft():
+    """PEFT's ``(LoraConfig, get_peft_model)``, or a one-line error naming the extra that brings it."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise AblationError("--adapter writes a PEFT adapter, and PEFT is not installed here; "
+                            "pip install 'abliterate[adapter]'") from None
+    return LoraConfig, get_peft_model
+
+
 def save_adapter(model, factors: Sequence[Factors], folder: Path) -> dict:
     """Write ``factors`` into ``folder`` as a PEFT LoRA adapter of ``model``: adapter_config.json
     and adapter_model.safetensors, one rank for every writer (the largest; the others padded with
     zeros) and lora_alpha equal to it, so that the adapter adds exactly ``up @ down``. ``model``
     is left as it was. Returns the adapter's rank, its largest error and how many writers it holds."""
-    from peft import LoraConfig, get_peft_model
-
+    LoraConfig, get_peft_model = require_peft()
     rank = max(f.rank for f in factors)
     if any(f.fused for f in factors):
         # PEFT renames the module targets of MoE models written for transformers 4 (any name ending

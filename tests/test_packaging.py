@@ -27,7 +27,7 @@ NOT_DECLARED = {"torch"}
 # Modules of optional features: the extra that brings each. Every import of one must sit in a
 # try whose handler catches ImportError, so that a plain install says what to install instead
 # of a traceback.
-OPTIONAL = {"datasets": "hf", "harbor": "harbor"}
+OPTIONAL = {"datasets": "hf", "harbor": "harbor", "peft": "adapter"}
 
 
 def _name(requirement: str) -> str:

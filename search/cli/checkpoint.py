@@ -51,10 +51,9 @@ def _export(args) -> int:
     if args.from_file and args.adapter:
         raise AblationError("--adapter goes with --trial; --from-file rebuilds what the record describes, an adapter or a model")
     if args.adapter:
-        import importlib.util
+        from abliterate.ablation.adapter import require_peft
 
-        if importlib.util.find_spec("peft") is None:
-            raise AblationError("--adapter writes a PEFT adapter and PEFT is not installed here; pip install 'abliterate[adapter]'")
+        require_peft()  # before a model is loaded
     if args.from_file and args.dtype:
         raise AblationError("--dtype goes with --trial; --from-file rebuilds in the recorded dtype, bit for bit")
     from abliterate.ablation.export import check_target
