@@ -395,6 +395,19 @@ def test_push_to_hub_fails_in_one_line_before_anything_is_written(study, tmp_pat
     assert os.listdir(tmp_path) == []
 
 
+def test_an_adapter_without_peft_is_one_line_before_anything_is_written(study, tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "peft.py").write_text("raise ImportError('no peft in this environment')\n")  # as if it were not installed
+    result = subprocess.run([sys.executable, "-m", "abliterate", "export", "--storage", study["url"], "--study", "s", "--trial", "0",
+                             "--out", tmp_path / "out", "--adapter", "4"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": f"{shadow}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+    assert result.returncode == 2
+    assert result.stderr == ("error: --adapter writes a PEFT adapter, and PEFT is not installed here; "
+                             "pip install 'abliterate[adapter]'\n"), result.stderr
+    assert os.listdir(tmp_path) == ["shadow"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--from-file", "r.json"], "error: --from-file needs --model BASE"),
     (["--trial", "0", "--model", "m"], "error: --model goes with --from-file"),
