@@ -14,7 +14,7 @@ prompts, read by every common judge; first-token KL per held-out harmless prompt
 model) and deletes the saved model. ``report`` (bench/fair_report.py) compares the tools per
 (model, seed) and judge, prints the table with bootstrap intervals and writes it to
 ``bench/fair/report-bBUDGET.md`` and ``report-bBUDGET.json`` (one pair per budget, so a report of
-one budget never replaces another's).
+one budget never replaces another's; ``--model M`` writes ``report-bBUDGET-M.*`` beside them).
 
 Records, kept in the repository: ``bench/fair/MODEL/base.json`` (the base model's answers and
 verdicts) and ``bench/fair/MODEL/TOOL-bBUDGET-sSEED/{trials,evaluation}.json`` (every trial by the

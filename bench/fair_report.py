@@ -3,7 +3,7 @@
 ``python bench/fair_front.py report`` runs :func:`report`: it reads the kept records
 (``bench/fair/MODEL/base.json`` and ``TOOL-bBUDGET-sSEED/{trials,evaluation}.json``), compares
 the tools by bench/fair_protocol.py's rules, prints the table with bootstrap intervals, and writes
-it to ``bench/fair/report-bBUDGET.{md,json}``. The summary counts the issue's two goals over
+it to ``bench/fair/report-bBUDGET.{md,json}`` (with ``--model M``, ``report-bBUDGET-M.{md,json}``). The summary counts the issue's two goals over
 (model, seed, peer) pairs per judge and model role; a variant of ours is counted apart.
 """
 
@@ -67,8 +67,10 @@ def report(args) -> None:
                       f"{args.draws} paired bootstrap draws.", "",
                       header, "|" + "---|" * 12, *map(_row_markdown, rows), "", *summary(rows)])
     print(text)
-    (args.record / f"report-b{args.budget}.json").write_text(json.dumps(rows, indent=1))
-    (args.record / f"report-b{args.budget}.md").write_text(text + "\n")
+    # A report of one model goes beside the whole one, never over it.
+    stem = f"report-b{args.budget}" + (f"-{args.model}" if args.model else "")
+    (args.record / f"{stem}.json").write_text(json.dumps(rows, indent=1))
+    (args.record / f"{stem}.md").write_text(text + "\n")
 
 
 def summary(rows: list[dict]) -> list[str]:
