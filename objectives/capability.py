@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import resources
 
 import torch
@@ -106,14 +106,8 @@ class CapabilityCheck:
     prompts: int
     max_new_tokens: int
 
-    @property
-    def length_ratio(self) -> float:
-        return self.median_length / self.base_median_length if self.base_median_length else float("nan")
-
     def as_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "base_accuracy": self.base_accuracy, "median_length": self.median_length,
-                "base_median_length": self.base_median_length, "questions": self.questions, "prompts": self.prompts,
-                "max_new_tokens": self.max_new_tokens}
+        return asdict(self)
 
 
 def check(model, base_answers: Answers, base_lengths: Sequence[int], questions: Sequence[Question], harmless: Sequence[str],
