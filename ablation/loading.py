@@ -106,8 +106,11 @@ def load_model(
         _check_tokenizer_files(spec, location, options)
     model_class = AutoModelForImageTextToText if _is_multimodal(config) else AutoModelForCausalLM
     placement = {"device_map": device_map} if device_map else {}
+    # With PEFT installed, transformers' auto classes look for an adapter on the hub without the
+    # local_files_only they were given, and an unreachable hub is then retried for half a minute.
+    adapter = {"adapter_kwargs": {"local_files_only": True}} if options.get("local_files_only") else {}
     try:
-        model = model_class.from_pretrained(location, dtype=torch_dtype, **placement, **common)
+        model = model_class.from_pretrained(location, dtype=torch_dtype, **placement, **common, **adapter)
     except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:
         # A truncated safetensors file, or a pickled .bin that torch refuses to unpickle (right:
         # it could run code), is one line, not a traceback.

@@ -102,12 +102,11 @@ def load(args, tokenizer: bool = True):
 
 
 def console():
-    """A rich console; piped output keeps one line per row and per message, however long (a
-    path can make one longer than any width), so it can be grepped."""
+    """A rich console; piped output keeps one line per row so it can be grepped (a message that
+    may hold a long path is printed with ``soft_wrap=True``, which never breaks it)."""
     from rich.console import Console
 
-    piped = not sys.stdout.isatty()
-    return Console(width=240 if piped else None, soft_wrap=piped)
+    return Console(width=None if sys.stdout.isatty() else 240)
 
 
 def judge_options(parser: argparse.ArgumentParser, default_model: str = "the base model itself") -> None:

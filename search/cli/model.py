@@ -159,7 +159,7 @@ def _evaluate(args) -> int:
         return 0
     out = console()
     sets_line = ", ".join(f"{side} {used[side]['source']} ({used[side]['count']})" for side in ("harmful", "harmless", "edgy") if side in used)
-    out.print(f"prompt sets: {sets_line}; {origin}", highlight=False)
+    out.print(f"prompt sets: {sets_line}; {origin}", highlight=False, soft_wrap=True)
     refusal, base = result.refusal, result.base_refusal
     out.print(f"KL (harmless, first token): {result.kl:.4f} over {len(harmless)} prompts")
     out.print(f"{proxy.name} proxy on {len(harmful)} harmful prompts: {refusal.value:.3f} (base {base.value:.3f})")
