@@ -40,12 +40,13 @@ class Factors:
     """The adapter of one writer: ``up @ down`` is its delta (per expert for a fused tensor).
 
     ``name``: the writer's module path (a linear layer) or parameter path (a fused expert
-    tensor); ``up`` [D1, r] or [E, D1, r]; ``down`` [r, D2] or [E, r, D2], float32 on the CPU;
+    tensor); ``layer``: its decoder layer; ``up`` [D1, r] or [E, D1, r]; ``down`` [r, D2] or [E, r, D2], float32 on the CPU;
     ``error``: the largest relative Frobenius error ``|delta - up @ down| / |delta|`` over its
     matrices (0 where the factors are exact up to float32 rounding).
     """
 
     name: str
+    layer: int
     up: torch.Tensor
     down: torch.Tensor
     error: float
@@ -109,11 +110,9 @@ def edit_factors(baker: Baker, edit: Edit, max_rank: int) -> list[Factors]:
             downs.append(down)
             error = max(error, err)
         rank = max(up.shape[1] for up in ups)
-        ups = [torch.nn.functional.pad(up, (0, rank - up.shape[1])) for up in ups]  # zero columns: the same delta
-        downs = [torch.nn.functional.pad(down, (0, 0, 0, rank - down.shape[0])) for down in downs]
-        up, down = torch.stack(ups), torch.stack(downs)
-        found.append(Factors(writer.name, up if writer.weight.dim() == 3 else up[0], down if writer.weight.dim() == 3 else down[0],
-                             error))
+        up, down = (torch.stack(parts) for parts in zip(*(_padded(u, d, rank) for u, d in zip(ups, downs))))
+        fused = writer.weight.dim() == 3
+        found.append(Factors(writer.name, writer.layer, up if fused else up[0], down if fused else down[0], error))
     if not found:
         raise AblationError("the edit changes no weight: there is no adapter to write")
     return found
@@ -151,7 +150,7 @@ def save_adapter(model, factors: Sequence[Factors], folder: Path) -> dict:
                   if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
         for found in factors:
             layer = layers[found.name if not found.fused else found.name.rsplit(".", 1)[0]]
-            up, down = _padded(found, rank)
+            up, down = _padded(found.up, found.down, rank)
             if found.fused:
                 up, down = _peft_expert_layout(up, down, getattr(layer.get_base_layer(), "is_transposed", False))
             with torch.no_grad():
@@ -163,10 +162,11 @@ def save_adapter(model, factors: Sequence[Factors], folder: Path) -> dict:
     return {"rank": rank, "max_error": max(f.error for f in factors), "writers": len(factors), "peft_type": "LORA"}
 
 
-def _padded(found: Factors, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    extra = rank - found.rank
-    return (torch.nn.functional.pad(found.up, (0, extra)),
-            torch.nn.functional.pad(found.down, (0, 0, 0, extra)))
+def _padded(up: torch.Tensor, down: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``up`` [..., D1, r] and ``down`` [..., r, D2] with zero columns and rows up to ``rank``:
+    the same product."""
+    extra = rank - up.shape[-1]
+    return torch.nn.functional.pad(up, (0, extra)), torch.nn.functional.pad(down, (0, 0, 0, extra))
 
 
 def _peft_expert_layout(up: torch.Tensor, down: torch.Tensor, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:

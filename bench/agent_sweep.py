@@ -247,16 +247,14 @@ def main() -> None:
     report_.add_argument("--base", default="base")
     report_.add_argument("--candidate", required=True)
     args = parser.parse_args()
+    from abliterate.ablation.errors import AblationError
+
     try:
         {"run": run, "report": report, "path": path, "harbor": harbor, "show": show}[args.command](args)
     except FileNotFoundError as error:
         raise SystemExit(f"no record {error.filename}; write it with: python bench/agent_sweep.py run --label ...") from None
-    except Exception as error:  # the project's one-line errors (no engine, no base image, a bad task folder)
-        from abliterate.ablation.errors import AblationError
-
-        if isinstance(error, AblationError):
-            raise SystemExit(str(error)) from None
-        raise
+    except AblationError as error:  # the project's one-line errors (no engine, no base image, a bad task folder)
+        raise SystemExit(str(error)) from None
 
 
 if __name__ == "__main__":

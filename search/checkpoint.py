@@ -159,7 +159,7 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
         from abliterate.ablation.adapter import edit_factors, save_adapter
 
         factors = edit_factors(baker, edit, adapter_rank)
-        layers = tuple(sorted({writer.layer for writer, _, _ in baker.plan(edit)}))
+        layers = tuple(sorted({f.layer for f in factors}))
 
         def write_adapter(staging: Path) -> None:
             adapter.update(save_adapter(loaded.model, factors, staging) | {"max_rank": adapter_rank})
