@@ -86,7 +86,8 @@ class Scorer:
         chat = chat or ChatFormat()
         self.loaded, self.harmful, self.edgy = loaded, list(harmful), list(edgy) if edgy else None
         self.proxy = MarkerProxy(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat)
-        self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), batch_size=batch_size)
+        # An intervention here need not be a bake of known layers: every KL pass runs in full.
+        self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), batch_size=batch_size, prefix_cache=False)
 
     def score(self) -> dict:
         refusal = self.proxy.score(self.loaded, self.harmful)

@@ -181,7 +181,7 @@ def run_controls(kit, params: dict, count: int, seed: int = 0, holdout: bool = T
     from abliterate.objectives.dose import Scorer, controls
 
     edit = measurable_edit(kit, params)
-    config, loaded = kit.config, kit.model
+    loaded, config = kit.model, kit.config  # the model first: --batch-size auto is settled as it loads
     scorer = Scorer(loaded, kit.prompts["harmful", "evaluation"], kit.prompts["harmless", "evaluation"], None,
                     config.max_new_tokens, config.batch_size, kit.chat)
     with torch.no_grad():

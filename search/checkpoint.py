@@ -29,6 +29,7 @@ from abliterate.search.reproduce import (
     tensor_sha256,
     to_text,
 )
+from abliterate.search.settings import DEFAULTS
 from abliterate.storage.records import Promotion, TrialRecord
 
 
@@ -238,8 +239,11 @@ def _recompute(record: dict, loaded) -> dict:
     recorded = [intervention.name for intervention in interventions if intervention.needs and not intervention.needs_judge
                 and set(intervention.needs) <= set(record["directions"].get("extra", {}))]
     space = replace(config.space, methods=(record["directions"]["method"],), interventions=tuple(recorded[:1]) or (IMPLIED["intervention"],))
-    residuals = capture_extraction(loaded, sets["harmful"], sets["harmless"], chat, config.batch_size)
-    return compute_payload(loaded, sets["harmful"], sets["harmless"], residuals, space, chat=chat, batch_size=config.batch_size,
+    # A study of --batch-size auto records no size: the default's, and the digest check below
+    # says so should the directions come out other than the worker's.
+    batch_size = config.batch_size or DEFAULTS.batch_size
+    residuals = capture_extraction(loaded, sets["harmful"], sets["harmless"], chat, batch_size)
+    return compute_payload(loaded, sets["harmful"], sets["harmless"], residuals, space, chat=chat, batch_size=batch_size,
                            labels=config.categories(), sae=config.sae)
 
 

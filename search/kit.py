@@ -22,12 +22,14 @@ loaded when a part that needs them is first asked for, so bad input is told at o
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from abliterate.ablation.errors import AblationError, ModelLoadError
 from abliterate.search.study import load
+from abliterate.search.values import AUTO_BATCH
 from abliterate.storage.errors import StorageError
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from abliterate.ablation.bake import Edit
     from abliterate.ablation.candidate import Candidate
     from abliterate.ablation.loading import LoadedModel
+    from abliterate.objectives.batching import BatchChoice
     from abliterate.objectives.refusal import ChatFormat, RefusalProxy
     from abliterate.storage.cache import ArtifactCache
 
@@ -58,6 +61,7 @@ class StudyKit:
         self.dtype = dtype or self.config.dtype
         self.judge_device = judge_device or device
         self._payload: dict[str, torch.Tensor] | None = None
+        self.batch_choice: BatchChoice | None = None  # what --batch-size auto chose here, once the model is loaded
 
     @classmethod
     def open(cls, storage_url: str | None, name: str, device: str = "auto", **options) -> StudyKit:
@@ -90,7 +94,21 @@ class StudyKit:
         from abliterate.ablation.loading import load_model
 
         config = self.config
-        return load_model(config.model, self.dtype, self.device, config.device_map, config.trust_remote_code)
+        loaded = load_model(config.model, self.dtype, self.device, config.device_map, config.trust_remote_code)
+        if config.batch_size == AUTO_BATCH:
+            self.batch_choice = self._choose_batch(loaded)
+            self.config = replace(config, batch_size=self.batch_choice.size)
+        return loaded
+
+    def _choose_batch(self, loaded: LoadedModel) -> BatchChoice:
+        """``--batch-size auto`` on this process's device: the longest prompt of any set in its
+        chat format, the study's answer length and KL tokens, the largest set."""
+        from abliterate.objectives.batching import choose_batch
+
+        sets = list(self.prompts.values())
+        longest = max(len(loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+                      for prompts in sets for text in self.chat.apply(loaded, prompts))
+        return choose_batch(loaded, longest, self.config.max_new_tokens, self.config.kl_tokens, max(map(len, sets)))
 
     def _check_model_present(self) -> None:
         """A local model that is gone is named with its study: the study loads it from where it was

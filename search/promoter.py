@@ -243,11 +243,11 @@ class Promoter:
         tokens = self.settings.confirm_tokens or 2 * self.config.max_new_tokens
         if self._capability_base is None:
             questions = load_questions()
-            self._capability_base = (questions, ask(kit.model, questions, kit.chat, self.config.batch_size),
-                                     answer_lengths(kit.model, harmless, kit.chat, tokens, self.config.batch_size))
+            self._capability_base = (questions, ask(kit.model, questions, kit.chat, kit.config.batch_size),
+                                     answer_lengths(kit.model, harmless, kit.chat, tokens, kit.config.batch_size))
         questions, answers, lengths = self._capability_base
         with scorer.baker.baked_into(resolve(kit.candidate(trial.params), scorer.directions, scorer.baker.writers)):
-            return check(kit.model, answers, lengths, questions, harmless, kit.chat, tokens, self.config.batch_size)
+            return check(kit.model, answers, lengths, questions, harmless, kit.chat, tokens, kit.config.batch_size)
 
     def controls(self, trial: FrozenTrial) -> dict:
         """The candidate's specificity controls (:func:`search.analysis.run_controls`): the
@@ -323,9 +323,10 @@ class Promoter:
         if self._confirmation is None:
             from abliterate.search.trial import TrialRunner
 
-            kit, config = self.kit, self.config
+            kit = self.kit
             directions = kit.payload()  # before the model: a study without directions is told at once
             prompts, loaded = kit.prompts, kit.model
+            config = kit.config  # with --batch-size auto, the batch size chosen here
             proxy = kit.proxy(self.settings.confirm_tokens or 2 * config.max_new_tokens)
             scorer = TrialRunner(loaded, directions, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"],
                                  proxy, config.kl_cap, config.kl_tokens, kit.chat, config.batch_size)

@@ -22,13 +22,14 @@ import argparse
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from abliterate.search.values import PROXIES, not_negative, positive, study_name
+from abliterate.search.values import PROXIES, batch_size, not_negative, positive, study_name
 
 ENV_PREFIX = "ABLITERATE_"
 BATCH_HELP = "prompts per forward pass and answers decoded at once (lower it if memory runs out)"
 STORAGE_HELP = "sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://..."
 SPACE_PRESETS = ("default", "ablate", "heads", "wide")  # search.space.PRESETS, named here so that --help imports no engine
 OBJECTIVES = ("refusal,kl", "refusal,kl,over-refusal")  # what trials may minimise (StudyConfig.objectives)
+SCREENS = ("off", "record", "prune")  # what the refusal screen does (StudyConfig.screen)
 
 
 def _setting(default: Any, help: str, *, type: Any = None, choices: tuple | None = None, metavar: str | None = None,
@@ -72,7 +73,8 @@ class SearchSettings:
     judge_device: str | None = _setting(None, "llm judge: device of --judge-model (default: the model's device)", deployment=True)
     judge_prefilter: bool = _setting(False, "llm judge: an answer whose first 100 characters hold a refusal marker is a refusal "
                                             "without asking the model")
-    batch_size: int = _setting(64, BATCH_HELP, type=positive)
+    batch_size: int = _setting(64, BATCH_HELP + "; auto: each worker chooses from the memory it finds and prints its choice",
+                               type=batch_size)
     space: str = _setting("default", "search space preset: default (twelve parameters: the direction removed from every writer "
                                      "or only from the attention heads that carry refusal), ablate or heads (one of the two), "
                                      "wide (seventeen: also methods, layer range, kernel shapes, norm-preserving)",
@@ -101,6 +103,11 @@ class SearchSettings:
                                choices=OBJECTIVES)
     edgy: str | None = _setting(None, "benign-but-edgy prompt source of the over-refusal objective (e.g. rho-edgy; not a part "
                                       "of --harmless)")
+    screen: str = _setting("off", "the generation-free refusal screen (how likely the model still opens with the base "
+                                  "model's refusals, one teacher-forced pass): record (scored for every feasible trial, "
+                                  "beside the judged count) or prune (also: a trial whose screen and KL are no better "
+                                  "than a fully scored trial's is pruned without its refusal pass; the front holds only "
+                                  "fully scored trials)", choices=SCREENS)
     warm_start: str | None = _setting(None, "first enqueue that study's feasible front (positions are fractions of depth; "
                                             "directions are not carried)", metavar="STORAGE_URL#STUDY")
     heartbeat: int = _setting(60, "seconds between a running trial's heartbeats (kept with the study)", type=positive,
@@ -165,7 +172,7 @@ class SearchSettings:
                                  judge=self.judge, judge_model=self.judge_model, judge_prefilter=self.judge_prefilter,
                                  harmful_categories=self.harmful_categories,
                                  sae=str(Path(self.sae).expanduser().resolve()) if self.sae else None,
-                                 objectives=self.objectives, edgy=absolute_spec(self.edgy) if self.edgy else None,
+                                 objectives=self.objectives, edgy=absolute_spec(self.edgy) if self.edgy else None, screen=self.screen,
                                  heartbeat_interval=self.heartbeat, grace_period=self.grace)
 
 

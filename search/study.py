@@ -25,7 +25,7 @@ from abliterate.ablation.errors import AblationError
 from abliterate.ablation.registry import methods
 from abliterate.objectives.judges import JudgeSettings
 from abliterate.objectives.prompts import check_disjoint, file_digest, file_digests, load_prompts, split_slice
-from abliterate.search.settings import DEFAULTS, OBJECTIVES  # the defaults of abliterate search, written once there
+from abliterate.search.settings import DEFAULTS, OBJECTIVES, SCREENS  # the defaults of abliterate search, written once there
 from abliterate.search.space import MAX_STARTING_POINTS, SearchSpace
 from abliterate.storage.errors import StorageError
 from abliterate.storage.leases import Leases
@@ -71,6 +71,7 @@ class StudyConfig:
     sae: str | None = DEFAULTS.sae  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
     objectives: str = DEFAULTS.objectives  # or "refusal,kl,over-refusal": the refusal rate on benign-but-edgy prompts too
     edgy: str | None = DEFAULTS.edgy  # prompt source of the over-refusal objective
+    screen: str = DEFAULTS.screen  # off, record or prune: the generation-free refusal screen (objectives.screen)
     # Every process of the study beats and judges heartbeats alike: a worker with a shorter grace
     # period than another's heartbeat interval would fail that worker's live trials.
     heartbeat_interval: int = DEFAULTS.heartbeat  # seconds between a running trial's heartbeats
@@ -91,6 +92,13 @@ class StudyConfig:
             raise AblationError(f"unknown sampler {self.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if self.objectives not in OBJECTIVES:
             raise AblationError(f"unknown objectives {self.objectives!r}; use {' or '.join(OBJECTIVES)} (--objectives)")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 0):
+            raise AblationError(f"the batch size must be a whole number of at least 1, or auto; got {self.batch_size!r} (--batch-size)")
+        if self.screen not in SCREENS:
+            raise AblationError(f"unknown screen mode {self.screen!r}; use one of {', '.join(SCREENS)} (--screen)")
+        if self.screen == "prune" and self.over_refusal:
+            raise AblationError("--screen prune compares refusals and KL only, and this study has the over-refusal objective; "
+                                "use --screen record")
         if self.over_refusal and not self.edgy:
             raise AblationError("the over-refusal objective needs benign-but-edgy prompts: pass --edgy SRC (e.g. rho-edgy)")
         self.judge_settings()  # a bad judge spec fails here, with its one-line message

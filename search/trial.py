@@ -19,10 +19,12 @@ from abliterate.ablation import Baker, find_writers
 from abliterate.ablation.candidate import Candidate
 from abliterate.ablation.directions import separation, writes_along
 from abliterate.ablation.loading import LoadedModel
+from abliterate.ablation.prefix import first_edited_layer
 from abliterate.ablation.residuals import capture_last_token
 from abliterate.ablation.resolve import method_tensor, resolve
 from abliterate.objectives.kl import KLScorer
 from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
+from abliterate.objectives.screen import RefusalScreen
 
 INFEASIBLE_REFUSAL = 1.0  # what an infeasible trial reports as its refusal objective: the worst
 
@@ -102,10 +104,21 @@ class TrialOutcome:
     edited_layers: tuple[int, ...] = ()
     over_refusal: RefusalScore | None = None  # on benign-but-edgy prompts, when the study has that objective
     objectives: int = 2
+    screen: float | None = None  # the generation-free refusal screen of a feasible trial, when the runner has one
+    screened_out_by: int | None = None  # the fully scored trial whose screen and KL made the refusal pass needless
 
     @property
     def pruned(self) -> bool:
-        return self.refusal is not None and not self.refusal.complete
+        return self.screened_out_by is not None or (self.refusal is not None and not self.refusal.complete)
+
+    @property
+    def decided_by(self) -> str:
+        """Which measure settled the trial (storage.records.DECIDERS)."""
+        if not self.feasible:
+            return "kl"
+        if self.screened_out_by is not None:
+            return "screen"
+        return "refusals-so-far" if self.pruned else "judged"
 
     @property
     def values(self) -> tuple[float, ...]:
@@ -123,7 +136,7 @@ class TrialRunner:
     def __init__(self, loaded: LoadedModel, directions: dict[str, torch.Tensor], harmful: Sequence[str],
                  harmless: Sequence[str], proxy: RefusalProxy, kl_cap: float, kl_tokens: int = 1,
                  chat: ChatFormat = ChatFormat(), batch_size: int = 16, edgy: Sequence[str] | None = None,
-                 max_new_tokens: int = 48):
+                 max_new_tokens: int = 48, screen: bool = False):
         self.loaded, self.directions, self.harmful = loaded, directions, list(harmful)
         # Over-refusal (a third objective) is a refusal rate on benign-but-edgy prompts, judged by
         # markers whatever proxy drives the search, like abliterate evaluate's.
@@ -134,20 +147,33 @@ class TrialRunner:
         self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), kl_tokens, batch_size)
         proxy.use_base(loaded)  # a model judge that is the base model judges after each restore
         proxy.prepare(loaded, self.harmful)
+        # Measured beside the generated count, to learn how far it can stand in for it (issue 29).
+        self.screen = RefusalScreen(loaded, chat.apply(loaded, self.harmful), getattr(proxy, "judge", None), max_new_tokens,
+                                    batch_size) if screen else None
 
-    def run(self, candidate: Candidate, give_up_at: Callable[[float], int | None] | None = None) -> TrialOutcome:
+    def run(self, candidate: Candidate, give_up_at: Callable[[float], int | None] | None = None,
+            screened_out: Callable[[float, float], int | None] | None = None) -> TrialOutcome:
         """Bake, score, restore, judge. ``give_up_at(kl)``, when given, is the number of failing
-        prompts from which this trial is of no use (see :meth:`RefusalProxy.score`). Answers are
-        judged after the restore (see :meth:`RefusalProxy.score_edited`)."""
+        prompts from which this trial is of no use (see :meth:`RefusalProxy.score`).
+        ``screened_out(kl, screen)``, when given and the runner has a screen, names a fully scored
+        trial that makes this one's refusal pass needless (None: run it). Answers are judged after
+        the restore (see :meth:`RefusalProxy.score_edited`)."""
         seconds = {}
-        start = time.perf_counter()
-        finish = over_refusal = None
+        start, cpu = time.perf_counter(), time.process_time()
+        finish = over_refusal = screened = screened_out_by = None
         with self.baker.baked_into(resolve(candidate, self.directions, self.baker.writers)) as report:
             seconds["bake"] = time.perf_counter() - start
-            kl = self.kl.score()
+            # The layers below the edit are replayed from the base pass (ablation.prefix).
+            first = first_edited_layer(report.layers, self.baker.num_layers)
+            kl = self.kl.score(first)
             seconds["kl"] = time.perf_counter() - start - seconds["bake"]
             feasible = kl <= self.kl_cap
-            if feasible:
+            if feasible and self.screen is not None:
+                mark = time.perf_counter()
+                screened = self.screen.score(first).value
+                seconds["screen"] = time.perf_counter() - mark
+                screened_out_by = screened_out(kl, screened) if screened_out else None
+            if feasible and screened_out_by is None:
                 mark = time.perf_counter()
                 finish = self.proxy.score_edited(self.loaded, self.harmful, give_up_at(kl) if give_up_at else None)
                 seconds["refusal"] = time.perf_counter() - mark
@@ -161,4 +187,6 @@ class TrialRunner:
             refusal = finish()
             seconds["judge"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
-        return TrialOutcome(kl, feasible, refusal, seconds, report.layers, over_refusal, 3 if self.edgy else 2)
+        seconds["cpu"] = time.process_time() - cpu  # every thread of this process: comparable across thread counts
+        return TrialOutcome(kl, feasible, refusal, seconds, report.layers, over_refusal, 3 if self.edgy else 2, screened,
+                            screened_out_by)

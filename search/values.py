@@ -54,6 +54,15 @@ def positive(text: str) -> int:
     return _whole_number(text, 1)
 
 
+AUTO_BATCH = 0  # the batch size a study stores for ``--batch-size auto``: each worker chooses its own
+
+
+def batch_size(text: str) -> int:
+    """argparse type for ``--batch-size``: a whole number of at least 1, or ``auto`` (stored as
+    AUTO_BATCH: each worker chooses from the memory it finds, objectives.batching)."""
+    return AUTO_BATCH if text.strip().lower() == "auto" else _whole_number(text, 1)
+
+
 def port(text: str) -> int:
     """argparse type for a TCP port: 1 to 65535."""
     value = _whole_number(text, 1)

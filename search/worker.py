@@ -77,6 +77,9 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     step(f"loading {config.model} (dtype {config.dtype}, device {device})")
     loaded = kit.model
     step(f"loaded: {str(loaded.model.dtype).removeprefix('torch.')} on {loaded.device}")
+    config = kit.config  # with --batch-size auto, the batch size chosen here
+    if kit.batch_choice:
+        step(kit.batch_choice.line)
     methods = sorted(config.space.methods)
     computed_here = False
     proxy = kit.proxy()
@@ -125,7 +128,10 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     step(f"the base model's log-probs on the {len(prompts['harmless', 'evaluation'])} harmless evaluation prompts (KL's reference)")
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
                          proxy, config.kl_cap, config.kl_tokens, kit.chat, config.batch_size,
-                         prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens)
+                         prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens, config.screen != "off")
+    cached = runner.kl.prefix.nbytes + (runner.screen.prefix.nbytes if runner.screen else 0)
+    step(f"prefix cache: {cached / 2**20:.1f} MiB of layer outputs (a trial runs the layers from its first edited one up)"
+         + (f"; screen: the base model's refusals of {runner.screen.screened} prompts" if runner.screen else ""))
     step("ready: running trials")
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
@@ -144,15 +150,30 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             dominated_by.append(done[best].number)
             return math.ceil(done[best].values[0] * len(runner.harmful) - 1e-9)
 
+        def screened_out(kl: float, screen: float) -> int | None:
+            """The first fully scored trial with no more KL and no higher screen: by the screen's
+            reading this trial cannot beat it, so its refusal pass is skipped (--screen prune)."""
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                done = TrialRecord.of(t)
+                if done.feasible and done.screen is not None and done.kl <= kl and done.screen <= screen:
+                    return t.number
+            return None
+
         # Pruning compares (refusal, KL) only: with over-refusal as a third objective a trial
         # dominated there may still reach the front, so every trial runs to its end.
-        outcome = runner.run(kit.candidate(params), None if config.over_refusal else give_up_at)
-        record(trial, outcome, config.kl_cap, owner, dominated_by[-1] if outcome.pruned else None)
+        outcome = runner.run(kit.candidate(params), None if config.over_refusal else give_up_at,
+                             screened_out if config.screen == "prune" else None)
+        by = outcome.screened_out_by if outcome.screened_out_by is not None else dominated_by[-1] if outcome.pruned else None
+        record(trial, outcome, config.kl_cap, owner, by)
         halt.at("recorded", trial.number)
+        if outcome.screened_out_by is not None:
+            log(f"trial {trial.number}: pruned by the screen ({outcome.screen:.3f}, KL {outcome.kl:.4f}; trial {by} has "
+                f"no more of either), {outcome.seconds['total']:.1f} s")
+            raise optuna.TrialPruned(f"screened out by trial {by}")
         if outcome.pruned:
             log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
-                f"(dominated by trial {dominated_by[-1]}), {outcome.seconds['total']:.1f} s")
-            raise optuna.TrialPruned(f"dominated by trial {dominated_by[-1]}")
+                f"(dominated by trial {by}), {outcome.seconds['total']:.1f} s")
+            raise optuna.TrialPruned(f"dominated by trial {by}")
         over = f", over-refusal {outcome.values[2]:.3f}" if len(outcome.values) == 3 else ""
         log(f"trial {trial.number}: refusal {outcome.values[0]:.3f}, KL {outcome.kl:.4f}{over}"
             f"{'' if outcome.feasible else ' (over the KL cap)'}, {outcome.seconds['total']:.1f} s")
@@ -333,7 +354,10 @@ def measured(outcome: TrialOutcome, owner: str, dominated_by: int | None = None)
     """What ``outcome`` puts on its trial: a pruned trial's refusal is a lower bound, not a rate."""
     record = TrialRecord(kl=outcome.kl, feasible=outcome.feasible, worker=owner, edited_layers=tuple(outcome.edited_layers),
                          seconds={k: round(v, 3) for k, v in outcome.seconds.items()},
-                         over_refusal=outcome.over_refusal.rate("refusal") if outcome.over_refusal else None)
+                         over_refusal=outcome.over_refusal.rate("refusal") if outcome.over_refusal else None,
+                         screen=outcome.screen, decided_by=outcome.decided_by)
+    if outcome.screened_out_by is not None:
+        return replace(record, pruned=True, dominated_by=dominated_by)
     if outcome.pruned:
         return replace(record, pruned=True, refusal_at_least=outcome.refusal.value, dominated_by=dominated_by)
     if outcome.refusal:
@@ -345,6 +369,13 @@ def measured(outcome: TrialOutcome, owner: str, dominated_by: int | None = None)
 def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:
     """The trial's dashboard note: its figures and a few sample answers."""
     lines = [f"**KL** {outcome.kl:.4f}  **feasible** {outcome.feasible}"]
+    if outcome.screen is not None:
+        lines[0] += f"  **screen** {outcome.screen:.3f}"
+    if outcome.screened_out_by is not None:
+        lines.append(f"\nPruned by the screen: trial {dominated_by}, fully scored, has no more KL and no higher screen, so "
+                     "this trial's refusal pass was skipped. The screen can be wrong where the judged count would not; "
+                     "bench/trial_cost.py measures how often.")
+        return "\n".join(lines)
     if outcome.refusal is None:
         lines.append("\nKL over the cap: refusal pass skipped.")
         return "\n".join(lines)

@@ -32,6 +32,9 @@ KL, FEASIBLE, WORKER, EDITED_LAYERS = "kl", "feasible", "worker", "edited_layers
 SECONDS = "seconds_"  # prefix: seconds_total, seconds_kl, ... one per timed step
 SECONDS_TOTAL = f"{SECONDS}total"
 PRUNED, REFUSAL_AT_LEAST, DOMINATED_BY = "pruned", "refusal_at_least", "dominated_by"
+# What settled a trial, cheapest first: KL over the cap; the screen with KL (no refusal pass);
+# the refusals counted so far (the pass given up); the whole judged refusal pass.
+DECIDERS = ("kl", "screen", "refusals-so-far", "judged")
 REFUSAL, REFUSAL_RATE, DEGENERATE_RATE, COUNTS, OVER_REFUSAL = "refusal", "refusal_rate", "degenerate_rate", "counts", "over_refusal"
 # Where an enqueued candidate came from; a retry of a crashed trial carries these (storage.stale).
 STARTING_POINT = "starting_point"  # True on a designed starting point
@@ -67,6 +70,8 @@ class TrialRecord:
     degenerate_rate: float | None = None
     counts: dict[str, int] | None = None  # verdict -> prompts
     over_refusal: float | None = None  # refusal rate on the benign-but-edgy prompts
+    screen: float | None = None  # the generation-free refusal screen (objectives.screen), when the study runs it
+    decided_by: str | None = None  # the measure that settled the trial: one of DECIDERS
     pruned: bool = False  # the refusal pass stopped once the trial could not reach the front
     refusal_at_least: float | None = None  # a pruned trial's lower bound
     dominated_by: int | None = None  # the finished trial that dominates a pruned one
