@@ -33,6 +33,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -98,7 +99,7 @@ def trial_row(trial) -> dict:
     complete = trial.state.name == "COMPLETE" and bool(record.feasible)
     return {"number": trial.number, "params": trial.params, "kl": record.kl, "feasible": record.feasible,
             "pruned": trial.state.name == "PRUNED", "refusal": trial.values[0] if complete else None, "screen": record.screen,
-            "first_layer": min(record.edited_layers or (), default=None), "seconds": record.seconds}
+            "first_layer": min(record.edited_layers or (), default=None), "seconds": record.seconds, "decided_by": record.decided_by}
 
 
 def time_floors(url: str, trials: list[dict], repeats: int) -> list[dict]:
@@ -179,6 +180,7 @@ def summary(record: dict) -> dict:
         "median_first_layer": statistics.median(f["first_layer"] for f in floors), "layers": floors[0]["layers"],
         "search_cpu_per_trial": record["search"]["cpu_seconds"] / len(trials),
         "agreement": agreement(floors),
+        "decided_by": dict(Counter(decider(t) for t in trials)),
     }
     steps = {}
     for t in feasible.values():
@@ -190,6 +192,17 @@ def summary(record: dict) -> dict:
         figures["heretic_cpu_per_trial"] = heretic["cpu_seconds"] / heretic["trials"]
         figures["ours_over_heretic_cpu"] = figures["search_cpu_per_trial"] / figures["heretic_cpu_per_trial"]
     return figures
+
+
+def decider(trial: dict) -> str:
+    """What settled a trial (storage.records.DECIDERS), read from its steps where the record predates the attr."""
+    if trial.get("decided_by"):
+        return trial["decided_by"]
+    if not trial["feasible"]:
+        return "kl"
+    if trial["pruned"]:
+        return "refusals-so-far" if "refusal" in trial["seconds"] else "screen"
+    return "judged"
 
 
 def table(record: dict) -> str:
@@ -206,7 +219,8 @@ def table(record: dict) -> str:
         f"| whole search, CPU s per trial | {s['search_cpu_per_trial']:.2f} | | "
         + (f"{s['heretic_cpu_per_trial']:.2f} |" if "heretic" in record else "not run |"),
         "",
-        f"- {s['trials']} trials, {s['feasible']} feasible, {s['pruned']} pruned; median trial over its floor: "
+        f"- {s['trials']} trials, {s['feasible']} feasible, {s['pruned']} pruned; decided by "
+        + ", ".join(f"{k} {v}" for k, v in sorted(s["decided_by"].items())) + "; median trial over its floor: "
         f"{s['median_trial_over_floor']:.1f}x; median step seconds: {steps}.",
         f"- KL pass from the first edited layer (median layer {s['median_first_layer']:g} of {s['layers']}): "
         f"{s['median_kl_cached']:.3f} s against {s['median_kl_full']:.3f} s in full, the same value on every trial.",
