@@ -52,9 +52,6 @@ class PrefixCache:
     def batches(self) -> int:
         return len(self._batches)
 
-    def clear(self) -> None:
-        self._batches.clear()
-
     @contextmanager
     def recording(self, key: Hashable, input_ids: torch.Tensor) -> Iterator[None]:
         """Around one forward pass of the unedited model on ``input_ids``: keeps each layer's output."""
