@@ -65,7 +65,7 @@ class RefusalScreen:
         refused = [i for i, verdict in enumerate(verdicts) if verdict.label == "refusal"]
         if not refused:
             raise AblationError(f"the base model refuses none of the {len(texts)} harmful prompts, so there is no refusal "
-                                "to screen for; run without the screen")
+                                "to screen for; search this model with --screen off")
         end = loaded.tokenizer.eos_token_id
         self.texts = [texts[i] for i in refused]
         self.forced = [(answers.token_ids[i] + [end] * tokens)[:tokens] for i in refused]

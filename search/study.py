@@ -213,15 +213,16 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=config.seed)
 
 
-RESUMABLE_CHANGES = ("n_trials", "batch_size")
+RESUMABLE_CHANGES = ("n_trials", "batch_size", "screen")
 
 
 def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.Study, bool]:
     """The study ``name``: created with ``config``, or resumed when it exists with the same settings.
 
-    Only ``n_trials`` (asking for more trials is how a study is extended) and ``batch_size`` (a
-    throughput setting; answers differ by floating-point noise at most) may change on resume;
-    workers started afterwards use the new values. Safe from any number of processes and
+    Only ``n_trials`` (asking for more trials is how a study is extended), ``batch_size`` (a
+    throughput setting; answers differ by floating-point noise at most) and ``screen`` (which
+    trials get a refusal pass, never what one measures) may change on resume; workers started
+    afterwards use the new values. Safe from any number of processes and
     machines at once: creation (the study and its settings) happens under one lease, so nobody
     sees a study half made.
     """

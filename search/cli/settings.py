@@ -26,6 +26,7 @@ from pathlib import Path
 
 from abliterate.ablation.errors import AblationError
 from abliterate.search.settings import DEFAULTS, DEPLOYMENT, SETTINGS, SearchSettings, flag, variable
+from abliterate.search.values import AUTO_BATCH
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -52,6 +53,8 @@ class Resolved:
                 from abliterate.storage.urls import redacted
 
                 value = redacted(value)
+            if name == "batch_size" and value == AUTO_BATCH:
+                value = "auto"
             lines.append(f"  {flag(name)[2:]} = {value} (from {source})")
         lines += [f"  [space] {key} = {value} (from {self.study_file})" for key, value in self.space_ranges.items()]
         return lines
