@@ -10,9 +10,11 @@ the mean over the refused prompts. The base model scores near 1 (greedy tokens a
 edit that removes refusal lowers it, an edit that makes the model speak differently everywhere
 lowers it too (KL says which). Prompts the base model does not refuse are not screened.
 
-This is a measure to compare with the generated-and-judged count, not a replacement for it:
-``bench/trial_cost.py`` reports their agreement over a study's trials (rank correlation, and how
-often the screen says one trial dominates another where the judged counts do not).
+It is read beside the generated-and-judged count, never instead of it on the front: a study
+records it (``--screen record``) or also skips the refusal pass of a trial it finds dominated
+(``--screen prune``, search.worker), and ``bench/trial_cost.py`` reports how well it agrees with
+the judged count (rank correlation, and how often it says one trial dominates another where the
+judged counts do not).
 With the prefix cache (:mod:`ablation.prefix`) a score runs only the layers from the first
 edited one up.
 """
