@@ -197,6 +197,13 @@ def extend_ours(run_dir: Path, model: Path, keep: int, code: Path = ROOT) -> Non
     (RECORD / run_dir.name / "trials.json").write_text(json.dumps(record, indent=1))
 
 
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ("unknown" where there is none): for records."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+
+
 def _children_cpu() -> float:
     """CPU seconds of finished child processes: comparable between runs on a loaded machine."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fair_front import MODELS, SEARCH_TOKENS, WORK  # noqa: E402
-from front_vs_heretic import BATCH, ROOT, _revision, ensure_model, prompt_files, search_heretic  # noqa: E402
+from front_vs_heretic import BATCH, ROOT, _revision, cpu_model, ensure_model, prompt_files, search_heretic  # noqa: E402
 
 RECORD = ROOT / "bench" / "cost"
 STUDY = "cost"
@@ -240,9 +239,7 @@ def record_path(model: str, screen: str) -> Path:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"{cpu}, {os.cpu_count()} cores"
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def main() -> None:

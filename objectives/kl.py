@@ -58,12 +58,13 @@ def forced_logprobs(model, tokenizer, texts: Sequence[str], forced: Sequence[Seq
         raise AblationError(f"forced continuations must all have the same length of at least 1, got {sorted({len(t) for t in forced})}")
     targets = torch.tensor([list(tokens) for tokens in forced])
     order, results = _in_batches(model, tokenizer, texts, [list(tokens)[:-1] for tokens in forced], batch_size, prefix,
-                                 lambda chunk, logprobs: logprobs.gather(-1, targets[chunk].unsqueeze(-1)).squeeze(-1))
+                                 lambda chunk, logprobs: logprobs.gather(-1, targets[chunk].unsqueeze(-1).to(logprobs.device)).squeeze(-1))
     return torch.cat(results)[torch.tensor(order).argsort()]
 
 
 def _in_batches(model, tokenizer, texts, continuations, batch_size, prefix, keep) -> tuple[list[int], list[torch.Tensor]]:
-    """The rows in the order they ran, and ``keep(rows, log-probs [b, k, V])`` of each batch."""
+    """The rows in the order they ran, and ``keep(rows, log-probs [b, k, V])`` of each batch, on
+    the CPU; ``keep`` runs where the model does, so a pick from the vocabulary moves only the pick."""
     k = len(continuations[0]) + 1 if continuations else 1
     device = next(model.parameters()).device
     every_prompt = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
@@ -90,7 +91,7 @@ def _in_batches(model, tokenizer, texts, continuations, batch_size, prefix, keep
         if logits.shape[:2] != positions.shape:
             raise AblationError(f"{type(model).__name__} ignored per-row logits_to_keep (logits {tuple(logits.shape)}, "
                                 f"expected {tuple(positions.shape)} x vocabulary)")
-        results.append(keep(chunk, torch.log_softmax(logits.float(), dim=-1).cpu()))
+        results.append(keep(chunk, torch.log_softmax(logits.float(), dim=-1)).cpu())
     return order, results
 
 

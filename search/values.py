@@ -60,7 +60,12 @@ AUTO_BATCH = 0  # the batch size a study stores for ``--batch-size auto``: each 
 def batch_size(text: str) -> int:
     """argparse type for ``--batch-size``: a whole number of at least 1, or ``auto`` (stored as
     AUTO_BATCH: each worker chooses from the memory it finds, objectives.batching)."""
-    return AUTO_BATCH if text.strip().lower() == "auto" else _whole_number(text, 1)
+    if text.strip().lower() == "auto":
+        return AUTO_BATCH
+    try:
+        return _whole_number(text, 1)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(f"{error}; give a count of at least 1, or auto") from None
 
 
 def port(text: str) -> int:
