@@ -17,6 +17,9 @@ from abliterate.storage.errors import StorageError
 
 DEFAULT_URL = "sqlite:///abliterate.db"
 ENVIRONMENT = "ABLITERATE_STORAGE"  # the storage URL when --storage is not given (keeps passwords out of argv)
+# A file holding the password of a PostgreSQL URL that gives none (a Docker or Kubernetes secret),
+# so that the password is in neither argv nor the environment.
+PASSWORD_FILE = "ABLITERATE_STORAGE_PASSWORD_FILE"
 _HINT = "use sqlite:///PATH.db or postgresql+psycopg2://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 HIDDEN = "***"
 
@@ -24,8 +27,9 @@ HIDDEN = "***"
 def normalize_url(url: str | None) -> str:
     """A SQLAlchemy URL for ``url``: None means $ABLITERATE_STORAGE or else the default SQLite
     file, a bare ``*.db`` path a SQLite file, ``postgresql://`` the psycopg2 driver. An ``@``
-    left unencoded in the password is taken as part of it (a host name holds none). Anything
-    else is a one-line error."""
+    left unencoded in the password is taken as part of it (a host name holds none). A
+    PostgreSQL URL without a password takes the one in the file $ABLITERATE_STORAGE_PASSWORD_FILE
+    names, when set (its first line). Anything else is a one-line error."""
     url = url or os.environ.get(ENVIRONMENT)
     if not url:
         return DEFAULT_URL
@@ -43,7 +47,21 @@ def normalize_url(url: str | None) -> str:
         raise StorageError(f"unsupported storage {parsed.get_backend_name()!r} in {redacted(url)}; {_HINT}")
     if parsed.get_backend_name() == "postgresql" and not parsed.database:
         raise StorageError(f"storage URL {redacted(url)} names no database; {_HINT}")
+    if parsed.get_backend_name() == "postgresql" and parsed.password is None and os.environ.get(PASSWORD_FILE):
+        parsed = parsed.set(password=_password_from(Path(os.environ[PASSWORD_FILE])))
     return parsed.render_as_string(hide_password=False)
+
+
+def _password_from(path: Path) -> str:
+    """The first line of ``path``: what ``printf``, ``echo`` and ``openssl rand`` write alike."""
+    fix = f"point ${PASSWORD_FILE} at a readable file holding the database password, or unset it"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise StorageError(f"cannot read the storage password file {path} ({error.__class__.__name__}); {fix}") from None
+    if not lines or not lines[0]:
+        raise StorageError(f"the storage password file {path} is empty; {fix}")
+    return lines[0]
 
 
 def redacted(url: str, text: str | None = None) -> str:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from abliterate.storage.errors import StorageError
 from abliterate.storage.rdb import open_storage
 from abliterate.storage.tables import SCHEMA_VERSION
-from abliterate.storage.urls import DEFAULT_URL, normalize_url, redacted
+from abliterate.storage.urls import DEFAULT_URL, PASSWORD_FILE, normalize_url, redacted
 
 
 @pytest.mark.parametrize(
@@ -48,6 +48,26 @@ def test_bare_sqlite_path(tmp_path):
 def test_bad_urls(url, message):
     with pytest.raises(StorageError, match=message):
         normalize_url(url)
+
+
+def test_a_password_file_gives_the_password_a_postgres_url_lacks(tmp_path, monkeypatch):
+    secret = tmp_path / "postgres-password"
+    secret.write_text("s3cret@x\n")  # as `openssl rand` or `echo` write it: the first line is the password
+    monkeypatch.setenv(PASSWORD_FILE, str(secret))
+    assert normalize_url("postgresql://u@db:5432/studies") == "postgresql+psycopg2://u:s3cret%40x@db:5432/studies"
+    assert normalize_url("postgresql://u:given@db/studies") == "postgresql+psycopg2://u:given@db/studies"  # the URL's own wins
+    assert normalize_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read the storage password file"), ("", "is empty"), ("\nx", "is empty")])
+def test_a_bad_password_file_is_one_line(tmp_path, monkeypatch, content, message):
+    secret = tmp_path / "postgres-password"
+    if content is not None:
+        secret.write_text(content)
+    monkeypatch.setenv(PASSWORD_FILE, str(secret))
+    with pytest.raises(StorageError, match=message) as caught:
+        normalize_url("postgresql://u@db/studies")
+    assert str(caught.value).count("\n") == 0 and PASSWORD_FILE in str(caught.value)
 
 
 def test_redacted_hides_password():
