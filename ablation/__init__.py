@@ -1,4 +1,4 @@
-"""What is done to the model: load it, find its residual writers, capture residuals, compute
+"""What is done to the model: load it, find the matrices that write and read its residual stream, capture residuals, compute
 refusal directions, bake an edit in place, restore it bit-exactly, export a checkpoint (and,
 for analyses, steer the residual stream at inference).
 
@@ -15,7 +15,7 @@ Knows nothing of Optuna or databases. The names below are imported on first use,
 import importlib
 
 _EXPORTS = {
-    "ATTN": "architectures", "MLP": "architectures", "Writer": "architectures", "find_writers": "architectures",
+    "ATTN": "architectures", "MLP": "architectures", "Writer": "architectures", "find_writers": "architectures", "find_readers": "readers",
     "Baker": "bake", "BakeReport": "bake", "Edit": "bake", "Amplification": "bake",
     "Candidate": "candidate", "candidate_from_params": "candidate",
     "resolve": "resolve", "edit_for_params": "resolve",

@@ -149,7 +149,7 @@ def save_adapter(model, factors: Sequence[Factors], folder: Path) -> dict:
         layers = {name.removeprefix("base_model.model."): module for name, module in peft_model.named_modules()
                   if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {})}
         for found in factors:
-            layer = layers[found.name if not found.fused else found.name.rsplit(".", 1)[0]]
+            layer = layers[found.name] if not found.fused else _parameter_wrapper(layers, found.name)
             up, down = _padded(found.up, found.down, rank)
             if found.fused:
                 up, down = _peft_expert_layout(up, down, getattr(layer.get_base_layer(), "is_transposed", False))
@@ -160,6 +160,17 @@ def save_adapter(model, factors: Sequence[Factors], folder: Path) -> dict:
     finally:
         peft_model.unload()
     return {"rank": rank, "max_error": max(f.error for f in factors), "writers": len(factors), "peft_type": "LORA"}
+
+
+def _parameter_wrapper(layers: dict, name: str):
+    """PEFT's wrapper of the 3-D parameter ``name``: where two parameters of one experts module
+    are targeted (down_proj and a read-side gate_up_proj), PEFT nests one wrapper in the other."""
+    module, parameter = name.rsplit(".", 1)
+    while module in layers:
+        if getattr(layers[module], "parameter_name", None) == parameter:
+            return layers[module]
+        module += ".base_layer"
+    raise AblationError(f"PEFT made no adapter layer for {name}; export the full checkpoint (without --adapter)")
 
 
 def _padded(up: torch.Tensor, down: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

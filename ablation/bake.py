@@ -18,6 +18,11 @@ One bake applies, to every writer its profile gives a non-zero weight w:
 * with ``heads``, an attention writer is edited only in the input columns of the heads named for
   its layer (o_proj's input is heads x head_dim), and not at all in other layers; its bias, which
   belongs to no head, is left alone. MLP writers are edited as usual.
+
+A baker built by :meth:`Baker.for_model` also holds the model's residual readers
+(:mod:`ablation.readers`); the same rule edits them, along their input axis and against the
+direction as their input norm passes it on, when the profile has a kernel for their group. A
+profile with a kernel for a group the baker holds nothing of is refused, never skipped.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from abliterate.ablation.architectures import ATTN, Writer
+from abliterate.ablation.architectures import ATTN, Writer, find_writers
 from abliterate.ablation.cone import orthonormal_basis
 from abliterate.ablation.edit import ablate, ablate_subspace, post_norm_direction
 from abliterate.ablation.edit import amplify as amplify_
@@ -88,6 +93,13 @@ class Baker:
         self.keep_on = keep_on
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
 
+    @classmethod
+    def for_model(cls, model, keep_on: str = "same") -> Baker:
+        """A baker of every matrix of ``model`` an edit may change: its writers, then its readers."""
+        from abliterate.ablation.readers import find_readers
+
+        return cls(find_writers(model) + find_readers(model), keep_on)
+
     @property
     def baked(self) -> bool:
         return bool(self._saved)
@@ -124,6 +136,10 @@ class Baker:
             )
         if amplify is not None and amplify.direction.dim() == 2 and amplify.direction.shape[0] != self.num_layers:
             raise AblationError(f"got a compliance direction for {amplify.direction.shape[0]} layers, the model has {self.num_layers}")
+        held = {writer.group for writer in self.writers}
+        if missing := sorted(set(profile.kernels) - held):
+            raise AblationError(f"the edit weights {', '.join(missing)}, and this baker holds no such matrix; "
+                                "make it with Baker.for_model(model), which finds the readers too")
         for writer in self.writers:
             weight = profile.weight(writer.group, writer.layer)
             columns = None if heads is None or writer.group != ATTN else heads.get(writer.layer, ())
@@ -131,18 +147,18 @@ class Baker:
                 continue
             r = directions[writer.layer] if directions.dim() >= 2 else directions
             r = r.to(writer.weight.device, torch.float32)
-            if writer.post_norm_scale is not None:
+            if writer.norm_scale is not None:
                 if r.dim() == 2:
-                    scale = writer.post_norm_scale.float().to(r.device)
+                    scale = writer.norm_scale.float().to(r.device)
                     r = orthonormal_basis(scale * r).to(r.device)
                 else:
-                    r = post_norm_direction(r, writer.post_norm_scale)
+                    r = post_norm_direction(r, writer.norm_scale)
             c = None
             if amplify is not None:
                 c = amplify.direction[writer.layer] if amplify.direction.dim() == 2 else amplify.direction
                 c = c.to(writer.weight.device, torch.float32)
-                if writer.post_norm_scale is not None:
-                    c = post_norm_direction(c, writer.post_norm_scale)
+                if writer.norm_scale is not None:
+                    c = post_norm_direction(c, writer.norm_scale)
 
             def rule(tensor, axis, keep_norm, r=r, c=c, weight=weight):
                 edited = (ablate_subspace if r.dim() == 2 else ablate)(tensor, r, weight, axis, keep_norm)

@@ -5,7 +5,10 @@
   ``mean(complied) - mean(refused)`` over the harmful residuals, labelled by the base model's answers);
 * ``heads``: remove it from the attention heads that carry the most refusal only (payload
   ``heads:input`` [L, I], the mean attention-output input harmful minus harmless, and
-  ``heads:layout`` [L, 2], each layer's (heads, head_dim)); MLP writers as ``ablate`` does.
+  ``heads:layout`` [L, 2], each layer's (heads, head_dim)); MLP writers as ``ablate`` does;
+* ``read``: remove it from every writer as ``ablate`` does, and also where layers read the
+  residual stream (:mod:`ablation.readers`), weighted by a kernel of its own (``read_peak``,
+  ``read_peak_weight``, ``read_falloff``; a tent falling to zero).
 """
 
 from __future__ import annotations
@@ -136,6 +139,46 @@ class Heads(Intervention):
         return f"ablate from the {edit.get('heads')} attention heads that carry the most refusal (their o_proj columns only)"
 
 
+class Read(Intervention):
+    """Remove the direction from the writers, and from the readers with a kernel of its own."""
+
+    name = "read"
+    PARAMS = ("read_peak", "read_peak_weight", "read_falloff")
+
+    def suggest(self, trial, space) -> None:
+        for param in self.PARAMS:
+            trial.suggest_float(param, *getattr(space, param))
+
+    def start(self, space) -> dict:
+        # The middle of each range: a designed first trial that reads as well as writes.
+        return {param: sum(getattr(space, param)) / 2 for param in self.PARAMS}
+
+    def key(self, space) -> None:
+        return None  # no payload of its own
+
+    def settings(self, params: Mapping[str, Any]) -> dict:
+        return {"options": {param: float(params.get(param, 0.0)) for param in self.PARAMS}}
+
+    def edit(self, candidate: Candidate, payload: Mapping[str, torch.Tensor], writers: Sequence[Writer], removal: Edit) -> Edit:
+        from abliterate.ablation.profile import Kernel
+        from abliterate.ablation.readers import READ_GROUPS
+
+        depth = max(writer.layer for writer in writers)
+        options = candidate.options
+        kernel = Kernel(peak=options["read_peak"] * depth, peak_weight=options["read_peak_weight"],
+                        falloff=max(options["read_falloff"] * depth, 0.5))
+        kernels = {**removal.profile.kernels, **dict.fromkeys(READ_GROUPS, kernel)}
+        return replace(removal, profile=replace(removal.profile, kernels=kernels))
+
+    def summary(self, candidate: Candidate) -> dict:
+        return {param: candidate.options[param] for param in self.PARAMS}
+
+    def describe(self, edit: Mapping[str, Any]) -> str:
+        return (f"ablate, and remove the direction where layers read the residual stream (W ← W − w·W·u·uᵀ on q/k/v and "
+                f"gate/up inputs; read kernel peak {edit.get('read_peak', 0):.2f} of depth, weight "
+                f"{edit.get('read_peak_weight', 0):.2f}, falloff {edit.get('read_falloff', 0):.2f})")
+
+
 def compliance_direction(harmful: torch.Tensor, refused: Sequence[bool], fallback: torch.Tensor) -> tuple[torch.Tensor, str]:
     """[L, H] unit ``mean(complied) - mean(refused)`` over the harmful residuals [N, L, H] labelled
     by the base model's answers; ``-fallback`` (the refusal direction) when a side has fewer than
@@ -169,5 +212,5 @@ def alignment_report(refusal: torch.Tensor, compliance: torch.Tensor) -> tuple[s
     return line, aligned
 
 
-for _intervention in (Ablate(), Amplify(), Heads()):
+for _intervention in (Ablate(), Amplify(), Heads(), Read()):
     interventions.register(_intervention)

@@ -52,7 +52,7 @@ def main() -> None:
 
     from peft import PeftModel
 
-    from abliterate.ablation import Baker, find_writers, load_model
+    from abliterate.ablation import Baker, load_model
     from abliterate.ablation.adapter import edit_factors, save_adapter
     from abliterate.ablation.candidate import candidate_from_params
     from abliterate.ablation.directions import mean_difference, separation
@@ -72,7 +72,7 @@ def main() -> None:
     peak = int(separation(*residuals)[: int(0.8 * layers)].argmax()) / (layers - 1)
     # The first designed trial that removes the direction from whole matrices (the others edit heads).
     params = next(p for p in starting_points(PRESETS["default"], peak, 6) if p["intervention"] == "ablate")
-    baker = Baker(find_writers(loaded.model))
+    baker = Baker.for_model(loaded.model)
     base = next_token_log_probs(loaded.model, loaded.tokenizer, held_out)
     rows = []
     for norm_preserving in (True, False):

@@ -1,8 +1,8 @@
 """The fair front benchmark: every tool searched, chosen from and scored the same way.
 
     python bench/fair_front.py run --model qwen2.5-coder-0.5b --tools ours,heretic --budget 30 --seeds 1,2,3
-        (tools: ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, heretic, abliterix, temaq;
-         each peer's venv python via --heretic-python etc.)
+        (tools: ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, ours-read,
+         heretic, abliterix, temaq; each peer's venv python via --heretic-python etc.)
     python bench/fair_front.py report [--model NAME] [--budget 30]       (bench/fair_report.py)
     python bench/fair_front.py rejudge [--model NAME]                   (a judge that joined later reads the kept answers)
 
@@ -143,7 +143,9 @@ class Evaluator:
 # item 6: whether a front found against the judge is better under each common judge);
 # ``ours-winsorized`` and ``ours-median`` swap the default direction for a robust estimate of it
 # (issue 30, item 3), everything else the defaults; ``ours-screen`` skips the refusal pass of trials
-# the generation-free screen finds dominated (issue 29, item 3: is the front as good at equal trials?).
+# the generation-free screen finds dominated (issue 29, item 3: is the front as good at equal trials?);
+# ``ours-read`` lets trials also remove the direction where layers read the residual stream (issue
+# 30, item 2), a third intervention beside the default two.
 TOOLS = {
     "ours": "abliterate, defaults",
     "ours-tpe": "abliterate, no designed starting trials (starting_points=0)",
@@ -152,6 +154,7 @@ TOOLS = {
     "ours-winsorized": "abliterate, the direction from winsorized residuals (methods=winsorized)",
     "ours-median": "abliterate, the direction from coordinate-wise medians (methods=median)",
     "ours-screen": "abliterate, trials the refusal screen finds dominated pruned without a refusal pass (screen=prune)",
+    "ours-read": "abliterate, the read-side edit as a third intervention (interventions=ablate,heads,read)",
     "heretic": "Heretic 1.4.0",
     "abliterix": "Abliterix 1.12.2",
     "temaq": "temaq-abliterated 1.1.1: one chosen model; its search gets the CPU seconds of ours at the same seed",
@@ -159,7 +162,8 @@ TOOLS = {
 OURS_CONFIG = {"ours": {}, "ours-tpe": {"starting_points": 0}, "ours-measured": {"measured_starts": True},
                "ours-embed": {"judge": "embed"}, "ours-winsorized": {"space": {"methods": ["winsorized"]}},
                "ours-median": {"space": {"methods": ["median"]}},
-               "ours-screen": {"screen": "prune"}}  # StudyConfig overrides per variant of ours
+               "ours-screen": {"screen": "prune"},
+               "ours-read": {"space": {"interventions": ["ablate", "heads", "read"]}}}  # StudyConfig overrides per variant of ours
 
 
 def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args,

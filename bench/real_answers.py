@@ -52,7 +52,7 @@ def edits(strongest: float) -> dict[str, dict | None]:
 def generate() -> None:
     import torch
 
-    from abliterate.ablation import Baker, find_writers, load_model
+    from abliterate.ablation import Baker, load_model
     from abliterate.ablation.resolve import edit_for_params
     from abliterate.objectives.generation import generate_greedy
     from abliterate.objectives.payload import compute_payload
@@ -67,7 +67,7 @@ def generate() -> None:
     harmful, harmless = load_prompts(EXTRACTION[0]), load_prompts(EXTRACTION[1])
     residuals = capture_extraction(loaded, harmful, harmless, chat, BATCH)
     payload = compute_payload(loaded, harmful, harmless, residuals, PRESETS["default"], chat=chat, batch_size=BATCH)
-    baker, prompts = Baker(find_writers(loaded.model)), load_prompts(PROMPTS)
+    baker, prompts = Baker.for_model(loaded.model), load_prompts(PROMPTS)
     texts = chat.apply(loaded, prompts)
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -39,7 +39,7 @@ from unittest import mock
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from abliterate.ablation import Baker, Profile, find_writers, load_model
+from abliterate.ablation import Baker, Profile, load_model
 from abliterate.ablation.bake import Edit
 from abliterate.ablation.directions import mean_difference
 from abliterate.ablation.residuals import capture_last_token
@@ -145,7 +145,7 @@ def main() -> None:
     refusal_variants += [] if args.skip_hf else [("HF generate, early stop (old)", _generate_hf, True)]
     refusal_variants += [(f"continuous batching, early stop, batch {size}", _at_batch_size(size), True)
                          for size in args.also_batch_sizes]
-    baker = Baker(find_writers(loaded.model))
+    baker = Baker.for_model(loaded.model)
     for state in args.states:
         with baker.baked_into(Edit(direction, Profile.uniform(1.0))) if state == "edited" else nullcontext():
             print(f"\n== {state} model")

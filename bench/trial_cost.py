@@ -104,7 +104,7 @@ def trial_row(trial) -> dict:
 def time_floors(url: str, trials: list[dict], repeats: int) -> list[dict]:
     """Per feasible trial: the floor's two passes from the first edited layer up, and the KL pass
     in full (best of ``repeats`` each, seconds of wall and of CPU)."""
-    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation import Baker
     from abliterate.ablation.prefix import first_edited_layer
     from abliterate.objectives.kl import KLScorer
     from abliterate.objectives.refusal import MarkerProxy
@@ -117,7 +117,7 @@ def time_floors(url: str, trials: list[dict], repeats: int) -> list[dict]:
     kl = KLScorer(loaded.model, loaded.tokenizer, kit.chat.apply(loaded, harmless), batch_size=config.batch_size)
     screen = RefusalScreen(loaded, kit.chat.apply(loaded, harmful), max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
     judged = MarkerProxy(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, chat=kit.chat)
-    baker = Baker(find_writers(loaded.model))
+    baker = Baker.for_model(loaded.model)
     floors = []
     for row in trials:
         if not row["feasible"]:

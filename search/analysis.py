@@ -133,7 +133,7 @@ def holdout_control(kit, params: dict, edit: Edit, log: Callable[[str], None] = 
 
     import torch
 
-    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation import Baker
     from abliterate.ablation.candidate import candidate_from_params
     from abliterate.ablation.directions import by_method
     from abliterate.ablation.registry import methods
@@ -153,7 +153,7 @@ def holdout_control(kit, params: dict, edit: Edit, log: Callable[[str], None] = 
     learned = methods.get(method).directions(candidate_from_params(params, stored.shape[0]), stored)
     cosine = float(torch.nn.functional.cosine_similarity(learned.float().reshape(-1, learned.shape[-1]),
                                                          edit_direction.float().reshape(-1, learned.shape[-1])).mean())
-    baker = Baker(find_writers(loaded.model))
+    baker = Baker.for_model(loaded.model)
     other_half = Scorer(loaded, harmful[1::2], harmless[1::2], None, max_new_tokens, batch_size, chat)
     confirmation = Scorer(loaded, prompts["harmful", "confirmation"], prompts["harmless", "confirmation"], None, max_new_tokens,
                           batch_size, chat)
@@ -177,7 +177,7 @@ def run_controls(kit, params: dict, count: int, seed: int = 0, holdout: bool = T
     holdout-learned direction. An edit that is not one direction is refused in one line."""
     import torch
 
-    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation import Baker
     from abliterate.objectives.dose import Scorer, controls
 
     edit = measurable_edit(kit, params)
@@ -185,7 +185,7 @@ def run_controls(kit, params: dict, count: int, seed: int = 0, holdout: bool = T
     scorer = Scorer(loaded, kit.prompts["harmful", "evaluation"], kit.prompts["harmless", "evaluation"], None,
                     config.max_new_tokens, config.batch_size, kit.chat)
     with torch.no_grad():
-        result = controls(scorer, Baker(find_writers(loaded.model)), edit, count, seed, log)
+        result = controls(scorer, Baker.for_model(loaded.model), edit, count, seed, log)
         if holdout:
             result["holdout"] = holdout_control(kit, params, edit, log)
     return result

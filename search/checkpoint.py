@@ -145,13 +145,13 @@ def write_checkpoint(loaded, directions: dict, params: dict, out: str, overwrite
     (:mod:`ablation.adapter`), the model untouched, and the record says so under ``adapter``."""
     from safetensors.torch import save_file
 
-    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation import Baker
     from abliterate.ablation.candidate import candidate_from_params
     from abliterate.ablation.export import export_checkpoint, weight_hashes
     from abliterate.ablation.resolve import layers_of, resolve, used_tensors
 
     candidate = candidate_from_params(params, layers_of(directions))
-    baker = Baker(find_writers(loaded.model))
+    baker = Baker.for_model(loaded.model)
     edit = resolve(candidate, directions, baker.writers)
     adapter: dict = {}
     if adapter_rank is None:

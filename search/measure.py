@@ -230,7 +230,7 @@ def dose(subject: DoseSubject, alphas: Sequence[float], out: Path, mode: str = "
     (A, B inclusive); dose.json and dose.png in ``out``; the paths."""
     import torch
 
-    from abliterate.ablation import Baker, find_writers
+    from abliterate.ablation import Baker
     from abliterate.ablation.bake import Edit
     from abliterate.ablation.profile import Profile
     from abliterate.objectives.dose import Scorer, ablation_intervention, dose_sweep, steering_intervention
@@ -246,7 +246,7 @@ def dose(subject: DoseSubject, alphas: Sequence[float], out: Path, mode: str = "
             last = num_layers - 1 if profile.last_layer is None else profile.last_layer
             profile = Profile(profile.kernels, max(layers[0], profile.first_layer), min(layers[1], last))
         edit = Edit(subject.direction, profile, subject.norm_preserving, heads=subject.heads)
-        intervention = ablation_intervention(Baker(find_writers(loaded.model)), edit)
+        intervention = ablation_intervention(Baker.for_model(loaded.model), edit)
     else:
         from abliterate.ablation.residuals import capture_last_token
 

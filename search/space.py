@@ -45,7 +45,8 @@ class SearchSpace:
     The other research options are opt-in: their parameters are sampled only by a space that
     uses them. ``pca_component`` (0-based) with method ``pca``; ``cone_rank`` (directions
     removed together) with ``cone``; ``amplify_strength`` with intervention ``amplify``;
-    ``heads`` (how many) with ``heads``; ``calibration`` (the target percentile of a calibrated
+    ``heads`` (how many) with ``heads``; ``read_peak``, ``read_peak_weight`` and ``read_falloff``
+    (the kernel of the readers' edit) with ``read``; ``calibration`` (the target percentile of a calibrated
     profile, see :func:`ablation.resolve.calibrated_profile`) when the space lists any.
     """
 
@@ -65,6 +66,9 @@ class SearchSpace:
     cone_rank: tuple[int, int] = (1, 4)
     amplify_strength: tuple[float, float] = (0.0, 0.5)
     heads: tuple[int, int] = (1, 32)
+    read_peak: tuple[float, float] = (0.4, 1.0)
+    read_peak_weight: tuple[float, float] = (0.0, 1.0)
+    read_falloff: tuple[float, float] = (0.05, 0.6)
     sae_features: tuple[int, int] = (1, 8)
     calibration: tuple[int, ...] = ()  # target percentiles of calibrated profiles (0: uncalibrated); empty: off
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from abliterate.ablation import Baker, find_writers
+from abliterate.ablation import Baker
 from abliterate.ablation.candidate import Candidate
 from abliterate.ablation.directions import separation, writes_along
 from abliterate.ablation.loading import LoadedModel
@@ -143,7 +143,7 @@ class TrialRunner:
         self.edgy = list(edgy) if edgy else None
         self.edgy_proxy = MarkerProxy(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat) if edgy else None
         self.proxy, self.kl_cap = proxy, kl_cap
-        self.baker = Baker(find_writers(loaded.model))
+        self.baker = Baker.for_model(loaded.model)
         self.kl = KLScorer(loaded.model, loaded.tokenizer, chat.apply(loaded, harmless), kl_tokens, batch_size)
         proxy.use_base(loaded)  # a model judge that is the base model judges after each restore
         proxy.prepare(loaded, self.harmful)

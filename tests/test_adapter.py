@@ -10,6 +10,7 @@ from abliterate.ablation.bake import Amplification, Baker, Edit
 from abliterate.ablation.cone import orthonormal_basis
 from abliterate.ablation.errors import AblationError
 from abliterate.ablation.profile import Kernel, Profile
+from abliterate.ablation.readers import READ_GROUPS
 from fixtures.tiny import LAYERS, MULTIMODAL_TYPES, TEXT_TYPES
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -58,7 +59,7 @@ def adapter_round_trip(tiny, model_type, edit_of, max_rank, folder):
 
     model, tokenizer = tiny(model_type)
     edit = edit_of(model)
-    baker = Baker(find_writers(model))
+    baker = Baker.for_model(model)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     saved = save_adapter(model, edit_factors(baker, edit, max_rank), folder)
     assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())  # the model is left as it was
@@ -78,6 +79,15 @@ def test_an_adapter_loaded_by_peft_gives_the_baked_model(tiny, model_type, tmp_p
     assert saved["rank"] == 1 and saved["max_error"] < 1e-5  # one direction: rank 1, exact
     assert (adapted - baked).abs().max() < LOGIT_TOLERANCE
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+
+
+@pytest.mark.parametrize("model_type", TEXT_TYPES + MULTIMODAL_TYPES)
+def test_a_read_side_edit_is_an_adapter_too(tiny, model_type, tmp_path):
+    reads = Kernel("tent", 2.0, 0.8, 0.0, 2.0)
+    profile = Profile({ATTN: Kernel("tent", 1.5, 1.1, 0.2, 2.0), MLP: Kernel("tent", 2.0, 0.9, 0.1, 1.5), **dict.fromkeys(READ_GROUPS, reads)})
+    adapted, baked, saved = adapter_round_trip(tiny, model_type, lambda m: Edit(per_layer(m), profile), 4, tmp_path)
+    assert saved["rank"] == 1 and saved["max_error"] < 1e-5  # W - w W u u^T: rank 1 on the input side as well
+    assert (adapted - baked).abs().max() < LOGIT_TOLERANCE
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen3_moe", "gemma3_text"])

@@ -83,7 +83,7 @@ def test_full_bake_removes_direction_from_every_layer_write(tiny, model_type, pe
     assert along(layer_writes(model, tokenizer), directions).max() < 2e-5
     for writer in baker.writers:  # every expert slice, not only the routed ones
         r = unit(directions[writer.layer] if per_layer else directions)
-        if writer.post_norm_scale is None:
+        if writer.norm_scale is None:
             assert (writer.weight.float().movedim(writer.residual_axis, -1) @ r).abs().max() < 1e-5
 
 

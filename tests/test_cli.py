@@ -24,12 +24,14 @@ def model_dir(saved_tiny):
     return saved_tiny("qwen3_moe")
 
 
-def test_inspect_prints_every_writer(model_dir):
+def test_inspect_prints_every_writer_and_reader(model_dir):
     result = abliterate("inspect", "--model", model_dir)
     assert result.returncode == 0, result.stderr
     assert "model.layers.0.mlp.down_proj" in result.stdout
     assert "model.layers.3.mlp.experts.down_proj" in result.stdout and "4x64x32" in result.stdout
     assert "4 layers, 8 writers (attn 4, mlp 4), 12 routed experts" in result.stdout
+    assert "model.layers.3.mlp.experts.gate_up_proj" in result.stdout and "model.layers.3.mlp.gate " not in result.stdout  # no router
+    assert "4 layers, 17 readers (attn-read 12, mlp-read 5), 12 routed experts" in result.stdout
 
 
 @pytest.mark.parametrize("method", ["mean", "probe"])

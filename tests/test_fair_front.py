@@ -118,7 +118,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     for args, message in (
-        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, heretic, abliterix, temaq"),
+        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, ours-read, heretic, abliterix, temaq"),
         (("--tools", "ours", "--candidates", "0"), "--candidates 0: give a positive number of front trials, or 'all'"),
         (("--tools", "ours", "--model", str(tmp_path / "missing")), f"no model at {tmp_path / 'missing'}"),
         (("--tools", "temaq,ours", "--temaq-python", sys.executable, "--model", str(model)),

@@ -59,11 +59,11 @@ def test_full_subspace_bake_leaves_no_writer_writing_in_the_span(tiny, one_torch
     baker = Baker(find_writers(model))
     baker.bake(Edit(q, Profile.uniform(1.0)))
     for writer in baker.writers:
-        if writer.post_norm_scale is None:
+        if writer.norm_scale is None:
             written = writer.weight.float().movedim(writer.residual_axis, -1) @ q[writer.layer].T
             assert written.abs().max() < 1e-5, writer.name
         else:  # Gemma: the span of scale * Q is what the norm turns into span(Q)
-            span = orthonormal_basis(writer.post_norm_scale.float() * q[writer.layer])
+            span = orthonormal_basis(writer.norm_scale.float() * q[writer.layer])
             assert (writer.weight.float().movedim(writer.residual_axis, -1) @ span.T).abs().max() < 1e-5
 
 
@@ -78,13 +78,13 @@ def test_amplify_scales_what_each_writer_passes_on_along_c(tiny, one_torch_threa
 
     def passed_on():
         return {w.name: w.weight.float().movedim(w.residual_axis, -1)
-                * (1 if w.post_norm_scale is None else w.post_norm_scale.float()) @ c[w.layer] for w in baker.writers}
+                * (1 if w.norm_scale is None else w.norm_scale.float()) @ c[w.layer] for w in baker.writers}
 
     with baker.baked_into(Edit(r, profile)):
         removed = passed_on()
     with baker.baked_into(Edit(r, profile, amplify=Amplification(c, 0.3))):
         amplified = passed_on()
-    assert any(w.post_norm_scale is not None for w in baker.writers) == (model_type == "gemma3_text")
+    assert any(w.norm_scale is not None for w in baker.writers) == (model_type == "gemma3_text")
     for name, before in removed.items():
         assert torch.allclose(amplified[name], 1.3 * before, atol=1e-4, rtol=1e-4), name
 

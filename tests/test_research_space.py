@@ -76,7 +76,7 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
     assert {t.params["method"] for t in done} == set(METHODS)
     assert {t.params["intervention"] for t in done} == set(INTERVENTIONS)
     for trial in done:  # the research params are sampled on every trial of such a space
-        assert {"pca_component", "cone_rank", "sae_features", "intervention", "amplify_strength", "heads", "calibration"} <= set(trial.params)
+        assert {"pca_component", "cone_rank", "sae_features", "intervention", "amplify_strength", "heads", "read_peak", "calibration"} <= set(trial.params)
     assert {t.params["calibration"] for t in done} >= {0, 25, 75, 95}
     log = "\n".join(said)
     from abliterate.storage.records import DIRECTIONS_REPORT
@@ -86,7 +86,7 @@ def test_every_method_and_intervention_runs_in_one_study(research_study):
 
 
 def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for_bit(research_study, tmp_path):
-    from abliterate.ablation import Baker, find_writers, load_model
+    from abliterate.ablation import Baker, load_model
     from abliterate.ablation.resolve import resolve
     from abliterate.search.checkpoint import export_loaded, rebuild
     from abliterate.search.kit import StudyKit
@@ -107,7 +107,7 @@ def test_each_kind_of_trial_exports_reloads_with_its_logits_and_rebuilds_bit_for
         intervention = kind
         out = export_loaded(kit, trial, None, tmp_path / f"t{number}")
         candidate = candidate_from_params(trial.params, 4)
-        baker = Baker(find_writers(base.model))
+        baker = Baker.for_model(base.model)
         with torch.no_grad(), baker.baked_into(resolve(candidate, directions, baker.writers)):
             baked = base.model(**text).logits
         unedited = base.model(**text).logits

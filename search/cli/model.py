@@ -25,7 +25,7 @@ DEFAULT_SETS = {"harmful": "demo-harmful", "harmless": "demo-harmless"}
 
 
 def register(commands) -> None:
-    inspect = add_command(commands, "inspect", "list every residual writer the model has, per layer")
+    inspect = add_command(commands, "inspect", "list every residual writer (and reader) the model has, per layer")
     model_options(inspect)
     inspect.set_defaults(run=_inspect)
 
@@ -66,9 +66,11 @@ def register(commands) -> None:
 def _inspect(args) -> int:
     local_model(args.model)  # a wrong path is told before torch is imported
     from abliterate.ablation.architectures import find_writers
+    from abliterate.ablation.readers import find_readers
 
     loaded = load(args, tokenizer=False)  # the writers are in the weights: a folder without a tokenizer is fine
     print_writers(find_writers(loaded.model), title=f"residual writers of {args.model}")
+    print_writers(find_readers(loaded.model), title=f"residual readers of {args.model} (edited by the read intervention)")
     return 0
 
 
@@ -76,12 +78,12 @@ def print_writers(writers, title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("layer", "group", "module", "shape", "residual axis", "bias", "post-norm"):
+    for column in ("layer", "group", "module", "shape", "residual axis", "bias", "norm between"):
         table.add_column(column, overflow="fold")
     for w in writers:
         table.add_row(
             str(w.layer), w.group, w.name, "x".join(map(str, w.weight.shape)), str(w.residual_axis),
-            "yes" if w.bias is not None else "", "yes" if w.post_norm_scale is not None else "",
+            "yes" if w.bias is not None else "", "yes" if w.norm_scale is not None else "",
         )
     out = console()
     out.print(table)
@@ -89,7 +91,8 @@ def print_writers(writers, title: str) -> None:
     experts = sum(w.experts or 0 for w in writers)
     layers = len({w.layer for w in writers})
     summary = ", ".join(f"{group} {count}" for group, count in sorted(groups.items()))
-    out.print(f"{layers} layers, {len(writers)} writers ({summary}), {experts} routed experts")
+    kind = "readers" if any(w.group.endswith("-read") for w in writers) else "writers"
+    out.print(f"{layers} layers, {len(writers)} {kind} ({summary}), {experts} routed experts")
 
 
 def _directions(args) -> int:
