@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -201,16 +202,29 @@ def report(args) -> None:
     lines = [f"Agent sweep on the shipped container tasks: {args.candidate} against {args.base} "
              f"({candidate['attempts']} attempts per task, {candidate['settings']['turns']} turns, greedy; "
              f"{candidate['date']}, {candidate['machine']})", "",
-             "| task | kind | base | candidate | p (Fisher, one-sided) | base s/attempt | candidate s/attempt |",
-             "|---|---|---|---|---|---|---|"]
+             "| task | kind | base | candidate | p (Fisher, one-sided) | base s/attempt | candidate s/attempt | base ran a command | candidate ran a command |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in counts:
         b_s, c_s = (_median(r["tasks"][c.task]["seconds"]) for r in (base, candidate))
         lines.append(f"| {c.task} | {', '.join(tags.get(c.task, ()))} | {c.baseline_pass}/{c.baseline_n} | "
-                     f"{c.candidate_pass}/{c.candidate_n} | {per_task[c.task]['p']:.3f} | {b_s:.1f} | {c_s:.1f} |")
-    lines += ["", f"Gate (rule any, alpha 0.10): {'accepted' if result.accepted else 'no lift'}: {result.reason}"]
+                     f"{c.candidate_pass}/{c.candidate_n} | {per_task[c.task]['p']:.3f} | {b_s:.1f} | {c_s:.1f} | "
+                     f"{_acted(args.base, c.task)} | {_acted(args.candidate, c.task)} |")
+    medians = {label: _median([s for t in r["tasks"].values() for s in t["seconds"]]) for label, r in ((args.base, base), (args.candidate, candidate))}
+    lines += ["", "Median seconds per attempt: " + ", ".join(f"{label} {value:.1f}" for label, value in medians.items()),
+              f"Gate (rule any, alpha 0.10): {'accepted' if result.accepted else 'no lift'}: {result.reason}"]
     text = "\n".join(lines)
     print(text)
     (RECORD / f"report-{args.candidate}.md").write_text(text + "\n")
+
+
+def _acted(label: str, task: str) -> str:
+    """Of the attempts whose transcript is kept (bench/out/agent/LABEL), those in which the agent
+    ran at least one command: a model that declines runs none."""
+    kept = [f for f in (WORK / label).glob("*.json") if re.fullmatch(rf"{re.escape(task)}-\d+\.json", f.name)]
+    if not kept:
+        return "-"
+    ran = sum(any("command" in turn for turn in json.loads(f.read_text())["turns"]) for f in kept)
+    return f"{ran}/{len(kept)}"
 
 
 def _tasks():
