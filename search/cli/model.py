@@ -70,11 +70,11 @@ def _inspect(args) -> int:
 
     loaded = load(args, tokenizer=False)  # the writers are in the weights: a folder without a tokenizer is fine
     print_writers(find_writers(loaded.model), title=f"residual writers of {args.model}")
-    print_writers(find_readers(loaded.model), title=f"residual readers of {args.model} (edited by the read intervention)")
+    print_writers(find_readers(loaded.model), title=f"residual readers of {args.model} (edited by the read intervention)", kind="readers")
     return 0
 
 
-def print_writers(writers, title: str) -> None:
+def print_writers(writers, title: str, kind: str = "writers") -> None:
     from rich.table import Table
 
     table = Table(title=title)
@@ -91,7 +91,6 @@ def print_writers(writers, title: str) -> None:
     experts = sum(w.experts or 0 for w in writers)
     layers = len({w.layer for w in writers})
     summary = ", ".join(f"{group} {count}" for group, count in sorted(groups.items()))
-    kind = "readers" if any(w.group.endswith("-read") for w in writers) else "writers"
     out.print(f"{layers} layers, {len(writers)} {kind} ({summary}), {experts} routed experts")
 
 
