@@ -16,11 +16,12 @@ from abliterate.storage.records import BASELINE
 
 
 def measure(loaded, proxy, harmful: Sequence[str], edgy: Sequence[str] | None = None, chat=None, max_new_tokens: int = 48,
-            batch_size: int = 16) -> dict:
+            batch_size: int = 16, capability: bool = False) -> dict:
     """The unedited ``loaded`` model scored as a trial is: by the study's ``proxy`` on its
-    ``harmful`` evaluation prompts and, with ``edgy``, its over-refusal by refusal markers.
-    Returns ``refusal`` (the objective), ``refusal_rate``, ``degenerate_rate``, ``over_refusal``,
-    the number of ``prompts`` and the ``seconds`` the passes took."""
+    ``harmful`` evaluation prompts, with ``edgy`` its over-refusal by refusal markers, and with
+    ``capability`` its accuracy on the capability questions. Returns ``refusal`` (the objective),
+    ``refusal_rate``, ``degenerate_rate``, ``over_refusal``, ``capability``, the number of
+    ``prompts`` and the ``seconds`` the passes took."""
     from abliterate.objectives.refusal import ChatFormat, MarkerProxy
 
     start = time.perf_counter()
@@ -32,6 +33,10 @@ def measure(loaded, proxy, harmful: Sequence[str], edgy: Sequence[str] | None = 
     if edgy:
         markers = MarkerProxy(max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat or ChatFormat())
         base["over_refusal"] = markers.score(loaded, edgy).rate("refusal")
+    if capability:
+        from abliterate.objectives.capability import ask, load_questions
+
+        base["capability"] = ask(loaded, load_questions(), chat or ChatFormat(), batch_size).accuracy
     return base | {"seconds": round(time.perf_counter() - start, 3)}
 
 
@@ -47,5 +52,6 @@ def baseline_line(base: dict | None) -> str:
         return ("base model: not measured in this study (made before that, or no worker has computed its directions yet); "
                 "abliterate evaluate --model BASE --base BASE --storage URL --study NAME --prompt-set evaluation measures it")
     over = f", over-refusal {base['over_refusal']:.0%}" if base.get("over_refusal") is not None else ""
+    over += f", capability {base['capability']:.0%}" if base.get("capability") is not None else ""
     return (f"base model (unedited) on the {base['prompts']} evaluation prompts: refusal {base['refusal']:.3f}, "
             f"refused {base['refusal_rate']:.0%}, degenerate {base['degenerate_rate']:.0%}{over}")

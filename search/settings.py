@@ -28,7 +28,7 @@ ENV_PREFIX = "ABLITERATE_"
 BATCH_HELP = "prompts per forward pass and answers decoded at once (lower it if memory runs out)"
 STORAGE_HELP = "sqlite:///FILE.db (default sqlite:///abliterate.db) or postgresql+psycopg2://..."
 SPACE_PRESETS = ("default", "ablate", "heads", "wide")  # search.space.PRESETS, named here so that --help imports no engine
-OBJECTIVES = ("refusal,kl", "refusal,kl,over-refusal")  # what trials may minimise (StudyConfig.objectives)
+OBJECTIVES = ("refusal,kl", "refusal,kl,over-refusal", "refusal,kl,capability")  # what trials may minimise (StudyConfig.objectives)
 SCREENS = ("off", "record", "prune")  # what the refusal screen does (StudyConfig.screen)
 
 
@@ -99,8 +99,9 @@ class SearchSettings:
                                             "development model's 60 % depth")
     sampler: str = _setting("tpe", "tpe (multivariate), nsga2, gp or random")
     seed: int | None = _setting(None, "sampler seed (default: random)", type=int)
-    objectives: str = _setting("refusal,kl", "what trials minimise; over-refusal is the refusal rate on --edgy prompts",
-                               choices=OBJECTIVES)
+    objectives: str = _setting("refusal,kl", "what trials minimise; over-refusal is the refusal rate on --edgy prompts, "
+                                             "capability the share of the shipped capability questions answered wrong "
+                                             "(abliterate evaluate --capability)", choices=OBJECTIVES)
     edgy: str | None = _setting(None, "benign-but-edgy prompt source of the over-refusal objective (e.g. rho-edgy; not a part "
                                       "of --harmless)")
     screen: str = _setting("off", "the generation-free refusal screen (how likely the model still opens with the base "

@@ -69,7 +69,7 @@ class StudyConfig:
     prompt_files: dict[str, str] = field(default_factory=dict)
     harmful_categories: str | None = DEFAULTS.harmful_categories  # a column of the harmful source: the cone's categories (else k-means)
     sae: str | None = DEFAULTS.sae  # a folder of per-layer sparse autoencoders: method sae (ablation.sae)
-    objectives: str = DEFAULTS.objectives  # or "refusal,kl,over-refusal": the refusal rate on benign-but-edgy prompts too
+    objectives: str = DEFAULTS.objectives  # or a third: "refusal,kl,over-refusal" or "refusal,kl,capability"
     edgy: str | None = DEFAULTS.edgy  # prompt source of the over-refusal objective
     screen: str = DEFAULTS.screen  # off, record or prune: the generation-free refusal screen (objectives.screen)
     # Every process of the study beats and judges heartbeats alike: a worker with a shorter grace
@@ -96,9 +96,9 @@ class StudyConfig:
             raise AblationError(f"the batch size must be a whole number of at least 1, or auto; got {self.batch_size!r} (--batch-size)")
         if self.screen not in SCREENS:
             raise AblationError(f"unknown screen mode {self.screen!r}; use one of {', '.join(SCREENS)} (--screen)")
-        if self.screen == "prune" and self.over_refusal:
-            raise AblationError("--screen prune compares refusals and KL only, and this study has the over-refusal objective; "
-                                "use --screen record")
+        if self.screen == "prune" and self.third_objective:
+            raise AblationError(f"--screen prune compares refusals and KL only, and this study has the {self.third_objective} "
+                                "objective; use --screen record")
         if self.over_refusal and not self.edgy:
             raise AblationError("the over-refusal objective needs benign-but-edgy prompts: pass --edgy SRC (e.g. rho-edgy)")
         self.judge_settings()  # a bad judge spec fails here, with its one-line message
@@ -138,6 +138,17 @@ class StudyConfig:
     def over_refusal(self) -> bool:
         """Whether over-refusal on :attr:`edgy` prompts is a third objective."""
         return self.objectives == OBJECTIVES[1]
+
+    @property
+    def capability(self) -> bool:
+        """Whether the share of capability questions answered wrong is a third objective."""
+        return self.objectives == OBJECTIVES[2]
+
+    @property
+    def third_objective(self) -> str | None:
+        """The third objective's name ("over-refusal", "capability"), or None with two."""
+        names = self.objectives.split(",")
+        return names[2] if len(names) > 2 else None
 
     def prompts(self) -> dict[tuple[str, str], list[str]]:
         """Every prompt set, loaded and checked to be pairwise disjoint (the edgy set, when the

@@ -22,6 +22,7 @@ from abliterate.ablation.loading import LoadedModel
 from abliterate.ablation.prefix import first_edited_layer
 from abliterate.ablation.residuals import capture_last_token
 from abliterate.ablation.resolve import method_tensor, resolve
+from abliterate.objectives.capability import ask, letter_tokens, load_questions
 from abliterate.objectives.kl import KLScorer
 from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
 from abliterate.objectives.screen import RefusalScreen
@@ -103,9 +104,10 @@ class TrialOutcome:
     seconds: dict[str, float] = field(default_factory=dict)
     edited_layers: tuple[int, ...] = ()
     over_refusal: RefusalScore | None = None  # on benign-but-edgy prompts, when the study has that objective
-    objectives: int = 2
+    third: str | None = None  # the study's third objective: "over-refusal", "capability" or none
     screen: float | None = None  # the generation-free refusal screen of a feasible trial, when the runner has one
     screened_out_by: int | None = None  # the fully scored trial whose screen and KL made the refusal pass needless
+    capability: float | None = None  # accuracy on the capability questions, when the study has that objective
 
     @property
     def pruned(self) -> bool:
@@ -122,11 +124,14 @@ class TrialOutcome:
 
     @property
     def values(self) -> tuple[float, ...]:
-        """The objectives, all minimised: (refusal proxy, KL), and the over-refusal rate when the
-        study has three (the worst, 1.0, when the trial was over the KL cap)."""
+        """The objectives, all minimised: (refusal proxy, KL), and when the study has a third the
+        over-refusal rate or the share of capability questions answered wrong (the worst, 1.0,
+        when the trial was over the KL cap)."""
         values = (self.refusal.value if self.refusal else INFEASIBLE_REFUSAL, self.kl)
-        if self.objectives == 3:
+        if self.third == "over-refusal":
             values += (self.over_refusal.rate("refusal") if self.over_refusal else INFEASIBLE_REFUSAL,)
+        elif self.third == "capability":
+            values += (1.0 - self.capability if self.capability is not None else INFEASIBLE_REFUSAL,)
         return values
 
 
@@ -136,8 +141,8 @@ class TrialRunner:
     def __init__(self, loaded: LoadedModel, directions: dict[str, torch.Tensor], harmful: Sequence[str],
                  harmless: Sequence[str], proxy: RefusalProxy, kl_cap: float, kl_tokens: int = 1,
                  chat: ChatFormat = ChatFormat(), batch_size: int = 16, edgy: Sequence[str] | None = None,
-                 max_new_tokens: int = 48, screen: bool = False):
-        self.loaded, self.directions, self.harmful = loaded, directions, list(harmful)
+                 max_new_tokens: int = 48, screen: bool = False, capability: bool = False):
+        self.loaded, self.directions, self.harmful, self.chat, self.batch_size = loaded, directions, list(harmful), chat, batch_size
         # Over-refusal (a third objective) is a refusal rate on benign-but-edgy prompts, judged by
         # markers whatever proxy drives the search, like abliterate evaluate's.
         self.edgy = list(edgy) if edgy else None
@@ -150,6 +155,10 @@ class TrialRunner:
         # Measured beside the generated count, to learn how far it can stand in for it (issue 29).
         self.screen = RefusalScreen(loaded, chat.apply(loaded, self.harmful), getattr(proxy, "judge", None), max_new_tokens,
                                     batch_size) if screen else None
+        # Capability (a third objective): the shipped questions, read from the next token (no generation).
+        self.questions = load_questions() if capability else None
+        if self.questions:
+            letter_tokens(loaded.tokenizer)  # a tokenizer that cannot tell the answers apart is told before any trial
 
     def run(self, candidate: Candidate, give_up_at: Callable[[float], int | None] | None = None,
             screened_out: Callable[[float, float], int | None] | None = None) -> TrialOutcome:
@@ -160,7 +169,7 @@ class TrialRunner:
         the restore (see :meth:`RefusalProxy.score_edited`)."""
         seconds = {}
         start, cpu = time.perf_counter(), time.process_time()
-        finish = over_refusal = screened = screened_out_by = None
+        finish = over_refusal = capability = screened = screened_out_by = None
         with self.baker.baked_into(resolve(candidate, self.directions, self.baker.writers)) as report:
             seconds["bake"] = time.perf_counter() - start
             # The layers below the edit are replayed from the base pass (ablation.prefix).
@@ -181,6 +190,10 @@ class TrialRunner:
                     mark = time.perf_counter()
                     over_refusal = self.edgy_proxy.score(self.loaded, self.edgy)
                     seconds["over_refusal"] = time.perf_counter() - mark
+                if self.questions:
+                    mark = time.perf_counter()
+                    capability = ask(self.loaded, self.questions, self.chat, self.batch_size).accuracy
+                    seconds["capability"] = time.perf_counter() - mark
         refusal = None
         if finish is not None:
             mark = time.perf_counter()
@@ -188,5 +201,5 @@ class TrialRunner:
             seconds["judge"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
         seconds["cpu"] = time.process_time() - cpu  # every thread of this process: comparable across thread counts
-        return TrialOutcome(kl, feasible, refusal, seconds, report.layers, over_refusal, 3 if self.edgy else 2, screened,
-                            screened_out_by)
+        third = "over-refusal" if self.edgy else "capability" if self.questions else None
+        return TrialOutcome(kl, feasible, refusal, seconds, report.layers, over_refusal, third, screened, screened_out_by, capability)

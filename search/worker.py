@@ -117,7 +117,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             harmful_evaluation = prompts["harmful", "evaluation"]
             step(f"measuring the base model's refusals on the {len(harmful_evaluation)} evaluation prompts (one refusal pass)")
             base = baseline.measure(loaded, proxy, harmful_evaluation, prompts["edgy", "evaluation"] if config.over_refusal else None,
-                                    kit.chat, config.max_new_tokens, config.batch_size)
+                                    kit.chat, config.max_new_tokens, config.batch_size, capability=config.capability)
             study.set_user_attr(BASELINE, base)
             step(baseline.baseline_line(base))
             halt.at("baseline")
@@ -128,7 +128,8 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
     step(f"the base model's log-probs on the {len(prompts['harmless', 'evaluation'])} harmless evaluation prompts (KL's reference)")
     runner = TrialRunner(loaded, directions, prompts["harmful", "evaluation"], prompts["harmless", "evaluation"],
                          proxy, config.kl_cap, config.kl_tokens, kit.chat, config.batch_size,
-                         prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens, config.screen != "off")
+                         prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens, config.screen != "off",
+                         config.capability)
     cached = runner.kl.prefix.nbytes + (runner.screen.prefix.nbytes if runner.screen else 0)
     step(f"prefix cache: {cached / 2**20:.1f} MiB of layer outputs (a trial runs the layers from its first edited one up)"
          + (f"; screen: the base model's refusals of {runner.screen.screened} prompts" if runner.screen else ""))
@@ -159,9 +160,9 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
                     return t.number
             return None
 
-        # Pruning compares (refusal, KL) only: with over-refusal as a third objective a trial
-        # dominated there may still reach the front, so every trial runs to its end.
-        outcome = runner.run(kit.candidate(params), None if config.over_refusal else give_up_at,
+        # Pruning compares (refusal, KL) only: with a third objective a trial dominated there may
+        # still reach the front, so every trial runs to its end.
+        outcome = runner.run(kit.candidate(params), None if config.third_objective else give_up_at,
                              screened_out if config.screen == "prune" else None)
         by = outcome.screened_out_by if outcome.screened_out_by is not None else dominated_by[-1] if outcome.pruned else None
         record(trial, outcome, config.kl_cap, owner, by)
@@ -174,7 +175,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
                 f"(dominated by trial {by}), {outcome.seconds['total']:.1f} s")
             raise optuna.TrialPruned(f"dominated by trial {by}")
-        over = f", over-refusal {outcome.values[2]:.3f}" if len(outcome.values) == 3 else ""
+        over = f", {outcome.third} {outcome.values[2]:.3f}" if len(outcome.values) == 3 else ""
         log(f"trial {trial.number}: refusal {outcome.values[0]:.3f}, KL {outcome.kl:.4f}{over}"
             f"{'' if outcome.feasible else ' (over the KL cap)'}, {outcome.seconds['total']:.1f} s")
         return outcome.values
@@ -355,7 +356,7 @@ def measured(outcome: TrialOutcome, owner: str, dominated_by: int | None = None)
     record = TrialRecord(kl=outcome.kl, feasible=outcome.feasible, worker=owner, edited_layers=tuple(outcome.edited_layers),
                          seconds={k: round(v, 3) for k, v in outcome.seconds.items()},
                          over_refusal=outcome.over_refusal.rate("refusal") if outcome.over_refusal else None,
-                         screen=outcome.screen, decided_by=outcome.decided_by)
+                         capability_accuracy=outcome.capability, screen=outcome.screen, decided_by=outcome.decided_by)
     if outcome.screened_out_by is not None:
         return replace(record, pruned=True, dominated_by=dominated_by)
     if outcome.pruned:
@@ -387,6 +388,8 @@ def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:
     lines.append(f"**refusal** {score.value:.3f} (refusal rate {score.rate('refusal'):.2f}, degenerate {score.rate('degenerate'):.2f})")
     if outcome.over_refusal:
         lines.append(f"**over-refusal** {outcome.over_refusal.rate('refusal'):.3f} on {outcome.over_refusal.total} edgy prompts")
+    if outcome.capability is not None:
+        lines.append(f"**capability** {outcome.capability:.3f} of the capability questions answered right")
     for prompt, response in score.samples:
         lines += ["", f"> {prompt}", "", "```", response.strip()[:400], "```"]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ PRUNED, REFUSAL_AT_LEAST, DOMINATED_BY = "pruned", "refusal_at_least", "dominate
 # the refusals counted so far (the pass given up); the whole judged refusal pass.
 DECIDERS = ("kl", "screen", "refusals-so-far", "judged")
 REFUSAL, REFUSAL_RATE, DEGENERATE_RATE, COUNTS, OVER_REFUSAL = "refusal", "refusal_rate", "degenerate_rate", "counts", "over_refusal"
+CAPABILITY_ACCURACY = "capability_accuracy"  # on the capability questions, when that is the third objective
 # Where an enqueued candidate came from; a retry of a crashed trial carries these (storage.stale).
 STARTING_POINT = "starting_point"  # True on a designed starting point
 WARM_START = "warm_start"  # {"storage", "study", "trial", "values", "changed", "dropped", "sampled"}
@@ -70,6 +71,7 @@ class TrialRecord:
     degenerate_rate: float | None = None
     counts: dict[str, int] | None = None  # verdict -> prompts
     over_refusal: float | None = None  # refusal rate on the benign-but-edgy prompts
+    capability_accuracy: float | None = None  # on the capability questions (objectives.capability), when the third objective
     screen: float | None = None  # the generation-free refusal screen (objectives.screen), when the study runs it
     decided_by: str | None = None  # the measure that settled the trial: one of DECIDERS
     pruned: bool = False  # the refusal pass stopped once the trial could not reach the front

@@ -104,7 +104,8 @@ def score(value: float, complete: bool = True) -> RefusalScore:
 
 
 OUTCOMES = {
-    "complete": (TrialOutcome(0.02, True, score(0.375), {"total": 1.23456, "kl": 0.5}, (3, 4), score(0.25), objectives=3), None),
+    "complete": (TrialOutcome(0.02, True, score(0.375), {"total": 1.23456, "kl": 0.5}, (3, 4), score(0.25), third="over-refusal"), None),
+    "capability": (TrialOutcome(0.02, True, score(0.375), {"total": 1.2}, (3, 4), third="capability", capability=0.75), None),
     "over the cap": (TrialOutcome(0.9, False, None, {"total": 0.5}, (3,)), None),
     "pruned": (TrialOutcome(0.05, True, score(0.5, complete=False), {"total": 2.0}, (1, 2)), 7),
 }
@@ -125,6 +126,8 @@ def test_what_a_worker_records_reads_back_as_it_measured(tmp_path, kind):
     if kind == "complete":
         assert (read.refusal, read.refusal_rate, read.degenerate_rate, read.over_refusal) == (0.375, 3 / 8, 1 / 8, 3 / 8)
         assert not read.pruned and read.refusal_at_least is None
+    elif kind == "capability":
+        assert read.capability_accuracy == 0.75 and read.over_refusal is None and outcome.values == (0.375, 0.02, 0.25)
     elif kind == "pruned":
         assert read.pruned and read.refusal_at_least == 0.5 and read.dominated_by == 7 and read.refusal is None
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abliterate.search.cli.common import STORAGE_HELP, add_command, console, port, study_options
 from abliterate.search.cli.views import print_front
-from abliterate.storage.records import TrialRecord
+from abliterate.storage.records import CAPABILITY_ACCURACY, TrialRecord
 
 
 def register(commands) -> None:
@@ -49,6 +49,7 @@ def _front(args) -> int:
 def front_figures(record) -> dict:
     """A ``front --json`` row's figures beside its objectives (None where the trial has none)."""
     return {"refusal_rate": record.refusal_rate, "degenerate_rate": record.degenerate_rate, "over_refusal": record.over_refusal,
+            CAPABILITY_ACCURACY: record.capability_accuracy,
             "specific": record.specific, "controls": record.controls}
 
 

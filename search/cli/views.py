@@ -33,7 +33,7 @@ def front_table(study_name: str, trials, base: dict | None = None):
     The edit's method, scope and intervention are columns; where they would make the table wider
     than 80 columns, those that are the same in every row are stated once under it instead."""
     rows = sorted(trials, key=lambda t: tuple(t.values))
-    over = any(len(t.values) > 2 for t in rows) or (base is not None and base.get("over_refusal") is not None)
+    over = _third_column(rows, base)
     described = {name: [_described(t, name) for t in rows] for name in DESCRIPTIVE}
     constant = {name: values[0] for name, values in described.items() if values and len(set(values)) == 1}
     # Too wide: "degenerate" is shortened first, then the columns that are the same in every row
@@ -49,6 +49,21 @@ def front_table(study_name: str, trials, base: dict | None = None):
             hidden = hidden | {name: constant[name]}
         table = _table(study_name, rows, base, over, degenerate, described, hidden)
     return table
+
+
+def _third_column(rows, base: dict | None) -> str | None:
+    """The heading of the third objective's column: ``over`` (over-refusal), ``wrong`` (capability
+    questions answered wrong), or None when the study has two objectives."""
+    if (base or {}).get("capability") is not None or any(TrialRecord.of(t).capability_accuracy is not None for t in rows):
+        return "wrong"
+    if any(len(t.values) > 2 for t in rows) or (base or {}).get("over_refusal") is not None:
+        return "over"
+    return None
+
+
+def _base_third(base: dict) -> str:
+    value = base.get("over_refusal") if base.get("capability") is None else 1.0 - base["capability"]
+    return "" if value is None else f"{value:.0%}"
 
 
 def _described(trial, name: str) -> str:
@@ -74,9 +89,9 @@ def _table(study_name, rows, base, over, degenerate, described, hidden):
                 f"{r.refusal_rate or 0:.0%}", f"{r.degenerate_rate or 0:.0%}"] for t, r in ((t, TrialRecord.of(t)) for t in rows)]
     if base is not None:
         figures.append(["base", f"{base['refusal']:.3f}", "0",
-                        *((f"{base['over_refusal']:.0%}" if base.get("over_refusal") is not None else "",) if over else ()),
+                        *((_base_third(base),) if over else ()),
                         f"{base['refusal_rate']:.0%}", f"{base['degenerate_rate']:.0%}"])
-    for i, column in enumerate(("trial", "refusal", "KL", *(("over",) if over else ()), "refused", degenerate)):
+    for i, column in enumerate(("trial", "refusal", "KL", *((over,) if over else ()), "refused", degenerate)):
         table.add_column(column, no_wrap=True, justify="right", min_width=max([len(column), *(len(row[i]) for row in figures)]))
     for name in shown:
         table.add_column(name, no_wrap=True, overflow="ellipsis")
