@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import optuna
 import pytest
 
 from abliterate.objectives.refuser import prompt_path, refuser_path
+from abliterate.objectives.sweep.serve import free_port
 from abliterate.storage.urls import PASSWORD_FILE, normalize_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.docker]
@@ -34,12 +34,6 @@ TRIALS, STUDY = 6, "compose"
 
 def docker(*args: str, **options) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, **options)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def staged_context(stage: Path) -> None:
@@ -84,6 +78,8 @@ def compose(tmp_path):
            "POSTGRES_PASSWORD_PATH": str(secret), "STUDY": STUDY}
     for name in ("ABLITERATE_STORAGE", PASSWORD_FILE, "RUNNER", "TASKS", "PROMOTE_OPTIONS"):
         env.pop(name, None)
+    compose_command = ["docker", "compose", "--project-directory", str(stage), "-f", str(stage / "docker-compose.yml"),
+                       "-f", str(stage / "docker-compose.cpu.yml")]
     built = []
     try:
         for tag, context, args in [(app, stage, ["PIP_NO_INDEX=1", "PIP_FIND_LINKS=/app/wheels"]), (postgres, ROOT / "tools" / "postgres_image", [])]:
@@ -93,16 +89,13 @@ def compose(tmp_path):
             built.append(tag)
 
         def run(*args: str, check: bool = True, **options) -> subprocess.CompletedProcess:
-            done = subprocess.run(["docker", "compose", "--project-directory", str(stage), "-f", str(stage / "docker-compose.yml"),
-                                   "-f", str(stage / "docker-compose.cpu.yml"), *args], capture_output=True, text=True, env=env, **options)
+            done = subprocess.run([*compose_command, *args], capture_output=True, text=True, env=env, **options)
             assert not check or done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
             return done
 
         yield run, env, password
     finally:
-        subprocess.run(["docker", "compose", "--project-directory", str(stage), "-f", str(stage / "docker-compose.yml"),
-                        "-f", str(stage / "docker-compose.cpu.yml"), "down", "--volumes", "--remove-orphans"],
-                       capture_output=True, env=env)
+        subprocess.run([*compose_command, "down", "--volumes", "--remove-orphans"], capture_output=True, env=env)
         if built:
             docker("rmi", "-f", *built)
     project = f"label=com.docker.compose.project={env['COMPOSE_PROJECT_NAME']}"
