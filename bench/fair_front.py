@@ -1,8 +1,9 @@
 """The fair front benchmark: every tool searched, chosen from and scored the same way.
 
     python bench/fair_front.py run --model qwen2.5-coder-0.5b --tools ours,heretic --budget 30 --seeds 1,2,3
-        (tools: ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, ours-read,
-         heretic, abliterix, temaq; each peer's venv python via --heretic-python etc.)
+        (tools: ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen,
+         ours-screen-margin, ours-read, ours-read-only, ours-capability, heretic, abliterix, temaq;
+         each peer's venv python via --heretic-python etc.)
     python bench/fair_front.py report [--model NAME] [--budget 30]       (bench/fair_report.py)
     python bench/fair_front.py rejudge [--model NAME]                   (a judge that joined later reads the kept answers)
 
@@ -43,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fair_protocol as protocol  # noqa: E402
 from fair_judges import add_judges, common_judges  # noqa: E402
 from fair_report import report  # noqa: E402
-from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, ensure_model, prompt_files, search_ours  # noqa: E402
+from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, cpu_model, ensure_model, prompt_files, search_ours  # noqa: E402
 from peers import search_abliterix, search_heretic, search_temaq  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "fair"
@@ -143,9 +144,12 @@ class Evaluator:
 # item 6: whether a front found against the judge is better under each common judge);
 # ``ours-winsorized`` and ``ours-median`` swap the default direction for a robust estimate of it
 # (issue 30, item 3), everything else the defaults; ``ours-screen`` skips the refusal pass of trials
-# the generation-free screen finds dominated (issue 29, item 3: is the front as good at equal trials?);
+# the generation-free screen finds dominated (issue 29, item 3: is the front as good at equal trials?),
+# ``ours-screen-margin`` only those it rules out past the margin chosen on the development model;
 # ``ours-read`` lets trials also remove the direction where layers read the residual stream (issue
-# 30, item 2), a third intervention beside the default two.
+# 30, item 2), a third intervention beside the default two; ``ours-read-only`` makes it every trial's
+# intervention, so the edit itself is measured rather than whether TPE picks it; ``ours-capability``
+# searches the capability questions' wrong answers as a third objective (issue 30, item 4).
 TOOLS = {
     "ours": "abliterate, defaults",
     "ours-tpe": "abliterate, no designed starting trials (starting_points=0)",
@@ -153,8 +157,11 @@ TOOLS = {
     "ours-embed": "abliterate, refusals counted by the trained embed judge instead of the markers (judge=embed)",
     "ours-winsorized": "abliterate, the direction from winsorized residuals (methods=winsorized)",
     "ours-median": "abliterate, the direction from coordinate-wise medians (methods=median)",
-    "ours-screen": "abliterate, trials the refusal screen finds dominated pruned without a refusal pass (screen=prune)",
+    "ours-screen": "abliterate, trials the refusal screen finds dominated pruned without a refusal pass (screen=prune, no margin, as first built)",
+    "ours-screen-margin": "abliterate, as ours-screen with the screen margin chosen on the development model (screen=prune, screen_margin default)",
     "ours-read": "abliterate, the read-side edit as a third intervention (interventions=ablate,heads,read)",
+    "ours-read-only": "abliterate, the read-side edit on every trial (interventions=read)",
+    "ours-capability": "abliterate, the capability questions answered wrong as a third objective (objectives=refusal,kl,capability)",
     "heretic": "Heretic 1.4.0",
     "abliterix": "Abliterix 1.12.2",
     "temaq": "temaq-abliterated 1.1.1: one chosen model; its search gets the CPU seconds of ours at the same seed",
@@ -162,8 +169,10 @@ TOOLS = {
 OURS_CONFIG = {"ours": {}, "ours-tpe": {"starting_points": 0}, "ours-measured": {"measured_starts": True},
                "ours-embed": {"judge": "embed"}, "ours-winsorized": {"space": {"methods": ["winsorized"]}},
                "ours-median": {"space": {"methods": ["median"]}},
-               "ours-screen": {"screen": "prune"},
-               "ours-read": {"space": {"interventions": ["ablate", "heads", "read"]}}}  # StudyConfig overrides per variant of ours
+               "ours-screen": {"screen": "prune", "screen_margin": 0.0}, "ours-screen-margin": {"screen": "prune"},
+               "ours-read": {"space": {"interventions": ["ablate", "heads", "read"]}},
+               "ours-read-only": {"space": {"interventions": ["read"]}},
+               "ours-capability": {"objectives": "refusal,kl,capability"}}  # StudyConfig overrides per variant of ours
 
 
 def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep: int, args,
@@ -218,7 +227,7 @@ def run(args) -> None:
                     "tool": tool, "what": TOOLS[tool], "config": OURS_CONFIG.get(tool), "model": name,
                     "budget": args.budget, "seed": seed, "threads": args.threads,
                     "search_seconds_budget": seconds or None, "attempts": raw.get("attempts"), "starts": raw.get("starts"),
-                    "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT),
+                    "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT), "cpu": cpu_model(),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
             evaluate_run(kept, evaluator, rules)
 

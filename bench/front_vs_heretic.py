@@ -258,7 +258,8 @@ def _ours_in_process(args) -> None:
         scored = t.state.name == "COMPLETE" and record.feasible
         # a pruned trial is dominated: it has no front point, but its time counts
         rows.append({"number": t.number, "refusals": round(t.values[0] * total) if scored else None, "total": total,
-                     "kl": record.kl, "params": t.params, "pruned": t.state.name == "PRUNED",
+                     "kl": record.kl, "capability_accuracy": record.capability_accuracy, "params": t.params,
+                     "pruned": t.state.name == "PRUNED",
                      "seconds": (t.datetime_complete - t.datetime_start).total_seconds(), "saved": None})
     from fair_protocol import candidates
 

@@ -4,6 +4,7 @@ judged count (issue 29).
     python bench/trial_cost.py run [--model qwen2.5-coder-0.5b] [--trials 20] [--threads 1] [--seed 1] [--screen prune]
                                    [--heretic-python /tmp/heretic-venv/bin/python --heretic-trials 20]
     python bench/trial_cost.py table [--model qwen2.5-coder-0.5b] [--screen prune]
+    python bench/trial_cost.py margin [--model qwen2.5-coder-0.5b] [--show]
 
 ``run``:
 1. our default search as the fair benchmark runs it (bench/fair_front.py: its search prompts,
@@ -22,6 +23,11 @@ correlation, and the false-dominance rate (of the ordered pairs of trials where 
 says one dominates the other, the share where the judged refusal count of the dominating one is
 higher). Writes ``bench/cost/trial-cost-MODEL.json`` (``-prune`` before ``.json`` under ``--screen
 prune``); ``table`` prints it as markdown.
+
+``margin`` chooses ``--screen-margin`` on a development model's ``run`` record: for each margin of a
+fixed ladder, the rulings prune would make among its trials and how many the judged count says
+are wrong; the smallest margin without a wrong one is chosen. Writes
+``bench/cost/screen-margin-MODEL.json``; ``--show`` prints it.
 """
 
 from __future__ import annotations
@@ -162,6 +168,38 @@ def agreement(floors: list[dict]) -> dict:
             "false_dominance": false / claimed if claimed else None}
 
 
+MARGINS = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)  # shares of the ruling trial's screen
+
+
+def margins(floors: list[dict]) -> dict:
+    """For each screen margin of the ladder, the rulings ``--screen prune`` would make among the
+    record's trials (search.front.screen_dominates: a trial rules out each one with no less KL and
+    a screen higher by the margin, a share of its own) and how many are wrong by the judged count (the ruled-out trial
+    refuses less). The chosen margin is the smallest with no wrong ruling."""
+    from abliterate.search.front import screen_dominates
+
+    rows = []
+    for margin in MARGINS:
+        rulings = [(a, b) for a in floors for b in floors if a is not b
+                   and screen_dominates(a["kl_value"], a["screen_value"], b["kl_value"], b["screen_value"], margin)]
+        rows.append({"margin": margin, "rulings": len(rulings), "wrong": sum(a["refusal"] > b["refusal"] for a, b in rulings),
+                     "trials_ruled_out": len({b["number"] for _, b in rulings}),
+                     "wrong_pairs": [[a["number"], b["number"]] for a, b in rulings if a["refusal"] > b["refusal"]]})
+    chosen = next((r["margin"] for r in rows if not r["wrong"]), None)
+    return {"trials": len(floors), "ladder": rows, "chosen": chosen}
+
+
+def margin_table(record: dict) -> str:
+    lines = [f"{record['model']}: the screen margin from {record['source']} ({record['trials']} trials, each judged "
+             f"whole), {record['date']}, code {record['code']}", f"`{record['command']}`", "",
+             "| margin (share of the ruling trial's screen) | rulings | wrong by the judged count | trials ruled out |", "|---|---|---|---|"]
+    lines += [f"| {r['margin']:g} | {r['rulings']} | {r['wrong']} | {r['trials_ruled_out']} of {record['trials']} |"
+              for r in record["ladder"]]
+    lines += ["", f"Chosen: {record['chosen']:g}, the smallest margin with no wrong ruling." if record["chosen"] is not None
+              else "No margin of the ladder is free of wrong rulings."]
+    return "\n".join(lines)
+
+
 def summary(record: dict) -> dict:
     trials, floors = record["trials"], record["floors"]
     feasible = {t["number"]: t for t in trials if t["feasible"]}
@@ -234,6 +272,26 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def choose_margin(model: str, show: bool) -> None:
+    """Write (or with ``show``, print) the screen margin's record of ``model``'s recorded run."""
+    out = RECORD / f"screen-margin-{model}.json"
+    if show:
+        if not out.exists():
+            raise SystemExit(f"no record at {out}; make it with: python bench/trial_cost.py margin --model {model}")
+        print(margin_table(json.loads(out.read_text())))
+        return
+    source = record_path(model, "record")
+    if not source.exists():
+        raise SystemExit(f"no record at {source}; make it with: python bench/trial_cost.py run --model {model}")
+    if model not in MODELS or MODELS[model].role != "development":
+        raise SystemExit(f"{model} is not a development model; a margin is chosen on development models only")
+    record = {"model": model, "source": str(source.relative_to(ROOT)), **margins(json.loads(source.read_text())["floors"]),
+              "code": _revision(ROOT), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+              "command": f"python bench/trial_cost.py margin --model {model}"}
+    out.write_text(json.dumps(record, indent=1))
+    print(margin_table(record))
+
+
 def record_path(model: str, screen: str) -> Path:
     return RECORD / f"trial-cost-{model}{'' if screen == 'record' else '-' + screen}.json"
 
@@ -257,9 +315,14 @@ def main() -> None:
     show = commands.add_parser("table")
     show.add_argument("--model", default="qwen2.5-coder-0.5b")
     show.add_argument("--screen", default="record", choices=("record", "prune"))
+    margin = commands.add_parser("margin", help="choose the screen margin on a --screen record run's judged trials")
+    margin.add_argument("--model", default="qwen2.5-coder-0.5b")
+    margin.add_argument("--show", action="store_true", help="print the kept record instead of writing it")
     args = parser.parse_args()
     if args.command == "run":
         run(args)
+    elif args.command == "margin":
+        choose_margin(args.model, args.show)
     else:
         path = record_path(args.model, args.screen)
         if not path.exists():

@@ -29,3 +29,13 @@ def dominating_point(points: Sequence[tuple[float, float]], kl: float) -> int | 
     ``kl``: a trial with this KL whose refusal reaches that point's cannot improve the front."""
     under = [i for i, (_, point_kl) in enumerate(points) if point_kl <= kl]
     return min(under, key=lambda i: points[i]) if under else None
+
+
+def screen_dominates(kl: float, screen: float, other_kl: float, other_screen: float, margin: float) -> bool:
+    """Whether a fully scored trial at (``kl``, ``screen``) rules out another at (``other_kl``,
+    ``other_screen``) by the refusal screen's reading: no more KL, and a screen lower by at least the
+    share ``margin`` of its own (``other_screen >= screen * (1 + margin)``). Relative, because a
+    screen's scale is the model's: 0.005-0.02 on the demo model, 0.55-0.8 on the development model.
+    Screens closer than the margin may differ either way in judged refusals (bench/cost: the
+    margin's record)."""
+    return kl <= other_kl and other_screen >= screen * (1 + margin)

@@ -22,7 +22,7 @@ import argparse
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from abliterate.search.values import PROXIES, batch_size, not_negative, positive, study_name
+from abliterate.search.values import PROXIES, batch_size, not_negative, positive, real, study_name
 
 ENV_PREFIX = "ABLITERATE_"
 BATCH_HELP = "prompts per forward pass and answers decoded at once (lower it if memory runs out)"
@@ -109,6 +109,10 @@ class SearchSettings:
                                   "beside the judged count) or prune (also: a trial whose screen and KL are no better "
                                   "than a fully scored trial's is pruned without its refusal pass; the front holds only "
                                   "fully scored trials)", choices=SCREENS)
+    screen_margin: float = _setting(0.03, "prune: how much higher, as a share of a fully scored trial's screen, a trial's "
+                                          "screen must be to be ruled out by it (closer screens say nothing; 0.03 is the "
+                                          "smallest margin without a wrong ruling on the development model, "
+                                          "bench/cost/screen-margin-qwen2.5-coder-0.5b.json)", type=real(least=0, most=1))
     warm_start: str | None = _setting(None, "first enqueue that study's feasible front (positions are fractions of depth; "
                                             "directions are not carried)", metavar="STORAGE_URL#STUDY")
     heartbeat: int = _setting(60, "seconds between a running trial's heartbeats (kept with the study)", type=positive,
@@ -174,6 +178,7 @@ class SearchSettings:
                                  harmful_categories=self.harmful_categories,
                                  sae=str(Path(self.sae).expanduser().resolve()) if self.sae else None,
                                  objectives=self.objectives, edgy=absolute_spec(self.edgy) if self.edgy else None, screen=self.screen,
+                                 screen_margin=self.screen_margin,
                                  heartbeat_interval=self.heartbeat, grace_period=self.grace)
 
 

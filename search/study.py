@@ -72,6 +72,7 @@ class StudyConfig:
     objectives: str = DEFAULTS.objectives  # or a third: "refusal,kl,over-refusal" or "refusal,kl,capability"
     edgy: str | None = DEFAULTS.edgy  # prompt source of the over-refusal objective
     screen: str = DEFAULTS.screen  # off, record or prune: the generation-free refusal screen (objectives.screen)
+    screen_margin: float = DEFAULTS.screen_margin  # prune: how much lower, as a share, a scored trial's screen must be (search.front.screen_dominates)
     # Every process of the study beats and judges heartbeats alike: a worker with a shorter grace
     # period than another's heartbeat interval would fail that worker's live trials.
     heartbeat_interval: int = DEFAULTS.heartbeat  # seconds between a running trial's heartbeats
@@ -96,6 +97,8 @@ class StudyConfig:
             raise AblationError(f"the batch size must be a whole number of at least 1, or auto; got {self.batch_size!r} (--batch-size)")
         if self.screen not in SCREENS:
             raise AblationError(f"unknown screen mode {self.screen!r}; use one of {', '.join(SCREENS)} (--screen)")
+        if not (isinstance(self.screen_margin, (int, float)) and 0 <= self.screen_margin <= 1):
+            raise AblationError(f"the screen margin must be a number from 0 to 1, got {self.screen_margin!r} (--screen-margin; e.g. 0.03)")
         if self.screen == "prune" and self.third_objective:
             raise AblationError(f"--screen prune compares refusals and KL only, and this study has the {self.third_objective} "
                                 "objective; use --screen record")
@@ -224,15 +227,15 @@ def make_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=config.seed)
 
 
-RESUMABLE_CHANGES = ("n_trials", "batch_size", "screen")
+RESUMABLE_CHANGES = ("n_trials", "batch_size", "screen", "screen_margin")
 
 
 def create_or_resume(storage, name: str, config: StudyConfig) -> tuple[optuna.Study, bool]:
     """The study ``name``: created with ``config``, or resumed when it exists with the same settings.
 
     Only ``n_trials`` (asking for more trials is how a study is extended), ``batch_size`` (a
-    throughput setting; answers differ by floating-point noise at most) and ``screen`` (which
-    trials get a refusal pass, never what one measures) may change on resume; workers started
+    throughput setting; answers differ by floating-point noise at most), ``screen`` and
+    ``screen_margin`` (which trials get a refusal pass, never what one measures) may change on resume; workers started
     afterwards use the new values. Safe from any number of processes and
     machines at once: creation (the study and its settings) happens under one lease, so nobody
     sees a study half made.

@@ -19,7 +19,7 @@ from optuna.storages import fail_stale_trials
 from optuna.trial import TrialState
 
 from abliterate.search import baseline, halt
-from abliterate.search.front import dominating_point
+from abliterate.search.front import dominating_point, screen_dominates
 from abliterate.search.interrupts import check, held, let_go, mark_running, owner_name, requeue_trials_of
 from abliterate.search.kit import StudyKit
 from abliterate.search.space import starting_points, suggest
@@ -152,11 +152,12 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
             return math.ceil(done[best].values[0] * len(runner.harmful) - 1e-9)
 
         def screened_out(kl: float, screen: float) -> int | None:
-            """The first fully scored trial with no more KL and no higher screen: by the screen's
-            reading this trial cannot beat it, so its refusal pass is skipped (--screen prune)."""
+            """The first fully scored trial with no more KL and a screen lower by the margin: by the
+            screen's reading this trial cannot beat it, so its refusal pass is skipped (--screen prune)."""
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
                 done = TrialRecord.of(t)
-                if done.feasible and done.screen is not None and done.kl <= kl and done.screen <= screen:
+                if done.feasible and done.screen is not None and screen_dominates(done.kl, done.screen, kl, screen,
+                                                                                   config.screen_margin):
                     return t.number
             return None
 
@@ -169,7 +170,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
         halt.at("recorded", trial.number)
         if outcome.screened_out_by is not None:
             log(f"trial {trial.number}: pruned by the screen ({outcome.screen:.3f}, KL {outcome.kl:.4f}; trial {by} has "
-                f"no more of either), {outcome.seconds['total']:.1f} s")
+                f"no more KL and a screen this one's exceeds by {config.screen_margin:.0%} or more), {outcome.seconds['total']:.1f} s")
             raise optuna.TrialPruned(f"screened out by trial {by}")
         if outcome.pruned:
             log(f"trial {trial.number}: pruned at refusal >= {outcome.refusal.value:.3f}, KL {outcome.kl:.4f} "
@@ -373,7 +374,7 @@ def note(outcome: TrialOutcome, dominated_by: int | None = None) -> str:
     if outcome.screen is not None:
         lines[0] += f"  **screen** {outcome.screen:.3f}"
     if outcome.screened_out_by is not None:
-        lines.append(f"\nPruned by the screen: trial {dominated_by}, fully scored, has no more KL and no higher screen, so "
+        lines.append(f"\nPruned by the screen: trial {dominated_by}, fully scored, has no more KL and a screen lower by at least the study's margin (a share of its own), so "
                      "this trial's refusal pass was skipped. The screen can be wrong where the judged count would not; "
                      "bench/trial_cost.py measures how often.")
         return "\n".join(lines)

@@ -92,8 +92,8 @@ def test_a_trial_records_the_screen_beside_the_judged_count(refuser, directions)
 @pytest.mark.parametrize("mode", ["record", "prune"])
 def test_a_study_records_the_screen_and_prunes_by_it_only_when_asked(tmp_path, mode):
     """The demo's study with the screen: every feasible trial has its screen and the measure that
-    settled it; under prune, trials whose screen and KL are no better than a fully scored trial's
-    skip their refusal pass, and the front holds only fully scored trials."""
+    settled it; under prune, trials with no less KL than a fully scored trial's and a screen higher
+    by the margin skip their refusal pass, and the front holds only fully scored trials."""
     from dataclasses import replace
 
     import optuna
@@ -106,7 +106,10 @@ def test_a_study_records_the_screen_and_prunes_by_it_only_when_asked(tmp_path, m
     from abliterate.storage.rdb import open_storage
 
     url = f"sqlite:///{tmp_path / 's.db'}"
-    create_or_resume(open_storage(url), "s", replace(demo_config(16), screen=mode))
+    config = replace(demo_config(16), screen=mode)
+    study_margin = config.screen_margin
+    assert study_margin == 0.03  # the default: a ruling needs a screen lower by the margin, a share of its own
+    create_or_resume(open_storage(url), "s", config)
     said = []
     run_worker(url, "s", device="cpu", log=said.append)
     study = optuna.load_study(study_name="s", storage=url)
@@ -122,6 +125,19 @@ def test_a_study_records_the_screen_and_prunes_by_it_only_when_asked(tmp_path, m
     for trial in screened:
         by = complete[trial.user_attrs["dominated_by"]].user_attrs
         assert trial.state == TrialState.PRUNED
-        assert by["kl"] <= trial.user_attrs["kl"] and by["screen"] <= trial.user_attrs["screen"]
+        assert by["kl"] <= trial.user_attrs["kl"] and by["screen"] * (1 + study_margin) <= trial.user_attrs["screen"]
         assert "seconds_refusal" not in trial.user_attrs and "refusal_at_least" not in trial.user_attrs
     assert all(t.state == TrialState.COMPLETE for t in feasible_front(study))
+
+
+@pytest.mark.parametrize("margin", ["1.5", "-0.1", "nan"])
+def test_a_screen_margin_outside_0_to_1_is_refused_before_anything_is_written(tmp_path, capsys, margin):
+    from abliterate.search.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "--model", "unused", "--screen", "prune", "--screen-margin", margin, "--workers", "0",
+              "--storage", f"sqlite:///{tmp_path / 'x.db'}"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and lines == [f"abliterate search: error: argument --screen-margin: must be between 0 and 1, "
+                                                f"got {margin} (see abliterate search --help)"]
+    assert not (tmp_path / "x.db").exists()

@@ -307,6 +307,8 @@ def test_conflicting_settings_on_resume(postgres_url, model_dir):
     # and so may the screen: it decides which trials get a refusal pass, never what one measures
     study, resumed = create_or_resume(storage, "s", config(model_dir, n_trials=50, batch_size=16, screen="record"))
     assert resumed and load(storage, "s")[1].screen == "record"
+    study, resumed = create_or_resume(storage, "s", config(model_dir, n_trials=50, batch_size=16, screen="prune", screen_margin=0.1))
+    assert resumed and (load(storage, "s")[1].screen, load(storage, "s")[1].screen_margin) == ("prune", 0.1)
     with pytest.raises(AblationError, match="exists with other settings.*kl_cap"):
         create_or_resume(storage, "s", config(model_dir, kl_cap=0.5, batch_size=16))
 

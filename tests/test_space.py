@@ -70,6 +70,17 @@ def test_dominating_point_is_the_least_refusal_at_no_more_kl():
     assert dominating_point(points, 1.0) == 2
 
 
+def test_a_screen_rules_out_only_past_its_margin_and_at_no_less_kl():
+    from abliterate.search.front import screen_dominates
+
+    assert screen_dominates(0.01, 0.5, 0.01, 0.5, 0.0)  # no margin: a tie rules out, as dominance does
+    assert not screen_dominates(0.01, 0.5, 0.01, 0.51, 0.03)  # 2 % higher: inside a 3 % margin
+    assert screen_dominates(0.01, 0.5, 0.02, 0.515, 0.03)  # 3 % higher, more KL: ruled out
+    assert not screen_dominates(0.02, 0.5, 0.01, 0.9, 0.03)  # the ruling trial has more KL
+    assert screen_dominates(0.01, 0.005, 0.01, 0.006, 0.03) and not screen_dominates(0.01, 0.5, 0.01, 0.501, 0.03)
+    # relative: a 0.001 gap rules out at a small model's scale, not at a large one's
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_starting_points_lie_in_the_space_and_differ(preset):
     from abliterate.search.space import starting_points
