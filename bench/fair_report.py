@@ -41,7 +41,8 @@ def compare_seed(base_record: dict, tools: dict[str, tuple[dict, dict]], judge: 
             "over_refusals": [min(over), max(over)], "cpu_seconds": trials["cpu_seconds"],
             # temaq's record holds its one chosen row; its attempts are the trials it spent
             "cpu_per_trial": trials["cpu_seconds"] / (trials.get("attempts") or len(trials["trials"])),
-            "median_trial_seconds": statistics.median(t["seconds"] for t in trials["trials"]), "threads": trials["threads"]})
+            "median_trial_seconds": statistics.median(t["seconds"] for t in trials["trials"]), "threads": trials["threads"],
+            "cpu": trials.get("cpu")})
     result["base_over_refusals"] = sum(base_record["refused"]["edgy"][judge])
     result["edgy_total"] = len(base_record["refused"]["edgy"][judge])
     return result
@@ -76,7 +77,8 @@ def report(args) -> None:
 def summary(rows: list[dict]) -> list[str]:
     """Per judge and model role, the two goals counted over (model, seed, peer) pairs, and the
     pairs whose interval does not exclude the other outcome. A variant of ours (``ours-tpe``) is
-    counted apart from the peers: it answers whether our defaults help, not whether we lead."""
+    counted apart from the peers: it answers whether our defaults help, not whether we lead. Each
+    variant then gets a line of its own, its hypervolume difference from the default seed by seed."""
     lines = []
     for judge in sorted({r["judge"] for r in rows}):
         for role in ("evaluation", "development", "local"):
@@ -85,6 +87,22 @@ def summary(rows: list[dict]) -> list[str]:
                          for peer, f in r["peers"].items() if peer.startswith("ours") == of_ours]
                 if pairs:
                     lines.append(f"{judge}, {role} models: " + _goals(pairs, kind))
+    lines.append("")
+    for judge in sorted({r["judge"] for r in rows}):
+        for variant in sorted({peer for r in rows for peer in r["peers"] if peer.startswith("ours")}):
+            for model in sorted({r["model"] for r in rows}):
+                seeds = [(r["seed"], r["peers"][variant]["hypervolume_difference"]) for r in rows
+                         if r["judge"] == judge and r["model"] == model and variant in r["peers"]]
+                if seeds:
+                    lines.append(f"- {judge}, {model}, {variant}: ours minus {variant} in hypervolume, by seed: "
+                                 + "; ".join(f"s{seed} {_ci(d)}" for seed, d in seeds)
+                                 + f" ({sum(d['high'] < 0 for _, d in seeds)} with the whole interval below 0, "
+                                 f"{sum(d['low'] > 0 for _, d in seeds)} above).")
+    runs: dict[str, set[str]] = {}  # the CPU a run's record names -> its runs: pairs on one CPU compare cleanly
+    for r in rows:
+        for tool, figures in r["tools"].items():
+            runs.setdefault(figures.get("cpu") or "not recorded (before records named it)", set()).add(f"{r['model']} {tool} s{r['seed']}")
+    lines += ["", "The CPU each run was made on:"] + [f"- {cpu}: {', '.join(sorted(names))}" for cpu, names in sorted(runs.items())]
     return lines
 
 

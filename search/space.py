@@ -85,6 +85,19 @@ class SearchSpace:
             if not 0 <= low <= high or (name != "pca_component" and low < 1):
                 raise AblationError(f"{name} range {low}..{high} is not a range of {'0-based indices' if name == 'pca_component' else 'counts from 1'}")
 
+        for name in ("direction_index", "first_layer", "last_layer", "peak", "floor_fraction", "read_peak"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high <= 1:
+                raise AblationError(f"{name} range {low}..{high} must lie within 0..1: it is a fraction (of the depth, or of the peak weight)")
+        for name in ("peak_weight", "read_peak_weight", "amplify_strength"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise AblationError(f"{name} range {low}..{high} must be weights from 0 up: a negative weight would add the direction "
+                                    "(the amplify intervention does that on purpose)")
+        for name in ("falloff", "read_falloff"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise AblationError(f"{name} range {low}..{high} must lie within 0..1 and above 0: it is a fraction of the depth")
         if any(not 0 <= p < 100 for p in self.calibration):
             raise AblationError(f"calibration percentiles must be 0 (off) or in 1..99, got {list(self.calibration)}")
 

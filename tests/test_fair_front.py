@@ -55,7 +55,7 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     kept = record / "model" / "ours-b3-s1"
     trials = json.loads((kept / "trials.json").read_text())
     assert (trials["tool"], trials["budget"], trials["threads"], len(trials["trials"])) == ("ours", 3, 1, 3)
-    assert trials["cpu_seconds"] > 0
+    assert trials["cpu_seconds"] > 0 and trials["cpu"]  # the CPU's model name: runs compared cleanly share one
     assert {t["total"] for t in trials["trials"]} == {6}  # the search read the prompt files written above
     evaluation = json.loads((kept / "evaluation.json").read_text())
     chosen = [str(t["number"]) for t in candidates(trials["trials"], 2)]
@@ -100,6 +100,9 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
     assert "ours-tpe" in row["peers"]  # a variant of ours is compared like a peer, and counted apart from the peers
     assert "markers, local models: our hypervolume at or above the variant's on 1 of 1" in shown.stdout
     assert "markers, local models: our hypervolume at or above the peer's on 1 of 1" in shown.stdout
+    assert ("- markers, model, ours-tpe: ours minus ours-tpe in hypervolume, by seed: s1 "
+            f"{row['peers']['ours-tpe']['hypervolume_difference']['estimate']:.3f}") in shown.stdout
+    assert f"- {trials['cpu']}: model ours s1, model ours-tpe s1, model peer s1" in shown.stdout
 
 
 def _starting_points(run_dir: Path) -> list[bool]:
@@ -118,7 +121,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")
     for args, message in (
-        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, ours-read, heretic, abliterix, temaq"),
+        (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, "
+                                              "ours-screen-margin, ours-read, ours-read-only, ours-capability, heretic, abliterix, temaq"),
         (("--tools", "ours", "--candidates", "0"), "--candidates 0: give a positive number of front trials, or 'all'"),
         (("--tools", "ours", "--model", str(tmp_path / "missing")), f"no model at {tmp_path / 'missing'}"),
         (("--tools", "temaq,ours", "--temaq-python", sys.executable, "--model", str(model)),

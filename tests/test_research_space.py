@@ -170,6 +170,11 @@ def test_research_spaces_sample_their_own_params_and_starting_points_lie_inside(
     (dict(interventions=("steer",)), r"unknown intervention 'steer' in --interventions"),
     (dict(methods=()), r"no direction method given in --methods"),
     (dict(cone_rank=(0, 2)), r"cone_rank range 0..2"),
+    (dict(read_peak_weight=(-0.5, 1.0)), r"read_peak_weight range -0.5..1.0 must be weights from 0 up"),
+    (dict(peak_weight=(1.5, 0.8)), r"peak_weight range 1.5..0.8 must be weights from 0 up"),
+    (dict(peak=(0.4, 1.2)), r"peak range 0.4..1.2 must lie within 0..1"),
+    (dict(first_layer=(-0.1, 0.2)), r"first_layer range -0.1..0.2 must lie within 0..1"),
+    (dict(falloff=(0.0, 0.6)), r"falloff range 0.0..0.6 must lie within 0..1 and above 0"),
 ])
 def test_a_bad_space_is_one_line(options, message):
     with pytest.raises(AblationError, match=message):

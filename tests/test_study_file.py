@@ -72,6 +72,7 @@ def test_deployment_variables_override_the_file_and_flags_override_both(study_fi
     ("model = 'm'\ntrails = 3\n", {}, r"unknown setting 'trails'; settings are .*trials"),
     ("model = 'm'\n[space]\ncone_rnk = [1, 2]\n", {}, r"\[space\] has no setting 'cone_rnk'"),
     ("model = 'm'\n[space]\npeak_weight = 1.0\n", {}, r"\[space\] peak_weight must be \[low, high\]"),
+    ("model = 'm'\n[space]\nread_peak_weight = [-1, 1]\n", {}, r"read_peak_weight range -1..1 must be weights from 0 up"),
     ("model = 'm'\nproxy = 'vibes'\n", {}, r"proxy is 'vibes'; use one of markers, first-token, agent"),
     ("model = 'm'\n", {"ABLITERATE_WORKERS": "many"}, r"\$ABLITERATE_WORKERS: 'many' is not a whole number"),
     ("model = 'm'\nmethods = 'mean,cones'\n", {}, r"unknown direction method 'cones' in --methods"),
