@@ -96,18 +96,18 @@ def _lines(path: Path) -> list[str]:
 class Evaluator:
     """Answers, verdicts and per-prompt KL of one model folder at a time, against the base model."""
 
-    def __init__(self, model: Model, held_out: dict[str, Path], judges: dict, threads: int):
+    def __init__(self, model: Model, held_out: dict[str, Path], judges: dict, threads: int, dtype: str = "bf16"):
         import torch
 
         torch.set_num_threads(threads)
-        self.model, self.judges = model, judges
+        self.model, self.judges, self.dtype = model, judges, dtype
         self.prompts = {name: _lines(path) for name, path in held_out.items()}
         self.base_logprobs = self._logprobs(self._load(model.folder))
 
     def _load(self, folder: Path):
         from abliterate.ablation import load_model
 
-        return load_model(str(folder), "bf16", "cpu")
+        return load_model(str(folder), self.dtype, "cpu")
 
     def _chat(self, loaded, prompts: list[str]) -> list[str]:
         return loaded.format_chat(prompts, system=self.model.system)
@@ -180,7 +180,8 @@ def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep:
     """One tool's search; ``seconds`` is temaq's budget (its trial count is its own)."""
     prompts = prompt_files(args.work)  # the files go to args.work / "prompts", beside the held-out ones
     if tool in OURS_CONFIG:
-        return search_ours(run_dir, budget, seed, model.folder, keep, overrides=dict(OURS_CONFIG[tool]), prompt_folder=args.work)
+        return search_ours(run_dir, budget, seed, model.folder, keep, overrides={**OURS_CONFIG[tool], "dtype": args.dtype},
+                           prompt_folder=args.work)
     if tool == "heretic":
         return search_heretic(run_dir, budget, seed, prompts, model.folder, args.heretic_python, keep,
                               system=model.system or "", new_tokens=SEARCH_TOKENS)
@@ -195,7 +196,8 @@ def search(tool: str, run_dir: Path, budget: int, seed: int, model: Model, keep:
 
 def run(args) -> None:
     model = MODELS[args.model] if args.model in MODELS else Model("local", Path(args.model), None, "a local folder")
-    name = args.model if args.model in MODELS else Path(args.model).name
+    # Records of another dtype are another model's: a base evaluated in bf16 is not an fp32 run's base.
+    name = (args.model if args.model in MODELS else Path(args.model).name) + ("" if args.dtype == "bf16" else f"-{args.dtype}")
     if args.model == "qwen2.5-coder-0.5b":
         ensure_model(model.folder)
     if not (model.folder / "config.json").exists():
@@ -205,9 +207,9 @@ def run(args) -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every tool's search and the evaluation alike
     judges, judge_ids = common_judges(args.heretic_python)
     record = args.record / name
-    rules = {"protocol": protocol.PROTOCOL, "held_out": protocol.HELD_OUT, "judges": judge_ids}
+    rules = {"protocol": protocol.PROTOCOL, "held_out": protocol.HELD_OUT, "judges": judge_ids, "dtype": args.dtype}
     _same_rules(record / "base.json", rules)
-    evaluator = Evaluator(model, held_out_files(args.work / "prompts"), judges, args.threads)
+    evaluator = Evaluator(model, held_out_files(args.work / "prompts"), judges, args.threads, args.dtype)
     if not (record / "base.json").exists():
         print(f"{time.strftime('%H:%M:%S')} {name}: evaluating the base model", flush=True)
         base = evaluator.evaluate(model.folder)
@@ -227,7 +229,8 @@ def run(args) -> None:
                     "tool": tool, "what": TOOLS[tool], "config": OURS_CONFIG.get(tool), "model": name,
                     "budget": args.budget, "seed": seed, "threads": args.threads,
                     "search_seconds_budget": seconds or None, "attempts": raw.get("attempts"), "starts": raw.get("starts"),
-                    "candidates": args.candidates, "wall_seconds": wall, "cpu_seconds": cpu, "code": _revision(ROOT), "cpu": cpu_model(),
+                    "candidates": args.candidates, "dtype": args.dtype, "wall_seconds": wall, "cpu_seconds": cpu,
+                    "code": _revision(ROOT), "cpu": cpu_model(),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
             evaluate_run(kept, evaluator, rules)
 
@@ -277,6 +280,9 @@ def _same_rules(file: Path, rules: dict) -> None:
     if version != rules["protocol"]:
         raise SystemExit(f"{file} follows protocol {version}, this code protocol {rules['protocol']}; "
                          "move that model's records away (or report them with --record) and run again")
+    if kept.get("dtype", "bf16") != rules["dtype"]:  # records from before the flag were all bf16
+        raise SystemExit(f"{file} was made in {kept.get('dtype', 'bf16')}, this run in {rules['dtype']}; run with --dtype "
+                         f"{kept.get('dtype', 'bf16')}")
     if kept["judges"] != rules["judges"]:
         raise SystemExit(f"{file} was judged by {kept['judges']}, this run by {rules['judges']}; run `fair_front.py rejudge` "
                          "to give the records the judges they lack, or run with the same judges (--heretic-python)")
@@ -310,6 +316,9 @@ def main() -> None:
     run_.add_argument("--candidates", default="5",
                       help="front trials per tool given the common evaluation, or 'all': each tool's whole front")
     run_.add_argument("--threads", type=int, default=1, help="threads for every tool's search and the evaluation")
+    run_.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
+                      help="our searches' and the evaluation's; fp32 (variants of ours only) for a CPU without bf16 "
+                           "instructions, recorded as MODEL-fp32")
     run_.add_argument("--heretic-python", default=os.environ.get("HERETIC_PYTHON"),
                       help="Heretic's venv python: runs Heretic and gives its marker list to the common judges")
     run_.add_argument("--abliterix-python", default=os.environ.get("ABLITERIX_PYTHON"))
@@ -336,6 +345,10 @@ def main() -> None:
             raise SystemExit(f"--candidates {args.candidates}: give a positive number of front trials, or 'all'")
         # a front holds at most one trial per trial run, so the budget takes the whole front
         args.candidates = args.budget if args.candidates == "all" else int(args.candidates)
+        peers = [t for t in args.tools if t not in OURS_CONFIG]
+        if args.dtype != "bf16" and peers:
+            raise SystemExit(f"--dtype {args.dtype} runs variants of ours only, and {peers[0]} searches in its own dtype; "
+                             "drop it from --tools or run in bf16")
         if "abliterix" in args.tools and not args.abliterix_python:
             raise SystemExit("--tools abliterix needs --abliterix-python (or ABLITERIX_PYTHON); make its venv with bench/abliterix_setup.sh")
         if "temaq" in args.tools and not args.temaq_python:

@@ -239,8 +239,9 @@ def _ours_in_process(args) -> None:
     overrides = json.loads(args.config)  # StudyConfig fields; "space" holds SearchSpace fields
     space = SearchSpace.from_dict({**SearchSpace().as_dict(), **overrides.pop("space", {})})
     options = overrides | ({"sampler": args.sampler} if args.sampler else {})
+    options = {"dtype": "bf16"} | options  # bf16 unless a run asks for another (fair_front.py --dtype)
     config = StudyConfig(
-        model=args.model, dtype="bf16", n_trials=args.budget, seed=args.seed, space=space, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
+        model=args.model, n_trials=args.budget, seed=args.seed, space=space, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
         harmful={p: str(prompts[f"harmful_{p}"]) for p in ("extraction", "evaluation", "confirmation")},
         harmless={p: str(prompts[f"harmless_{p}"]) for p in ("extraction", "evaluation", "confirmation")}, **options)
     url = f"sqlite:///{run_dir / 'study.db'}"

@@ -124,6 +124,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         (("--tools", "ours,nobody"), "unknown tool 'nobody'; pick from ours, ours-tpe, ours-measured, ours-embed, ours-winsorized, ours-median, ours-screen, "
                                               "ours-screen-margin, ours-read, ours-read-only, ours-capability, heretic, abliterix, temaq"),
         (("--tools", "ours", "--candidates", "0"), "--candidates 0: give a positive number of front trials, or 'all'"),
+        (("--tools", "ours,heretic", "--dtype", "fp32", "--heretic-python", sys.executable),
+         "--dtype fp32 runs variants of ours only, and heretic searches in its own dtype"),
         (("--tools", "ours", "--model", str(tmp_path / "missing")), f"no model at {tmp_path / 'missing'}"),
         (("--tools", "temaq,ours", "--temaq-python", sys.executable, "--model", str(model)),
          "temaq gets the CPU seconds of our search at the same seed, and seed 1 has none"),
@@ -131,3 +133,15 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         done = _bench("run", *args, *places)
         assert done.returncode != 0 and done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_records_of_one_model_keep_one_dtype(tmp_path):
+    """A record from before --dtype was bf16; an fp32 run may not add to it (its base is another)."""
+    import pytest
+    from fair_front import _same_rules
+
+    rules = {"protocol": PROTOCOL, "held_out": {}, "judges": {"markers": "x"}}
+    (tmp_path / "base.json").write_text(json.dumps(rules))
+    _same_rules(tmp_path / "base.json", {**rules, "dtype": "bf16"})
+    with pytest.raises(SystemExit, match="was made in bf16, this run in fp32; run with --dtype bf16"):
+        _same_rules(tmp_path / "base.json", {**rules, "dtype": "fp32"})
