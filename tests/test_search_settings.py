@@ -22,7 +22,7 @@ def _example(name: str) -> tuple[list[str], object]:
     if isinstance(setting.default, bool):
         return [flag(name)], True
     choices, parse = setting.metadata["choices"], setting.metadata["type"] or str
-    text = choices[-1] if choices else "x,y" if parse in (str, study_name) else "7"
+    text = choices[-1] if choices else "x,y" if parse in (str, study_name) else "0.5" if isinstance(setting.default, float) else "7"
     return [flag(name), text], parse(text)
 
 
