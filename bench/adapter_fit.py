@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from front_vs_heretic import ensure_model  # noqa: E402
+from searches import ensure_model  # noqa: E402
 
 MODEL = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct-bf16"
 RECORD = ROOT / "bench" / "adapter" / "fit.json"

@@ -40,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from front_vs_heretic import _children_cpu, _revision  # noqa: E402 - the benches' one way to count CPU and name the code
+from searches import children_cpu, revision  # noqa: E402 - the benches' one way to count CPU and name the code
 
 WORK, RECORD = ROOT / "bench" / "out" / "agent", ROOT / "bench" / "agent"
 
@@ -60,15 +60,15 @@ def run(args) -> None:
     runner = ContainerRunner(shipped_tasks(), agent)
     runner.check()  # an engine and the base image, before anything is started or stored
     store = SweepStore(open_storage(f"sqlite:///{WORK / 'sweeps.db'}").engine, f"{args.label}:{runner.fingerprint()}")
-    start, cpu = time.time(), _children_cpu()
+    start, cpu = time.time(), children_cpu()
     counts = run_sweep(runner, str(Path(args.model).resolve()), args.attempts, store, WORK / args.label, log=print)
     seconds = _seconds_per_task(store)
     RECORD.mkdir(parents=True, exist_ok=True)
     (RECORD / f"{args.label}.json").write_text(json.dumps({
         "label": args.label, "model": str(args.model), "date": time.strftime("%Y-%m-%d"), "machine": _machine(),
-        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "code": _revision(ROOT),
+        "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "code": revision(ROOT),
         "settings": runner.settings(), "attempts": args.attempts, "max_tokens": args.max_tokens, "dtype": args.dtype,
-        "wall_seconds_this_call": time.time() - start, "server_cpu_seconds_this_call": _children_cpu() - cpu,
+        "wall_seconds_this_call": time.time() - start, "server_cpu_seconds_this_call": children_cpu() - cpu,
         "tasks": {task: {"passes": passes, "valid": valid, "seconds": seconds.get(task, [])}
                   for task, (passes, valid) in counts.items()}}, indent=1))
     print(json.dumps({task: f"{p}/{n}" for task, (p, n) in counts.items()}))
@@ -106,7 +106,7 @@ def path(args) -> None:
     tags = {t.name: list(t.tags) for t in shipped_tasks()}
     RECORD.mkdir(parents=True, exist_ok=True)
     (RECORD / "path.json").write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(ROOT),
+        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": revision(ROOT),
         "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "trials": args.trials,
         "attempts": args.attempts, "turns": 2, "tags": tags, "search_seconds": round(searched, 1),
         "wall_seconds": round(time.time() - start, 1), "attempts_run": len(per_attempt),
@@ -142,7 +142,7 @@ def harbor(args) -> None:
     version = subprocess.run([str(ROOT / "tools" / "harbor"), "--version"], capture_output=True, text=True).stdout.strip()
     RECORD.mkdir(parents=True, exist_ok=True)
     (RECORD / "harbor.json").write_text(json.dumps({
-        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": _revision(ROOT), "harbor": version,
+        "date": time.strftime("%Y-%m-%d"), "machine": _machine(), "code": revision(ROOT), "harbor": version,
         "command": " ".join(["python", "bench/agent_sweep.py", *sys.argv[1:]]), "agents": outcome}, indent=1))
     print(f"wrote {RECORD / 'harbor.json'}")
 

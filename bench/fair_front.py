@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fair_protocol as protocol  # noqa: E402
 from fair_judges import add_judges, common_judges  # noqa: E402
 from fair_report import report  # noqa: E402
-from front_vs_heretic import QWEN_SYSTEM, ROOT, _revision, cpu_model, ensure_model, prompt_files, search_ours  # noqa: E402
 from peers import search_abliterix, search_heretic, search_temaq  # noqa: E402
+from searches import QWEN_SYSTEM, ROOT, cpu_model, ensure_model, prompt_files, revision, search_ours  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "fair"
 RECORD = ROOT / "bench" / "fair"
@@ -230,7 +230,7 @@ def run(args) -> None:
                     "budget": args.budget, "seed": seed, "threads": args.threads,
                     "search_seconds_budget": seconds or None, "attempts": raw.get("attempts"), "starts": raw.get("starts"),
                     "candidates": args.candidates, "dtype": args.dtype, "wall_seconds": wall, "cpu_seconds": cpu,
-                    "code": _revision(ROOT), "cpu": cpu_model(),
+                    "code": revision(ROOT), "cpu": cpu_model(),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
             evaluate_run(kept, evaluator, rules)
 

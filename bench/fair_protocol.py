@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Prompt specs (abliterate.objectives.prompts). The search's harmful evaluation set is the first
-# 32 JailbreakBench prompts not in the extraction set, as in bench/front_vs_heretic.py, so the
+# 32 JailbreakBench prompts not in the extraction set, as in bench/searches.py, so the
 # earlier records' searches saw exactly these sets.
 SEARCH = {
     "harmful_extraction": "advbench[0:64]", "harmless_extraction": "rho-benign[0:64]",

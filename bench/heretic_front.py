@@ -1,6 +1,6 @@
 """Run Heretic 1.4.0's own search headlessly and keep what a front comparison needs.
 
-Run by bench/front_vs_heretic.py with the Python of Heretic's virtualenv, in a folder holding
+Run by bench/searches.py with the Python of Heretic's virtualenv, in a folder holding
 Heretic's ``config.toml``. Heretic (AGPL-3.0) is only installed and run; none of its code is
 copied here. This script answers Heretic's closing menu instead of a person: it saves the first
 ``--save`` trials of the front Heretic lists (its Pareto front by refusals, then KL) as merged

@@ -5,7 +5,7 @@ Heretic and Abliterix are AGPL-3.0, temaq MIT; each is only installed in a virtu
 (bench/heretic_eval.sh, bench/abliterix_setup.sh, bench/temaq_setup.sh) and run there by a small
 driver (bench/heretic_front.py, bench/abliterix_front.py, bench/temaq_front.py) that answers for
 the person at its end and writes raw.json. Each ``search_*`` gives its tool the same inputs (the
-prompt files of front_vs_heretic.prompt_files, answers of ``new_tokens`` tokens, BATCH prompts a
+prompt files of searches.prompt_files, answers of ``new_tokens`` tokens, BATCH prompts a
 batch, the budget, the seed, the model's system prompt, no network), saves the first ``keep``
 trials of the tool's own front as merged model folders under ``run_dir/candidates`` (temaq ends
 with one chosen candidate, so at most that one) and returns (raw record, wall seconds, CPU seconds
@@ -24,11 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import front_vs_heretic  # noqa: E402
 from driver_options import PROMPT_SETS  # noqa: E402
-from front_vs_heretic import BATCH, NEW_TOKENS, QWEN_SYSTEM, ROOT, _children_cpu, heretic_startup  # noqa: E402
+from searches import BATCH, NEW_TOKENS, QWEN_SYSTEM, ROOT, children_cpu, heretic_startup, search_heretic  # noqa: E402
 
-search_heretic = front_vs_heretic.search_heretic
+__all__ = ["search_abliterix", "search_heretic", "search_temaq"]  # Heretic's search is searches.py's, named here beside its peers
 
 
 def search_abliterix(run_dir: Path, budget: int, seed: int, prompts: dict[str, Path], model: Path, python: str, keep: int,
@@ -66,10 +65,10 @@ def _drive(driver: str, run_dir: Path, python: str, prompts: dict[str, Path], mo
     for name in PROMPT_SETS:
         command += ["--" + name.replace("_", "-"), str(prompts[name])]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    start, cpu = time.time(), _children_cpu()
+    start, cpu = time.time(), children_cpu()
     # stdin from /dev/null: temaq opens its menus on a terminal, and no driver may be handed the
     # terminal of a benchmark started from one
     with open(run_dir / "log.txt", "w") as log:
         subprocess.run(command, cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                        check=True)
-    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, _children_cpu() - cpu
+    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, children_cpu() - cpu

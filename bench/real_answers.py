@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from front_vs_heretic import ROOT, ensure_model  # noqa: E402
+from searches import ROOT, ensure_model  # noqa: E402
 
 MODEL = ROOT / "bench" / ".models" / "qwen2.5-coder-0.5b-instruct-bf16"
 MODEL_NAME = "Qwen2.5-Coder-0.5B-Instruct (bf16 from the GGUF of bench/fetch_real_model.sh)"

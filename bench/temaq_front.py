@@ -10,7 +10,7 @@ own entry point ``temaq_abliterated.cli.main``; none of its code is copied here.
 
 temaq (its SCAPE search: a seed grid, then a pattern search on a surrogate objective, then a
 full-generation check of its best candidates) ends with ONE chosen candidate, so ``--trials-out``
-holds one row. Its inputs are those Heretic gets in search_heretic (bench/front_vs_heretic.py),
+holds one row. Its inputs are those Heretic gets in search_heretic (bench/searches.py),
 mapped onto temaq's two prompt lists (it has no separate evaluation files):
 - harmful extraction: ``--harmful-file``: its refusal directions and, after its "probe hardening"
   (it keeps the prompts the base model refuses at the first token), its search's surrogate

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from front_vs_heretic import GGUF, ensure_model  # noqa: E402
 from judge_attacks import attacks  # noqa: E402
+from searches import GGUF, ensure_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "objectives" / "data"

@@ -27,7 +27,7 @@ MODEL = Path(__file__).resolve().parent / ".models" / "qwen2.5-coder-0.5b-instru
 
 
 def corpus() -> list[str]:
-    """Prompts disjoint from every set bench/front_vs_heretic.py extracts from or scores."""
+    """Prompts disjoint from every set bench/searches.py extracts from or bench/front_vs_heretic.py scores."""
     from abliterate.objectives.prompts import load_prompts, normalise
 
     scored = {normalise(p) for p in load_prompts("jailbreakbench")}

@@ -46,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fair_front import MODELS, SEARCH_TOKENS, WORK  # noqa: E402
-from front_vs_heretic import BATCH, ROOT, _revision, cpu_model, ensure_model, prompt_files, search_heretic  # noqa: E402
+from searches import BATCH, ROOT, cpu_model, ensure_model, prompt_files, revision, search_heretic  # noqa: E402
 
 RECORD = ROOT / "bench" / "cost"
 STUDY = "cost"
@@ -81,7 +81,7 @@ def run(args) -> None:
     trials = [trial_row(t) for t in optuna.load_study(study_name=STUDY, storage=storage).trials if t.state.name in ("COMPLETE", "PRUNED")]
     floors = time_floors(url, trials, args.repeats)
     record = {"model": args.model, "screen": args.screen, "trials": trials, "floors": floors, "search": search, "threads": args.threads,
-              "seed": args.seed, "batch_size": BATCH, "answer_tokens": SEARCH_TOKENS, "code": _revision(ROOT),
+              "seed": args.seed, "batch_size": BATCH, "answer_tokens": SEARCH_TOKENS, "code": revision(ROOT),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "machine": machine(),
               "command": "python bench/trial_cost.py " + " ".join(sys.argv[1:])}
     if args.heretic_python:
@@ -286,7 +286,7 @@ def choose_margin(model: str, show: bool) -> None:
     if model not in MODELS or MODELS[model].role != "development":
         raise SystemExit(f"{model} is not a development model; a margin is chosen on development models only")
     record = {"model": model, "source": str(source.relative_to(ROOT)), **margins(json.loads(source.read_text())["floors"]),
-              "code": _revision(ROOT), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+              "code": revision(ROOT), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
               "command": f"python bench/trial_cost.py margin --model {model}"}
     out.write_text(json.dumps(record, indent=1))
     print(margin_table(record))
