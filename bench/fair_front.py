@@ -310,7 +310,7 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     run_ = commands.add_parser("run")
     run_.add_argument("--model", default="qwen2.5-coder-0.5b", help=f"one of {', '.join(MODELS)}, or a model folder")
-    run_.add_argument("--tools", type=lambda s: s.split(","), default=["ours", "heretic"], help=f"from {', '.join(TOOLS)}")
+    run_.add_argument("--tools", type=lambda s: s.split(","), default=["ours", "heretic"], help="comma-separated, from: " + "; ".join(f"{tool} ({what})" for tool, what in TOOLS.items()))
     run_.add_argument("--budget", type=int, default=30)
     run_.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     run_.add_argument("--candidates", default="5",
