@@ -106,9 +106,9 @@ class SearchSettings:
                                       "of --harmless)")
     screen: str = _setting("off", "the generation-free refusal screen (how likely the model still opens with the base "
                                   "model's refusals, one teacher-forced pass): record (scored for every feasible trial, "
-                                  "beside the judged count) or prune (also: a trial whose screen and KL are no better "
-                                  "than a fully scored trial's is pruned without its refusal pass; the front holds only "
-                                  "fully scored trials)", choices=SCREENS)
+                                  "beside the judged count) or prune (also: a trial with no less KL than a fully scored trial "
+                                  "and a screen higher than its by --screen-margin is pruned without its refusal pass; the "
+                                  "front holds only fully scored trials)", choices=SCREENS)
     screen_margin: float = _setting(0.03, "prune: how much higher, as a share of a fully scored trial's screen, a trial's "
                                           "screen must be to be ruled out by it (closer screens say nothing; 0.03 is the "
                                           "smallest margin without a wrong ruling on the development model, "
