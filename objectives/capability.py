@@ -74,15 +74,39 @@ class Answers:
         return sum(self.correct) / len(self.correct) if self.correct else 0.0
 
 
-def ask(loaded, questions: Sequence[Question], chat, batch_size: int = 16) -> Answers:
+def ask(loaded, questions: Sequence[Question], chat, batch_size: int = 16, prefix=None) -> Answers:
     """Every question put to ``loaded`` (a :class:`ablation.loading.LoadedModel`) in ``chat``'s
-    format (an :class:`objectives.refusal.ChatFormat`)."""
+    format (an :class:`objectives.refusal.ChatFormat`); ``prefix`` is each batch's context, as
+    :func:`objectives.kl.response_logprobs` takes it (a prefix cache's recording or replay)."""
     from abliterate.objectives.kl import response_logprobs
 
     texts = chat.apply(loaded, [question.prompt for question in questions])
-    logprobs = response_logprobs(loaded.model, loaded.tokenizer, texts, batch_size=batch_size)[:, 0]
+    logprobs = response_logprobs(loaded.model, loaded.tokenizer, texts, batch_size=batch_size, prefix=prefix)[:, 0]
     picks = chosen(logprobs, letter_tokens(loaded.tokenizer))
     return Answers(picks, [pick == question.answer for pick, question in zip(picks, questions)])
+
+
+class CapabilityQuestions:
+    """The shipped questions put to a model after each bake (the capability objective). Build it
+    on the unedited model: it records each layer's output on the questions (ablation.prefix), so
+    a trial reruns only the layers from its first edited one up, with the full pass's answers.
+    A tokenizer whose answer letters cannot be told apart is refused here, before any trial."""
+
+    def __init__(self, loaded, chat, batch_size: int = 16, prefix_cache: bool = True):
+        from abliterate.ablation.prefix import PrefixCache
+
+        self.loaded, self.chat, self.batch_size = loaded, chat, batch_size
+        self.questions = load_questions()
+        letter_tokens(loaded.tokenizer)
+        self.prefix = PrefixCache(loaded.model) if prefix_cache else None
+        self.base = ask(loaded, self.questions, chat, batch_size, self.prefix.recording if self.prefix is not None else None)
+
+    def answers(self, first_layer: int = 0) -> Answers:
+        """The model as it is now; layers below ``first_layer`` must be unedited."""
+        from functools import partial
+
+        prefix = partial(self.prefix.starting_at, first_layer) if self.prefix is not None and first_layer > 0 else None
+        return ask(self.loaded, self.questions, self.chat, self.batch_size, prefix)
 
 
 def answer_lengths(loaded, prompts: Sequence[str], chat, max_new_tokens: int, batch_size: int = 16) -> list[int]:

@@ -22,7 +22,7 @@ from abliterate.ablation.loading import LoadedModel
 from abliterate.ablation.prefix import first_edited_layer
 from abliterate.ablation.residuals import capture_last_token
 from abliterate.ablation.resolve import method_tensor, resolve
-from abliterate.objectives.capability import ask, letter_tokens, load_questions
+from abliterate.objectives.capability import CapabilityQuestions
 from abliterate.objectives.kl import KLScorer
 from abliterate.objectives.refusal import ChatFormat, MarkerProxy, RefusalProxy, RefusalScore
 from abliterate.objectives.screen import RefusalScreen
@@ -156,9 +156,7 @@ class TrialRunner:
         self.screen = RefusalScreen(loaded, chat.apply(loaded, self.harmful), getattr(proxy, "judge", None), max_new_tokens,
                                     batch_size) if screen else None
         # Capability (a third objective): the shipped questions, read from the next token (no generation).
-        self.questions = load_questions() if capability else None
-        if self.questions:
-            letter_tokens(loaded.tokenizer)  # a tokenizer that cannot tell the answers apart is told before any trial
+        self.capability = CapabilityQuestions(loaded, chat, batch_size) if capability else None
 
     def run(self, candidate: Candidate, give_up_at: Callable[[float], int | None] | None = None,
             screened_out: Callable[[float, float], int | None] | None = None) -> TrialOutcome:
@@ -190,9 +188,9 @@ class TrialRunner:
                     mark = time.perf_counter()
                     over_refusal = self.edgy_proxy.score(self.loaded, self.edgy)
                     seconds["over_refusal"] = time.perf_counter() - mark
-                if self.questions:
+                if self.capability:
                     mark = time.perf_counter()
-                    capability = ask(self.loaded, self.questions, self.chat, self.batch_size).accuracy
+                    capability = self.capability.answers(first).accuracy
                     seconds["capability"] = time.perf_counter() - mark
         refusal = None
         if finish is not None:
@@ -201,5 +199,5 @@ class TrialRunner:
             seconds["judge"] = time.perf_counter() - mark
         seconds["total"] = time.perf_counter() - start
         seconds["cpu"] = time.process_time() - cpu  # every thread of this process: comparable across thread counts
-        third = "over-refusal" if self.edgy else "capability" if self.questions else None
+        third = "over-refusal" if self.edgy else "capability" if self.capability else None
         return TrialOutcome(kl, feasible, refusal, seconds, report.layers, over_refusal, third, screened, screened_out_by, capability)

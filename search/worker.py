@@ -130,7 +130,7 @@ def run_worker(storage_url: str, study_name: str, device: str = "auto", max_retr
                          proxy, config.kl_cap, config.kl_tokens, kit.chat, config.batch_size,
                          prompts["edgy", "evaluation"] if config.over_refusal else None, config.max_new_tokens, config.screen != "off",
                          config.capability)
-    cached = runner.kl.prefix.nbytes + (runner.screen.prefix.nbytes if runner.screen else 0)
+    cached = runner.kl.prefix.nbytes + sum(part.prefix.nbytes for part in (runner.screen, runner.capability) if part)
     step(f"prefix cache: {cached / 2**20:.1f} MiB of layer outputs (a trial runs the layers from its first edited one up)"
          + (f"; screen: the base model's refusals of {runner.screen.screened} prompts" if runner.screen else ""))
     step("ready: running trials")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from abliterate.ablation.errors import AblationError
-from abliterate.objectives.capability import LETTERS, answer_lengths, ask, chosen, letter_tokens, load_questions
+from abliterate.objectives.capability import LETTERS, CapabilityQuestions, answer_lengths, ask, chosen, letter_tokens, load_questions
 from abliterate.objectives.kl import response_logprobs
 from abliterate.objectives.refusal import ChatFormat
 
@@ -52,6 +52,28 @@ def test_ask_reads_the_next_token_after_each_question_and_lengths_are_the_greedy
     assert answers.accuracy == sum(answers.correct) / 8
     lengths = answer_lengths(refuser, ["Say hello.", "Name a colour."], chat, max_new_tokens=6, batch_size=2)
     assert all(1 <= n <= 6 for n in lengths) and len(LETTERS) == 4
+
+
+def test_a_trial_asks_from_its_first_edited_layer_up_with_the_full_pass_s_answers(refuser):
+    """The capability objective replays the unedited layers below the edit (ablation.prefix): the
+    same log-probs, so the same answers, as the whole pass; and the base's are recorded once."""
+    from abliterate.ablation.architectures import find_writers
+    from abliterate.ablation.bake import Baker, Edit
+    from abliterate.ablation.profile import Profile
+
+    chat = ChatFormat()
+    cached = CapabilityQuestions(refuser, chat, batch_size=8)
+    assert cached.prefix.nbytes > 0 and cached.base == ask(refuser, load_questions(), chat, batch_size=8)
+    hidden = refuser.model.config.hidden_size
+    direction = torch.nn.functional.normalize(torch.randn(hidden, generator=torch.Generator().manual_seed(0)), dim=0)
+    directions = direction.expand(refuser.model.config.num_hidden_layers, hidden).clone()
+    with Baker(find_writers(refuser.model)).baked_into(Edit(directions, Profile.uniform(3.0, first_layer=2))) as report:
+        edited, full = cached.answers(report.layers[0]), ask(refuser, load_questions(), chat, batch_size=8)
+        texts = chat.apply(refuser, [q.prompt for q in load_questions()])
+        replayed = response_logprobs(refuser.model, refuser.tokenizer, texts, batch_size=8,
+                                     prefix=lambda batch, ids: cached.prefix.starting_at(report.layers[0], batch, ids))
+        assert torch.equal(replayed, response_logprobs(refuser.model, refuser.tokenizer, texts, batch_size=8))
+    assert report.layers[0] == 2 and edited == full
 
 
 def test_evaluate_reports_the_capability_check_beside_the_base(saved_tiny, tmp_path):
