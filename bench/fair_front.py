@@ -45,7 +45,7 @@ import fair_protocol as protocol  # noqa: E402
 from fair_judges import add_judges, common_judges  # noqa: E402
 from fair_report import report  # noqa: E402
 from peers import search_abliterix, search_heretic, search_temaq  # noqa: E402
-from searches import QWEN_SYSTEM, ROOT, cpu_model, ensure_model, prompt_files, revision, search_ours  # noqa: E402
+from searches import QWEN_SYSTEM, ROOT, cpu_model, ensure_model, export_again, prompt_files, revision, search_ours  # noqa: E402
 
 WORK = ROOT / "bench" / "out" / "fair"
 RECORD = ROOT / "bench" / "fair"
@@ -232,7 +232,9 @@ def run(args) -> None:
                     "candidates": args.candidates, "dtype": args.dtype, "wall_seconds": wall, "cpu_seconds": cpu,
                     "code": revision(ROOT), "cpu": cpu_model(),
                     "load_at_end": os.getloadavg()[0], "trials": raw["trials"]}, indent=1))
-            evaluate_run(kept, evaluator, rules)
+                if tool in OURS_CONFIG:  # its candidates can be baked again from it on any machine (evaluate_run)
+                    shutil.copyfile(run_dir / "study.db", kept / "study.db")
+            evaluate_run(kept, evaluator, rules, run_dir, model.folder, args.work)
 
 
 def _ours_cpu(record: Path, budget: int, seed: int) -> float:
@@ -252,8 +254,10 @@ def _ours_before_temaq(record: Path, budget: int, seeds: list[int], tools: list[
                          f"under {record}; run --tools ours,temaq (ours first)")
 
 
-def evaluate_run(kept: Path, evaluator: Evaluator, rules: dict) -> None:
-    """The common evaluation of the run's candidates (by the protocol's rule) not yet evaluated."""
+def evaluate_run(kept: Path, evaluator: Evaluator, rules: dict, run_dir: Path, model: Path, prompt_folder: Path) -> None:
+    """The common evaluation of the run's candidates (by the protocol's rule) not yet evaluated. A
+    candidate whose checkpoint is gone (another machine, a cleaned scratch folder) is baked again
+    from the study our search kept beside its record, into ``run_dir``."""
     runs = json.loads((kept / "trials.json").read_text())
     file = kept / "evaluation.json"
     _same_rules(file, rules)
@@ -264,10 +268,17 @@ def evaluate_run(kept: Path, evaluator: Evaluator, rules: dict) -> None:
         if not trial.get("saved"):
             raise SystemExit(f"{kept.name}: candidate trial {trial['number']} was not saved by its search; "
                              f"delete {kept} to search again")
+        saved = Path(trial["saved"])
+        if not saved.exists():
+            if not (kept / "study.db").exists():
+                raise SystemExit(f"{kept.name}: candidate trial {trial['number']}'s checkpoint {saved} is gone and no study "
+                                 f"was kept to bake it again; delete {kept} to search again")
+            print(f"{time.strftime('%H:%M:%S')} {kept.name}: baking trial {trial['number']} again from the kept study", flush=True)
+            saved = export_again(run_dir, kept / "study.db", trial["number"], model, runs, prompt_folder)
         print(f"{time.strftime('%H:%M:%S')} {kept.name}: evaluating trial {trial['number']}", flush=True)
-        done["candidates"][str(trial["number"])] = evaluator.evaluate(Path(trial["saved"]))
+        done["candidates"][str(trial["number"])] = evaluator.evaluate(saved)
         file.write_text(json.dumps(done, indent=1))  # after each candidate: an interruption loses one
-        shutil.rmtree(trial["saved"], ignore_errors=True)
+        shutil.rmtree(saved, ignore_errors=True)
 
 
 def _same_rules(file: Path, rules: dict) -> None:

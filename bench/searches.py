@@ -193,6 +193,22 @@ def _ours_in_process(args) -> None:
     (run_dir / "raw.json").write_text(json.dumps({"trials": rows, "starts": study.user_attrs.get(STARTS)}, indent=1))
 
 
+def export_again(run_dir: Path, study: Path, number: int, model: Path, record: dict, prompt_folder: Path) -> Path:
+    """Trial ``number`` of our kept ``study`` (a copy of a search's study.db, with its directions)
+    exported again into ``run_dir``, as the search exported it: ``record`` is the run's
+    trials.json (budget, seed, config, dtype)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(study, run_dir / "study.db")
+    config = {**(record.get("config") or {}), "dtype": record.get("dtype", "bf16")}
+    command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(record["budget"]), "--seed",
+               str(record["seed"]), "--model", str(model), "--keep", "0", "--config", json.dumps(config), "--sampler", "",
+               "--prompts", str(prompt_folder), "--only", str(number)]
+    with open(run_dir / "log-export.txt", "w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    saved = {t["number"]: t["saved"] for t in json.loads((run_dir / "raw.json").read_text())["trials"]}
+    return Path(saved[number])
+
+
 # --- the bookkeeping of a run --------------------------------------------------------------------
 
 def cpu_model() -> str:

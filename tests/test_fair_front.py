@@ -64,6 +64,17 @@ def test_a_run_keeps_per_prompt_records_and_a_copied_peer_compares_as_equal(tmp_
         assert len(scored["kl"]) == 5 and len(scored["refused"]["harmful"]["markers"]) == 6
         assert len(scored["answers"]["edgy"]) == 4
     assert not any(Path(t["saved"]).exists() for t in trials["trials"] if t.get("saved"))  # evaluated, then deleted
+
+    # a checkpoint that is gone (another machine) is baked again from the study kept beside the record
+    assert (kept / "study.db").exists()
+    first = chosen[0]
+    (kept / "evaluation.json").write_text(json.dumps({**evaluation, "candidates": {
+        n: c for n, c in evaluation["candidates"].items() if n != first}}))
+    shutil.rmtree(work / "model" / "ours-b3-s1")
+    again = _bench("run", "--model", str(model), "--tools", "ours", "--budget", "3", "--seeds", "1",
+                   "--candidates", "2", "--threads", "1", *places)
+    assert again.returncode == 0 and f"baking trial {first} again from the kept study" in again.stdout, again.stderr[-3000:]
+    assert json.loads((kept / "evaluation.json").read_text())["candidates"][first] == evaluation["candidates"][first]
     # the variant without designed starting trials: its study queued none, ours' began with them
     assert json.loads((record / "model" / "ours-tpe-b3-s1" / "trials.json").read_text())["config"] == {"starting_points": 0}
     assert _starting_points(work / "model" / "ours-b3-s1") == [True] * 3
