@@ -35,7 +35,7 @@ def screen_dominates(kl: float, screen: float, other_kl: float, other_screen: fl
     """Whether a fully scored trial at (``kl``, ``screen``) rules out another at (``other_kl``,
     ``other_screen``) by the refusal screen's reading: no more KL, and a screen lower by at least the
     share ``margin`` of its own (``other_screen >= screen * (1 + margin)``). Relative, because a
-    screen's scale is the model's: 0.005-0.02 on the demo model, 0.55-0.8 on the development model.
+    screen's scale is the model's: a tiny refuser's screens are a hundredth of a 0.5B model's.
     Screens closer than the margin may differ either way in judged refusals (bench/cost: the
     margin's record)."""
     return kl <= other_kl and other_screen >= screen * (1 + margin)
