@@ -87,9 +87,10 @@ def summary(rows: list[dict]) -> list[str]:
                          for peer, f in r["peers"].items() if peer.startswith("ours") == of_ours]
                 if pairs:
                     lines.append(f"{judge}, {role} models: " + _goals(pairs, kind))
-    lines.append("")
+    variants = sorted({peer for r in rows for peer in r["peers"] if peer.startswith("ours")})
+    lines += [""] if variants else []
     for judge in sorted({r["judge"] for r in rows}):
-        for variant in sorted({peer for r in rows for peer in r["peers"] if peer.startswith("ours")}):
+        for variant in variants:
             for model in sorted({r["model"] for r in rows}):
                 seeds = [(r["seed"], r["peers"][variant]["hypervolume_difference"]) for r in rows
                          if r["judge"] == judge and r["model"] == model and variant in r["peers"]]
