@@ -127,13 +127,20 @@ def search_ours(run_dir: Path, budget: int, seed: int, model: Path, keep: int, o
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "study.db").unlink(missing_ok=True)
     start, cpu = time.time(), children_cpu()
+    raw = _run_ours(run_dir, budget, seed, model, keep, overrides or {}, sampler or "", prompt_folder, code, "log.txt")
+    return raw, time.time() - start, children_cpu() - cpu
+
+
+def _run_ours(run_dir: Path, budget: int, seed: int, model: Path, keep: int, config: dict, sampler: str,
+              prompt_folder: Path, code: Path, log_name: str, only: str = "") -> dict:
+    """``searches.py _ours`` in a subprocess with ``code``'s checkout; its raw.json."""
     command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(budget), "--seed", str(seed),
-               "--model", str(model), "--keep", str(keep), "--config", json.dumps(overrides or {}), "--sampler", sampler or "",
-               "--prompts", str(prompt_folder)]
-    with open(run_dir / "log.txt", "w") as log:
+               "--model", str(model), "--keep", str(keep), "--config", json.dumps(config), "--sampler", sampler,
+               "--prompts", str(prompt_folder), "--only", only]
+    with open(run_dir / log_name, "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(code)})
-    return json.loads((run_dir / "raw.json").read_text()), time.time() - start, children_cpu() - cpu
+    return json.loads((run_dir / "raw.json").read_text())
 
 
 def _ours_in_process(args) -> None:
@@ -200,13 +207,8 @@ def export_again(run_dir: Path, study: Path, number: int, model: Path, record: d
     run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(study, run_dir / "study.db")
     config = {**(record.get("config") or {}), "dtype": record.get("dtype", "bf16")}
-    command = [sys.executable, __file__, "_ours", "--dir", str(run_dir), "--budget", str(record["budget"]), "--seed",
-               str(record["seed"]), "--model", str(model), "--keep", "0", "--config", json.dumps(config), "--sampler", "",
-               "--prompts", str(prompt_folder), "--only", str(number)]
-    with open(run_dir / "log-export.txt", "w") as log:
-        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    saved = {t["number"]: t["saved"] for t in json.loads((run_dir / "raw.json").read_text())["trials"]}
-    return Path(saved[number])
+    raw = _run_ours(run_dir, record["budget"], record["seed"], model, 0, config, "", prompt_folder, ROOT, "log-export.txt", str(number))
+    return Path({t["number"]: t["saved"] for t in raw["trials"]}[number])
 
 
 # --- the bookkeeping of a run --------------------------------------------------------------------
